@@ -39,3 +39,28 @@ export function createLogger(opts: { name: string; level?: LogLevel; destination
 export function silentLogger(): Logger {
   return pino({ level: 'silent' });
 }
+
+/**
+ * Caps how often one kind of message is logged (bad input can arrive thousands of times a
+ * second); suppressed occurrences are counted and reported with the next line that gets out.
+ */
+export class LogThrottle {
+  readonly #last = new Map<string, { at: number; suppressed: number }>();
+  constructor(
+    private readonly intervalMs = 1000,
+    private readonly now: () => number = Date.now,
+  ) {}
+
+  /** Calls `emit(suppressedSinceLast)` unless `key` was logged less than intervalMs ago. */
+  run(key: string, emit: (suppressed: number) => void): void {
+    const t = this.now();
+    const e = this.#last.get(key);
+    if (e && t - e.at < this.intervalMs) {
+      e.suppressed++;
+      return;
+    }
+    emit(e?.suppressed ?? 0);
+    this.#last.set(key, { at: t, suppressed: 0 });
+    if (this.#last.size > 1000) this.#last.clear();
+  }
+}

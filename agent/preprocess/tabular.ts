@@ -1,0 +1,57 @@
+/**
+ * Tabular preprocessing from the manifest's declarative spec: named features in the model's
+ * order, scaled as (x - mean) / std, into a [1, F] float32 tensor. Rejects readings that do not
+ * fit (missing or unknown features, wrong count, non-finite values) with BAD_INPUT.
+ */
+import { z } from 'zod';
+import { EdgefleetError, ErrorCode } from '../../shared/errors.ts';
+import type { TabularPreprocess } from '../../shared/manifest.ts';
+
+/** A sensor reading on an MQTT input: values in model order, or features by name. */
+export const ReadingSchema = z
+  .object({
+    /** Correlation id, echoed in the result. */
+    id: z.string().min(1).max(128).optional(),
+    /** When the reading was taken (epoch ms). */
+    ts: z.number().int().nonnegative().optional(),
+    values: z.array(z.number()).max(4096).optional(),
+    features: z.record(z.string().max(64), z.number()).optional(),
+  })
+  .refine((r) => (r.values === undefined) !== (r.features === undefined), {
+    message: 'give exactly one of `values` (array in model order) or `features` (object by name)',
+  });
+export type Reading = z.infer<typeof ReadingSchema>;
+
+export interface TabularTensor {
+  data: Float32Array;
+  dims: number[];
+  /** The raw (unscaled) values in model order, for drift summaries. */
+  raw: Float64Array;
+}
+
+export function preprocessTabular(spec: TabularPreprocess, reading: Reading): TabularTensor {
+  const n = spec.features.length;
+  const raw = new Float64Array(n);
+  if (reading.values) {
+    if (reading.values.length !== n) {
+      throw new EdgefleetError(ErrorCode.BAD_INPUT, `expected ${n} values, got ${reading.values.length}`);
+    }
+    raw.set(reading.values);
+  } else if (reading.features) {
+    const given = reading.features;
+    const missing = spec.features.filter((f) => !(f.name in given)).map((f) => f.name);
+    if (missing.length) throw new EdgefleetError(ErrorCode.BAD_INPUT, `missing features: ${missing.join(', ')}`);
+    const known = new Set(spec.features.map((f) => f.name));
+    const unknown = Object.keys(given).filter((k) => !known.has(k));
+    if (unknown.length) throw new EdgefleetError(ErrorCode.BAD_INPUT, `unknown features: ${unknown.slice(0, 8).join(', ')}`);
+    spec.features.forEach((f, i) => (raw[i] = given[f.name] as number));
+  }
+  const data = new Float32Array(n);
+  for (let i = 0; i < n; i++) {
+    const x = raw[i] as number;
+    if (!Number.isFinite(x)) throw new EdgefleetError(ErrorCode.BAD_INPUT, `feature ${spec.features[i]?.name} is not a finite number`);
+    const f = spec.features[i]!;
+    data[i] = (x - f.mean) / f.std;
+  }
+  return { data, dims: [1, n], raw };
+}
