@@ -1,0 +1,697 @@
+/**
+ * The agent's MQTT session with the hub: connection and reconnection (jittered exponential
+ * backoff), retained online/offline status with a last-will, hello on every (re)connect,
+ * the telemetry sender that drains the outbox, command handling, and the shared connection
+ * that inputs subscribe through and pipelines publish live results on.
+ *
+ * Delivery (ARCHITECTURE §3): the outbox is the truth. The sender reads committed records
+ * after a rowid cursor, publishes them as QoS 1 batches and deletes them only when the hub's
+ * ack arrives (the hub acks after committing). Nothing here relies on mqtt.js's in-memory
+ * queue: on a disconnect, an ack timeout or a refused batch the cursor goes back to the
+ * oldest unacked record and everything still pending is sent again, oldest first, so order
+ * per stream holds and the hub de-duplicates what it already has.
+ *
+ * Acks with an unknown batch id (a batch we gave up on after a timeout, or one from before a
+ * reconnect) still have their ranges applied: the hub sends an ack only after committing
+ * exactly those records, so deleting them loses nothing and saves sending them again. Only the
+ * device itself and the hub may publish on the device's ack topic (hub ACL, ARCHITECTURE §6).
+ */
+import { randomUUID } from 'node:crypto';
+import { EventEmitter } from 'node:events';
+import { connect, type IClientOptions, type MqttClient } from 'mqtt';
+import { Counter, Gauge, Histogram, type Registry } from 'prom-client';
+import { Backoff, type BackoffOptions } from '../../shared/backoff.ts';
+import { decodeJson, encodeJson } from '../../shared/codec.ts';
+import { EdgefleetError, ErrorCode, toEdgefleetError } from '../../shared/errors.ts';
+import { withTimeout, type Component } from '../../shared/lifecycle.ts';
+import { LogThrottle, type Logger } from '../../shared/log.ts';
+import {
+  AckSchema,
+  CommandSchema,
+  DeviceIdSchema,
+  MAX_BATCH_RECORDS,
+  MAX_PAYLOAD_BYTES,
+  PROTOCOL_VERSION,
+  topics,
+  type Ack,
+  type Command,
+  type CommandResult,
+  type Hello,
+  type ModelRef,
+  type Status,
+  type TelemetryBatch,
+} from '../../shared/protocol.ts';
+import type { Outbox } from '../outbox/outbox.ts';
+
+/** What the link needs from the outbox. */
+export type LinkOutbox = Pick<Outbox, 'readBatch' | 'ack' | 'positions' | 'onAppend' | 'epoch'>;
+
+export interface HubLinkOptions {
+  deviceId: string;
+  /** mqtt://host:port (or mqtts://). */
+  url: string;
+  token: string;
+  keepaliveSeconds?: number;
+  /** Give up on a connection attempt that got no CONNACK after this long. Default 10 s. */
+  connectTimeoutMs?: number;
+  backoff: BackoffOptions;
+  outbox: LinkOutbox;
+  agentVersion: string;
+  models: () => ModelRef[];
+  /** Records per telemetry batch (also capped by MAX_BATCH_RECORDS and MAX_PAYLOAD_BYTES). Default 500. */
+  batchSize?: number;
+  maxInflightBatches?: number;
+  ackTimeoutMs?: number;
+  /**
+   * A connection must stay up this long before the reconnect backoff starts over. Resetting on
+   * CONNACK alone would let a broker that accepts and then drops us at once (a duplicate
+   * clientId, mqttjs#1585; an ACL kick) drive a reconnect storm at the initial delay.
+   * Default 10 s.
+   */
+  stableMs?: number;
+  /** Longest stop() waits for the offline status and a clean DISCONNECT. Default 2 s. */
+  stopTimeoutMs?: number;
+  /** Most command results remembered for de-duplication by id. Default 1000. */
+  commandMemory?: number;
+  log: Logger;
+  registry?: Registry;
+  /** Random source for backoff jitter (tests). */
+  random?: () => number;
+}
+
+export type CommandHandler = (cmd: Command) => Promise<unknown>;
+export type MessageHandler = (topic: string, payload: Buffer) => void;
+
+export interface LinkStatus {
+  connected: boolean;
+  /** Epoch ms of the last successful CONNACK, undefined before the first. */
+  lastConnectedAt: number | undefined;
+  /** Successful connections after the first. */
+  reconnects: number;
+  /** Scheduled reconnect attempts (including failed ones). */
+  reconnectAttempts: number;
+  /** Records published (resends included). */
+  sent: number;
+  /** Records deleted from the outbox because the hub acked them. */
+  acked: number;
+  /** Telemetry batches awaiting their ack. */
+  inflight: number;
+  ackTimeouts: number;
+  nacks: number;
+  badMessages: number;
+  droppedLive: number;
+  commands: number;
+  duplicateCommands: number;
+}
+
+export interface HubLinkEvents {
+  connected: [];
+  disconnected: [];
+  /** A reconnect was scheduled `delayMs` from now; `attempt` counts from 1 since the last stable connection. */
+  reconnectScheduled: [delayMs: number, attempt: number];
+  /** An ack deleted `records` records from the outbox. */
+  acked: [records: number];
+}
+
+interface Inflight {
+  sentAt: number;
+  records: number;
+  timer: NodeJS.Timeout;
+}
+
+interface LinkMetrics {
+  connected: Gauge;
+  reconnects: Counter;
+  sent: Counter;
+  acked: Counter;
+  inflight: Gauge;
+  ackLatency: Histogram;
+  ackFailures: Counter<'reason'>;
+  droppedLive: Counter;
+  bad: Counter<'kind'>;
+  commands: Counter<'outcome'>;
+}
+
+type ResolvedOptions = Required<Omit<HubLinkOptions, 'registry' | 'random'>>;
+
+export class HubLink extends EventEmitter<HubLinkEvents> implements Component {
+  readonly name = 'hub-link';
+  readonly #o: ResolvedOptions;
+  readonly #log: Logger;
+  readonly #throttle = new LogThrottle(5000);
+  readonly #metrics: LinkMetrics | undefined;
+  readonly #backoff: Backoff;
+  /** Spaces out resends after a refused or unanswered batch. */
+  readonly #sendBackoff: Backoff;
+  readonly #topics: { status: string; hello: string; telemetry: string; ack: string; cmd: string; cmdResult: string };
+  readonly #subs = new Map<string, { qos: 0 | 1; handlers: MessageHandler[] }>();
+  #client: MqttClient | undefined;
+  #stopping = false;
+  #connected = false;
+  #everConnected = false;
+  /** Bumped on every connect and close so async steps of an old session stop. */
+  #session = 0;
+  #sessionReady = false;
+  #reconnectTimer: NodeJS.Timeout | undefined;
+  #stableTimer: NodeJS.Timeout | undefined;
+  #unsubAppend: (() => void) | undefined;
+  // sender
+  #cursor = 0;
+  readonly #inflight = new Map<string, Inflight>();
+  #retryTimer: NodeJS.Timeout | undefined;
+  #pumpScheduled = false;
+  // commands
+  #commandHandler: CommandHandler | undefined;
+  readonly #commandResults = new Map<string, Promise<CommandResult>>();
+  #stats = {
+    lastConnectedAt: undefined as number | undefined,
+    reconnects: 0,
+    reconnectAttempts: 0,
+    sent: 0,
+    acked: 0,
+    ackTimeouts: 0,
+    nacks: 0,
+    badMessages: 0,
+    droppedLive: 0,
+    commands: 0,
+    duplicateCommands: 0,
+  };
+
+  constructor(opts: HubLinkOptions) {
+    super();
+    if (!DeviceIdSchema.safeParse(opts.deviceId).success) {
+      throw new EdgefleetError(ErrorCode.BAD_CONFIG, `hub link: invalid device id ${JSON.stringify(opts.deviceId)}`);
+    }
+    this.#o = {
+      deviceId: opts.deviceId,
+      url: opts.url,
+      token: opts.token,
+      keepaliveSeconds: opts.keepaliveSeconds ?? 30,
+      connectTimeoutMs: opts.connectTimeoutMs ?? 10_000,
+      backoff: opts.backoff,
+      outbox: opts.outbox,
+      agentVersion: opts.agentVersion,
+      models: opts.models,
+      batchSize: Math.min(MAX_BATCH_RECORDS, Math.max(1, opts.batchSize ?? 500)),
+      maxInflightBatches: Math.max(1, opts.maxInflightBatches ?? 4),
+      ackTimeoutMs: opts.ackTimeoutMs ?? 10_000,
+      stableMs: opts.stableMs ?? 10_000,
+      stopTimeoutMs: opts.stopTimeoutMs ?? 2000,
+      commandMemory: opts.commandMemory ?? 1000,
+      log: opts.log,
+    };
+    this.#log = opts.log;
+    this.#backoff = new Backoff(opts.backoff, opts.random);
+    this.#sendBackoff = new Backoff(opts.backoff, opts.random);
+    const id = opts.deviceId;
+    this.#topics = {
+      status: topics.of(id, 'status'),
+      hello: topics.of(id, 'hello'),
+      telemetry: topics.of(id, 'telemetry'),
+      ack: topics.of(id, 'ack'),
+      cmd: topics.of(id, 'cmd'),
+      cmdResult: topics.of(id, 'cmd/result'),
+    };
+    this.#metrics = opts.registry ? createMetrics(opts.registry) : undefined;
+  }
+
+  get connected(): boolean {
+    return this.#connected;
+  }
+
+  status(): LinkStatus {
+    return { connected: this.#connected, inflight: this.#inflight.size, ...this.#stats };
+  }
+
+  /** Starts connecting and returns at once: the agent works offline. */
+  start(signal: AbortSignal): Promise<void> {
+    if (signal.aborted) return Promise.reject(new EdgefleetError(ErrorCode.ABORTED, 'hub link start aborted'));
+    if (this.#client) return Promise.reject(new EdgefleetError(ErrorCode.ILLEGAL_STATE, 'hub link already started'));
+    this.#stopping = false;
+    this.#unsubAppend = this.#o.outbox.onAppend(() => this.#wake());
+    const options: IClientOptions = {
+      protocolVersion: 4,
+      clientId: this.#o.deviceId,
+      username: this.#o.deviceId,
+      password: this.#o.token,
+      clean: true,
+      keepalive: this.#o.keepaliveSeconds,
+      connectTimeout: this.#o.connectTimeoutMs,
+      // mqtt.js retries at a fixed period (mqttjs#561); we schedule reconnect() ourselves with
+      // jittered backoff from the 'close' handler, which also covers a refused CONNACK.
+      reconnectPeriod: 0,
+      reconnectOnConnackError: true,
+      // Nothing may wait in mqtt.js's memory queue (lost on restart): the outbox resends.
+      queueQoSZero: false,
+      resubscribe: false,
+      will: this.#will(),
+    };
+    const client = connect(this.#o.url, options);
+    this.#client = client;
+    client.on('connect', () => this.#onConnect());
+    client.on('close', () => this.#onClose());
+    // Never end() here: it would kill reconnection for good (mqttjs#1466).
+    client.on('error', (err) => this.#onError(err));
+    client.on('message', (topic, payload) => this.#onMessage(topic, payload));
+    this.#log.info({ url: redactUrl(this.#o.url), deviceId: this.#o.deviceId }, 'connecting to hub');
+    return Promise.resolve();
+  }
+
+  async stop(): Promise<void> {
+    const client = this.#client;
+    if (!client || this.#stopping) return;
+    this.#stopping = true;
+    this.#unsubAppend?.();
+    this.#unsubAppend = undefined;
+    clearTimeout(this.#reconnectTimer);
+    this.#reconnectTimer = undefined;
+    clearTimeout(this.#stableTimer);
+    this.#resetSender();
+    const budget = this.#o.stopTimeoutMs;
+    if (this.#connected) {
+      // A clean DISCONNECT makes the broker discard the will, so say offline ourselves.
+      try {
+        await withTimeout(client.publishAsync(this.#topics.status, this.#statusPayload('offline'), { qos: 1, retain: true }), budget, 'offline status');
+      } catch (err) {
+        this.#log.warn({ err }, 'could not publish offline status');
+      }
+      try {
+        await withTimeout(client.endAsync(false), budget, 'mqtt disconnect');
+      } catch (err) {
+        this.#log.warn({ err }, 'graceful disconnect hung; forcing');
+        await withTimeout(client.endAsync(true), budget, 'mqtt forced close').catch(() => undefined);
+      }
+    } else {
+      await withTimeout(client.endAsync(true), budget, 'mqtt forced close').catch((err: unknown) => this.#log.warn({ err }, 'mqtt close hung'));
+    }
+    this.#setConnected(false);
+    this.#client = undefined;
+    this.#log.info(this.status(), 'hub link stopped');
+  }
+
+  /**
+   * Live publish (inference results and the like), not the outbox path: returns false and
+   * counts a drop when offline instead of queueing in memory.
+   */
+  publish(topic: string, payload: Buffer | string, opts?: { qos?: 0 | 1; retain?: boolean }): boolean {
+    const client = this.#client;
+    if (!client || !this.#connected) {
+      this.#dropLive();
+      return false;
+    }
+    client.publish(topic, payload, { qos: opts?.qos ?? 0, retain: opts?.retain ?? false }, (err) => {
+      if (err) this.#throttle.run('live', (suppressed) => this.#log.debug({ err, topic, suppressed }, 'live publish failed'));
+    });
+    return true;
+  }
+
+  /**
+   * Routes messages matching `topicFilter` to `handler` over the hub connection; the
+   * subscription is renewed on every reconnect.
+   */
+  subscribe(topicFilter: string, handler: MessageHandler, opts?: { qos?: 0 | 1 }): void {
+    if (!topicFilter || topicFilter.includes('\0')) throw new EdgefleetError(ErrorCode.BAD_CONFIG, 'empty or invalid topic filter');
+    const qos = opts?.qos ?? 0;
+    const entry = this.#subs.get(topicFilter);
+    if (entry) {
+      entry.handlers.push(handler);
+      if (qos > entry.qos) entry.qos = qos;
+    } else {
+      this.#subs.set(topicFilter, { qos, handlers: [handler] });
+    }
+    const client = this.#client;
+    // While a session is being set up its SUBSCRIBE may already be on the wire without this
+    // filter; subscribing twice is harmless (the broker replaces the subscription).
+    if (client && this.#connected) {
+      client.subscribe(topicFilter, { qos }, (err) => {
+        if (err) this.#log.error({ err, topicFilter }, 'subscribe failed');
+      });
+    }
+  }
+
+  /** Handles hub commands; a repeated command id gets the first result again. */
+  onCommand(handler: CommandHandler): void {
+    this.#commandHandler = handler;
+  }
+
+  // ---- connection ----
+
+  #onConnect(): void {
+    const session = ++this.#session;
+    const now = Date.now();
+    if (this.#everConnected) this.#stats.reconnects++;
+    this.#everConnected = true;
+    this.#stats.lastConnectedAt = now;
+    this.#setConnected(true);
+    clearTimeout(this.#stableTimer);
+    this.#stableTimer = setTimeout(() => {
+      if (session === this.#session) this.#backoff.reset();
+    }, this.#o.stableMs);
+    this.#stableTimer.unref();
+    this.#log.info({ reconnects: this.#stats.reconnects }, 'connected to hub');
+    this.emit('connected');
+    this.#startSession(session).catch((err: unknown) => {
+      if (session !== this.#session) return; // the connection went away mid-setup; next connect redoes it
+      this.#log.error({ err }, 'session setup failed');
+    });
+  }
+
+  async #startSession(session: number): Promise<void> {
+    const client = this.#client!;
+    // Clean session: the broker forgot our subscriptions, so make them on every connect, and
+    // before anything is sent, so no ack can arrive before we listen for it.
+    const map: Record<string, { qos: 0 | 1 }> = { [this.#topics.ack]: { qos: 1 }, [this.#topics.cmd]: { qos: 1 } };
+    for (const [filter, s] of this.#subs) map[filter] = { qos: s.qos };
+    const granted = await client.subscribeAsync(map);
+    if (session !== this.#session) return;
+    for (const g of granted) {
+      if (g.qos === 128) this.#log.error({ topic: g.topic }, 'subscription refused by the broker');
+    }
+    this.#sessionReady = true;
+    client.publish(this.#topics.status, this.#statusPayload('online'), { qos: 1, retain: true }, (err) => {
+      if (err) this.#log.debug({ err }, 'online status not delivered');
+    });
+    const hello: Hello = {
+      v: PROTOCOL_VERSION,
+      type: 'hello',
+      deviceId: this.#o.deviceId,
+      ts: Date.now(),
+      agentVersion: this.#o.agentVersion,
+      bootEpoch: Math.max(0, this.#o.outbox.epoch),
+      models: this.#o.models().slice(0, 64),
+      streams: this.#o.outbox.positions().slice(0, 64),
+    };
+    client.publish(this.#topics.hello, encodeJson(hello), { qos: 1 }, (err) => {
+      if (err) this.#log.debug({ err }, 'hello not delivered');
+    });
+    this.#resetSender();
+    this.#pump();
+  }
+
+  #onClose(): void {
+    const wasConnected = this.#connected;
+    this.#session++;
+    this.#sessionReady = false;
+    clearTimeout(this.#stableTimer);
+    this.#resetSender();
+    if (wasConnected) {
+      this.#setConnected(false);
+      this.#log.warn('disconnected from hub');
+      this.emit('disconnected');
+    }
+    if (!this.#stopping) this.#scheduleReconnect();
+  }
+
+  #scheduleReconnect(): void {
+    if (this.#reconnectTimer || !this.#client) return;
+    const delay = this.#backoff.next();
+    const attempt = this.#backoff.attempts;
+    this.#stats.reconnectAttempts++;
+    this.#metrics?.reconnects.inc();
+    this.#log.debug({ delay, attempt }, 'reconnect scheduled');
+    this.emit('reconnectScheduled', delay, attempt);
+    this.#reconnectTimer = setTimeout(() => {
+      this.#reconnectTimer = undefined;
+      const client = this.#client;
+      if (this.#stopping || !client) return;
+      client.options.will = this.#will(); // a fresh ts in the last-will
+      client.reconnect();
+    }, delay);
+  }
+
+  #onError(err: Error): void {
+    this.#throttle.run(`error:${(err as { code?: unknown }).code as string}`, (suppressed) =>
+      this.#log.warn({ err, suppressed }, 'hub connection error'),
+    );
+  }
+
+  #setConnected(c: boolean): void {
+    this.#connected = c;
+    this.#metrics?.connected.set(c ? 1 : 0);
+  }
+
+  #will(): NonNullable<IClientOptions['will']> {
+    return { topic: this.#topics.status, payload: this.#statusPayload('offline'), qos: 1, retain: true };
+  }
+
+  #statusPayload(state: 'online' | 'offline'): Buffer {
+    const status: Status = { v: PROTOCOL_VERSION, type: 'status', deviceId: this.#o.deviceId, ts: Date.now(), state };
+    if (this.#o.outbox.epoch >= 0) status.bootEpoch = this.#o.outbox.epoch;
+    return encodeJson(status);
+  }
+
+  // ---- telemetry sender ----
+
+  /** Forgets every batch in flight and rewinds to the oldest unacked record. */
+  #resetSender(): void {
+    for (const f of this.#inflight.values()) clearTimeout(f.timer);
+    this.#inflight.clear();
+    this.#cursor = 0;
+    clearTimeout(this.#retryTimer);
+    this.#retryTimer = undefined;
+    this.#metrics?.inflight.set(0);
+  }
+
+  #wake(): void {
+    if (this.#pumpScheduled) return;
+    this.#pumpScheduled = true;
+    setImmediate(() => {
+      this.#pumpScheduled = false;
+      this.#pump();
+    });
+  }
+
+  #pump(): void {
+    const client = this.#client;
+    if (!client || !this.#connected || !this.#sessionReady || this.#stopping || this.#retryTimer) return;
+    while (this.#inflight.size < this.#o.maxInflightBatches) {
+      let rows;
+      try {
+        rows = this.#o.outbox.readBatch(this.#cursor, this.#o.batchSize);
+      } catch (err) {
+        this.#throttle.run('read', (suppressed) => this.#log.error({ err, suppressed }, 'outbox read failed'));
+        this.#retryLater('outbox read failed');
+        return;
+      }
+      if (rows.length === 0) break;
+      const batchId = randomUUID();
+      let n = rows.length;
+      let payload: Buffer;
+      for (;;) {
+        const batch: TelemetryBatch = {
+          v: PROTOCOL_VERSION,
+          type: 'telemetry',
+          deviceId: this.#o.deviceId,
+          batchId,
+          records: rows.slice(0, n).map(({ rowid: _rowid, ...r }) => r),
+        };
+        payload = encodeJson(batch);
+        if (payload.length <= MAX_PAYLOAD_BYTES || n === 1) break;
+        n = Math.ceil(n / 2);
+      }
+      this.#cursor = rows[n - 1]!.rowid;
+      const timer = setTimeout(() => this.#onAckTimeout(batchId), this.#o.ackTimeoutMs);
+      this.#inflight.set(batchId, { sentAt: performance.now(), records: n, timer });
+      client.publish(this.#topics.telemetry, payload, { qos: 1 }, (err) => {
+        // The ack (or its timeout) decides; a failed QoS 1 publish just means no ack comes.
+        if (err) this.#log.debug({ err, batchId }, 'telemetry publish failed');
+      });
+      this.#stats.sent += n;
+      this.#metrics?.sent.inc(n);
+    }
+    this.#metrics?.inflight.set(this.#inflight.size);
+  }
+
+  /** Rewinds and resends everything pending after a backoff delay. */
+  #retryLater(reason: string): void {
+    this.#resetSender();
+    const delay = this.#sendBackoff.next();
+    this.#log.debug({ reason, delay }, 'telemetry resend scheduled');
+    this.#retryTimer = setTimeout(() => {
+      this.#retryTimer = undefined;
+      this.#pump();
+    }, delay);
+  }
+
+  #onAckTimeout(batchId: string): void {
+    const f = this.#inflight.get(batchId);
+    if (!f) return;
+    this.#stats.ackTimeouts++;
+    this.#metrics?.ackFailures.inc({ reason: 'timeout' });
+    this.#throttle.run('ack-timeout', (suppressed) =>
+      this.#log.warn({ batchId, records: f.records, suppressed }, 'no ack from hub in time; will resend'),
+    );
+    this.#retryLater('ack timeout');
+  }
+
+  #onAck(ack: Ack): void {
+    const f = this.#inflight.get(ack.batchId);
+    if (f) {
+      clearTimeout(f.timer);
+      this.#inflight.delete(ack.batchId);
+      this.#metrics?.ackLatency.observe((performance.now() - f.sentAt) / 1000);
+      this.#metrics?.inflight.set(this.#inflight.size);
+    }
+    if (!ack.ok) {
+      this.#stats.nacks++;
+      this.#metrics?.ackFailures.inc({ reason: 'refused' });
+      this.#throttle.run('nack', (suppressed) =>
+        this.#log.warn({ batchId: ack.batchId, error: ack.error, suppressed }, 'hub refused a telemetry batch; will resend'),
+      );
+      // A stale refusal (of a batch already given up on) must not stall the current sending.
+      if (f) this.#retryLater('batch refused');
+      return;
+    }
+    let deleted = 0;
+    try {
+      deleted = this.#o.outbox.ack(ack.ranges);
+    } catch (err) {
+      // The records stay in the outbox and are resent; the hub de-duplicates them.
+      this.#throttle.run('ack-apply', (suppressed) => this.#log.error({ err, suppressed }, 'could not apply ack to the outbox'));
+    }
+    this.#stats.acked += deleted;
+    this.#metrics?.acked.inc(deleted);
+    if (f) this.#sendBackoff.reset();
+    else this.#log.debug({ batchId: ack.batchId, deleted }, 'ack for an unknown batch applied');
+    this.emit('acked', deleted);
+    this.#pump();
+  }
+
+  // ---- inbound ----
+
+  #onMessage(topic: string, payload: Buffer): void {
+    if (topic === this.#topics.ack) {
+      const d = decodeJson(AckSchema, payload, MAX_PAYLOAD_BYTES);
+      if (d.ok) this.#onAck(d.value);
+      else this.#bad('ack', d.error);
+    } else if (topic === this.#topics.cmd) {
+      const d = decodeJson(CommandSchema, payload, MAX_PAYLOAD_BYTES);
+      if (d.ok) this.#onCommand(d.value);
+      else this.#bad('cmd', d.error);
+    }
+    for (const [filter, s] of this.#subs) {
+      if (!topicMatches(filter, topic)) continue;
+      for (const h of s.handlers) {
+        try {
+          h(topic, payload);
+        } catch (err) {
+          this.#throttle.run(`handler:${filter}`, (suppressed) => this.#log.error({ err, topic, suppressed }, 'message handler threw'));
+        }
+      }
+    }
+  }
+
+  #bad(kind: string, error: EdgefleetError): void {
+    this.#stats.badMessages++;
+    this.#metrics?.bad.inc({ kind });
+    this.#throttle.run(`bad:${kind}`, (suppressed) => this.#log.warn({ kind, err: error, suppressed }, 'bad message from hub ignored'));
+  }
+
+  #onCommand(cmd: Command): void {
+    const handler = this.#commandHandler;
+    if (!handler) {
+      // Not remembered: once a handler is registered, a retry of this id must really run.
+      this.#sendResult(this.#result(cmd.id, { ok: false, error: { code: ErrorCode.UNAVAILABLE, message: 'no command handler' } }));
+      return;
+    }
+    this.#stats.commands++;
+    let p = this.#commandResults.get(cmd.id);
+    if (p) {
+      this.#stats.duplicateCommands++;
+      this.#metrics?.commands.inc({ outcome: 'duplicate' });
+    } else {
+      p = this.#runCommand(handler, cmd);
+      this.#commandResults.set(cmd.id, p);
+      if (this.#commandResults.size > this.#o.commandMemory) {
+        const oldest = this.#commandResults.keys().next().value;
+        if (oldest !== undefined) this.#commandResults.delete(oldest);
+      }
+    }
+    void p.then((r) => this.#sendResult(r));
+  }
+
+  async #runCommand(handler: CommandHandler, cmd: Command): Promise<CommandResult> {
+    try {
+      const result = await handler(cmd);
+      JSON.stringify(result); // fails here, as an error result, rather than when publishing
+      this.#metrics?.commands.inc({ outcome: 'ok' });
+      return this.#result(cmd.id, result === undefined ? { ok: true } : { ok: true, result });
+    } catch (err) {
+      const e = toEdgefleetError(err);
+      this.#metrics?.commands.inc({ outcome: 'error' });
+      this.#log.warn({ err: e, command: cmd.name, id: cmd.id }, 'command failed');
+      return this.#result(cmd.id, { ok: false, error: { code: e.code, message: e.message } });
+    }
+  }
+
+  #result(id: string, r: Pick<CommandResult, 'ok' | 'result' | 'error'>): CommandResult {
+    return { v: PROTOCOL_VERSION, type: 'command_result', id, ts: Date.now(), ...r };
+  }
+
+  #sendResult(result: CommandResult): void {
+    const client = this.#client;
+    // Offline: the hub re-sends the command on reconnect and gets the remembered result.
+    if (!client || !this.#connected) return;
+    client.publish(this.#topics.cmdResult, encodeJson(result), { qos: 1 }, (err) => {
+      if (err) this.#log.debug({ err, id: result.id }, 'command result not delivered');
+    });
+  }
+
+  #dropLive(): void {
+    this.#stats.droppedLive++;
+    this.#metrics?.droppedLive.inc();
+  }
+}
+
+/** MQTT topic filter matching (`+` one level, `#` the rest; wildcards skip `$` topics). */
+export function topicMatches(filter: string, topic: string): boolean {
+  const f = filter.split('/');
+  const t = topic.split('/');
+  const sys = topic.startsWith('$');
+  for (let i = 0; i < f.length; i++) {
+    const part = f[i];
+    if (part === '#') return !(i === 0 && sys);
+    if (i >= t.length) return false;
+    if (part === '+') {
+      if (i === 0 && sys) return false;
+      continue;
+    }
+    if (part !== t[i]) return false;
+  }
+  return f.length === t.length;
+}
+
+function redactUrl(url: string): string {
+  try {
+    const u = new URL(url);
+    if (u.password) u.password = 'redacted';
+    return u.toString();
+  } catch {
+    return '(unparseable url)';
+  }
+}
+
+function createMetrics(registry: Registry): LinkMetrics {
+  return {
+    connected: new Gauge({ name: 'edgefleet_agent_hub_connected', help: '1 while connected to the hub.', registers: [registry] }),
+    reconnects: new Counter({ name: 'edgefleet_agent_hub_reconnect_attempts_total', help: 'Reconnect attempts scheduled.', registers: [registry] }),
+    sent: new Counter({ name: 'edgefleet_agent_telemetry_sent_total', help: 'Telemetry records published (resends included).', registers: [registry] }),
+    acked: new Counter({ name: 'edgefleet_agent_telemetry_acked_total', help: 'Telemetry records acked by the hub and deleted.', registers: [registry] }),
+    inflight: new Gauge({ name: 'edgefleet_agent_telemetry_batches_inflight', help: 'Telemetry batches awaiting an ack.', registers: [registry] }),
+    ackLatency: new Histogram({
+      name: 'edgefleet_agent_telemetry_ack_seconds',
+      help: 'Time from publishing a telemetry batch to its ack.',
+      buckets: [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10],
+      registers: [registry],
+    }),
+    ackFailures: new Counter({
+      name: 'edgefleet_agent_telemetry_ack_failures_total',
+      help: 'Telemetry batches not acked: timeout or refused by the hub.',
+      labelNames: ['reason'],
+      registers: [registry],
+    }),
+    droppedLive: new Counter({ name: 'edgefleet_agent_live_dropped_total', help: 'Live messages dropped because the hub link was down.', registers: [registry] }),
+    bad: new Counter({ name: 'edgefleet_agent_link_bad_messages_total', help: 'Malformed messages from the hub, by kind.', labelNames: ['kind'], registers: [registry] }),
+    commands: new Counter({ name: 'edgefleet_agent_commands_total', help: 'Hub commands by outcome.', labelNames: ['outcome'], registers: [registry] }),
+  };
+}
