@@ -1,0 +1,92 @@
+/**
+ * The inference engine contract. Everything above the runtime (pipelines, updater, drift)
+ * talks to this interface, so their tests can use a fake and onnxruntime-node loads in one
+ * place only (agent/runtime/worker.ts). The real implementation is WorkerPoolEngine (pool.ts).
+ */
+import type { Component } from '../../shared/lifecycle.ts';
+
+/** Element types a sample may carry. The model's input type must match the array's type. */
+export type InputData = Float32Array | Uint8Array | Int8Array;
+export type InputDtype = 'float32' | 'uint8' | 'int8';
+
+/** A tensor as the model declares it; a dim is a size or a symbolic name (e.g. `N`). */
+export interface TensorMeta {
+  name: string;
+  /** ORT tensor type name: 'float32', 'uint8', 'int8', 'int64', ... */
+  type: string;
+  dims: (number | string)[];
+}
+
+export interface ModelHandle {
+  /** Caller-chosen id of one model version, e.g. 'machine-state@1.0.0'. */
+  key: string;
+  path: string;
+  inputName: string;
+  inputType: string;
+  inputDims: (number | string)[];
+  outputNames: string[];
+  outputs: TensorMeta[];
+  /** True when the input's first dim is symbolic, so samples can be stacked into one run. */
+  dynamicBatch: boolean;
+  /** Largest batch the engine forms for this model (1 when the batch dim is fixed). */
+  maxBatch: number;
+}
+
+export interface InferInput {
+  data: InputData;
+  /** Shape of this one sample, batch dim first and equal to 1. */
+  dims: number[];
+}
+
+export interface OutputTensor {
+  /** Non-float outputs (e.g. int64 class ids) are converted to float32. */
+  data: Float32Array;
+  /** Shape for this sample, batch dim 1. */
+  dims: number[];
+}
+
+export interface InferResult {
+  outputs: Record<string, OutputTensor>;
+  /** From `infer()` to the result: queueing + batching wait + run + transfer. */
+  latencyMs: number;
+  /** Time ORT spent in `session.run` for the batch this sample was part of. */
+  runMs: number;
+  /** How many samples shared the run. */
+  batchSize: number;
+}
+
+export interface LoadOptions {
+  /** Overrides the engine's default maximum batch for this model. */
+  maxBatch?: number;
+}
+
+export interface EngineStats {
+  /** Samples waiting for a worker. */
+  queued: number;
+  /** Samples inside batches that a worker is running. */
+  inFlight: number;
+  /** Live workers. */
+  workers: number;
+  /** Workers respawned after a crash, since start. */
+  restarts: number;
+  models: string[];
+}
+
+export interface InferenceEngine extends Component {
+  /**
+   * Loads a model version on every worker. Rejects BAD_MODEL when the file cannot be loaded or
+   * has other than exactly one tensor input, CONFLICT when `key` is loaded with another path.
+   * Loading the same key and path again returns the existing handle.
+   */
+  load(key: string, onnxPath: string, opts?: LoadOptions): Promise<ModelHandle>;
+  /** Stops accepting samples for `key`, waits for its queued and in-flight work, releases it. */
+  unload(key: string): Promise<void>;
+  /**
+   * Runs one sample. Rejects: NOT_FOUND (no such key, or unloading), BAD_INPUT (shape or type
+   * does not fit the model), OVERLOADED (queue full, at once), INFERENCE (ORT failed or the
+   * worker died), UNAVAILABLE (engine not running).
+   */
+  infer(key: string, input: InferInput): Promise<InferResult>;
+  handle(key: string): ModelHandle | undefined;
+  stats(): EngineStats;
+}

@@ -1,0 +1,828 @@
+/**
+ * WorkerPoolEngine: the agent's InferenceEngine. Owns the inference worker threads, the
+ * per-model sample queues and the dynamic micro-batching that feeds them. The main thread only
+ * validates, queues, concatenates and splits; ORT runs in the workers (ARCHITECTURE §1).
+ *
+ * Batching: when a worker is free it takes up to `maxBatch` queued samples of one model (the
+ * model whose oldest sample has waited longest), stacks them along dim 0 and runs them once.
+ * A model with a dynamic batch dim waits at most `maxWaitMs` for a fuller batch.
+ * Back-pressure: at most `queueMax` samples wait in total; beyond that `infer` rejects at once
+ * with OVERLOADED and the caller decides what to drop.
+ * Faults: a worker that dies fails only its in-flight batch (INFERENCE), is respawned with
+ * backoff, reloads every model and serves again. The pool never terminates a worker that may
+ * be inside ORT: with onnxruntime-node 1.30 that aborts the whole process (see #terminateAll).
+ */
+import type { Worker } from 'node:worker_threads';
+import { Counter, Gauge, Histogram, type Registry } from 'prom-client';
+import { Backoff } from '../../shared/backoff.ts';
+import { formatIssues } from '../../shared/codec.ts';
+import { EdgefleetError, ErrorCode, toEdgefleetError } from '../../shared/errors.ts';
+import { StateMachine, withTimeout, type LifecycleState } from '../../shared/lifecycle.ts';
+import type { Logger } from '../../shared/log.ts';
+import { newWorker, siblingModule } from '../../shared/modules.ts';
+import type {
+  EngineStats,
+  InferenceEngine,
+  InferInput,
+  InferResult,
+  InputData,
+  InputDtype,
+  LoadOptions,
+  ModelHandle,
+  OutputTensor,
+  TensorMeta,
+} from './engine.ts';
+import { FromWorkerSchema, type FromWorker, type ToWorker, type ValueMeta, type WorkerData } from './messages.ts';
+
+export interface WorkerPoolOptions {
+  log: Logger;
+  registry?: Registry;
+  /** Worker threads, each with its own session of every model. Default 1. */
+  workers?: number;
+  /** ORT intra-op threads per session. Default 1: on small devices workers and ORT's own pool fight for cores. */
+  intraOpThreads?: number;
+  /** Default largest batch per run (a model's LoadOptions may override). Default 16. */
+  maxBatch?: number;
+  /** Longest a sample waits for a fuller batch while a worker is free. Default 2. */
+  maxWaitMs?: number;
+  /** Samples waiting, over all models, before `infer` rejects with OVERLOADED. Default 1000. */
+  queueMax?: number;
+  /** How long `stop()` lets accepted work finish. Default 5000. */
+  stopTimeoutMs?: number;
+  /** Worker start-up (module + ORT load). Default 30000. */
+  startTimeoutMs?: number;
+  /** Session creation on one worker. Default 60000. */
+  loadTimeoutMs?: number;
+  /** Delays between respawns of a crashing worker. */
+  respawnBackoff?: { initialMs: number; maxMs: number; factor: number; jitter: number };
+  /** Test hooks; never set in production. */
+  testHooks?: { runDelayMs?: number; exit?: boolean };
+}
+
+type Reason = 'overloaded' | 'bad_input' | 'not_found' | 'unavailable' | 'inference';
+
+interface Pending {
+  data: InputData;
+  dims: number[];
+  t0: number;
+  resolve: (r: InferResult) => void;
+  reject: (e: EdgefleetError) => void;
+}
+
+interface ModelEntry {
+  handle: ModelHandle;
+  state: 'ready' | 'unloading';
+  queue: Pending[];
+  /** Samples in batches a worker is running. */
+  inFlight: number;
+  unloading: Promise<void> | undefined;
+  /** Set when no live worker holds the model because reloading it after a respawn failed. */
+  broken: EdgefleetError | undefined;
+  drained: (() => void)[];
+}
+
+interface Rpc {
+  resolve: (msg: FromWorker) => void;
+  reject: (err: EdgefleetError) => void;
+}
+
+interface Slot {
+  index: number;
+  worker: Worker;
+  ready: boolean;
+  alive: boolean;
+  /** Set when we terminate it on purpose, so its exit is not a crash. */
+  retiring: boolean;
+  spawnedAt: number;
+  loaded: Set<string>;
+  loading: Set<string>;
+  busy: boolean;
+  /** Fails the callers of the batch in flight now, without waiting for the run (stop timeout). */
+  abandon: ((err: EdgefleetError) => void) | undefined;
+  rpcs: Map<number, Rpc>;
+  onReady: { resolve: () => void; reject: (e: Error) => void } | undefined;
+}
+
+interface Metrics {
+  batchSize: Histogram<'model'>;
+  duration: Histogram<'model'>;
+  rejections: Counter<'reason'>;
+  restarts: Counter;
+}
+
+const STATES: Record<LifecycleState, readonly LifecycleState[]> = {
+  idle: ['starting', 'stopped'],
+  starting: ['running', 'failed'],
+  running: ['stopping'],
+  stopping: ['stopped'],
+  stopped: [],
+  failed: ['stopping', 'stopped'],
+};
+
+const DTYPES: readonly InputDtype[] = ['float32', 'uint8', 'int8'];
+
+function dtypeOf(data: unknown): InputDtype | undefined {
+  if (data instanceof Float32Array) return 'float32';
+  if (data instanceof Uint8Array) return 'uint8';
+  if (data instanceof Int8Array) return 'int8';
+  return undefined;
+}
+
+function allocate(dtype: InputDtype, n: number): InputData {
+  return dtype === 'float32' ? new Float32Array(n) : dtype === 'uint8' ? new Uint8Array(n) : new Int8Array(n);
+}
+
+const sameDims = (a: readonly number[], b: readonly number[]): boolean => a.length === b.length && a.every((v, i) => v === b[i]);
+
+export class WorkerPoolEngine implements InferenceEngine {
+  readonly name = 'inference-engine';
+  readonly #o: Required<Omit<WorkerPoolOptions, 'registry' | 'testHooks' | 'respawnBackoff'>> & Pick<WorkerPoolOptions, 'testHooks'>;
+  readonly #log: Logger;
+  readonly #sm = new StateMachine<LifecycleState>('idle', STATES, 'inference engine');
+  readonly #slots: Slot[] = [];
+  readonly #models = new Map<string, ModelEntry>();
+  readonly #loading = new Map<string, { path: string; promise: Promise<ModelHandle> }>();
+  readonly #backoff: Backoff;
+  readonly #metrics: Metrics | undefined;
+  #queued = 0;
+  #restarts = 0;
+  #rpcId = 0;
+  #pumpScheduled = false;
+  #pumpTimer: NodeJS.Timeout | undefined;
+  readonly #respawnTimers = new Set<NodeJS.Timeout>();
+  #stopping: Promise<void> | undefined;
+  #starting: Promise<void> | undefined;
+
+  constructor(opts: WorkerPoolOptions) {
+    const int = (v: number | undefined, dflt: number, min: number, what: string): number => {
+      const x = v ?? dflt;
+      if (!Number.isFinite(x) || x < min) throw new EdgefleetError(ErrorCode.BAD_CONFIG, `runtime: ${what} must be ≥ ${min}, got ${x}`);
+      return x;
+    };
+    this.#o = {
+      log: opts.log,
+      workers: int(opts.workers, 1, 1, 'workers'),
+      intraOpThreads: int(opts.intraOpThreads, 1, 1, 'intraOpThreads'),
+      maxBatch: int(opts.maxBatch, 16, 1, 'maxBatch'),
+      maxWaitMs: int(opts.maxWaitMs, 2, 0, 'maxWaitMs'),
+      queueMax: int(opts.queueMax, 1000, 1, 'queueMax'),
+      stopTimeoutMs: int(opts.stopTimeoutMs, 5000, 0, 'stopTimeoutMs'),
+      startTimeoutMs: int(opts.startTimeoutMs, 30_000, 1, 'startTimeoutMs'),
+      loadTimeoutMs: int(opts.loadTimeoutMs, 60_000, 1, 'loadTimeoutMs'),
+      testHooks: opts.testHooks,
+    };
+    this.#log = opts.log;
+    this.#backoff = new Backoff(opts.respawnBackoff ?? { initialMs: 100, maxMs: 10_000, factor: 2, jitter: 0.5 });
+    this.#metrics = opts.registry ? this.#createMetrics(opts.registry) : undefined;
+  }
+
+  // ---------------------------------------------------------------- lifecycle
+
+  start(signal: AbortSignal): Promise<void> {
+    this.#sm.to('starting');
+    this.#starting = this.#start(signal);
+    return this.#starting;
+  }
+
+  async #start(signal: AbortSignal): Promise<void> {
+    try {
+      if (signal.aborted) throw new EdgefleetError(ErrorCode.ABORTED, 'inference engine start aborted');
+      const ready: Promise<void>[] = [];
+      for (let i = 0; i < this.#o.workers; i++) ready.push(this.#spawn(i));
+      let onAbort: (() => void) | undefined;
+      const aborted = new Promise<never>((_, reject) => {
+        onAbort = () => reject(new EdgefleetError(ErrorCode.ABORTED, 'inference engine start aborted'));
+        signal.addEventListener('abort', onAbort, { once: true });
+      });
+      try {
+        await Promise.race([withTimeout(Promise.all(ready), this.#o.startTimeoutMs, 'inference workers start'), aborted]);
+      } finally {
+        if (onAbort) signal.removeEventListener('abort', onAbort);
+      }
+      this.#sm.to('running');
+      this.#log.info({ workers: this.#o.workers, intraOpThreads: this.#o.intraOpThreads }, 'inference workers ready');
+    } catch (err) {
+      this.#sm.to('failed');
+      await this.#terminateAll();
+      throw toEdgefleetError(err, ErrorCode.UNAVAILABLE);
+    }
+  }
+
+  stop(): Promise<void> {
+    this.#stopping ??= this.#stop();
+    return this.#stopping;
+  }
+
+  async #stop(): Promise<void> {
+    if (this.#sm.is('idle')) {
+      this.#sm.to('stopped');
+      return;
+    }
+    if (this.#sm.is('stopped')) return;
+    // A stop during start-up waits for the start to finish or fail, then tears down either way.
+    if (this.#sm.is('starting')) await this.#starting?.catch(() => undefined);
+    if (this.#sm.is('running', 'failed')) this.#sm.to('stopping');
+    // Accepted work gets to finish; the pump flushes partial batches without waiting while stopping.
+    this.#schedulePump();
+    const drained = Promise.all([...this.#models.values()].map((e) => this.#drained(e)));
+    try {
+      await withTimeout(drained, this.#o.stopTimeoutMs, 'inference drain');
+    } catch {
+      this.#log.warn({ queued: this.#queued, inFlight: this.#inFlight() }, 'stop: work still pending after timeout; failing it');
+    }
+    const stopped = new EdgefleetError(ErrorCode.UNAVAILABLE, 'inference engine stopped');
+    for (const entry of this.#models.values()) this.#failQueue(entry, stopped);
+    for (const slot of this.#slots) slot.abandon?.(stopped);
+    for (const t of this.#respawnTimers) clearTimeout(t);
+    this.#respawnTimers.clear();
+    // 'close' queues behind a run still going, so it is answered once the worker is back in JS.
+    await Promise.all(
+      this.#slots.map(async (slot) => {
+        if (!slot.alive || !slot.ready) return;
+        try {
+          await withTimeout(this.#rpc(slot, { t: 'close', id: this.#nextId() }), Math.max(1000, this.#o.stopTimeoutMs), `close worker ${slot.index}`);
+        } catch (err) {
+          this.#log.warn({ worker: slot.index, err }, 'worker did not release its sessions');
+        }
+      }),
+    );
+    await this.#terminateAll();
+    this.#models.clear();
+    this.#sm.to('stopped');
+  }
+
+  /**
+   * Terminates every worker that is not inside a native ORT call. Terminating (or exiting the
+   * process) while a worker is in session.run or session creation aborts the whole process
+   * (onnxruntime-node throws Napi::Error into a terminating env: "terminate called after
+   * throwing an instance of 'Napi::Error'", exit 134; checked here with 1.30). A worker still
+   * busy is unref'd instead so it cannot keep the process alive.
+   */
+  async #terminateAll(): Promise<void> {
+    for (const t of this.#respawnTimers) clearTimeout(t);
+    this.#respawnTimers.clear();
+    clearTimeout(this.#pumpTimer);
+    await Promise.all(
+      this.#slots.map(async (slot) => {
+        slot.retiring = true;
+        if (!slot.alive) return;
+        if (slot.rpcs.size > 0) {
+          // Terminated by #onMessage once its last reply arrives.
+          this.#log.error({ worker: slot.index, pending: slot.rpcs.size }, 'worker still busy, maybe inside ORT; terminating it once it answers');
+          slot.worker.unref();
+          return;
+        }
+        await slot.worker.terminate();
+      }),
+    );
+  }
+
+  // ---------------------------------------------------------------- models
+
+  handle(key: string): ModelHandle | undefined {
+    return this.#models.get(key)?.handle;
+  }
+
+  load(key: string, onnxPath: string, opts: LoadOptions = {}): Promise<ModelHandle> {
+    if (!this.#sm.is('running')) return Promise.reject(new EdgefleetError(ErrorCode.UNAVAILABLE, `cannot load ${key}: engine is ${this.#sm.state}`));
+    const existing = this.#models.get(key);
+    if (existing) {
+      if (existing.handle.path === onnxPath && existing.state === 'ready') return Promise.resolve(existing.handle);
+      return Promise.reject(new EdgefleetError(ErrorCode.CONFLICT, `model ${key} is already loaded from ${existing.handle.path}`));
+    }
+    const inProgress = this.#loading.get(key);
+    if (inProgress) {
+      if (inProgress.path === onnxPath) return inProgress.promise;
+      return Promise.reject(new EdgefleetError(ErrorCode.CONFLICT, `model ${key} is being loaded from ${inProgress.path}`));
+    }
+    const promise = this.#load(key, onnxPath, opts).finally(() => this.#loading.delete(key));
+    this.#loading.set(key, { path: onnxPath, promise });
+    return promise;
+  }
+
+  async #load(key: string, path: string, opts: LoadOptions): Promise<ModelHandle> {
+    const slots = this.#slots.filter((s) => s.alive && s.ready);
+    if (!slots.length) throw new EdgefleetError(ErrorCode.UNAVAILABLE, `cannot load ${key}: no inference worker is up`);
+    const t0 = performance.now();
+    const results = await Promise.allSettled(slots.map((s) => this.#loadOn(s, key, path)));
+    const ok = results.flatMap((r) => (r.status === 'fulfilled' ? [r.value] : []));
+    const modelErr = results.find(
+      (r): r is PromiseRejectedResult => r.status === 'rejected' && !(r.reason instanceof EdgefleetError && r.reason.details?.['workerExit']),
+    );
+    let handle: ModelHandle | undefined;
+    let problem: EdgefleetError | undefined;
+    if (modelErr) problem = new EdgefleetError(ErrorCode.BAD_MODEL, `cannot load ${key} from ${path}: ${errMessage(modelErr.reason)}`, { cause: modelErr.reason });
+    else if (!ok[0]) problem = new EdgefleetError(ErrorCode.INFERENCE, `cannot load ${key}: every worker exited during the load`);
+    else {
+      try {
+        handle = this.#toHandle(key, path, ok[0], opts);
+      } catch (err) {
+        problem = toEdgefleetError(err, ErrorCode.BAD_MODEL);
+      }
+    }
+    if (problem || !handle) {
+      await this.#unloadFromWorkers(key);
+      throw problem ?? new EdgefleetError(ErrorCode.INTERNAL, `cannot load ${key}`);
+    }
+    this.#models.set(key, { handle, state: 'ready', queue: [], inFlight: 0, drained: [], broken: undefined, unloading: undefined });
+    // Workers respawned during the load have not got it yet.
+    for (const s of this.#slots) this.#syncSlot(s);
+    this.#log.info({ model: key, path, workers: ok.length, ms: Math.round(performance.now() - t0), dynamicBatch: handle.dynamicBatch }, 'model loaded');
+    return handle;
+  }
+
+  async #loadOn(slot: Slot, key: string, path: string): Promise<{ inputs: ValueMeta[]; outputs: ValueMeta[] }> {
+    slot.loading.add(key);
+    try {
+      const id = this.#nextId();
+      let reply: FromWorker;
+      try {
+        reply = await withTimeout(this.#rpc(slot, { t: 'load', id, key, path }), this.#o.loadTimeoutMs, `load ${key} on worker ${slot.index}`);
+      } catch (err) {
+        if (err instanceof EdgefleetError && err.code === ErrorCode.TIMEOUT) {
+          // The worker cannot be terminated while it creates the session (that aborts the
+          // process, see #terminateAll). Drop the reply when it comes and queue an unload behind
+          // the load, so the late session is released.
+          slot.rpcs.delete(id);
+          this.#log.error({ worker: slot.index, model: key }, 'model load timed out');
+          this.#rpc(slot, { t: 'unload', id: this.#nextId(), key }).catch(() => undefined);
+        }
+        throw err;
+      }
+      if (reply.t !== 'loaded') throw new EdgefleetError(ErrorCode.INTERNAL, `worker replied ${reply.t} to load`);
+      slot.loaded.add(key);
+      return { inputs: reply.inputs, outputs: reply.outputs };
+    } finally {
+      slot.loading.delete(key);
+    }
+  }
+
+  #toHandle(key: string, path: string, meta: { inputs: ValueMeta[]; outputs: ValueMeta[] }, opts: LoadOptions): ModelHandle {
+    const bad = (msg: string): EdgefleetError => new EdgefleetError(ErrorCode.BAD_MODEL, `${key}: ${msg}`);
+    if (meta.inputs.length !== 1) throw bad(`expected exactly one input, the model has ${meta.inputs.length} (${meta.inputs.map((i) => i.name).join(', ')})`);
+    const input = meta.inputs[0]!;
+    if (!input.isTensor || !input.type || !input.dims) throw bad(`input ${input.name} is not a tensor`);
+    if (!DTYPES.includes(input.type as InputDtype)) throw bad(`input ${input.name} has type ${input.type}; supported: ${DTYPES.join(', ')}`);
+    if (input.dims.length === 0) throw bad(`input ${input.name} declares no shape, so samples cannot be checked`);
+    const d0 = input.dims[0];
+    if (typeof d0 === 'number' && d0 !== 1) throw bad(`input ${input.name} has a fixed batch of ${d0}; only 1 or a dynamic batch is supported`);
+    if (meta.outputs.length === 0) throw bad('the model has no outputs');
+    const outputs: TensorMeta[] = meta.outputs.map((o) => {
+      if (!o.isTensor || !o.type || !o.dims) throw bad(`output ${o.name} is not a tensor`);
+      return { name: o.name, type: o.type, dims: o.dims };
+    });
+    const dynamicBatch = typeof d0 === 'string';
+    const maxBatch = opts.maxBatch ?? this.#o.maxBatch;
+    if (!Number.isInteger(maxBatch) || maxBatch < 1) throw new EdgefleetError(ErrorCode.BAD_CONFIG, `${key}: maxBatch must be a positive integer`);
+    return {
+      key,
+      path,
+      inputName: input.name,
+      inputType: input.type,
+      inputDims: input.dims,
+      outputNames: outputs.map((o) => o.name),
+      outputs,
+      dynamicBatch,
+      maxBatch: dynamicBatch ? maxBatch : 1,
+    };
+  }
+
+  async unload(key: string): Promise<void> {
+    const entry = this.#models.get(key);
+    if (!entry) {
+      const loading = this.#loading.get(key);
+      if (!loading) return;
+      await loading.promise.catch(() => undefined);
+      return this.unload(key);
+    }
+    entry.unloading ??= this.#unload(key, entry);
+    return entry.unloading;
+  }
+
+  async #unload(key: string, entry: ModelEntry): Promise<void> {
+    entry.state = 'unloading';
+    this.#schedulePump();
+    await this.#drained(entry);
+    // Forget it first, so a worker respawned meanwhile does not load it again.
+    this.#models.delete(key);
+    await this.#unloadFromWorkers(key);
+    this.#log.info({ model: key }, 'model unloaded');
+  }
+
+  async #unloadFromWorkers(key: string): Promise<void> {
+    await Promise.all(
+      this.#slots.map(async (slot) => {
+        if (!slot.alive || !(slot.loaded.has(key) || slot.loading.has(key))) return;
+        try {
+          await this.#rpc(slot, { t: 'unload', id: this.#nextId(), key });
+        } catch (err) {
+          this.#log.warn({ worker: slot.index, model: key, err }, 'unload failed');
+        }
+        slot.loaded.delete(key);
+      }),
+    );
+  }
+
+  #drained(entry: ModelEntry): Promise<void> {
+    if (entry.queue.length === 0 && entry.inFlight === 0) return Promise.resolve();
+    return new Promise((resolve) => entry.drained.push(resolve));
+  }
+
+  #checkDrained(entry: ModelEntry): void {
+    if (entry.queue.length || entry.inFlight || !entry.drained.length) return;
+    const waiters = entry.drained.splice(0);
+    for (const w of waiters) w();
+  }
+
+  // ---------------------------------------------------------------- inference
+
+  infer(key: string, input: InferInput): Promise<InferResult> {
+    const t0 = performance.now();
+    if (!this.#sm.is('running')) return this.#reject('unavailable', ErrorCode.UNAVAILABLE, `inference engine is ${this.#sm.state}`);
+    const entry = this.#models.get(key);
+    if (!entry || entry.state !== 'ready') return this.#reject('not_found', ErrorCode.NOT_FOUND, `model ${key} is ${entry ? 'unloading' : 'not loaded'}`);
+    if (entry.broken) return this.#reject('inference', ErrorCode.INFERENCE, entry.broken.message);
+    const problem = this.#checkInput(entry.handle, input);
+    if (problem) return this.#reject('bad_input', ErrorCode.BAD_INPUT, `${key}: ${problem}`);
+    if (this.#queued >= this.#o.queueMax) {
+      return this.#reject('overloaded', ErrorCode.OVERLOADED, `inference queue is full (${this.#o.queueMax} samples waiting)`);
+    }
+    return new Promise<InferResult>((resolve, reject) => {
+      entry.queue.push({ data: input.data, dims: [...input.dims], t0, resolve, reject });
+      this.#queued++;
+      this.#schedulePump();
+    });
+  }
+
+  /** Returns why the sample does not fit the model, or undefined. ORT never sees a wrong shape. */
+  #checkInput(h: ModelHandle, input: InferInput): string | undefined {
+    const dtype = dtypeOf(input?.data);
+    if (!dtype) return 'data must be a Float32Array, Uint8Array or Int8Array';
+    if (dtype !== h.inputType) return `data is ${dtype}, the model's input ${h.inputName} is ${h.inputType}`;
+    const dims = input.dims;
+    if (!Array.isArray(dims) || dims.length !== h.inputDims.length) {
+      return `dims [${String(dims)}] do not match the input shape [${h.inputDims.join(', ')}]`;
+    }
+    let n = 1;
+    for (const [i, d] of dims.entries()) {
+      if (!Number.isInteger(d) || d < 1) return `dim ${i} is ${d}; dims must be positive integers`;
+      const want = h.inputDims[i];
+      if (i === 0 && d !== 1) return `one sample per call: batch dim must be 1, got ${d}`;
+      if (typeof want === 'number' && d !== want) return `dims [${dims.join(', ')}] do not match the input shape [${h.inputDims.join(', ')}]`;
+      n *= d;
+    }
+    if (input.data.length !== n) return `data has ${input.data.length} values, dims [${dims.join(', ')}] need ${n}`;
+    return undefined;
+  }
+
+  #reject(reason: Reason, code: ErrorCode, message: string): Promise<never> {
+    this.#metrics?.rejections.inc({ reason });
+    return Promise.reject(new EdgefleetError(code, message));
+  }
+
+  /** Coalesces every infer() of the current tick into one pump, so a burst forms one batch. */
+  #schedulePump(): void {
+    if (this.#pumpScheduled) return;
+    this.#pumpScheduled = true;
+    queueMicrotask(() => {
+      this.#pumpScheduled = false;
+      this.#pump();
+    });
+  }
+
+  #pump(): void {
+    clearTimeout(this.#pumpTimer);
+    this.#pumpTimer = undefined;
+    const now = performance.now();
+    const flush = !this.#sm.is('running');
+    let nextDeadline = Infinity;
+    for (const slot of this.#slots) {
+      if (!slot.alive || !slot.ready || slot.busy) continue;
+      let best: ModelEntry | undefined;
+      for (const [key, entry] of this.#models) {
+        const head = entry.queue[0];
+        if (!head || !slot.loaded.has(key)) continue;
+        const h = entry.handle;
+        const full = !h.dynamicBatch || entry.queue.length >= h.maxBatch;
+        const due = head.t0 + this.#o.maxWaitMs;
+        if (!full && !flush && entry.state === 'ready' && due > now) {
+          nextDeadline = Math.min(nextDeadline, due);
+          continue;
+        }
+        if (!best || head.t0 < best.queue[0]!.t0) best = entry;
+      }
+      if (best) this.#dispatch(slot, best);
+    }
+    if (nextDeadline !== Infinity) {
+      this.#pumpTimer = setTimeout(() => this.#pump(), Math.max(0, Math.ceil(nextDeadline - now)));
+    }
+  }
+
+  #dispatch(slot: Slot, entry: ModelEntry): void {
+    const h = entry.handle;
+    const head = entry.queue[0]!;
+    // Only samples of the head's exact shape can be stacked (symbolic non-batch dims may differ).
+    let n = 1;
+    while (n < h.maxBatch && n < entry.queue.length && sameDims(entry.queue[n]!.dims, head.dims)) n++;
+    const items = entry.queue.splice(0, n);
+    this.#queued -= n;
+    entry.inFlight += n;
+    slot.busy = true;
+
+    const per = head.data.length;
+    const dtype = h.inputType as InputDtype;
+    const batch = allocate(dtype, per * n);
+    for (const [i, it] of items.entries()) batch.set(it.data, i * per);
+    const dims = [n, ...head.dims.slice(1)];
+    this.#metrics?.batchSize.observe({ model: h.key }, n);
+
+    const msg: ToWorker = { t: 'run', id: this.#nextId(), key: h.key, dtype, dims, data: batch.buffer as ArrayBuffer };
+    // Bookkeeping first, then settle: a caller that awaits its result sees consistent stats().
+    let released = false;
+    const release = (): void => {
+      if (released) return;
+      released = true;
+      entry.inFlight -= n;
+      slot.busy = false;
+      slot.abandon = undefined;
+    };
+    // Settling a promise twice is a no-op: a result that arrives after abandon() is dropped.
+    slot.abandon = (err) => {
+      this.#metrics?.rejections.inc({ reason: 'unavailable' }, n);
+      for (const it of items) it.reject(err);
+    };
+    this.#rpc(slot, msg, [batch.buffer as ArrayBuffer])
+      .then((reply) => {
+        if (reply.t !== 'result') throw new EdgefleetError(ErrorCode.INTERNAL, `worker replied ${reply.t} to run`);
+        const perSample = splitOutputs(reply.outputs, n, h.key);
+        this.#metrics?.duration.observe({ model: h.key }, reply.runMs / 1000);
+        release();
+        const done = performance.now();
+        for (const [i, it] of items.entries()) {
+          it.resolve({ outputs: perSample[i]!, latencyMs: done - it.t0, runMs: reply.runMs, batchSize: n });
+        }
+      })
+      .catch((err: unknown) => {
+        release();
+        const passThrough = err instanceof EdgefleetError && (err.code === ErrorCode.INFERENCE || err.code === ErrorCode.UNAVAILABLE);
+        const e = passThrough ? err : new EdgefleetError(ErrorCode.INFERENCE, `${h.key}: ${errMessage(err)}`, { cause: err });
+        this.#metrics?.rejections.inc({ reason: e.code === ErrorCode.UNAVAILABLE ? 'unavailable' : 'inference' }, n);
+        this.#log.warn({ model: h.key, batch: n, err: e }, 'inference batch failed');
+        for (const it of items) it.reject(e);
+      })
+      .finally(() => {
+        this.#checkDrained(entry);
+        this.#schedulePump();
+      });
+  }
+
+  #failQueue(entry: ModelEntry, err: EdgefleetError): void {
+    const items = entry.queue.splice(0);
+    this.#queued -= items.length;
+    for (const it of items) it.reject(err);
+    this.#checkDrained(entry);
+  }
+
+  #inFlight(): number {
+    let n = 0;
+    for (const e of this.#models.values()) n += e.inFlight;
+    return n;
+  }
+
+  stats(): EngineStats {
+    return {
+      queued: this.#queued,
+      inFlight: this.#inFlight(),
+      workers: this.#slots.filter((s) => s.alive && s.ready && !s.retiring).length,
+      restarts: this.#restarts,
+      models: [...this.#models.keys()],
+    };
+  }
+
+  /**
+   * Test hook: kills worker `index` as a crash would. 'exit' makes the worker call
+   * process.exit(1) itself as soon as it is back in JS (needs `testHooks.exit`); 'terminate'
+   * calls worker.terminate() from here and must only be used while the worker is not inside
+   * ORT (e.g. during `testHooks.runDelayMs`), or the whole process aborts.
+   */
+  async crashWorkerForTest(index: number, how: 'exit' | 'terminate' = 'terminate'): Promise<void> {
+    const slot = this.#slots[index];
+    if (!slot?.alive) throw new EdgefleetError(ErrorCode.NOT_FOUND, `worker ${index} is not running`);
+    if (how === 'terminate') {
+      await slot.worker.terminate();
+      return;
+    }
+    if (!this.#o.testHooks?.exit) throw new EdgefleetError(ErrorCode.ILLEGAL_STATE, "crashWorkerForTest(i, 'exit') needs testHooks.exit");
+    const exited = new Promise<void>((resolve) => slot.worker.once('exit', () => resolve()));
+    slot.worker.postMessage({ t: 'test-exit', id: this.#nextId() } satisfies ToWorker);
+    await exited;
+  }
+
+  // ---------------------------------------------------------------- workers
+
+  #nextId(): number {
+    this.#rpcId = (this.#rpcId + 1) % Number.MAX_SAFE_INTEGER;
+    return this.#rpcId;
+  }
+
+  #rpc(slot: Slot, msg: ToWorker, transfer: ArrayBuffer[] = []): Promise<FromWorker> {
+    if (!slot.alive) return Promise.reject(workerGone(slot.index, 'is not running'));
+    return new Promise<FromWorker>((resolve, reject) => {
+      slot.rpcs.set(msg.id, { resolve, reject });
+      try {
+        slot.worker.postMessage(msg, transfer);
+      } catch (err) {
+        slot.rpcs.delete(msg.id);
+        reject(toEdgefleetError(err, ErrorCode.INFERENCE));
+      }
+    });
+  }
+
+  /** Creates (or re-creates) worker `index`; resolves once its ORT module is loaded. */
+  #spawn(index: number): Promise<void> {
+    const url = siblingModule(import.meta.url, './worker');
+    const data: WorkerData = {
+      workerId: index,
+      intraOpThreads: this.#o.intraOpThreads,
+      ...(this.#o.testHooks?.runDelayMs ? { testRunDelayMs: this.#o.testHooks.runDelayMs } : {}),
+      ...(this.#o.testHooks?.exit ? { testExit: true } : {}),
+    };
+    const worker = newWorker(url, { workerData: data, name: `inference-${index}` });
+    const slot: Slot = {
+      index,
+      worker,
+      ready: false,
+      alive: true,
+      retiring: false,
+      spawnedAt: performance.now(),
+      loaded: new Set(),
+      loading: new Set(),
+      busy: false,
+      abandon: undefined,
+      rpcs: new Map(),
+      onReady: undefined,
+    };
+    this.#slots[index] = slot;
+    const ready = new Promise<void>((resolve, reject) => {
+      slot.onReady = { resolve, reject };
+    });
+    worker.on('message', (raw: unknown) => this.#onMessage(slot, raw));
+    worker.on('messageerror', (err) => this.#log.error({ worker: index, err }, 'worker message could not be deserialised'));
+    worker.on('error', (err) => this.#log.error({ worker: index, err }, 'inference worker error'));
+    worker.on('exit', (code) => this.#onExit(slot, code));
+    return ready;
+  }
+
+  #onMessage(slot: Slot, raw: unknown): void {
+    const parsed = FromWorkerSchema.safeParse(raw);
+    if (!parsed.success) {
+      this.#log.error({ worker: slot.index, problem: formatIssues(parsed.error) }, 'bad message from worker');
+      return;
+    }
+    const msg = parsed.data;
+    switch (msg.t) {
+      case 'ready':
+        slot.ready = true;
+        slot.onReady?.resolve();
+        slot.onReady = undefined;
+        this.#syncSlot(slot);
+        return;
+      case 'protocol-error':
+        this.#log.error({ worker: slot.index, problem: msg.message }, 'worker refused a message');
+        return;
+      default: {
+        const rpc = slot.rpcs.get(msg.id);
+        if (!rpc) return;
+        slot.rpcs.delete(msg.id);
+        if (msg.t === 'error') rpc.reject(new EdgefleetError(ErrorCode.INFERENCE, msg.message));
+        else rpc.resolve(msg);
+        if (slot.retiring && slot.rpcs.size === 0 && slot.alive) void slot.worker.terminate();
+      }
+    }
+  }
+
+  #onExit(slot: Slot, code: number): void {
+    slot.alive = false;
+    slot.ready = false;
+    const err = slot.retiring
+      ? new EdgefleetError(ErrorCode.UNAVAILABLE, 'inference engine stopped before the run finished')
+      : workerGone(slot.index, `exited with code ${code}`);
+    slot.onReady?.reject(err);
+    slot.onReady = undefined;
+    const rpcs = [...slot.rpcs.values()];
+    slot.rpcs.clear();
+    for (const r of rpcs) r.reject(err);
+    if (slot.retiring || !this.#sm.is('running', 'stopping')) return;
+
+    this.#restarts++;
+    this.#metrics?.restarts.inc();
+    // A worker that ran a while before dying is not crash-looping: start over with short delays.
+    if (performance.now() - slot.spawnedAt > 30_000) this.#backoff.reset();
+    const delay = this.#backoff.next();
+    this.#log.error({ worker: slot.index, code, restarts: this.#restarts, respawnInMs: delay }, 'inference worker died; respawning');
+    const timer = setTimeout(() => {
+      this.#respawnTimers.delete(timer);
+      if (!this.#sm.is('running', 'stopping')) return;
+      this.#spawn(slot.index).catch((e: unknown) => this.#log.error({ worker: slot.index, err: e }, 'respawned worker failed to start'));
+    }, delay);
+    this.#respawnTimers.add(timer);
+  }
+
+  /** Loads every model the slot lacks (after a respawn, or after a load raced a respawn). */
+  #syncSlot(slot: Slot): void {
+    if (!slot.alive || !slot.ready) return;
+    for (const [key, entry] of this.#models) {
+      // Unloading models too: their queued samples still need a worker to drain.
+      if (slot.loaded.has(key) || slot.loading.has(key)) continue;
+      this.#loadOn(slot, key, entry.handle.path)
+        .then(() => {
+          entry.broken = undefined;
+          this.#log.info({ worker: slot.index, model: key }, 'model reloaded on worker');
+          this.#schedulePump();
+        })
+        .catch((err: unknown) => {
+          this.#log.error({ worker: slot.index, model: key, err }, 'reloading model on worker failed');
+          // With no worker left to run it, queued samples would wait forever: fail them and
+          // refuse new ones until a later respawn reloads the model.
+          if (this.#models.get(key) !== entry || this.#slots.some((s) => s.alive && (s.loaded.has(key) || s.loading.has(key)))) return;
+          entry.broken = new EdgefleetError(ErrorCode.INFERENCE, `model ${key} could not be reloaded after a worker restart: ${errMessage(err)}`, { cause: err });
+          this.#failQueue(entry, entry.broken);
+        });
+    }
+    this.#schedulePump();
+  }
+
+  #createMetrics(registry: Registry): Metrics {
+    const models = this.#models;
+    new Gauge({
+      name: 'edgefleet_inference_queue_depth',
+      help: 'Samples waiting for an inference worker, by model.',
+      labelNames: ['model'],
+      registers: [registry],
+      collect() {
+        this.reset();
+        for (const [key, e] of models) this.set({ model: key }, e.queue.length);
+      },
+    });
+    return {
+      batchSize: new Histogram({
+        name: 'edgefleet_inference_batch_size',
+        help: 'Samples per ORT run, by model.',
+        labelNames: ['model'],
+        buckets: [1, 2, 4, 8, 16, 32, 64, 128],
+        registers: [registry],
+      }),
+      duration: new Histogram({
+        name: 'edgefleet_inference_duration_seconds',
+        help: 'Time in session.run per batch, by model.',
+        labelNames: ['model'],
+        buckets: [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5],
+        registers: [registry],
+      }),
+      rejections: new Counter({
+        name: 'edgefleet_inference_rejections_total',
+        help: 'Samples refused or failed, by reason (overloaded, bad_input, not_found, unavailable, inference).',
+        labelNames: ['reason'],
+        registers: [registry],
+      }),
+      restarts: new Counter({
+        name: 'edgefleet_inference_worker_restarts_total',
+        help: 'Inference workers respawned after dying.',
+        registers: [registry],
+      }),
+    };
+  }
+}
+
+/**
+ * Starts a worker on a module of this code base, as TypeScript (tests, tsx) or compiled JS.
+ * Node 20 ignores loader hooks given in a worker's execArgv (`--import tsx` leaves `.ts`
+ * unknown: nodejs/node#47747, fixed in 22), so under tsx the worker registers tsx itself
+ * and then imports the module.
+ */
+function workerGone(index: number, what: string): EdgefleetError {
+  return new EdgefleetError(ErrorCode.INFERENCE, `inference worker ${index} ${what}`, { details: { workerExit: true } });
+}
+
+function errMessage(err: unknown): string {
+  return err instanceof Error ? err.message : String(err);
+}
+
+/** Splits batched outputs [n, ...] into n per-sample views (no copies: subarrays of one buffer). */
+function splitOutputs(outputs: { name: string; dims: number[]; data: ArrayBuffer }[], n: number, key: string): Record<string, OutputTensor>[] {
+  const perSample: Record<string, OutputTensor>[] = Array.from({ length: n }, () => ({}));
+  for (const o of outputs) {
+    const data = new Float32Array(o.data);
+    if (n === 1) {
+      perSample[0]![o.name] = { data, dims: o.dims };
+      continue;
+    }
+    if (o.dims[0] !== n || data.length % n !== 0) {
+      throw new EdgefleetError(ErrorCode.INFERENCE, `${key}: output ${o.name} has dims [${o.dims.join(', ')}], not batched over ${n} samples`);
+    }
+    const step = data.length / n;
+    const dims = [1, ...o.dims.slice(1)];
+    for (let i = 0; i < n; i++) perSample[i]![o.name] = { data: data.subarray(i * step, (i + 1) * step), dims };
+  }
+  return perSample;
+}

@@ -1,0 +1,128 @@
+/**
+ * Inference worker thread: owns one ORT session per loaded model key and runs the batches the
+ * pool sends, one message at a time. onnxruntime-node creates sessions and runs them
+ * synchronously on the calling JS thread (ARCHITECTURE §1), which is why this runs here and
+ * not on the agent's main thread. This is the only module that loads onnxruntime-node.
+ */
+import { parentPort, workerData } from 'node:worker_threads';
+import { setTimeout as sleep } from 'node:timers/promises';
+import ort from 'onnxruntime-node';
+import { formatIssues } from '../../shared/codec.ts';
+import { ToWorkerSchema, WorkerDataSchema, type FromWorker, type ToWorker, type ValueMeta } from './messages.ts';
+
+type Session = Awaited<ReturnType<typeof ort.InferenceSession.create>>;
+type ValueMetadata = Session['inputMetadata'][number];
+
+const port = parentPort;
+if (!port) throw new Error('agent/runtime/worker.ts must run as a worker thread');
+const config = WorkerDataSchema.parse(workerData);
+
+// One session per model key for the worker's whole life: creating and releasing sessions
+// repeatedly leaks native memory (microsoft/onnxruntime#25325), so only load/unload touch them.
+const sessions = new Map<string, Session>();
+
+const post = (msg: FromWorker, transfer: ArrayBuffer[] = []): void => {
+  port.postMessage(msg, transfer);
+};
+
+const toMeta = (m: ValueMetadata): ValueMeta =>
+  m.isTensor ? { name: m.name, isTensor: true, type: m.type, dims: [...m.shape] } : { name: m.name, isTensor: false };
+
+function inputArray(dtype: 'float32' | 'uint8' | 'int8', buf: ArrayBuffer): Float32Array | Uint8Array | Int8Array {
+  switch (dtype) {
+    case 'float32':
+      return new Float32Array(buf);
+    case 'uint8':
+      return new Uint8Array(buf);
+    case 'int8':
+      return new Int8Array(buf);
+  }
+}
+
+/** Outputs go back as float32: copies made here, off the main thread, into transferable buffers. */
+function toFloat32(data: unknown): Float32Array {
+  if (data instanceof Float32Array) return new Float32Array(data);
+  if (data instanceof BigInt64Array || data instanceof BigUint64Array) return Float32Array.from(data, (v) => Number(v));
+  if (ArrayBuffer.isView(data) && !(data instanceof DataView)) return Float32Array.from(data as unknown as ArrayLike<number>);
+  if (Array.isArray(data)) return Float32Array.from(data, (v) => Number(v));
+  throw new Error('output is not a numeric tensor');
+}
+
+async function handle(msg: ToWorker): Promise<void> {
+  switch (msg.t) {
+    case 'load': {
+      let session = sessions.get(msg.key);
+      if (!session) {
+        session = await ort.InferenceSession.create(msg.path, {
+          intraOpNumThreads: config.intraOpThreads,
+          interOpNumThreads: 1,
+          executionMode: 'sequential',
+          graphOptimizationLevel: 'all',
+        });
+        sessions.set(msg.key, session);
+      }
+      post({ t: 'loaded', id: msg.id, inputs: session.inputMetadata.map(toMeta), outputs: session.outputMetadata.map(toMeta) });
+      return;
+    }
+    case 'unload': {
+      const session = sessions.get(msg.key);
+      sessions.delete(msg.key);
+      await session?.release();
+      post({ t: 'done', id: msg.id });
+      return;
+    }
+    case 'close': {
+      const all = [...sessions.values()];
+      sessions.clear();
+      await Promise.allSettled(all.map((s) => s.release()));
+      post({ t: 'done', id: msg.id });
+      return;
+    }
+    case 'test-exit':
+      return;
+    case 'run': {
+      const session = sessions.get(msg.key);
+      if (!session) throw new Error(`model ${msg.key} is not loaded in this worker`);
+      const inputName = session.inputNames[0];
+      if (inputName === undefined) throw new Error(`model ${msg.key} has no input`);
+      if (config.testRunDelayMs) await sleep(config.testRunDelayMs);
+      const feeds = { [inputName]: new ort.Tensor(msg.dtype, inputArray(msg.dtype, msg.data), msg.dims) };
+      const t0 = performance.now();
+      const result = await session.run(feeds);
+      const runMs = performance.now() - t0;
+      const outputs: { name: string; dims: number[]; data: ArrayBuffer }[] = [];
+      for (const name of session.outputNames) {
+        const tensor = result[name];
+        if (!tensor) throw new Error(`model ${msg.key} returned no output ${name}`);
+        const data = toFloat32(tensor.data);
+        outputs.push({ name, dims: [...tensor.dims], data: data.buffer as ArrayBuffer });
+        tensor.dispose();
+      }
+      post({ t: 'result', id: msg.id, runMs, outputs }, outputs.map((o) => o.data));
+      return;
+    }
+  }
+}
+
+// Messages are handled strictly one after another: the pool sends a worker one batch at a
+// time, and serialising load/unload with runs means a run never sees a half-released session.
+let chain: Promise<void> = Promise.resolve();
+
+port.on('message', (raw: unknown) => {
+  const parsed = ToWorkerSchema.safeParse(raw);
+  if (!parsed.success) {
+    const id = (raw as { id?: unknown } | null)?.id;
+    const message = `bad message to worker: ${formatIssues(parsed.error)}`;
+    post(typeof id === 'number' && Number.isInteger(id) && id >= 0 ? { t: 'error', id, message } : { t: 'protocol-error', message });
+    return;
+  }
+  const msg = parsed.data;
+  if (msg.t === 'test-exit' && config.testExit) process.exit(1); // not queued: a crash does not wait its turn
+  chain = chain.then(() =>
+    handle(msg).catch((err: unknown) => {
+      post({ t: 'error', id: msg.id, message: err instanceof Error ? err.message : String(err) });
+    }),
+  );
+});
+
+post({ t: 'ready' });
