@@ -1,0 +1,65 @@
+/**
+ * Small plumbing for the JSON API on node:http: bounded body reading, JSON replies, and the
+ * one error shape `{ error: { code, message } }` with the status from `httpStatusOf`.
+ */
+import type { IncomingMessage, ServerResponse } from 'node:http';
+import type { z } from 'zod';
+import { formatIssues } from '../../shared/codec.ts';
+import { EdgefleetError, ErrorCode, httpStatusOf, toEdgefleetError } from '../../shared/errors.ts';
+
+export function sendJson(res: ServerResponse, status: number, body: unknown, headers: Record<string, string> = {}): void {
+  const text = JSON.stringify(body);
+  res.writeHead(status, { 'content-type': 'application/json; charset=utf-8', 'content-length': Buffer.byteLength(text), ...headers });
+  res.end(text);
+}
+
+/** Replies with the error; internal details stay in the log, not in the response. */
+export function sendError(res: ServerResponse, err: unknown): EdgefleetError {
+  const e = toEdgefleetError(err);
+  const status = httpStatusOf[e.code];
+  const message = status >= 500 && e.code !== ErrorCode.STORAGE ? 'internal error' : e.message;
+  if (!res.headersSent) sendJson(res, status, { error: { code: e.code, message } }, e.code === ErrorCode.UNAUTHORIZED ? { 'www-authenticate': 'Bearer' } : {});
+  else res.destroy();
+  return e;
+}
+
+/** Reads the request body up to `maxBytes`; larger bodies fail with PAYLOAD_TOO_LARGE. */
+export async function readBody(req: IncomingMessage, maxBytes: number): Promise<Buffer> {
+  const declared = Number(req.headers['content-length'] ?? NaN);
+  if (Number.isFinite(declared) && declared > maxBytes) {
+    req.resume();
+    throw new EdgefleetError(ErrorCode.PAYLOAD_TOO_LARGE, `body of ${declared} bytes exceeds ${maxBytes}`);
+  }
+  // Events rather than for-await: leaving a for-await loop early destroys the socket, and the
+  // client would see a reset instead of the 413.
+  return new Promise((resolve, reject) => {
+    const chunks: Buffer[] = [];
+    let size = 0;
+    const onData = (chunk: Buffer): void => {
+      size += chunk.length;
+      if (size > maxBytes) {
+        req.off('data', onData);
+        req.resume(); // drain and drop the rest
+        reject(new EdgefleetError(ErrorCode.PAYLOAD_TOO_LARGE, `body exceeds ${maxBytes} bytes`));
+        return;
+      }
+      chunks.push(chunk);
+    };
+    req.on('data', onData);
+    req.once('end', () => resolve(Buffer.concat(chunks)));
+    req.once('error', (err) => reject(toEdgefleetError(err, ErrorCode.BAD_INPUT)));
+  });
+}
+
+export async function readJson<S extends z.ZodType>(req: IncomingMessage, schema: S, maxBytes: number): Promise<z.infer<S>> {
+  const body = await readBody(req, maxBytes);
+  let raw: unknown;
+  try {
+    raw = JSON.parse(body.length ? body.toString('utf8') : 'null');
+  } catch (err) {
+    throw new EdgefleetError(ErrorCode.BAD_INPUT, `malformed JSON: ${(err as Error).message}`);
+  }
+  const parsed = schema.safeParse(raw);
+  if (!parsed.success) throw new EdgefleetError(ErrorCode.BAD_INPUT, formatIssues(parsed.error));
+  return parsed.data;
+}

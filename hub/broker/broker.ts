@@ -1,0 +1,338 @@
+/**
+ * The embedded MQTT broker: aedes on a `net` server, locked down. aedes accepts every login,
+ * subscription and publish by default (PITFALLS), so every hook is set here:
+ *   authenticate       username = principal id, password = token (scrypt-verified, async);
+ *                      clientId must equal the username, so nobody can take over (kick off)
+ *                      another principal's session by reusing its clientId; will topics
+ *                      are checked against the same ACL as publishes.
+ *   authorizePublish   ACL (hub/broker/acl.ts) and payload size cap; a refusal closes the
+ *                      connection (MQTT 3.1.1 has no negative PUBACK) and is counted.
+ *   authorizeSubscribe ACL; refused filters get SUBACK 128.
+ *   authorizeForward   delivery-time check, so retained messages never cross devices.
+ * Plus a short drainTimeout (one stalled reader must not stall everyone) and a topic depth cap.
+ */
+import { createServer, type Server, type Socket } from 'node:net';
+import { Aedes, type AedesPublishPacket, type Client, type ConnectPacket, type PublishPacket, type Subscription } from 'aedes';
+import { Counter, Gauge, type Registry } from 'prom-client';
+import { EdgefleetError, ErrorCode, toEdgefleetError } from '../../shared/errors.ts';
+import type { Component } from '../../shared/lifecycle.ts';
+import { LogThrottle, type Logger } from '../../shared/log.ts';
+import { hashToken, newSecret, verifyToken, type TokenHash } from '../auth/tokens.ts';
+import type { HubStore } from '../store/store.ts';
+import { guardConnection } from './packet-guard.ts';
+import { mayReceive, publishRefusal, subscribeRefusal, type Identity } from './acl.ts';
+import type { MessageBus, MessageHandler } from './bus.ts';
+
+export interface BrokerOptions {
+  host: string;
+  port: number;
+  maxPayloadBytes: number;
+  maxTopicDepth: number;
+  drainTimeoutMs: number;
+  store: HubStore;
+  log: Logger;
+  registry: Registry;
+  now?: () => number;
+}
+
+/** CONNACK return codes of MQTT 3.1.1 (aedes declares them as an ambient const enum). */
+const CONNACK = { IDENTIFIER_REJECTED: 2, SERVER_UNAVAILABLE: 3, BAD_USERNAME_OR_PASSWORD: 4, NOT_AUTHORIZED: 5 } as const;
+
+function refuse(returnCode: number, message: string): Error & { returnCode: number } {
+  return Object.assign(new Error(message), { returnCode });
+}
+
+interface BrokerMetrics {
+  connectRefused: Counter<'reason'>;
+  publishRefused: Counter<'reason'>;
+  subscribeRefused: Counter<'reason'>;
+  forwardBlocked: Counter;
+  clientErrors: Counter;
+}
+
+export class EmbeddedBroker implements Component, MessageBus {
+  readonly name = 'broker';
+  readonly #opts: BrokerOptions;
+  readonly #log: Logger;
+  readonly #throttle = new LogThrottle(5000);
+  readonly #identities = new WeakMap<Client, Identity>();
+  readonly #wills = new WeakMap<Client, { topic: string; size: number }>();
+  readonly #presence: ((id: string, online: boolean) => void)[] = [];
+  readonly #metrics: BrokerMetrics;
+  readonly #now: () => number;
+  #aedes: Aedes | undefined;
+  #server: Server | undefined;
+  readonly #sockets = new Set<Socket>();
+  #port = 0;
+  #dummyHash: Promise<TokenHash> | undefined;
+
+  constructor(opts: BrokerOptions) {
+    this.#opts = opts;
+    this.#log = opts.log;
+    this.#now = opts.now ?? Date.now;
+    const registers = [opts.registry];
+    this.#metrics = {
+      connectRefused: new Counter({
+        name: 'edgefleet_hub_mqtt_connect_refused_total',
+        help: 'MQTT connections refused, by reason (bad_credentials, client_id_mismatch, will_not_allowed, unavailable).',
+        labelNames: ['reason'],
+        registers,
+      }),
+      publishRefused: new Counter({
+        name: 'edgefleet_hub_mqtt_publish_refused_total',
+        help: 'MQTT publishes refused (the client is disconnected), by reason (acl, too_large, packet_too_large, unknown_client).',
+        labelNames: ['reason'],
+        registers,
+      }),
+      subscribeRefused: new Counter({
+        name: 'edgefleet_hub_mqtt_subscribe_refused_total',
+        help: 'MQTT subscriptions refused with SUBACK 128, by reason (acl, unknown_client).',
+        labelNames: ['reason'],
+        registers,
+      }),
+      forwardBlocked: new Counter({
+        name: 'edgefleet_hub_mqtt_forward_blocked_total',
+        help: 'Deliveries (retained included) withheld because the receiver may not see the topic.',
+        registers,
+      }),
+      clientErrors: new Counter({ name: 'edgefleet_hub_mqtt_client_errors_total', help: 'Client and connection errors seen by the broker.', registers }),
+    };
+    const connected = (): number => this.#aedes?.connectedClients ?? 0;
+    new Gauge({
+      name: 'edgefleet_hub_mqtt_clients',
+      help: 'MQTT clients currently connected to the embedded broker.',
+      registers,
+      collect() {
+        this.set(connected());
+      },
+    });
+    // Built here, not in start(): the MessageBus can take subscriptions before the broker
+    // listens, so nothing a reconnecting fleet publishes right after a restart is missed.
+    const aedes = new Aedes({
+      drainTimeout: this.#opts.drainTimeoutMs,
+      maxTopicLevels: this.#opts.maxTopicDepth,
+      preConnect: (client, packet, done) => this.#preConnect(client, packet, done),
+      authenticate: (client, username, password, done) => {
+        this.#authenticate(client, username, password).then(
+          () => done(null, true),
+          (err: Error & { returnCode: number }) => done(err, false),
+        );
+      },
+      authorizePublish: (client, packet, done) => done(this.#authorizePublish(client, packet)),
+      authorizeSubscribe: (client, sub, done) => done(null, this.#authorizeSubscribe(client, sub)),
+      authorizeForward: (client, packet) => this.#authorizeForward(client, packet),
+    });
+    this.#aedes = aedes;
+    aedes.on('clientReady', (client) => {
+      const who = this.#identities.get(client);
+      if (who) for (const l of this.#presence) l(who.id, true);
+    });
+    aedes.on('clientDisconnect', (client) => {
+      const who = this.#identities.get(client);
+      if (!who) return;
+      // On a takeover (same id reconnecting) the old connection ends after the new one is in.
+      const current = this.#clients()[who.id];
+      if (current && current !== client && current.connected) return;
+      for (const l of this.#presence) l(who.id, false);
+    });
+    const onError = (kind: string) => (client: Client | null, err: Error) => {
+      this.#metrics.clientErrors.inc();
+      this.#throttle.run(`${kind}:${err.message}`, (suppressed) =>
+        this.#log.debug({ clientId: client?.id, err: { message: err.message }, suppressed }, kind),
+      );
+    };
+    aedes.on('clientError', onError('client error'));
+    aedes.on('connectionError', onError('connection error'));
+  }
+
+  /** The port the broker listens on (the bound one when configured with 0). */
+  get port(): number {
+    return this.#port;
+  }
+
+  async start(signal: AbortSignal): Promise<void> {
+    const aedes = this.#aedes;
+    if (!aedes) throw new EdgefleetError(ErrorCode.ILLEGAL_STATE, 'broker was stopped');
+    await aedes.listen();
+
+    const server = createServer((socket) => {
+      this.#sockets.add(socket);
+      socket.once('close', () => this.#sockets.delete(socket));
+      // Room for the largest accepted payload plus a maximal topic and the headers.
+      const maxPacket = this.#opts.maxPayloadBytes + 65_536 + 16;
+      aedes.handle(
+        guardConnection(socket, maxPacket, (declared) => {
+          this.#metrics.publishRefused.inc({ reason: 'packet_too_large' });
+          this.#throttle.run('packet_too_large', (suppressed) =>
+            this.#log.warn({ remote: socket.remoteAddress, declared, max: maxPacket, suppressed }, 'mqtt packet too large; connection closed'),
+          );
+        }),
+      );
+    });
+    this.#server = server;
+    try {
+      await new Promise<void>((resolve, reject) => {
+        const onAbort = (): void => reject(new EdgefleetError(ErrorCode.ABORTED, 'broker start aborted'));
+        if (signal.aborted) return onAbort();
+        signal.addEventListener('abort', onAbort, { once: true });
+        server.once('error', (err) => reject(new EdgefleetError(ErrorCode.UNAVAILABLE, `mqtt listen on ${this.#opts.host}:${this.#opts.port}: ${err.message}`, { cause: err })));
+        server.listen({ host: this.#opts.host, port: this.#opts.port }, () => {
+          signal.removeEventListener('abort', onAbort);
+          resolve();
+        });
+      });
+    } catch (err) {
+      await this.stop();
+      throw err;
+    }
+    const addr = server.address();
+    this.#port = typeof addr === 'object' && addr ? addr.port : this.#opts.port;
+    this.#log.info({ host: this.#opts.host, port: this.#port }, 'mqtt listening');
+  }
+
+  async stop(): Promise<void> {
+    const server = this.#server;
+    const aedes = this.#aedes;
+    this.#server = undefined;
+    this.#aedes = undefined;
+    const closed = server ? new Promise<void>((resolve) => server.close(() => resolve())) : Promise.resolve();
+    if (aedes) await new Promise<void>((resolve) => aedes.close(() => resolve()));
+    // Sockets aedes never adopted (a connect still being authenticated) would hold close() open.
+    for (const s of this.#sockets) s.destroy();
+    await closed;
+  }
+
+  #clients(): Record<string, Client | undefined> {
+    return (this.#aedes as unknown as { clients?: Record<string, Client | undefined> } | undefined)?.clients ?? {};
+  }
+
+  // --- MessageBus ---------------------------------------------------------------------------
+
+  subscribe(filter: string, handler: MessageHandler): Promise<void> {
+    const aedes = this.#requireAedes();
+    return new Promise<void>((resolve) => {
+      // aedes.subscribe listens on the broker's emitter, below client ACLs: it sees every
+      // publish on the filter, and the publisher's PUBACK waits until the handler is done.
+      aedes.subscribe(
+        filter,
+        (packet: AedesPublishPacket, done: () => void) => {
+          const payload = Buffer.isBuffer(packet.payload) ? packet.payload : Buffer.from(packet.payload);
+          handler(packet.topic, payload).then(done, (err: unknown) => {
+            this.#log.error({ err: toEdgefleetError(err), topic: packet.topic }, 'message handler failed');
+            done();
+          });
+        },
+        () => resolve(),
+      );
+    });
+  }
+
+  publish(topic: string, payload: Buffer, opts: { qos: 0 | 1; retain?: boolean }): Promise<void> {
+    const aedes = this.#requireAedes();
+    return new Promise((resolve, reject) => {
+      const packet: PublishPacket = { cmd: 'publish', topic, payload, qos: opts.qos, retain: opts.retain ?? false, dup: false };
+      aedes.publish(packet, (err) => (err ? reject(toEdgefleetError(err, ErrorCode.UNAVAILABLE)) : resolve()));
+    });
+  }
+
+  isConnected(clientId: string): boolean {
+    const c = this.#clients()[clientId];
+    return !!c && c.connected && !c.closed;
+  }
+
+  onPresence(listener: (id: string, online: boolean) => void): void {
+    this.#presence.push(listener);
+  }
+
+  #requireAedes(): Aedes {
+    if (!this.#aedes) throw new EdgefleetError(ErrorCode.ILLEGAL_STATE, 'broker is not running');
+    return this.#aedes;
+  }
+
+  // --- hooks --------------------------------------------------------------------------------
+
+  #preConnect(client: Client, packet: ConnectPacket, done: (err: Error | null, ok: boolean) => void): void {
+    // authenticate() does not see the CONNECT packet; keep the will to check it there.
+    if (packet.will) {
+      const p = packet.will.payload as Buffer | string | undefined;
+      this.#wills.set(client, { topic: packet.will.topic, size: p === undefined ? 0 : typeof p === 'string' ? Buffer.byteLength(p) : p.length });
+    }
+    done(null, true);
+  }
+
+  async #authenticate(client: Client, username: string | undefined, password: Buffer | undefined): Promise<void> {
+    const refused = (reason: string, code: number, message: string): Error => {
+      this.#metrics.connectRefused.inc({ reason });
+      this.#throttle.run(`connect:${reason}:${username ?? ''}`, (suppressed) =>
+        this.#log.warn({ clientId: client.id, username, reason, suppressed }, 'mqtt connect refused'),
+      );
+      return refuse(code, message);
+    };
+    if (!username || !password || password.length === 0) throw refused('bad_credentials', CONNACK.BAD_USERNAME_OR_PASSWORD, 'username and password required');
+    if (client.id !== username) throw refused('client_id_mismatch', CONNACK.IDENTIFIER_REJECTED, 'client id must equal the username');
+    const token = password.toString('utf8');
+    let ok: boolean;
+    let creds;
+    try {
+      creds = await this.#opts.store.getCredentials(username);
+      // Unknown ids cost the same scrypt as known ones: timing does not reveal which ids exist.
+      this.#dummyHash ??= hashToken(newSecret());
+      ok = (await verifyToken(token, creds ? creds.token : await this.#dummyHash)) && creds !== undefined;
+    } catch (err) {
+      this.#log.error({ err: toEdgefleetError(err) }, 'authentication failed on the store');
+      throw refused('unavailable', CONNACK.SERVER_UNAVAILABLE, 'server unavailable');
+    }
+    if (!creds || !ok) throw refused('bad_credentials', CONNACK.BAD_USERNAME_OR_PASSWORD, 'bad user name or password');
+    const who: Identity = { id: creds.id, kind: creds.kind, deviceId: creds.deviceId };
+    const will = this.#wills.get(client);
+    if (will) {
+      const why = will.size > this.#opts.maxPayloadBytes ? 'will payload too large' : publishRefusal(who, will.topic);
+      if (why) throw refused('will_not_allowed', CONNACK.NOT_AUTHORIZED, `will topic refused: ${why}`);
+    }
+    this.#identities.set(client, who);
+  }
+
+  #authorizePublish(client: Client | null, packet: PublishPacket): Error | null {
+    // client is null only for wills of vanished clients that aedes publishes itself; those
+    // wills passed the ACL when their client connected.
+    if (!client) return null;
+    const who = this.#identities.get(client);
+    if (!who) {
+      this.#metrics.publishRefused.inc({ reason: 'unknown_client' });
+      return new Error('not authenticated');
+    }
+    const size = typeof packet.payload === 'string' ? Buffer.byteLength(packet.payload) : packet.payload.length;
+    const tooLarge = size > this.#opts.maxPayloadBytes;
+    const aclRefusal = tooLarge ? undefined : publishRefusal(who, packet.topic);
+    if (!tooLarge && !aclRefusal) return null;
+    const reason = tooLarge ? 'too_large' : 'acl';
+    const detail = aclRefusal ?? `payload of ${size} bytes exceeds ${this.#opts.maxPayloadBytes}`;
+    this.#metrics.publishRefused.inc({ reason });
+    this.#throttle.run(`publish:${reason}:${who.id}`, (suppressed) =>
+      this.#log.warn(
+        { principal: who.id, topic: packet.topic.slice(0, 256), code: reason === 'too_large' ? ErrorCode.PAYLOAD_TOO_LARGE : ErrorCode.FORBIDDEN, detail, suppressed },
+        'mqtt publish refused',
+      ),
+    );
+    this.#opts.store.countBadMessage(who.id, this.#now()).catch((err: unknown) => this.#log.warn({ err: toEdgefleetError(err) }, 'cannot count bad message'));
+    return new Error(`publish refused: ${detail}`);
+  }
+
+  #authorizeSubscribe(client: Client, sub: Subscription): Subscription | null {
+    const who = this.#identities.get(client);
+    const why = who ? subscribeRefusal(who, sub.topic) : 'not authenticated';
+    if (!why) return sub;
+    this.#metrics.subscribeRefused.inc({ reason: who ? 'acl' : 'unknown_client' });
+    this.#throttle.run(`subscribe:${who?.id ?? client.id}`, (suppressed) =>
+      this.#log.warn({ principal: who?.id ?? client.id, filter: sub.topic.slice(0, 256), why, suppressed }, 'mqtt subscribe refused'),
+    );
+    return null;
+  }
+
+  #authorizeForward(client: Client, packet: AedesPublishPacket): AedesPublishPacket | null {
+    const who = this.#identities.get(client);
+    if (who && mayReceive(who, packet.topic)) return packet;
+    this.#metrics.forwardBlocked.inc();
+    return null;
+  }
+}

@@ -1,0 +1,89 @@
+/**
+ * Caps the size of MQTT packets before they are buffered. aedes' parser (mqtt-packet) has no
+ * size limit: it collects a whole packet, up to the protocol's 256 MB, before aedes sees it,
+ * and that includes a CONNECT sent before authentication. This wrapper reads each packet's
+ * fixed header as bytes stream in and cuts the connection as soon as a declared length exceeds
+ * the cap. (The exact payload cap, with per-device counting, is in authorizePublish.)
+ */
+import { Duplex } from 'node:stream';
+import type { Socket } from 'node:net';
+
+/** Tracks MQTT packet boundaries in a byte stream: type byte, remaining length (varint), body. */
+export class FrameSizeGuard {
+  #skip = 0;
+  #inLength = false;
+  #len = 0;
+  #mult = 1;
+  #lenBytes = 0;
+  constructor(private readonly maxPacketBytes: number) {}
+
+  /** Returns the offending declared length when a packet is too large (or malformed), else undefined. */
+  feed(chunk: Buffer): number | undefined {
+    let i = 0;
+    while (i < chunk.length) {
+      if (this.#skip > 0) {
+        const n = Math.min(this.#skip, chunk.length - i);
+        i += n;
+        this.#skip -= n;
+        continue;
+      }
+      const b = chunk[i++] as number;
+      if (!this.#inLength) {
+        this.#inLength = true;
+        this.#len = 0;
+        this.#mult = 1;
+        this.#lenBytes = 0;
+        continue;
+      }
+      this.#len += (b & 0x7f) * this.#mult;
+      this.#mult *= 128;
+      this.#lenBytes++;
+      if (this.#len > this.maxPacketBytes) return this.#len;
+      if (b & 0x80) {
+        if (this.#lenBytes >= 4) return Number.POSITIVE_INFINITY; // not a valid varint
+        continue;
+      }
+      this.#inLength = false;
+      this.#skip = this.#len;
+    }
+    return undefined;
+  }
+}
+
+/**
+ * A Duplex over the socket that passes bytes through unchanged and destroys the connection on
+ * an oversized packet. Backpressure is kept both ways, so aedes' drainTimeout still works.
+ */
+export function guardConnection(socket: Socket, maxPacketBytes: number, onOversize: (declared: number) => void): Duplex {
+  const guard = new FrameSizeGuard(maxPacketBytes);
+  const conn = new Duplex({
+    read() {
+      socket.resume();
+    },
+    write(chunk: Buffer, _enc, cb) {
+      if (socket.write(chunk)) cb();
+      else socket.once('drain', () => cb());
+    },
+    final(cb) {
+      socket.end(() => cb());
+    },
+    destroy(err, cb) {
+      socket.destroy();
+      cb(err);
+    },
+  });
+  socket.on('data', (chunk: Buffer) => {
+    const bad = guard.feed(chunk);
+    if (bad !== undefined) {
+      onOversize(bad);
+      socket.destroy();
+      conn.destroy();
+      return;
+    }
+    if (!conn.push(chunk)) socket.pause();
+  });
+  socket.once('end', () => conn.push(null));
+  socket.once('error', (err) => conn.destroy(err));
+  socket.once('close', () => conn.destroy());
+  return conn;
+}

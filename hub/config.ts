@@ -1,0 +1,79 @@
+/**
+ * Hub configuration: one zod schema with typed defaults. Loaded from YAML or JSON, with
+ * environment overrides `EDGEFLEET_HUB__<PATH>` (e.g. EDGEFLEET_HUB__MQTT__PORT=1884) derived
+ * from the schema, explicit overrides (CLI flags) last, every problem reported at once as one
+ * BAD_CONFIG error, then frozen (shared/config.ts).
+ */
+import { dirname, resolve } from 'node:path';
+import { z } from 'zod';
+import { loadConfig } from '../shared/config.ts';
+import { LOG_LEVELS } from '../shared/log.ts';
+import { MAX_PAYLOAD_BYTES } from '../shared/protocol.ts';
+
+export const ENV_PREFIX = 'EDGEFLEET_HUB';
+
+const port = z.number().int().min(0).max(65535);
+
+export const HubConfigSchema = z.object({
+  /** SQLite database, admin.token and hub.json live here. Relative paths resolve against the config file. */
+  dataDir: z.string().min(1).default('.data/hub'),
+  mqtt: z
+    .object({
+      host: z.string().min(1).default('0.0.0.0'),
+      /** 0 = any free port (tests); the bound port is in hub.json and `Hub.mqttPort`. */
+      port: port.default(1883),
+    })
+    .prefault({}),
+  http: z
+    .object({
+      host: z.string().min(1).default('0.0.0.0'),
+      port: port.default(8080),
+      /** Largest accepted request body. */
+      maxBodyBytes: z.number().int().min(1024).max(64 * 1024 * 1024).default(1024 * 1024),
+      /** Serve /metrics without a bearer token (for scrapers that cannot send one). */
+      publicMetrics: z.boolean().default(false),
+    })
+    .prefault({}),
+  store: z
+    .object({
+      /**
+       * SQLite `synchronous` in WAL mode. NORMAL (default): a commit survives a crash or kill -9
+       * of the hub; a power loss can roll back the last commits, and because their acks were
+       * already sent (agents deleted those records) they would be lost. FULL: an fsync per
+       * commit, i.e. per telemetry batch, and nothing acked is ever lost. NORMAL is the default
+       * because hubs usually run on servers with stable power where ingest throughput matters;
+       * choose FULL when a power cut is a real risk.
+       */
+      synchronous: z.enum(['NORMAL', 'FULL']).default('NORMAL'),
+      /** How long a writer waits on a locked database before SQLITE_BUSY. */
+      busyTimeoutMs: z.number().int().min(0).max(60_000).default(5000),
+      /** WAL file size kept after a checkpoint (journal_size_limit). */
+      walLimitBytes: z.number().int().min(1024 * 1024).default(64 * 1024 * 1024),
+    })
+    .prefault({}),
+  limits: z
+    .object({
+      /** Largest MQTT payload accepted from any client; larger publishes are refused and counted. */
+      maxPayloadBytes: z.number().int().min(1024).max(256 * 1024 * 1024).default(MAX_PAYLOAD_BYTES),
+      /** Deepest topic accepted (aedes clamps to 1..100). Protocol topics use at most 5 levels. */
+      maxTopicDepth: z.number().int().min(5).max(100).default(8),
+      /**
+       * aedes disconnects a client whose socket stays unwritable this long. Short, because one
+       * stalled reader delays delivery to everyone sharing the broker's concurrency slots.
+       */
+      drainTimeoutMs: z.number().int().min(100).max(120_000).default(5000),
+    })
+    .prefault({}),
+  log: z.object({ level: z.enum(LOG_LEVELS).default('info') }).prefault({}),
+});
+export type HubConfig = z.infer<typeof HubConfigSchema>;
+
+/**
+ * Loads and validates the hub config: defaults < file < env < overrides. A relative dataDir
+ * resolves against the config file's directory (or the working directory without one).
+ */
+export function loadHubConfig(opts: { file?: string; overrides?: Record<string, unknown>; env?: NodeJS.ProcessEnv } = {}): HubConfig {
+  const cfg = loadConfig(HubConfigSchema, { file: opts.file, overrides: opts.overrides, env: opts.env ?? {}, envPrefix: ENV_PREFIX });
+  const base = opts.file ? dirname(resolve(opts.file)) : process.cwd();
+  return Object.freeze({ ...cfg, dataDir: resolve(base, cfg.dataDir) });
+}

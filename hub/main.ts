@@ -1,0 +1,225 @@
+/**
+ * The hub's composition root: builds every component (store, operator auth, ingest, broker,
+ * HTTP API, hub.json), passes each its dependencies, starts them in order and stops them in
+ * reverse (shared/lifecycle.ts). `runHub` is the `edgefleet hub` command: flags → config →
+ * `runService`, which owns signals and the exit code.
+ *
+ * Start order: the store first; ingest subscribes on the broker's bus before the broker
+ * listens, so the first hello of a fleet reconnecting after a restart is not missed; the API
+ * last, then hub.json tells the CLI where everything is.
+ */
+import { rm, writeFile, rename } from 'node:fs/promises';
+import { join } from 'node:path';
+import { parseArgs } from 'node:util';
+import { collectDefaultMetrics, Registry } from 'prom-client';
+import { EdgefleetError, ErrorCode } from '../shared/errors.ts';
+import { Lifecycle, type Component } from '../shared/lifecycle.ts';
+import { createLogger, LOG_LEVELS, type Logger } from '../shared/log.ts';
+import { runService, type Service } from '../shared/service.ts';
+import { ApiServer } from './api/server.ts';
+import { ApiAuth, ensureAdminToken } from './auth/operators.ts';
+import { EmbeddedBroker } from './broker/broker.ts';
+import { loadHubConfig, type HubConfig } from './config.ts';
+import { Ingest } from './ingest/ingest.ts';
+import { SqliteHubStore } from './store/sqlite-store.ts';
+import type { HubStore } from './store/store.ts';
+
+export type { HubConfig } from './config.ts';
+export { loadHubConfig } from './config.ts';
+
+export const HUB_INFO_FILE = 'hub.json';
+
+export interface Hub extends Service {
+  readonly config: HubConfig;
+  readonly store: HubStore;
+  readonly registry: Registry;
+  /** Bound ports: valid after start() (configured 0 → the port the OS chose). */
+  readonly mqttPort: number;
+  readonly httpPort: number;
+  /** `mqtt://host:port` and `http://host:port`, with a wildcard bind address shown as 127.0.0.1. */
+  readonly mqttUrl: string;
+  readonly httpUrl: string;
+  /** The operator admin token (also in `<dataDir>/admin.token`); valid after start(). */
+  readonly adminToken: string;
+  start(signal: AbortSignal): Promise<void>;
+  /** Stops everything in reverse order; returns the failures (also logged). */
+  stop(): Promise<Error[]>;
+}
+
+export interface HubDeps {
+  log: Logger;
+  registry?: Registry;
+  now?: () => number;
+}
+
+function urlHost(host: string): string {
+  if (host === '0.0.0.0' || host === '::' || host === '') return '127.0.0.1';
+  return host.includes(':') ? `[${host}]` : host;
+}
+
+export function createHub(config: HubConfig, deps: HubDeps): Promise<Hub> {
+  const { log } = deps;
+  const now = deps.now ?? Date.now;
+  const registry = deps.registry ?? new Registry();
+  const lifecycle = new Lifecycle(log.child({ component: 'lifecycle' }));
+
+  const store = new SqliteHubStore({
+    dataDir: config.dataDir,
+    synchronous: config.store.synchronous,
+    busyTimeoutMs: config.store.busyTimeoutMs,
+    walLimitBytes: config.store.walLimitBytes,
+    log: log.child({ component: 'store' }),
+  });
+  const broker = new EmbeddedBroker({
+    host: config.mqtt.host,
+    port: config.mqtt.port,
+    maxPayloadBytes: config.limits.maxPayloadBytes,
+    maxTopicDepth: config.limits.maxTopicDepth,
+    drainTimeoutMs: config.limits.drainTimeoutMs,
+    store,
+    log: log.child({ component: 'broker' }),
+    registry,
+    now,
+  });
+  const ingest = new Ingest({ bus: broker, store, log: log.child({ component: 'ingest' }), registry, maxPayloadBytes: config.limits.maxPayloadBytes, now });
+  const api = new ApiServer({
+    host: config.http.host,
+    port: config.http.port,
+    maxBodyBytes: config.http.maxBodyBytes,
+    publicMetrics: config.http.publicMetrics,
+    store,
+    auth: new ApiAuth(store, now),
+    registry,
+    log: log.child({ component: 'api' }),
+    recordsPerSecond: () => ingest.recordsPerSecond(),
+    now,
+  });
+
+  let adminToken: string | undefined;
+  const infoFile = join(config.dataDir, HUB_INFO_FILE);
+
+  const hub: Hub = {
+    config,
+    store,
+    registry,
+    get mqttPort() {
+      return broker.port;
+    },
+    get httpPort() {
+      return api.port;
+    },
+    get mqttUrl() {
+      return `mqtt://${urlHost(config.mqtt.host)}:${broker.port}`;
+    },
+    get httpUrl() {
+      return `http://${urlHost(config.http.host)}:${api.port}`;
+    },
+    get adminToken() {
+      if (adminToken === undefined) throw new EdgefleetError(ErrorCode.ILLEGAL_STATE, 'the hub has not started');
+      return adminToken;
+    },
+    async start(signal) {
+      try {
+        await lifecycle.start(signal);
+      } catch (err) {
+        await lifecycle.stop();
+        throw err;
+      }
+    },
+    stop: () => lifecycle.stop(),
+  };
+
+  const step = (name: string, start: (signal: AbortSignal) => Promise<void>, stop: () => Promise<void> = () => Promise.resolve()): Component => ({ name, start, stop });
+
+  lifecycle.add(store);
+  lifecycle.add(
+    step('admin-token', async () => {
+      adminToken = await ensureAdminToken(store, config.dataDir, log.child({ component: 'auth' }), now);
+    }),
+  );
+  // The embedded broker starts empty: whatever the database says, nobody is connected.
+  lifecycle.add(step('presence-reset', () => store.markAllOffline(now())));
+  lifecycle.add(ingest);
+  lifecycle.add(broker);
+  lifecycle.add(api);
+  lifecycle.add(
+    step(
+      'hub-info',
+      async () => {
+        const tmp = `${infoFile}.tmp`;
+        await writeFile(tmp, `${JSON.stringify({ mqttUrl: hub.mqttUrl, httpUrl: hub.httpUrl, pid: process.pid }, null, 2)}\n`);
+        await rename(tmp, infoFile);
+        log.info({ mqttUrl: hub.mqttUrl, httpUrl: hub.httpUrl, adminTokenFile: join(config.dataDir, 'admin.token') }, 'hub ready');
+      },
+      () => rm(infoFile, { force: true }),
+    ),
+  );
+  return Promise.resolve(hub);
+}
+
+const USAGE = `Usage: edgefleet hub [options]
+
+Runs the hub: embedded MQTT broker, device registry, telemetry ingest and HTTP API.
+
+Options:
+  --data <dir>         data directory (default .data/hub); holds hub.db, admin.token, hub.json
+  --config <file>      YAML or JSON config file
+  --mqtt-port <n>      MQTT port (default 1883; 0 = any free port)
+  --http-port <n>      HTTP API port (default 8080; 0 = any free port)
+  --host <addr>        bind address for MQTT and HTTP (default 0.0.0.0)
+  --log-level <level>  ${LOG_LEVELS.join(', ')}
+  -h, --help           show this help
+
+Environment: EDGEFLEET_HUB__<PATH>=value overrides a config setting,
+e.g. EDGEFLEET_HUB__MQTT__PORT=1884, EDGEFLEET_HUB__STORE__SYNCHRONOUS=FULL.
+`;
+
+/** `edgefleet hub ...`: parses flags, loads the config and runs the hub until a signal. */
+export async function runHub(argv: string[]): Promise<void> {
+  let config: HubConfig;
+  try {
+    const { values } = parseArgs({
+      args: argv,
+      options: {
+        data: { type: 'string' },
+        config: { type: 'string' },
+        'mqtt-port': { type: 'string' },
+        'http-port': { type: 'string' },
+        host: { type: 'string' },
+        'log-level': { type: 'string' },
+        help: { type: 'boolean', short: 'h' },
+      },
+      strict: true,
+      allowPositionals: false,
+    });
+    if (values.help) {
+      process.stdout.write(USAGE);
+      return;
+    }
+    const num = (v: string | undefined): number | undefined => (v === undefined ? undefined : /^\d+$/.test(v) ? Number(v) : NaN);
+    const overrides: Record<string, unknown> = {
+      dataDir: values.data,
+      mqtt: { port: num(values['mqtt-port']), host: values.host },
+      http: { port: num(values['http-port']), host: values.host },
+      log: { level: values['log-level'] },
+    };
+    config = loadHubConfig({ file: values.config, overrides, env: process.env });
+  } catch (err) {
+    const usage = !(err instanceof EdgefleetError);
+    process.stderr.write(`edgefleet hub: ${(err as Error).message}\n${usage ? `\n${USAGE}` : ''}`);
+    process.exitCode = 2;
+    return;
+  }
+  const log = createLogger({ name: 'hub', level: config.log.level });
+  const registry = new Registry();
+  collectDefaultMetrics({ register: registry });
+  await runService({
+    name: 'hub',
+    log,
+    start: async (signal) => {
+      const hub = await createHub(config, { log, registry });
+      await hub.start(signal);
+      return hub;
+    },
+  });
+}

@@ -1,0 +1,84 @@
+/**
+ * The hub's SQLite schema as numbered migrations, applied in order, each in its own transaction
+ * and recorded in `schema_migrations`. Append new migrations; never edit an applied one.
+ */
+export interface Migration {
+  version: number;
+  name: string;
+  sql: string;
+}
+
+export const MIGRATIONS: readonly Migration[] = [
+  {
+    version: 1,
+    name: 'principals, telemetry, counters, api tokens',
+    sql: `
+      CREATE TABLE principals (
+        id            TEXT PRIMARY KEY,
+        kind          TEXT NOT NULL CHECK (kind IN ('device', 'sensor')),
+        grp           TEXT NOT NULL,
+        labels        TEXT NOT NULL DEFAULT '{}',
+        token_kdf     TEXT NOT NULL,
+        token_salt    BLOB NOT NULL,
+        token_hash    BLOB NOT NULL,
+        device_id     TEXT REFERENCES principals(id),
+        created_at    INTEGER NOT NULL,
+        last_seen     INTEGER,
+        online        INTEGER NOT NULL DEFAULT 0,
+        agent_version TEXT,
+        boot_epoch    INTEGER,
+        models        TEXT NOT NULL DEFAULT '[]',
+        streams       TEXT NOT NULL DEFAULT '[]',
+        hello_at      INTEGER,
+        CHECK ((kind = 'sensor') = (device_id IS NOT NULL))
+      );
+      CREATE INDEX principals_by_device ON principals(device_id) WHERE device_id IS NOT NULL;
+
+      -- The identity (device, stream, epoch, seq) is the primary key: INSERT OR IGNORE stores a
+      -- resent record once. The table keeps its implicit rowid, which grows in arrival order and
+      -- serves as the paging cursor of GET /v1/telemetry (the hub never runs VACUUM, which could
+      -- renumber it).
+      CREATE TABLE telemetry (
+        device_id   TEXT NOT NULL,
+        stream      TEXT NOT NULL,
+        epoch       INTEGER NOT NULL,
+        seq         INTEGER NOT NULL,
+        ts          INTEGER NOT NULL,
+        kind        TEXT NOT NULL,
+        body        TEXT NOT NULL,
+        received_at INTEGER NOT NULL,
+        PRIMARY KEY (device_id, stream, epoch, seq)
+      );
+
+      CREATE TABLE stream_stats (
+        device_id  TEXT NOT NULL,
+        stream     TEXT NOT NULL,
+        epoch      INTEGER NOT NULL,
+        min_seq    INTEGER NOT NULL,
+        max_seq    INTEGER NOT NULL,
+        count      INTEGER NOT NULL,
+        updated_at INTEGER NOT NULL,
+        PRIMARY KEY (device_id, stream, epoch)
+      ) WITHOUT ROWID;
+
+      CREATE TABLE device_counters (
+        device_id    TEXT PRIMARY KEY,
+        stored       INTEGER NOT NULL DEFAULT 0,
+        duplicates   INTEGER NOT NULL DEFAULT 0,
+        bad_messages INTEGER NOT NULL DEFAULT 0,
+        updated_at   INTEGER NOT NULL
+      ) WITHOUT ROWID;
+
+      CREATE TABLE api_tokens (
+        id         TEXT PRIMARY KEY,
+        name       TEXT NOT NULL,
+        role       TEXT NOT NULL CHECK (role IN ('admin', 'operator', 'viewer')),
+        token_kdf  TEXT NOT NULL,
+        token_salt BLOB NOT NULL,
+        token_hash BLOB NOT NULL,
+        created_at INTEGER NOT NULL
+      );
+      CREATE INDEX api_tokens_by_name ON api_tokens(name);
+    `,
+  },
+];

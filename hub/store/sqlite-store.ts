@@ -1,0 +1,412 @@
+/**
+ * HubStore on SQLite (better-sqlite3): WAL, configurable `synchronous`, a short busy timeout,
+ * numbered migrations. One connection, owned by the main thread; every write is one short
+ * synchronous transaction, so no transaction ever spans an `await`.
+ *
+ * Failures (SQLITE_BUSY when another process holds the write lock, SQLITE_FULL on a full disk)
+ * roll the transaction back and reject with EdgefleetError STORAGE; callers decide what that
+ * means (ingest answers `ok: false` and acks nothing).
+ */
+import { mkdirSync } from 'node:fs';
+import { join } from 'node:path';
+import Database from 'better-sqlite3';
+import { z } from 'zod';
+import { EdgefleetError, ErrorCode, toEdgefleetError } from '../../shared/errors.ts';
+import type { Logger } from '../../shared/log.ts';
+import { ModelRefSchema, StreamPositionSchema, type Hello, type TelemetryRecord } from '../../shared/protocol.ts';
+import { MIGRATIONS, type Migration } from './migrations.ts';
+import type {
+  ApiRole,
+  ApiTokenRecord,
+  DeviceRecord,
+  FleetTotals,
+  HubStore,
+  IngestResult,
+  NewPrincipal,
+  PrincipalCredentials,
+  PrincipalKind,
+  StreamStat,
+  TelemetryQuery,
+  TelemetryRow,
+} from './store.ts';
+
+export const HUB_DB_FILE = 'hub.db';
+
+export interface SqliteStoreOptions {
+  /** Directory holding hub.db; created if missing. */
+  dataDir: string;
+  synchronous: 'NORMAL' | 'FULL';
+  busyTimeoutMs: number;
+  walLimitBytes: number;
+  log: Logger;
+}
+
+interface PrincipalRow {
+  id: string;
+  kind: PrincipalKind;
+  grp: string;
+  labels: string;
+  token_kdf: string;
+  token_salt: Buffer;
+  token_hash: Buffer;
+  device_id: string | null;
+  created_at: number;
+  last_seen: number | null;
+  online: number;
+  agent_version: string | null;
+  boot_epoch: number | null;
+  models: string;
+  streams: string;
+}
+interface ApiTokenRow {
+  id: string;
+  name: string;
+  role: ApiRole;
+  token_kdf: string;
+  token_salt: Buffer;
+  token_hash: Buffer;
+  created_at: number;
+}
+interface DeviceRow extends PrincipalRow {
+  stored: number;
+  duplicates: number;
+  bad_messages: number;
+  gaps: number;
+}
+
+const LabelsSchema = z.record(z.string(), z.string());
+const ModelsSchema = z.array(ModelRefSchema);
+const StreamsSchema = z.array(StreamPositionSchema);
+
+/** Parses JSON this store wrote itself; a damaged value degrades to the fallback, not a crash. */
+function parseStored<T>(schema: z.ZodType<T>, text: string, fallback: T): T {
+  try {
+    const r = schema.safeParse(JSON.parse(text));
+    return r.success ? r.data : fallback;
+  } catch {
+    return fallback;
+  }
+}
+
+const DEVICE_SELECT = `
+  SELECT p.*,
+         COALESCE(c.stored, 0) AS stored,
+         COALESCE(c.duplicates, 0) AS duplicates,
+         COALESCE(c.bad_messages, 0) AS bad_messages,
+         COALESCE((SELECT SUM(s.max_seq - s.min_seq + 1 - s.count) FROM stream_stats s WHERE s.device_id = p.id), 0) AS gaps
+  FROM principals p LEFT JOIN device_counters c ON c.device_id = p.id`;
+
+export class SqliteHubStore implements HubStore {
+  readonly name = 'store';
+  readonly file: string;
+  #db: Database.Database | undefined;
+  readonly #opts: SqliteStoreOptions;
+
+  constructor(opts: SqliteStoreOptions) {
+    this.#opts = opts;
+    this.file = join(opts.dataDir, HUB_DB_FILE);
+  }
+
+  start(_signal: AbortSignal): Promise<void> {
+    try {
+      mkdirSync(this.#opts.dataDir, { recursive: true });
+      const db = new Database(this.file);
+      try {
+        db.pragma('journal_mode = WAL');
+        db.pragma(`synchronous = ${this.#opts.synchronous}`);
+        db.pragma(`busy_timeout = ${Math.trunc(this.#opts.busyTimeoutMs)}`);
+        // The WAL is checkpointed automatically (this is the only connection, so checkpoints
+        // are never starved by readers); this caps the file size left behind afterwards.
+        db.pragma(`journal_size_limit = ${Math.trunc(this.#opts.walLimitBytes)}`);
+        db.pragma('foreign_keys = ON');
+        migrate(db, MIGRATIONS, this.#opts.log);
+      } catch (err) {
+        db.close();
+        throw err;
+      }
+      this.#db = db;
+      return Promise.resolve();
+    } catch (err) {
+      return Promise.reject(toEdgefleetError(err, ErrorCode.STORAGE));
+    }
+  }
+
+  stop(): Promise<void> {
+    const db = this.#db;
+    this.#db = undefined;
+    if (db?.open) {
+      try {
+        db.pragma('wal_checkpoint(TRUNCATE)');
+      } catch (err) {
+        this.#opts.log.warn({ err }, 'final WAL checkpoint failed');
+      }
+      db.close();
+    }
+    return Promise.resolve();
+  }
+
+  get #conn(): Database.Database {
+    if (!this.#db) throw new EdgefleetError(ErrorCode.ILLEGAL_STATE, 'store is not open');
+    return this.#db;
+  }
+
+  /** Runs synchronous SQLite work and turns any failure into a rejected STORAGE error. */
+  #run<T>(what: string, fn: (db: Database.Database) => T): Promise<T> {
+    try {
+      return Promise.resolve(fn(this.#conn));
+    } catch (err) {
+      if (err instanceof EdgefleetError) return Promise.reject(err);
+      const e = toEdgefleetError(err, ErrorCode.STORAGE);
+      return Promise.reject(e.code === ErrorCode.STORAGE ? new EdgefleetError(ErrorCode.STORAGE, `${what}: ${e.message}`, { cause: err }) : e);
+    }
+  }
+
+  createPrincipal(p: NewPrincipal): Promise<void> {
+    return this.#run('create principal', (db) => {
+      db.transaction(() => {
+        if (db.prepare('SELECT 1 FROM principals WHERE id = ?').get(p.id)) {
+          throw new EdgefleetError(ErrorCode.CONFLICT, `${p.id} already exists`);
+        }
+        if (p.kind === 'sensor') {
+          const dev = db.prepare('SELECT kind FROM principals WHERE id = ?').get(p.deviceId ?? '') as { kind: string } | undefined;
+          if (!dev || dev.kind !== 'device') throw new EdgefleetError(ErrorCode.NOT_FOUND, `device ${p.deviceId ?? '(none)'} does not exist`);
+        }
+        db.prepare(
+          `INSERT INTO principals (id, kind, grp, labels, token_kdf, token_salt, token_hash, device_id, created_at)
+           VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+        ).run(p.id, p.kind, p.group, JSON.stringify(p.labels), p.token.kdf, p.token.salt, p.token.hash, p.kind === 'sensor' ? (p.deviceId ?? null) : null, p.createdAt);
+      }).immediate();
+    });
+  }
+
+  getCredentials(id: string): Promise<PrincipalCredentials | undefined> {
+    return this.#run('get credentials', (db) => {
+      const r = db.prepare('SELECT id, kind, device_id, token_kdf, token_salt, token_hash FROM principals WHERE id = ?').get(id) as PrincipalRow | undefined;
+      return r && { id: r.id, kind: r.kind, deviceId: r.device_id, token: { kdf: r.token_kdf, salt: r.token_salt, hash: r.token_hash } };
+    });
+  }
+
+  #toDevice(r: DeviceRow): DeviceRecord {
+    const streams = parseStored(StreamsSchema, r.streams, []);
+    return {
+      id: r.id,
+      kind: r.kind,
+      group: r.grp,
+      labels: parseStored(LabelsSchema, r.labels, {}),
+      deviceId: r.device_id,
+      createdAt: r.created_at,
+      lastSeen: r.last_seen,
+      online: r.online === 1,
+      agentVersion: r.agent_version,
+      bootEpoch: r.boot_epoch,
+      models: parseStored(ModelsSchema, r.models, []),
+      streams,
+      counters: {
+        stored: r.stored,
+        duplicates: r.duplicates,
+        badMessages: r.bad_messages,
+        gaps: r.gaps,
+        backlog: streams.reduce((n, s) => n + s.pending, 0),
+      },
+    };
+  }
+
+  getDevice(id: string): Promise<DeviceRecord | undefined> {
+    return this.#run('get device', (db) => {
+      const r = db.prepare(`${DEVICE_SELECT} WHERE p.id = ?`).get(id) as DeviceRow | undefined;
+      return r && this.#toDevice(r);
+    });
+  }
+
+  listDevices(): Promise<DeviceRecord[]> {
+    return this.#run('list devices', (db) => (db.prepare(`${DEVICE_SELECT} ORDER BY p.id`).all() as DeviceRow[]).map((r) => this.#toDevice(r)));
+  }
+
+  streamStats(deviceId: string): Promise<StreamStat[]> {
+    return this.#run('stream stats', (db) => {
+      const rows = db
+        .prepare('SELECT stream, epoch, min_seq, max_seq, count FROM stream_stats WHERE device_id = ? ORDER BY stream, epoch')
+        .all(deviceId) as { stream: string; epoch: number; min_seq: number; max_seq: number; count: number }[];
+      return rows.map((r) => ({ stream: r.stream, epoch: r.epoch, minSeq: r.min_seq, maxSeq: r.max_seq, count: r.count, gaps: r.max_seq - r.min_seq + 1 - r.count }));
+    });
+  }
+
+  markAllOffline(_at: number): Promise<void> {
+    return this.#run('mark offline', (db) => {
+      db.prepare('UPDATE principals SET online = 0 WHERE online = 1').run();
+    });
+  }
+
+  setOnline(id: string, online: boolean, at: number): Promise<void> {
+    return this.#run('set online', (db) => {
+      db.prepare('UPDATE principals SET online = ?, last_seen = max(COALESCE(last_seen, 0), ?) WHERE id = ?').run(online ? 1 : 0, at, id);
+    });
+  }
+
+  recordHello(hello: Hello, at: number): Promise<void> {
+    return this.#run('record hello', (db) => {
+      db.prepare(
+        `UPDATE principals SET agent_version = ?, boot_epoch = ?, models = ?, streams = ?, hello_at = ?,
+                last_seen = max(COALESCE(last_seen, 0), ?)
+         WHERE id = ? AND kind = 'device'`,
+      ).run(hello.agentVersion, hello.bootEpoch, JSON.stringify(hello.models), JSON.stringify(hello.streams), at, at, hello.deviceId);
+    });
+  }
+
+  ingestTelemetry(deviceId: string, records: readonly TelemetryRecord[], receivedAt: number): Promise<IngestResult> {
+    return this.#run('ingest telemetry', (db) => {
+      const insert = db.prepare(
+        'INSERT OR IGNORE INTO telemetry (device_id, stream, epoch, seq, ts, kind, body, received_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)',
+      );
+      const stat = db.prepare(
+        `INSERT INTO stream_stats (device_id, stream, epoch, min_seq, max_seq, count, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?)
+         ON CONFLICT (device_id, stream, epoch) DO UPDATE SET
+           min_seq = min(stream_stats.min_seq, excluded.min_seq),
+           max_seq = max(stream_stats.max_seq, excluded.max_seq),
+           count = stream_stats.count + excluded.count,
+           updated_at = excluded.updated_at`,
+      );
+      const counters = db.prepare(
+        `INSERT INTO device_counters (device_id, stored, duplicates, updated_at) VALUES (?, ?, ?, ?)
+         ON CONFLICT (device_id) DO UPDATE SET stored = stored + excluded.stored, duplicates = duplicates + excluded.duplicates,
+           updated_at = excluded.updated_at`,
+      );
+      const seen = db.prepare('UPDATE principals SET last_seen = max(COALESCE(last_seen, 0), ?) WHERE id = ?');
+      return db
+        .transaction((): IngestResult => {
+          let stored = 0;
+          const fresh = new Map<string, { stream: string; epoch: number; min: number; max: number; n: number }>();
+          for (const r of records) {
+            if (insert.run(deviceId, r.stream, r.epoch, r.seq, r.ts, r.kind, JSON.stringify(r.body), receivedAt).changes !== 1) continue;
+            stored++;
+            const key = `${r.stream}\u0000${r.epoch}`;
+            const s = fresh.get(key);
+            if (s) {
+              s.min = Math.min(s.min, r.seq);
+              s.max = Math.max(s.max, r.seq);
+              s.n++;
+            } else fresh.set(key, { stream: r.stream, epoch: r.epoch, min: r.seq, max: r.seq, n: 1 });
+          }
+          for (const s of fresh.values()) stat.run(deviceId, s.stream, s.epoch, s.min, s.max, s.n, receivedAt);
+          counters.run(deviceId, stored, records.length - stored, receivedAt);
+          seen.run(receivedAt, deviceId);
+          return { stored, duplicates: records.length - stored };
+        })
+        .immediate();
+    });
+  }
+
+  countBadMessage(id: string, at: number): Promise<void> {
+    return this.#run('count bad message', (db) => {
+      db.prepare(
+        `INSERT INTO device_counters (device_id, bad_messages, updated_at) VALUES (?, 1, ?)
+         ON CONFLICT (device_id) DO UPDATE SET bad_messages = bad_messages + 1, updated_at = excluded.updated_at`,
+      ).run(id, at);
+    });
+  }
+
+  queryTelemetry(q: TelemetryQuery): Promise<TelemetryRow[]> {
+    return this.#run('query telemetry', (db) => {
+      const where = ['rowid > ?'];
+      const args: (string | number)[] = [q.after ?? 0];
+      if (q.deviceId !== undefined) {
+        where.push('device_id = ?');
+        args.push(q.deviceId);
+      }
+      if (q.stream !== undefined) {
+        where.push('stream = ?');
+        args.push(q.stream);
+      }
+      if (q.kind !== undefined) {
+        where.push('kind = ?');
+        args.push(q.kind);
+      }
+      args.push(q.limit);
+      const rows = db
+        .prepare(`SELECT rowid AS cursor, device_id, stream, epoch, seq, ts, kind, body, received_at FROM telemetry WHERE ${where.join(' AND ')} ORDER BY rowid LIMIT ?`)
+        .all(...args) as { cursor: number; device_id: string; stream: string; epoch: number; seq: number; ts: number; kind: string; body: string; received_at: number }[];
+      return rows.map((r) => ({
+        cursor: r.cursor,
+        deviceId: r.device_id,
+        stream: r.stream,
+        epoch: r.epoch,
+        seq: r.seq,
+        ts: r.ts,
+        kind: r.kind,
+        body: parseStored(z.record(z.string(), z.unknown()), r.body, {}),
+        receivedAt: r.received_at,
+      }));
+    });
+  }
+
+  fleetTotals(): Promise<FleetTotals> {
+    return this.#run('fleet totals', (db) => {
+      const p = db
+        .prepare(
+          `SELECT COALESCE(SUM(kind = 'device'), 0) AS devices, COALESCE(SUM(kind = 'device' AND online = 1), 0) AS devices_online,
+                  COALESCE(SUM(kind = 'sensor'), 0) AS sensors, COALESCE(SUM(kind = 'sensor' AND online = 1), 0) AS sensors_online
+           FROM principals`,
+        )
+        .get() as { devices: number; devices_online: number; sensors: number; sensors_online: number };
+      const c = db.prepare('SELECT COALESCE(SUM(stored), 0) AS stored FROM device_counters').get() as { stored: number };
+      return { devices: p.devices, devicesOnline: p.devices_online, sensors: p.sensors, sensorsOnline: p.sensors_online, recordsStored: c.stored };
+    });
+  }
+
+  createApiToken(t: ApiTokenRecord): Promise<void> {
+    return this.#run('create api token', (db) => {
+      db.prepare('INSERT INTO api_tokens (id, name, role, token_kdf, token_salt, token_hash, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)').run(
+        t.id,
+        t.name,
+        t.role,
+        t.token.kdf,
+        t.token.salt,
+        t.token.hash,
+        t.createdAt,
+      );
+    });
+  }
+
+  #toApiToken(r: ApiTokenRow): ApiTokenRecord {
+    return { id: r.id, name: r.name, role: r.role, token: { kdf: r.token_kdf, salt: r.token_salt, hash: r.token_hash }, createdAt: r.created_at };
+  }
+
+  getApiToken(id: string): Promise<ApiTokenRecord | undefined> {
+    return this.#run('get api token', (db) => {
+      const r = db.prepare('SELECT * FROM api_tokens WHERE id = ?').get(id) as ApiTokenRow | undefined;
+      return r && this.#toApiToken(r);
+    });
+  }
+
+  findApiTokensByName(name: string): Promise<ApiTokenRecord[]> {
+    return this.#run('find api tokens', (db) =>
+      (db.prepare('SELECT * FROM api_tokens WHERE name = ? ORDER BY created_at').all(name) as ApiTokenRow[]).map((r) =>
+        this.#toApiToken(r),
+      ),
+    );
+  }
+
+  deleteApiToken(id: string): Promise<void> {
+    return this.#run('delete api token', (db) => {
+      db.prepare('DELETE FROM api_tokens WHERE id = ?').run(id);
+    });
+  }
+}
+
+/** Applies the migrations not yet recorded; refuses a database written by a newer hub. */
+export function migrate(db: Database.Database, migrations: readonly Migration[], log: Logger): void {
+  db.exec('CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at INTEGER NOT NULL)');
+  const current = (db.prepare('SELECT COALESCE(MAX(version), 0) AS v FROM schema_migrations').get() as { v: number }).v;
+  const latest = migrations.reduce((m, x) => Math.max(m, x.version), 0);
+  if (current > latest) {
+    throw new EdgefleetError(ErrorCode.STORAGE, `database schema version ${current} is newer than this hub understands (${latest})`);
+  }
+  for (const m of [...migrations].sort((a, b) => a.version - b.version)) {
+    if (m.version <= current) continue;
+    db.transaction(() => {
+      db.exec(m.sql);
+      db.prepare('INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, ?)').run(m.version, m.name, Date.now());
+    }).immediate();
+    log.info({ version: m.version, migration: m.name }, 'applied migration');
+  }
+}
