@@ -19,8 +19,8 @@ function shapeOf(schema: unknown): Record<string, unknown> | undefined {
   for (let i = 0; i < 10 && s?._zod?.def; i++) {
     const def = s._zod.def;
     if (def.type === 'object') return (s as unknown as { shape: Record<string, unknown> }).shape;
-    if (def.innerType) s = def.innerType as typeof s;
-    else if (def.in) s = def.in as typeof s;
+    if (def.innerType) s = def.innerType;
+    else if (def.in) s = def.in;
     else return undefined;
   }
   return undefined;
@@ -62,7 +62,7 @@ export function envOverrides(schema: z.ZodType, env: NodeJS.ProcessEnv, prefix: 
       path.push(key);
       if (i === parts.length - 1) target[key] = parseEnvValue(raw);
       else {
-        const next = isObj(target[key]) ? (target[key] as Obj) : {};
+        const next = isObj(target[key]) ? (target[key]) : {};
         target[key] = next;
         target = next;
         shape = shapeOf(shape[key]);
@@ -77,7 +77,7 @@ export function deepMerge(base: Obj, over: Obj): Obj {
   const out: Obj = { ...base };
   for (const [k, v] of Object.entries(over)) {
     if (v === undefined) continue;
-    out[k] = isObj(v) && isObj(out[k]) ? deepMerge(out[k] as Obj, v) : v;
+    out[k] = isObj(v) && isObj(out[k]) ? deepMerge(out[k], v) : v;
   }
   return out;
 }

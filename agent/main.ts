@@ -1,0 +1,197 @@
+/**
+ * The agent's composition root: builds every component from the config, passes dependencies
+ * in, and runs them as one lifecycle (start in order, stop in reverse). `runAgent` is the
+ * process entry (`edgefleet agent --config <file>`); `createAgent` is what tests embed.
+ */
+import { mkdirSync } from 'node:fs';
+import { join } from 'node:path';
+import { parseArgs } from 'node:util';
+import { Registry, collectDefaultMetrics } from 'prom-client';
+import { EdgefleetError, ErrorCode } from '../shared/errors.ts';
+import { Lifecycle, type Component } from '../shared/lifecycle.ts';
+import { createLogger, type Logger } from '../shared/log.ts';
+import type { ModelRef } from '../shared/protocol.ts';
+import { runService } from '../shared/service.ts';
+import { loadAgentConfig, type AgentConfig } from './config.ts';
+import { AgentHttpServer } from './http/server.ts';
+import { HubLink } from './link/hub-link.ts';
+import { createPipelineMetrics } from './metrics.ts';
+import { ModelSet } from './models/model-set.ts';
+import { Outbox } from './outbox/outbox.ts';
+import { Pipeline } from './pipeline.ts';
+import { WorkerPoolEngine } from './runtime/pool.ts';
+
+export const AGENT_VERSION = '0.1.0';
+
+export interface Agent {
+  readonly config: AgentConfig;
+  readonly registry: Registry;
+  readonly outbox: Outbox;
+  readonly link: HubLink;
+  readonly pipelines: readonly Pipeline[];
+  readonly httpPort: number;
+  start(signal?: AbortSignal): Promise<void>;
+  stop(): Promise<Error[]>;
+}
+
+export function createAgent(config: AgentConfig, deps: { log: Logger; registry?: Registry }): Agent {
+  const log = deps.log;
+  const registry = deps.registry ?? new Registry();
+  mkdirSync(config.dataDir, { recursive: true });
+  const lifecycle = new Lifecycle(log);
+
+  const outbox = lifecycle.add(
+    new Outbox({
+      path: join(config.dataDir, 'outbox.db'),
+      synchronous: config.outbox.synchronous,
+      maxPending: config.outbox.maxPending,
+      flushMs: config.outbox.flushMs,
+      log: log.child({ component: 'outbox' }),
+      registry,
+    }),
+  );
+  const engine = lifecycle.add(
+    new WorkerPoolEngine({
+      workers: config.runtime.workers,
+      intraOpThreads: config.runtime.intraOpThreads,
+      maxBatch: config.runtime.maxBatch,
+      maxWaitMs: config.runtime.maxWaitMs,
+      queueMax: config.runtime.queueMax,
+      log: log.child({ component: 'runtime' }),
+      registry,
+    }),
+  );
+  const models = lifecycle.add(new ModelSet({ manifests: config.models.map((m) => m.manifest), engine, log: log.child({ component: 'models' }) }));
+  const link = lifecycle.add(
+    new HubLink({
+      deviceId: config.deviceId,
+      url: config.hub.url,
+      token: config.hub.token,
+      keepaliveSeconds: config.hub.keepaliveSeconds,
+      backoff: config.hub.backoff,
+      outbox,
+      agentVersion: AGENT_VERSION,
+      models: (): ModelRef[] => models.active().map((m) => ({ name: m.manifest.name, version: m.manifest.version })),
+      batchSize: config.hub.batchSize,
+      maxInflightBatches: config.hub.maxInflightBatches,
+      ackTimeoutMs: config.hub.ackTimeoutMs,
+      log: log.child({ component: 'link' }),
+      registry,
+    }),
+  );
+  const pipelineMetrics = createPipelineMetrics(registry);
+  const pipelines: Pipeline[] = [];
+  // Pipelines need their model, known only after ModelSet started: a deferred component.
+  const pipelineGroup: Component = {
+    name: 'pipelines',
+    start: async (signal) => {
+      for (const p of config.pipelines) {
+        const model = models.byName(p.model);
+        if (!model) throw new EdgefleetError(ErrorCode.BAD_CONFIG, `pipeline ${p.name}: no model named ${p.model}`);
+        const pipeline = new Pipeline({
+          deviceId: config.deviceId,
+          config: p,
+          model,
+          engine,
+          bus: link,
+          publisher: link,
+          sink: outbox,
+          metrics: pipelineMetrics,
+          log: log.child({ component: 'pipeline', pipeline: p.name }),
+        });
+        await pipeline.start();
+        pipelines.push(pipeline);
+        if (signal.aborted) return;
+      }
+    },
+    stop: async () => {
+      await Promise.all(pipelines.map((p) => p.stop()));
+    },
+  };
+  lifecycle.add(pipelineGroup);
+  const http = lifecycle.add(
+    new AgentHttpServer({
+      host: config.http.host,
+      port: config.http.port,
+      registry,
+      log: log.child({ component: 'http' }),
+      health: () => ({
+        ok: lifecycle.state === 'running',
+        state: lifecycle.state,
+        deviceId: config.deviceId,
+        hubConnected: link.connected,
+        models: models.active().map((m) => m.key),
+        outboxPending: outbox.pendingCount(),
+        runtime: engine.stats(),
+      }),
+    }),
+  );
+
+  return {
+    config,
+    registry,
+    outbox,
+    link,
+    pipelines,
+    get httpPort() {
+      return http.port;
+    },
+    start: (signal = new AbortController().signal) => lifecycle.start(signal),
+    stop: () => lifecycle.stop(),
+  };
+}
+
+const USAGE = `usage: edgefleet agent --config <file> [--log-level <level>]
+
+Runs the edge agent: inputs → preprocessing → ONNX inference → results, with telemetry
+buffered in SQLite and synced to the hub over MQTT. Environment overrides:
+EDGEFLEET_AGENT__<PATH>=value, e.g. EDGEFLEET_AGENT__HUB__TOKEN=... or
+EDGEFLEET_AGENT__HTTP__PORT=0.`;
+
+/** Process entry for `edgefleet agent`. */
+export async function runAgent(argv: string[]): Promise<void> {
+  const { values } = parseArgs({
+    args: argv,
+    options: { config: { type: 'string', short: 'c' }, 'log-level': { type: 'string' }, help: { type: 'boolean', short: 'h' } },
+    strict: true,
+  });
+  if (values.help) {
+    process.stdout.write(`${USAGE}\n`);
+    return;
+  }
+  if (!values.config) {
+    process.stderr.write(`${USAGE}\n`);
+    process.exitCode = 2;
+    return;
+  }
+  let config: AgentConfig;
+  try {
+    config = loadAgentConfig({
+      file: values.config,
+      env: process.env,
+      overrides: values['log-level'] ? { log: { level: values['log-level'] } } : undefined,
+    });
+  } catch (err) {
+    process.stderr.write(`${(err as Error).message}\n`);
+    process.exitCode = 2;
+    return;
+  }
+  const log = createLogger({ name: 'agent', level: config.log.level, base: { deviceId: config.deviceId } });
+  const registry = new Registry();
+  registry.setDefaultLabels({ device: config.deviceId });
+  collectDefaultMetrics({ register: registry, prefix: 'edgefleet_agent_' });
+  await runService({
+    name: 'agent',
+    log,
+    start: async (signal) => {
+      const agent = createAgent(config, { log, registry });
+      try {
+        await agent.start(signal);
+      } catch (err) {
+        await agent.stop();
+        throw err;
+      }
+      return agent;
+    },
+  });
+}

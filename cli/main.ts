@@ -1,0 +1,70 @@
+/**
+ * `edgefleet`: one command, with subcommands. Services (`agent`, `hub`) run until signalled;
+ * operator commands talk to the hub's HTTP API and exit with 0 (ok), 1 (failed) or 2 (usage).
+ */
+import { AGENT_VERSION } from '../agent/main.ts';
+
+const HELP = `edgefleet ${AGENT_VERSION}: edge inference agent and fleet manager
+
+usage: edgefleet <command> [options]
+
+services
+  agent --config <file>            run the edge agent
+  hub [--data <dir>] [...]         run the hub (embedded MQTT broker, registry, API)
+
+operators (talk to a running hub: --hub <url> --token <t>, or --data <hub data dir>)
+  device add <id> --group <g> [--label k=v]...   register a device; prints its token once
+  sensor add <id> --device <deviceId>            register a sensor feeding one device
+  devices [--json]                               list devices with state and counters
+
+Run 'edgefleet <command> --help' for a command's options.`;
+
+type CommandModule = { run(argv: string[], io: Io): Promise<number> };
+interface Io {
+  out: (s: string) => void;
+  err: (s: string) => void;
+  env: NodeJS.ProcessEnv;
+}
+
+const io: Io = {
+  out: (s) => process.stdout.write(s.endsWith('\n') ? s : `${s}\n`),
+  err: (s) => process.stderr.write(s.endsWith('\n') ? s : `${s}\n`),
+  env: process.env,
+};
+
+async function operator(load: () => Promise<CommandModule>, argv: string[]): Promise<void> {
+  const mod = await load();
+  process.exitCode = await mod.run(argv, io);
+}
+
+async function main(argv: string[]): Promise<void> {
+  const [cmd, sub, ...rest] = argv;
+  switch (cmd) {
+    case 'agent':
+      return (await import('../agent/main.ts')).runAgent(argv.slice(1));
+    case 'hub':
+      return (await import('../hub/main.ts')).runHub(argv.slice(1));
+    case 'device':
+      if (sub === 'add') return operator(() => import('./commands/device-add.ts'), rest);
+      break;
+    case 'sensor':
+      if (sub === 'add') return operator(() => import('./commands/sensor-add.ts'), rest);
+      break;
+    case 'devices':
+      return operator(() => import('./commands/devices.ts'), argv.slice(1));
+    case 'version':
+    case '--version':
+      io.out(AGENT_VERSION);
+      return;
+    case undefined:
+    case 'help':
+    case '--help':
+    case '-h':
+      io.out(HELP);
+      return;
+  }
+  io.err(`edgefleet: unknown command '${argv.join(' ')}'\n\n${HELP}`);
+  process.exitCode = 2;
+}
+
+await main(process.argv.slice(2));
