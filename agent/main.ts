@@ -79,6 +79,15 @@ export function createAgent(config: AgentConfig, deps: { log: Logger; registry?:
       registry,
     }),
   );
+  // Commands from the hub (idempotent by id, see HubLink). More arrive with rollouts (#3).
+  link.onCommand((cmd) => {
+    switch (cmd.name) {
+      case 'ping':
+        return Promise.resolve({ pong: Date.now(), models: models.active().map((m) => m.key), outboxPending: outbox.pendingCount() });
+      default:
+        return Promise.reject(new EdgefleetError(ErrorCode.NOT_FOUND, `unknown command ${cmd.name}`));
+    }
+  });
   const pipelineMetrics = createPipelineMetrics(registry);
   const pipelines: Pipeline[] = [];
   // Pipelines need their model, known only after ModelSet started: a deferred component.

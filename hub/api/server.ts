@@ -47,13 +47,13 @@ export const CreateDeviceSchema = z
     id: DeviceIdSchema,
     group: GroupSchema.default('default'),
     labels: LabelsSchema.default({}),
-    kind: z.enum(['device', 'sensor']).default('device'),
+    kind: z.enum(['device', 'sensor', 'consumer']).default('device'),
     /** For sensors: the device whose `in/` topics the sensor feeds. */
     device: DeviceIdSchema.optional(),
   })
   .superRefine((b, ctx) => {
     if (b.kind === 'sensor' && !b.device) ctx.addIssue({ code: 'custom', path: ['device'], message: 'a sensor needs the device it feeds' });
-    if (b.kind === 'device' && b.device) ctx.addIssue({ code: 'custom', path: ['device'], message: 'only sensors belong to a device' });
+    if (b.kind !== 'sensor' && b.device) ctx.addIssue({ code: 'custom', path: ['device'], message: 'only sensors belong to a device' });
   });
 
 const TelemetryQuerySchema = z.strictObject({

@@ -1,7 +1,8 @@
 /**
  * Who may publish and subscribe where. A device lives in its own subtree
  * `edgefleet/v1/<ownId>/...` and nowhere else; a sensor may only publish readings into the
- * `in/` topics of the one device it feeds, and receives nothing. Pure functions: the broker
+ * `in/` topics of the one device it feeds, and receives nothing; a consumer only reads the
+ * `out/` (results) topics of devices. Pure functions: the broker
  * calls them, the tests read them.
  */
 import { TOPIC_ROOT } from '../../shared/protocol.ts';
@@ -32,6 +33,7 @@ export function publishRefusal(who: Identity, topic: string): string | undefined
   if (topic.includes('+') || topic.includes('#')) return 'wildcard in topic';
   const t = split(topic);
   if (!t) return 'outside the protocol tree';
+  if (who.kind === 'consumer') return 'consumers only subscribe';
   if (who.kind === 'device') {
     if (t.device !== who.id) return "another device's subtree";
     if (t.rest.length === 1 && HUB_TO_AGENT.has(t.rest[0] as string)) return 'topic reserved for the hub';
@@ -47,6 +49,11 @@ export function subscribeRefusal(who: Identity, filter: string): string | undefi
   if (who.kind === 'sensor') return 'sensors do not subscribe';
   if (filter.startsWith('$')) return 'reserved topic';
   const t = split(filter);
+  if (who.kind === 'consumer') {
+    // Results of any device (`+` allowed at the device level), nothing else.
+    if (!t || t.device === '#' || t.rest[0] !== 'out') return 'consumers subscribe only to <device>/out/...';
+    return undefined;
+  }
   // The device level must be the literal own id: `+` or `#` there would reach other devices.
   if (!t || t.device !== who.id) return "outside the device's subtree";
   return undefined;
@@ -54,5 +61,6 @@ export function subscribeRefusal(who: Identity, filter: string): string | undefi
 
 /** Last line of defence at delivery time (retained messages included). */
 export function mayReceive(who: Identity, topic: string): boolean {
+  if (who.kind === 'consumer') return split(topic)?.rest[0] === 'out';
   return who.kind === 'device' && topic.startsWith(`${TOPIC_ROOT}/${who.id}/`);
 }

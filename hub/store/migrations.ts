@@ -15,7 +15,7 @@ export const MIGRATIONS: readonly Migration[] = [
     sql: `
       CREATE TABLE principals (
         id            TEXT PRIMARY KEY,
-        kind          TEXT NOT NULL CHECK (kind IN ('device', 'sensor')),
+        kind          TEXT NOT NULL CHECK (kind IN ('device', 'sensor', 'consumer')),
         grp           TEXT NOT NULL,
         labels        TEXT NOT NULL DEFAULT '{}',
         token_kdf     TEXT NOT NULL,

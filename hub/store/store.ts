@@ -9,7 +9,8 @@ import type { Component } from '../../shared/lifecycle.ts';
 import type { Hello, ModelRef, TelemetryRecord } from '../../shared/protocol.ts';
 import type { TokenHash } from '../auth/tokens.ts';
 
-export type PrincipalKind = 'device' | 'sensor';
+/** device: an agent; sensor: feeds one device's inputs; consumer: reads results (MES, SCADA, dashboards). */
+export type PrincipalKind = 'device' | 'sensor' | 'consumer';
 export type ApiRole = 'admin' | 'operator' | 'viewer';
 
 export interface NewPrincipal {
