@@ -3,12 +3,12 @@
 // otherwise the TypeScript sources through tsx.
 import { existsSync } from 'node:fs';
 import { fileURLToPath, pathToFileURL } from 'node:url';
-import { register } from 'node:module';
 
 const compiled = fileURLToPath(new URL('../dist/cli/main.js', import.meta.url));
 if (existsSync(compiled)) {
   await import(pathToFileURL(compiled).href);
 } else {
-  register('tsx/esm', import.meta.url);
+  const { register } = await import('tsx/esm/api');
+  register();
   await import(new URL('../cli/main.ts', import.meta.url).href);
 }
