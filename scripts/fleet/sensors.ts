@@ -5,9 +5,7 @@
  */
 import mqtt, { type MqttClient } from 'mqtt';
 import { topics } from '../../shared/protocol.ts';
-import { mulberry32, sensorSample, SENSOR_FEATURES } from '../lib/synthetic.ts';
-
-export const MACHINE_STATES = ['normal', 'worn', 'failing'] as const;
+import { MACHINE_STATES, mulberry32, sensorSample, SENSOR_FEATURES } from '../lib/synthetic.ts';
 
 export interface SensorOptions {
   sensorId: string;

@@ -3,6 +3,7 @@
  * protobufjs, so the tests run real ORT sessions without depending on scripts/make-models.
  * The models are small MLPs: [Cast] → (MatMul + Add [+ Relu]) × layers → logits [→ Softmax].
  */
+import { mulberry32 } from '../../scripts/lib/rng.ts';
 import { writeFile } from 'node:fs/promises';
 import protobuf from 'protobufjs';
 
@@ -64,17 +65,6 @@ export interface TinyModelSpec {
   seed?: number;
 }
 
-/** Deterministic pseudo-random numbers (mulberry32) so every test run builds the same model. */
-export function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 function floatTensor(name: string, dims: number[], rand: () => number, scale: number): Record<string, unknown> {
   const n = dims.reduce((a, b) => a * b, 1);
@@ -99,7 +89,7 @@ function valueInfo(name: string, elemType: number, dims: (number | string)[]): R
 export function tinyModelBytes(spec: TinyModelSpec): Uint8Array {
   const root = protobuf.parse(ONNX_SUBSET).root;
   const Model = root.lookupType('onnx.ModelProto');
-  const rand = rng(spec.seed ?? 1);
+  const rand = mulberry32(spec.seed ?? 1); // deterministic: every run builds the same model
   const batch = spec.batch ?? 'N';
   const inputName = spec.inputName ?? 'input';
   const inputType = spec.inputType ?? 'float32';

@@ -14,7 +14,7 @@ import { WorkerPoolEngine } from '../../agent/runtime/pool.ts';
 import { checkModelAgainstManifest } from '../../agent/runtime/session-check.ts';
 import { ManifestSchema, type Manifest } from '../../shared/manifest.ts';
 import { silentLogger } from '../../shared/log.ts';
-import { rng } from '../helpers/tiny-model.ts';
+import { mulberry32 as rng } from '../../scripts/lib/rng.ts';
 
 let dir: string;
 let engine: WorkerPoolEngine;

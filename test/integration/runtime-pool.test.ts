@@ -16,7 +16,8 @@ import { WorkerPoolEngine, type WorkerPoolOptions } from '../../agent/runtime/po
 import type { InferResult } from '../../agent/runtime/engine.ts';
 import { EdgefleetError } from '../../shared/errors.ts';
 import { silentLogger } from '../../shared/log.ts';
-import { rng, writeTinyModel } from '../helpers/tiny-model.ts';
+import { mulberry32 as rng } from '../../scripts/lib/rng.ts';
+import { writeTinyModel } from '../helpers/tiny-model.ts';
 
 type Session = Awaited<ReturnType<typeof ort.InferenceSession.create>>;
 
