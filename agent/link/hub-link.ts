@@ -279,7 +279,9 @@ export class HubLink extends EventEmitter<HubLinkEvents> implements Component {
         await withTimeout(client.endAsync(false), budget, 'mqtt disconnect');
       } catch (err) {
         this.#log.warn({ err }, 'graceful disconnect hung; forcing');
-        await withTimeout(client.endAsync(true), budget, 'mqtt forced close').catch(() => undefined);
+        // end(true) is a no-op while end(false) is pending (mqtt.js client.js `if (this.disconnecting)`),
+        // and end(false) never finishes when QoS 1 publishes from a dropped connection stay unacked.
+        client.stream.destroy();
       }
     } else {
       await withTimeout(client.endAsync(true), budget, 'mqtt forced close').catch((err: unknown) => this.#log.warn({ err }, 'mqtt close hung'));
