@@ -16,8 +16,9 @@ import { scrapeCounter } from '../../scripts/fleet/metrics-scrape.ts';
 import { ServiceProcess, REPO_ROOT } from '../../scripts/fleet/processes.ts';
 import { MACHINE_STATES, mulberry32, sensorSample, SENSOR_FEATURES } from '../../scripts/lib/synthetic.ts';
 import { makeModels } from '../../scripts/make-models.ts';
+import { until } from './fleet-in-process.ts';
 
-export { until } from './fleet-in-process.ts';
+export { until };
 
 export const MODELS_DIR = join(REPO_ROOT, 'models');
 export const PIPELINE = 'vibration';
@@ -66,6 +67,31 @@ export async function startAgentProcess(name: string, configFile: string, opts: 
     await proc.kill();
     throw err;
   }
+}
+
+/**
+ * Waits until the agent is connected, its outbox is empty and its commit counter has not moved
+ * for `quietMs`: every reading that reached it is inferred, committed and acked.
+ */
+export async function untilDrained(port: number, opts: { quietMs?: number; timeoutMs?: number; what?: string } = {}): Promise<void> {
+  const quietMs = opts.quietMs ?? 750;
+  let last = -1;
+  let since = Date.now();
+  await until(
+    async () => {
+      const h = await agentHealth(port);
+      const n = await agentMetric(port, 'edgefleet_agent_outbox_committed_total');
+      const now = Date.now();
+      if (n !== last || !h.hubConnected || h.outboxPending !== 0) {
+        last = n;
+        since = now;
+        return false;
+      }
+      return now - since >= quietMs;
+    },
+    opts.timeoutMs ?? 60_000,
+    opts.what ?? 'agent drained',
+  );
 }
 
 export interface AgentHealth {
