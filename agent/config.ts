@@ -17,6 +17,22 @@ const MqttInputSchema = z.object({
   /** Topic filter; default `edgefleet/v1/<deviceId>/in/<pipeline>`. Must lie in the device's subtree. */
   topic: z.string().min(1).max(256).optional(),
   maxPayloadBytes: z.number().int().positive().max(16 * 1024 * 1024).default(64 * 1024),
+  /**
+   * Read this input from another broker (e.g. a local Mosquitto the sensors publish to) instead
+   * of the hub connection, so inputs keep flowing while the hub is unreachable.
+   */
+  broker: z
+    .object({
+      url: z.string().regex(/^mqtts?:\/\/[^/]+$/, 'broker.url: mqtt://host:port'),
+      /** Default `<deviceId>-inputs`. Unique per broker: two clients with one id kick each other off. */
+      clientId: z.string().min(1).max(128).optional(),
+      username: z.string().optional(),
+      password: z.string().optional(),
+      /** false (default): a persistent session, so the broker keeps readings while the agent restarts. */
+      cleanSession: z.boolean().default(false),
+      qos: z.union([z.literal(0), z.literal(1)]).default(1),
+    })
+    .optional(),
 });
 
 export const PipelineSchema = z.object({

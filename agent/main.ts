@@ -12,13 +12,14 @@ import { Lifecycle, type Component } from '../shared/lifecycle.ts';
 import { createLogger, type Logger } from '../shared/log.ts';
 import type { ModelRef } from '../shared/protocol.ts';
 import { runService } from '../shared/service.ts';
-import { loadAgentConfig, type AgentConfig } from './config.ts';
+import { loadAgentConfig, type AgentConfig, type PipelineConfig } from './config.ts';
 import { AgentHttpServer } from './http/server.ts';
 import { HubLink } from './link/hub-link.ts';
 import { createPipelineMetrics } from './metrics.ts';
 import { ModelSet } from './models/model-set.ts';
 import { Outbox } from './outbox/outbox.ts';
-import { Pipeline } from './pipeline.ts';
+import { Pipeline, type InputBus } from './pipeline.ts';
+import { MqttBrokerInput } from './inputs/mqtt-broker-input.ts';
 import { WorkerPoolEngine } from './runtime/pool.ts';
 
 export const AGENT_VERSION = '0.1.0';
@@ -88,6 +89,32 @@ export function createAgent(config: AgentConfig, deps: { log: Logger; registry?:
         return Promise.reject(new EdgefleetError(ErrorCode.NOT_FOUND, `unknown command ${cmd.name}`));
     }
   });
+  // Inputs read from other brokers than the hub's (one connection per broker and client id).
+  const brokerInputs = new Map<string, MqttBrokerInput>();
+  for (const p of config.pipelines) {
+    const b = p.input.broker;
+    if (!b) continue;
+    const clientId = b.clientId ?? `${config.deviceId}-inputs`;
+    const key = `${b.url} ${clientId}`;
+    if (brokerInputs.has(key)) continue;
+    brokerInputs.set(
+      key,
+      lifecycle.add(
+        new MqttBrokerInput({
+          url: b.url,
+          clientId,
+          username: b.username,
+          password: b.password,
+          cleanSession: b.cleanSession,
+          qos: b.qos,
+          backoff: config.hub.backoff,
+          log: log.child({ component: 'input-broker' }),
+        }),
+      ),
+    );
+  }
+  const busFor = (p: PipelineConfig): InputBus =>
+    p.input.broker ? brokerInputs.get(`${p.input.broker.url} ${p.input.broker.clientId ?? `${config.deviceId}-inputs`}`)! : link;
   const pipelineMetrics = createPipelineMetrics(registry);
   const pipelines: Pipeline[] = [];
   // Pipelines need their model, known only after ModelSet started: a deferred component.
@@ -102,7 +129,7 @@ export function createAgent(config: AgentConfig, deps: { log: Logger; registry?:
           config: p,
           model,
           engine,
-          bus: link,
+          bus: busFor(p),
           publisher: link,
           sink: outbox,
           metrics: pipelineMetrics,

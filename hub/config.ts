@@ -37,14 +37,14 @@ export const HubConfigSchema = z.object({
   store: z
     .object({
       /**
-       * SQLite `synchronous` in WAL mode. NORMAL (default): a commit survives a crash or kill -9
-       * of the hub; a power loss can roll back the last commits, and because their acks were
-       * already sent (agents deleted those records) they would be lost. FULL: an fsync per
-       * commit, i.e. per telemetry batch, and nothing acked is ever lost. NORMAL is the default
-       * because hubs usually run on servers with stable power where ingest throughput matters;
-       * choose FULL when a power cut is a real risk.
+       * SQLite `synchronous` in WAL mode. FULL (default): an fsync per commit, i.e. per
+       * telemetry batch of up to 2000 records, so an ack always means the batch survives a power
+       * loss. NORMAL survives a crash or kill -9 but a power loss can roll back the last commits;
+       * their acks were already sent and the agents deleted those records, so they would be
+       * lost. An ack is a promise the agent acts on by deleting data: the default keeps it.
+       * NORMAL is for hubs on protected power that need more ingest commits per second.
        */
-      synchronous: z.enum(['NORMAL', 'FULL']).default('NORMAL'),
+      synchronous: z.enum(['NORMAL', 'FULL']).default('FULL'),
       /** How long a writer waits on a locked database before SQLITE_BUSY. */
       busyTimeoutMs: z.number().int().min(0).max(60_000).default(5000),
       /** WAL file size kept after a checkpoint (journal_size_limit). */

@@ -5,10 +5,12 @@
  *   1. a network partition: the agent reaches the hub through a TCP proxy that is cut for
  *      several seconds and healed;
  *   2. a hub restart: the hub is stopped and started again on the same data dir and ports.
- * The agent receives readings over the same MQTT connection as its link, so readings published
- * during the outage are not delivered to it (clean session, QoS 0 input): the claim under test
- * is about telemetry, "every record the agent committed is stored at the hub exactly once", and
- * the figures show sent vs inferred separately.
+ * In those two the agent receives readings over the same MQTT connection as its link, so
+ * readings published during the outage are not delivered to it: the claim under test is about
+ * telemetry, "every record the agent committed is stored at the hub exactly once", and the
+ * figures show sent vs inferred separately. In the third, sensors publish to the gateway's own
+ * broker (`input.broker`), readings keep arriving through the whole hub outage, and every one of
+ * them must be inferred and stored exactly once.
  */
 import assert from 'node:assert/strict';
 import { mkdtempSync, rmSync } from 'node:fs';
@@ -16,6 +18,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { after, before, describe, it } from 'node:test';
+import net from 'node:net';
+import { Aedes } from 'aedes';
 import Database from 'better-sqlite3';
 import type { Hub } from '../../hub/main.ts';
 import {
@@ -50,7 +54,7 @@ interface Outage {
  * One scenario: burst of readings, outage while the agent has a backlog, steady readings during
  * and after, then drain and check the hub's SQLite against the agent's own count.
  */
-async function scenario(name: string, root: string, opts: { viaProxy: boolean; outage: Outage }): Promise<void> {
+async function scenario(name: string, root: string, opts: { viaProxy: boolean; localInput?: boolean; outage: Outage }): Promise<void> {
   const deviceId = `gw-${name}`;
   const sensorId = `vib-${name}`;
   const hubDir = join(root, name, 'hub');
@@ -58,6 +62,8 @@ async function scenario(name: string, root: string, opts: { viaProxy: boolean; o
   const proxy = opts.viaProxy ? new TcpProxy('127.0.0.1', hub.mqttPort) : undefined;
   let agent: AgentProcess | undefined;
   let pub: ReadingPublisher | undefined;
+  // The gateway's own broker (a stand-in for Mosquitto on the device): sensors publish there.
+  const local = opts.localInput ? await startLocalBroker() : undefined;
   try {
     await proxy?.start();
     const { deviceToken, sensorToken } = await provision(hub, deviceId, sensorId);
@@ -67,13 +73,18 @@ async function scenario(name: string, root: string, opts: { viaProxy: boolean; o
       token: deviceToken,
       mqttUrl: proxy?.url ?? hub.mqttUrl,
       // A short reconnect backoff keeps the test short; the queue holds a whole burst.
-      extra: { hub: { backoff: { initialMs: 100, maxMs: 1000 } }, runtime: { queueMax: 10_000 } },
+      extra: {
+        hub: { backoff: { initialMs: 100, maxMs: 1000 } },
+        runtime: { queueMax: 10_000 },
+        ...(local ? { pipelines: [{ name: 'vibration', model: 'machine-state', input: { type: 'mqtt', broker: { url: local.url } } }] } : {}),
+      },
     });
     agent = await startAgentProcess(deviceId, config, { logFile: join(root, name, 'agent.log') });
     const port = agent.httpPort;
     await until(async () => (await agentHealth(port)).hubConnected, 20_000, 'agent connected');
 
-    pub = new ReadingPublisher({ sensorId, token: sensorToken, deviceId, mqttUrl: hub.mqttUrl, qos: 1, seed: 11 });
+    if (local) await until(() => local.subscribed(), 20_000, 'agent subscribed at the local broker');
+    pub = new ReadingPublisher({ sensorId, token: sensorToken, deviceId, mqttUrl: local?.url ?? hub.mqttUrl, qos: 1, seed: 11 });
     await pub.start();
     pub.burst(BURST);
     await until(async () => (await agentHealth(port)).outboxPending >= BACKLOG, 20_000, `a backlog of ${BACKLOG} records`);
@@ -136,12 +147,36 @@ async function scenario(name: string, root: string, opts: { viaProxy: boolean; o
     assert.equal(counters.gaps, 0);
     assert.ok(inferredByOutageEnd >= BACKLOG, `inferred before the outage ended: ${inferredByOutageEnd}`);
     assert.ok(inferences > inferredByOutageEnd, 'readings after the outage were inferred and stored too');
+    if (local) {
+      // Inputs did not depend on the hub: every reading was inferred, and the backlog grew.
+      assert.equal(inferences, pub.sent, 'every reading published to the local broker was inferred');
+      assert.ok(observed[observed.length - 1]!.pending > observed[0]!.pending, 'the outbox kept filling while the hub was down');
+    }
   } finally {
     await pub?.stop();
     await agent?.proc.kill();
     await proxy?.stop();
     await hub.stop();
+    await local?.close();
   }
+}
+
+/** An unauthenticated aedes broker on 127.0.0.1, port 0, as the gateway's local broker. */
+async function startLocalBroker(): Promise<{ url: string; subscribed: () => boolean; close: () => Promise<void> }> {
+  const broker = await Aedes.createBroker();
+  let subs = 0;
+  broker.on('subscribe', () => subs++);
+  const server = net.createServer(broker.handle);
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  const { port } = server.address() as net.AddressInfo;
+  return {
+    url: `mqtt://127.0.0.1:${port}`,
+    subscribed: () => subs > 0,
+    close: async () => {
+      await new Promise<void>((resolve) => broker.close(() => resolve()));
+      await new Promise<void>((resolve) => server.close(() => resolve()));
+    },
+  };
 }
 
 describe('fault: partition and hub restart with a telemetry backlog', () => {
@@ -158,6 +193,18 @@ describe('fault: partition and hub restart with a telemetry backlog', () => {
         await duringOutage();
         proxy.heal();
         return hub;
+      },
+    }));
+
+  it('hub down while readings keep arriving on the gateway broker: the agent buffers, nothing lost', () =>
+    scenario('local-input', root, {
+      viaProxy: false,
+      localInput: true,
+      outage: async ({ hub, duringOutage }) => {
+        const ports = { mqtt: hub.mqttPort, http: hub.httpPort };
+        assert.deepEqual(await hub.stop(), []);
+        await duringOutage();
+        return startHub(hub.config.dataDir, ports);
       },
     }));
 

@@ -13,7 +13,7 @@ test('defaults', () => {
   assert.equal(c.mqtt.host, '0.0.0.0');
   assert.equal(c.mqtt.port, 1883);
   assert.equal(c.http.port, 8080);
-  assert.equal(c.store.synchronous, 'NORMAL');
+  assert.equal(c.store.synchronous, 'FULL');
   assert.equal(c.limits.maxPayloadBytes, MAX_PAYLOAD_BYTES);
   assert.ok(c.limits.drainTimeoutMs <= 10_000);
   assert.equal(c.dataDir, join(process.cwd(), '.data/hub'));
