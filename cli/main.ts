@@ -11,11 +11,15 @@ usage: edgefleet <command> [options]
 services
   agent --config <file>            run the edge agent
   hub [--data <dir>] [...]         run the hub (embedded MQTT broker, registry, API)
+  agent install-service --config <file> [--dry-run]   write a systemd unit for the agent
+  hub install-service [--data <dir>] [--dry-run]      write a systemd unit for the hub
 
 operators (talk to a running hub: --hub <url> --token <t>, or --data <hub data dir>)
   device add <id> --group <g> [--label k=v]...   register a device; prints its token once
   sensor add <id> --device <deviceId>            register a sensor feeding one device
   devices [--json]                               list devices with state and counters
+  model push <file.onnx> --manifest <m.json>     upload, check, sign and release a model
+  model list|show <name>@<version> [--json]      the hub's model releases
 
 Run 'edgefleet <command> --help' for a command's options.`;
 
@@ -41,8 +45,10 @@ async function main(argv: string[]): Promise<void> {
   const [cmd, sub, ...rest] = argv;
   switch (cmd) {
     case 'agent':
+      if (sub === 'install-service') return operator(() => import('./commands/install-service.ts'), [cmd, ...rest]);
       return (await import('../agent/main.ts')).runAgent(argv.slice(1));
     case 'hub':
+      if (sub === 'install-service') return operator(() => import('./commands/install-service.ts'), [cmd, ...rest]);
       return (await import('../hub/main.ts')).runHub(argv.slice(1));
     case 'device':
       if (sub === 'add') return operator(() => import('./commands/device-add.ts'), rest);
@@ -52,6 +58,8 @@ async function main(argv: string[]): Promise<void> {
       break;
     case 'devices':
       return operator(() => import('./commands/devices.ts'), argv.slice(1));
+    case 'model':
+      return operator(() => import('./commands/model.ts'), argv.slice(1));
     case 'version':
     case '--version':
       io.out(AGENT_VERSION);

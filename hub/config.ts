@@ -2,11 +2,12 @@
  * Hub configuration: one zod schema with typed defaults. Loaded from YAML or JSON, with
  * environment overrides `EDGEFLEET_HUB__<PATH>` (e.g. EDGEFLEET_HUB__MQTT__PORT=1884) derived
  * from the schema, explicit overrides (CLI flags) last, every problem reported at once as one
- * BAD_CONFIG error, then frozen (shared/config.ts).
+ * BAD_CONFIG error, then frozen (shared/config.ts). Relative paths (dataDir, trusted key
+ * files) resolve against the config file's directory.
  */
 import { dirname, resolve } from 'node:path';
 import { z } from 'zod';
-import { loadConfig } from '../shared/config.ts';
+import { deepFreeze, loadConfig } from '../shared/config.ts';
 import { LOG_LEVELS } from '../shared/log.ts';
 import { MAX_PAYLOAD_BYTES } from '../shared/protocol.ts';
 
@@ -64,6 +65,34 @@ export const HubConfigSchema = z.object({
       drainTimeoutMs: z.number().int().min(100).max(120_000).default(5000),
     })
     .prefault({}),
+  models: z
+    .object({
+      /** Largest model artifact accepted by PUT /v1/models/:name/:version/artifact. */
+      maxArtifactBytes: z.number().int().min(1024).max(16 * 1024 ** 3).default(512 * 1024 * 1024),
+      /** Largest manifest body accepted by POST /v1/models (test vectors and drift bins add up). */
+      maxManifestBytes: z.number().int().min(1024).max(64 * 1024 * 1024).default(8 * 1024 * 1024),
+      /**
+       * The child process that loads an uploaded model to check it against its manifest: killed
+       * past the timeout, past the RSS budget, and refused address space beyond its start-up
+       * baseline plus the budget (a crafted model can allocate gigabytes at load, PITFALLS).
+       */
+      probe: z
+        .object({
+          timeoutMs: z.number().int().min(1000).max(600_000).default(30_000),
+          maxRssBytes: z.number().int().min(64 * 1024 * 1024).default(1024 * 1024 * 1024),
+          addressSpaceBudgetBytes: z.number().int().min(64 * 1024 * 1024).default(2 * 1024 ** 3),
+        })
+        .prefault({}),
+      signing: z
+        .object({
+          /** Key in <dataDir>/keys that signs new releases; default: keys/active, created on first start. */
+          activeKeyId: z.string().regex(/^[0-9a-f]{16}$/, 'activeKeyId: 16 lowercase hex digits').optional(),
+          /** Further ed25519 public key PEM files to trust (and publish on /v1/keys), e.g. a previous hub's. */
+          trustedKeyFiles: z.array(z.string().min(1)).max(64).default([]),
+        })
+        .prefault({}),
+    })
+    .prefault({}),
   log: z.object({ level: z.enum(LOG_LEVELS).default('info') }).prefault({}),
 });
 export type HubConfig = z.infer<typeof HubConfigSchema>;
@@ -75,5 +104,6 @@ export type HubConfig = z.infer<typeof HubConfigSchema>;
 export function loadHubConfig(opts: { file?: string; overrides?: Record<string, unknown>; env?: NodeJS.ProcessEnv } = {}): HubConfig {
   const cfg = loadConfig(HubConfigSchema, { file: opts.file, overrides: opts.overrides, env: opts.env ?? {}, envPrefix: ENV_PREFIX });
   const base = opts.file ? dirname(resolve(opts.file)) : process.cwd();
-  return Object.freeze({ ...cfg, dataDir: resolve(base, cfg.dataDir) });
+  const signing = { ...cfg.models.signing, trustedKeyFiles: cfg.models.signing.trustedKeyFiles.map((f) => resolve(base, f)) };
+  return deepFreeze({ ...cfg, dataDir: resolve(base, cfg.dataDir), models: { ...cfg.models, signing } });
 }

@@ -1,12 +1,13 @@
 /**
  * The hub's composition root: builds every component (store, operator auth, ingest, broker,
- * HTTP API, hub.json), passes each its dependencies, starts them in order and stops them in
+ * model registry, HTTP API, hub.json), passes each its dependencies, starts them in order and stops them in
  * reverse (shared/lifecycle.ts). `runHub` is the `edgefleet hub` command: flags → config →
  * `runService`, which owns signals and the exit code.
  *
  * Start order: the store first; ingest subscribes on the broker's bus before the broker
- * listens, so the first hello of a fleet reconnecting after a restart is not missed; the API
- * last, then hub.json tells the CLI where everything is.
+ * listens, so the first hello of a fleet reconnecting after a restart is not missed; the model
+ * registry (signing keys, artifact directory) before the API that serves it; the API last,
+ * then hub.json tells the CLI where everything is.
  */
 import { rm, writeFile, rename } from 'node:fs/promises';
 import { join } from 'node:path';
@@ -17,10 +18,14 @@ import { Lifecycle, type Component } from '../shared/lifecycle.ts';
 import { createLogger, LOG_LEVELS, type Logger } from '../shared/log.ts';
 import { runService, type Service } from '../shared/service.ts';
 import { ApiServer } from './api/server.ts';
+import { DeviceAuth } from './auth/devices.ts';
 import { ApiAuth, ensureAdminToken } from './auth/operators.ts';
 import { EmbeddedBroker } from './broker/broker.ts';
 import { loadHubConfig, type HubConfig } from './config.ts';
 import { Ingest } from './ingest/ingest.ts';
+import { ArtifactStore } from './models/artifact-store.ts';
+import { ModelRegistry } from './models/registry.ts';
+import { KeyRing } from './models/signing-keys.ts';
 import { SqliteHubStore } from './store/sqlite-store.ts';
 import type { HubStore } from './store/store.ts';
 
@@ -82,6 +87,21 @@ export function createHub(config: HubConfig, deps: HubDeps): Promise<Hub> {
     now,
   });
   const ingest = new Ingest({ bus: broker, store, log: log.child({ component: 'ingest' }), registry, maxPayloadBytes: config.limits.maxPayloadBytes, now });
+  const models = new ModelRegistry({
+    store,
+    keys: new KeyRing({
+      dataDir: config.dataDir,
+      activeKeyId: config.models.signing.activeKeyId,
+      trustedKeyFiles: config.models.signing.trustedKeyFiles,
+      log: log.child({ component: 'keys' }),
+    }),
+    artifacts: new ArtifactStore(join(config.dataDir, 'artifacts')),
+    probe: config.models.probe,
+    maxArtifactBytes: config.models.maxArtifactBytes,
+    log: log.child({ component: 'models' }),
+    registry,
+    now,
+  });
   const api = new ApiServer({
     host: config.http.host,
     port: config.http.port,
@@ -89,6 +109,9 @@ export function createHub(config: HubConfig, deps: HubDeps): Promise<Hub> {
     publicMetrics: config.http.publicMetrics,
     store,
     auth: new ApiAuth(store, now),
+    deviceAuth: new DeviceAuth(store, now),
+    models,
+    maxManifestBytes: config.models.maxManifestBytes,
     registry,
     log: log.child({ component: 'api' }),
     recordsPerSecond: () => ingest.recordsPerSecond(),
@@ -141,6 +164,7 @@ export function createHub(config: HubConfig, deps: HubDeps): Promise<Hub> {
   lifecycle.add(step('presence-reset', () => store.markAllOffline(now())));
   lifecycle.add(ingest);
   lifecycle.add(broker);
+  lifecycle.add(models);
   lifecycle.add(api);
   lifecycle.add(
     step(
@@ -162,7 +186,8 @@ const USAGE = `Usage: edgefleet hub [options]
 Runs the hub: embedded MQTT broker, device registry, telemetry ingest and HTTP API.
 
 Options:
-  --data <dir>         data directory (default .data/hub); holds hub.db, admin.token, hub.json
+  --data <dir>         data directory (default .data/hub); holds hub.db, admin.token, hub.json,
+                       keys/ (release signing keys) and artifacts/ (model files)
   --config <file>      YAML or JSON config file
   --mqtt-port <n>      MQTT port (default 1883; 0 = any free port)
   --http-port <n>      HTTP API port (default 8080; 0 = any free port)

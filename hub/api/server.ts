@@ -8,6 +8,13 @@
  *   GET  /v1/devices/:id          one, with stream positions and per-(stream, epoch) stats
  *   GET  /v1/telemetry            stored records, paged by cursor (`after`, `next`)
  *   GET  /v1/fleet                totals and records/s over the last minute
+ *   GET  /v1/keys                 public keys that sign model releases (agents trust these)
+ *   POST /v1/models               announce a release: {manifest} → 202, then PUT its artifact
+ *   PUT  /v1/models/:name/:version/artifact   the raw ONNX bytes, streamed → 201 signed release
+ *   GET  /v1/models               releases, newest first
+ *   GET  /v1/models/:name/:version             manifest and signed release
+ *   GET  /v1/artifacts/:sha256    artifact bytes for devices (`Bearer <deviceId>:<token>`),
+ *                                 with Range/If-Range/ETag; HEAD too
  */
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { Registry } from 'prom-client';
@@ -17,9 +24,12 @@ import { EdgefleetError, ErrorCode } from '../../shared/errors.ts';
 import type { Component } from '../../shared/lifecycle.ts';
 import type { Logger } from '../../shared/log.ts';
 import { DeviceIdSchema, NameSchema } from '../../shared/protocol.ts';
+import type { DeviceAuth } from '../auth/devices.ts';
 import type { ApiAuth, Operator } from '../auth/operators.ts';
 import { hashToken, newSecret } from '../auth/tokens.ts';
-import type { DeviceRecord, HubStore } from '../store/store.ts';
+import { serveArtifact } from '../models/artifact-http.ts';
+import { storedRelease, type ModelRegistry } from '../models/registry.ts';
+import type { DeviceRecord, HubStore, ModelRecord } from '../store/store.ts';
 import { readJson, sendError, sendJson } from './http.ts';
 
 export interface ApiOptions {
@@ -29,6 +39,10 @@ export interface ApiOptions {
   publicMetrics: boolean;
   store: HubStore;
   auth: ApiAuth;
+  deviceAuth: DeviceAuth;
+  models: ModelRegistry;
+  /** Largest manifest accepted by POST /v1/models (bigger than maxBodyBytes: test vectors). */
+  maxManifestBytes: number;
   registry: Registry;
   log: Logger;
   /** Records stored per second over the last minute (from ingest). */
@@ -82,11 +96,35 @@ export function deviceView(d: DeviceRecord): Record<string, unknown> {
   };
 }
 
-type Handler = (req: IncomingMessage, res: ServerResponse, params: { id?: string; query: URLSearchParams; op: Operator | undefined }) => Promise<void>;
+/** The API's view of a model release; also what `edgefleet model list --json` prints. */
+export function modelView(m: ModelRecord): Record<string, unknown> {
+  const manifest = JSON.parse(m.manifest) as { quantization?: unknown; description?: unknown };
+  return {
+    name: m.name,
+    version: m.version,
+    counter: m.counter,
+    sha256: m.sha256,
+    size: m.size,
+    keyId: m.keyId,
+    quantization: manifest.quantization,
+    ...(typeof manifest.description === 'string' ? { description: manifest.description } : {}),
+    createdAt: new Date(m.createdAt).toISOString(),
+    artifactPath: `/v1/artifacts/${m.sha256}`,
+  };
+}
+
+const ModelAnnounceSchema = z.strictObject({ manifest: z.unknown() });
+
+type Handler = (
+  req: IncomingMessage,
+  res: ServerResponse,
+  params: { id?: string; ids: string[]; query: URLSearchParams; op: Operator | undefined; device: string | undefined },
+) => Promise<void>;
 interface Route {
   method: string;
   pattern: RegExp;
-  auth: 'none' | 'read' | 'write';
+  /** read/write: operator token; device: `Bearer <deviceId>:<token>` of a registered device. */
+  auth: 'none' | 'read' | 'write' | 'device';
   handler: Handler;
 }
 
@@ -109,6 +147,13 @@ export class ApiServer implements Component {
       { method: 'GET', pattern: /^\/v1\/devices\/([^/]+)$/, auth: 'read', handler: (_q, res, p) => this.#getDevice(res, p.id ?? '') },
       { method: 'GET', pattern: /^\/v1\/telemetry$/, auth: 'read', handler: (_q, res, p) => this.#telemetry(res, p.query) },
       { method: 'GET', pattern: /^\/v1\/fleet$/, auth: 'read', handler: (_q, res) => this.#fleet(res) },
+      { method: 'GET', pattern: /^\/v1\/keys$/, auth: 'read', handler: (_q, res) => this.#keys(res) },
+      { method: 'POST', pattern: /^\/v1\/models$/, auth: 'write', handler: (req, res) => this.#announceModel(req, res) },
+      { method: 'GET', pattern: /^\/v1\/models$/, auth: 'read', handler: (_q, res) => this.#listModels(res) },
+      { method: 'GET', pattern: /^\/v1\/models\/([^/]+)\/([^/]+)$/, auth: 'read', handler: (_q, res, p) => this.#getModel(res, p.ids) },
+      { method: 'PUT', pattern: /^\/v1\/models\/([^/]+)\/([^/]+)\/artifact$/, auth: 'write', handler: (req, res, p) => this.#uploadArtifact(req, res, p.ids) },
+      { method: 'GET', pattern: /^\/v1\/artifacts\/([^/]+)$/, auth: 'device', handler: (req, res, p) => this.#artifact(req, res, p.id ?? '') },
+      { method: 'HEAD', pattern: /^\/v1\/artifacts\/([^/]+)$/, auth: 'device', handler: (req, res, p) => this.#artifact(req, res, p.id ?? '') },
     ];
   }
 
@@ -119,7 +164,11 @@ export class ApiServer implements Component {
   async start(signal: AbortSignal): Promise<void> {
     const server = createServer((req, res) => void this.#handle(req, res));
     server.headersTimeout = 10_000;
-    server.requestTimeout = 30_000;
+    // No deadline for a whole request: a model artifact upload (up to models.maxArtifactBytes)
+    // over a slow link takes minutes. A socket idle this long is closed instead, which still
+    // ends stalled uploads and downloads; it covers the model probe (models.probe.timeoutMs).
+    server.requestTimeout = 0;
+    server.timeout = 120_000;
     server.keepAliveTimeout = 5_000;
     this.#server = server;
     await new Promise<void>((resolve, reject) => {
@@ -163,18 +212,22 @@ export class ApiServer implements Component {
         allowed.push(r.method);
         if (r.method !== req.method) continue;
         let op: Operator | undefined;
-        if (r.auth !== 'none') {
+        let device: string | undefined;
+        if (r.auth === 'device') {
+          device = await this.#o.deviceAuth.authenticate(req.headers.authorization);
+          if (!device) throw new EdgefleetError(ErrorCode.UNAUTHORIZED, 'device credentials are required: Bearer <deviceId>:<token>');
+        } else if (r.auth !== 'none') {
           op = await this.#o.auth.authenticate(req.headers.authorization);
           if (!op) throw new EdgefleetError(ErrorCode.UNAUTHORIZED, 'a valid bearer token is required');
           if (r.auth === 'write' && op.role === 'viewer') throw new EdgefleetError(ErrorCode.FORBIDDEN, 'this token may only read');
         }
-        let id: string | undefined;
+        let ids: string[];
         try {
-          id = m[1] === undefined ? undefined : decodeURIComponent(m[1]);
+          ids = m.slice(1).map((x) => decodeURIComponent(x));
         } catch {
           throw new EdgefleetError(ErrorCode.BAD_INPUT, 'malformed path');
         }
-        await r.handler(req, res, { id, query: url.searchParams, op });
+        await r.handler(req, res, { id: ids[0], ids, query: url.searchParams, op, device });
         return;
       }
       if (allowed.length) {
@@ -184,6 +237,8 @@ export class ApiServer implements Component {
       }
       throw new EdgefleetError(ErrorCode.NOT_FOUND, `no route ${url.pathname}`);
     } catch (err) {
+      // A refused upload whose body was not read: closing beats reading megabytes to discard.
+      if (!req.complete && !res.headersSent) res.setHeader('connection', 'close');
       const e = sendError(res, err);
       const level = e.code === ErrorCode.INTERNAL || e.code === ErrorCode.STORAGE ? 'error' : 'debug';
       this.#o.log[level]({ err: e, method: req.method, url: req.url?.slice(0, 256) }, 'api request failed');
@@ -247,5 +302,42 @@ export class ApiServer implements Component {
       sensors: { total: t.sensors, online: t.sensorsOnline },
       records: { stored: t.recordsStored, perSecondLastMinute: Math.round(this.#o.recordsPerSecond() * 100) / 100 },
     });
+  }
+
+  #keys(res: ServerResponse): Promise<void> {
+    const { active, keys } = this.#o.models.trustedKeys();
+    sendJson(res, 200, { active, keys: keys.map((k) => ({ keyId: k.keyId, alg: 'ed25519', publicKeyPem: k.publicKeyPem })) });
+    return Promise.resolve();
+  }
+
+  async #announceModel(req: IncomingMessage, res: ServerResponse): Promise<void> {
+    const body = await readJson(req, ModelAnnounceSchema, this.#o.maxManifestBytes);
+    const p = await this.#o.models.announce(body.manifest);
+    const path = `/v1/models/${encodeURIComponent(p.name)}/${encodeURIComponent(p.version)}/artifact`;
+    sendJson(res, 202, { name: p.name, version: p.version, artifact: { sha256: p.sha256, size: p.size }, upload: { method: 'PUT', path } }, { location: path });
+  }
+
+  async #uploadArtifact(req: IncomingMessage, res: ServerResponse, [name = '', version = '']: string[]): Promise<void> {
+    const declared = req.headers['content-length'];
+    const length = declared === undefined ? undefined : /^\d+$/.test(declared) ? Number(declared) : NaN;
+    if (length !== undefined && !Number.isSafeInteger(length)) throw new EdgefleetError(ErrorCode.BAD_INPUT, 'malformed Content-Length');
+    const rec = await this.#o.models.upload(name, version, req, length);
+    sendJson(res, 201, { ...modelView(rec), release: storedRelease(rec) }, { location: `/v1/models/${encodeURIComponent(name)}/${encodeURIComponent(version)}` });
+  }
+
+  async #listModels(res: ServerResponse): Promise<void> {
+    sendJson(res, 200, { models: (await this.#o.models.list()).map(modelView) });
+  }
+
+  async #getModel(res: ServerResponse, [name = '', version = '']: string[]): Promise<void> {
+    const m = await this.#o.models.get(name, version);
+    if (!m) throw new EdgefleetError(ErrorCode.NOT_FOUND, `no model ${name}@${version}`);
+    sendJson(res, 200, { ...modelView(m), manifest: JSON.parse(m.manifest) as unknown, release: storedRelease(m) });
+  }
+
+  async #artifact(req: IncomingMessage, res: ServerResponse, sha256: string): Promise<void> {
+    const a = await this.#o.models.artifact(sha256);
+    if (!a) throw new EdgefleetError(ErrorCode.NOT_FOUND, `no released artifact ${sha256.slice(0, 64)}`);
+    await serveArtifact(req, res, a, (range) => this.#o.models.readArtifact(a.sha256, range));
   }
 }

@@ -81,4 +81,40 @@ export const MIGRATIONS: readonly Migration[] = [
       CREATE INDEX api_tokens_by_name ON api_tokens(name);
     `,
   },
+  {
+    version: 2,
+    name: 'model registry: releases, pending uploads, release counter',
+    sql: `
+      -- Monotonic counters that must survive deletes: the release counter lives here, not in
+      -- MAX(models.counter), so deleting the newest release never lets its number be reused.
+      CREATE TABLE counters (
+        name  TEXT PRIMARY KEY,
+        value INTEGER NOT NULL CHECK (value >= 0)
+      ) WITHOUT ROWID;
+      INSERT INTO counters (name, value) VALUES ('release', 0);
+
+      CREATE TABLE models (
+        name       TEXT NOT NULL,
+        version    TEXT NOT NULL,
+        sha256     TEXT NOT NULL,
+        size       INTEGER NOT NULL,
+        manifest   TEXT NOT NULL,
+        release    TEXT NOT NULL,
+        counter    INTEGER NOT NULL UNIQUE,
+        key_id     TEXT NOT NULL,
+        created_at INTEGER NOT NULL,
+        UNIQUE (name, version)
+      );
+      CREATE INDEX models_by_sha256 ON models(sha256);
+
+      -- Manifests accepted by POST /v1/models whose artifact has not been uploaded yet.
+      CREATE TABLE model_uploads (
+        name       TEXT NOT NULL,
+        version    TEXT NOT NULL,
+        manifest   TEXT NOT NULL,
+        created_at INTEGER NOT NULL,
+        PRIMARY KEY (name, version)
+      ) WITHOUT ROWID;
+    `,
+  },
 ];

@@ -22,7 +22,10 @@ import type {
   FleetTotals,
   HubStore,
   IngestResult,
+  ModelRecord,
+  NewModelRelease,
   NewPrincipal,
+  PendingUpload,
   PrincipalCredentials,
   PrincipalKind,
   StreamStat,
@@ -67,6 +70,29 @@ interface ApiTokenRow {
   token_hash: Buffer;
   created_at: number;
 }
+interface ModelRow {
+  name: string;
+  version: string;
+  sha256: string;
+  size: number;
+  manifest: string;
+  release: string;
+  counter: number;
+  key_id: string;
+  created_at: number;
+}
+const toModel = (r: ModelRow): ModelRecord => ({
+  name: r.name,
+  version: r.version,
+  sha256: r.sha256,
+  size: r.size,
+  manifest: r.manifest,
+  release: r.release,
+  counter: r.counter,
+  keyId: r.key_id,
+  createdAt: r.created_at,
+});
+
 interface DeviceRow extends PrincipalRow {
   stored: number;
   duplicates: number;
@@ -390,6 +416,67 @@ export class SqliteHubStore implements HubStore {
     return this.#run('delete api token', (db) => {
       db.prepare('DELETE FROM api_tokens WHERE id = ?').run(id);
     });
+  }
+
+  putPendingUpload(p: PendingUpload): Promise<void> {
+    return this.#run('put pending upload', (db) => {
+      db.transaction(() => {
+        if (db.prepare('SELECT 1 FROM models WHERE name = ? AND version = ?').get(p.name, p.version)) {
+          throw new EdgefleetError(ErrorCode.CONFLICT, `${p.name}@${p.version} is already released`);
+        }
+        db.prepare(
+          `INSERT INTO model_uploads (name, version, manifest, created_at) VALUES (?, ?, ?, ?)
+           ON CONFLICT (name, version) DO UPDATE SET manifest = excluded.manifest, created_at = excluded.created_at`,
+        ).run(p.name, p.version, p.manifest, p.createdAt);
+      }).immediate();
+    });
+  }
+
+  getPendingUpload(name: string, version: string): Promise<PendingUpload | undefined> {
+    return this.#run('get pending upload', (db) => {
+      const r = db.prepare('SELECT name, version, manifest, created_at FROM model_uploads WHERE name = ? AND version = ?').get(name, version) as
+        | { name: string; version: string; manifest: string; created_at: number }
+        | undefined;
+      return r && { name: r.name, version: r.version, manifest: r.manifest, createdAt: r.created_at };
+    });
+  }
+
+  createModelRelease(m: NewModelRelease, sign: (counter: number) => { release: string; keyId: string }): Promise<ModelRecord> {
+    return this.#run('create model release', (db) =>
+      db
+        .transaction((): ModelRecord => {
+          if (db.prepare('SELECT 1 FROM models WHERE name = ? AND version = ?').get(m.name, m.version)) {
+            throw new EdgefleetError(ErrorCode.CONFLICT, `${m.name}@${m.version} is already released`);
+          }
+          const { value: counter } = db.prepare("UPDATE counters SET value = value + 1 WHERE name = 'release' RETURNING value").get() as { value: number };
+          const signed = sign(counter);
+          db.prepare(
+            'INSERT INTO models (name, version, sha256, size, manifest, release, counter, key_id, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)',
+          ).run(m.name, m.version, m.sha256, m.size, m.manifest, signed.release, counter, signed.keyId, m.createdAt);
+          db.prepare('DELETE FROM model_uploads WHERE name = ? AND version = ?').run(m.name, m.version);
+          return { ...m, release: signed.release, counter, keyId: signed.keyId };
+        })
+        .immediate(),
+    );
+  }
+
+  getModel(name: string, version: string): Promise<ModelRecord | undefined> {
+    return this.#run('get model', (db) => {
+      const r = db.prepare('SELECT * FROM models WHERE name = ? AND version = ?').get(name, version) as ModelRow | undefined;
+      return r && toModel(r);
+    });
+  }
+
+  listModels(): Promise<ModelRecord[]> {
+    return this.#run('list models', (db) => (db.prepare('SELECT * FROM models ORDER BY counter DESC').all() as ModelRow[]).map(toModel));
+  }
+
+  hasReleasedArtifact(sha256: string): Promise<boolean> {
+    return this.#run('find artifact', (db) => db.prepare('SELECT 1 FROM models WHERE sha256 = ? LIMIT 1').get(sha256) !== undefined);
+  }
+
+  lastReleaseCounter(): Promise<number> {
+    return this.#run('release counter', (db) => (db.prepare("SELECT value FROM counters WHERE name = 'release'").get() as { value: number }).value);
   }
 }
 

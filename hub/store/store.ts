@@ -120,6 +120,37 @@ export interface FleetTotals {
   recordsStored: number;
 }
 
+/** A signed model release as stored: the manifest and the signed envelope as JSON text. */
+export interface ModelRecord {
+  name: string;
+  version: string;
+  sha256: string;
+  size: number;
+  /** Manifest JSON exactly as signed inside `release`. */
+  manifest: string;
+  /** The signed release envelope (shared/signing.ts) as JSON. */
+  release: string;
+  counter: number;
+  keyId: string;
+  createdAt: number;
+}
+
+export interface NewModelRelease {
+  name: string;
+  version: string;
+  sha256: string;
+  size: number;
+  manifest: string;
+  createdAt: number;
+}
+
+export interface PendingUpload {
+  name: string;
+  version: string;
+  manifest: string;
+  createdAt: number;
+}
+
 export interface HubStore extends Component {
   /** Rejects with CONFLICT when the id exists, NOT_FOUND when a sensor's device does not. */
   createPrincipal(p: NewPrincipal): Promise<void>;
@@ -145,4 +176,22 @@ export interface HubStore extends Component {
   getApiToken(id: string): Promise<ApiTokenRecord | undefined>;
   findApiTokensByName(name: string): Promise<ApiTokenRecord[]>;
   deleteApiToken(id: string): Promise<void>;
+
+  /** Records (or replaces) a manifest waiting for its artifact; CONFLICT when that version is released. */
+  putPendingUpload(p: PendingUpload): Promise<void>;
+  getPendingUpload(name: string, version: string): Promise<PendingUpload | undefined>;
+  /**
+   * Allocates the next release counter, has `sign` build the signed release for it, and stores
+   * the release, all in one transaction: counters are strictly increasing in commit order and a
+   * counter is never reused, even when a release is later deleted. `sign` must be synchronous.
+   * Removes the pending upload. Rejects CONFLICT when name@version exists.
+   */
+  createModelRelease(m: NewModelRelease, sign: (counter: number) => { release: string; keyId: string }): Promise<ModelRecord>;
+  getModel(name: string, version: string): Promise<ModelRecord | undefined>;
+  /** Every release, newest first. */
+  listModels(): Promise<ModelRecord[]>;
+  /** Whether some release references this artifact (only those are served). */
+  hasReleasedArtifact(sha256: string): Promise<boolean>;
+  /** The last release counter handed out (0 before the first). */
+  lastReleaseCounter(): Promise<number>;
 }

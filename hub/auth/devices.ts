@@ -1,0 +1,41 @@
+/**
+ * Device authentication for HTTP (artifact downloads): `Authorization: Bearer <deviceId>:<token>`
+ * with the same credentials the device uses for MQTT, checked against the stored scrypt hash.
+ * Unknown ids are verified against a dummy hash so timing does not reveal which ids exist.
+ * A verified pair is remembered for a minute under its SHA-256: a resumed download is many
+ * Range requests, each would otherwise pay a scrypt.
+ */
+import { createHash } from 'node:crypto';
+import { DeviceIdSchema } from '../../shared/protocol.ts';
+import type { HubStore } from '../store/store.ts';
+import { hashToken, newSecret, verifyToken, type TokenHash } from './tokens.ts';
+
+export class DeviceAuth {
+  readonly #cache = new Map<string, { deviceId: string; until: number }>();
+  #dummy: Promise<TokenHash> | undefined;
+
+  constructor(
+    private readonly store: HubStore,
+    private readonly now: () => number = Date.now,
+    private readonly cacheMs = 60_000,
+  ) {}
+
+  /** The device id when the header carries valid device credentials, else undefined. */
+  async authenticate(authorization: string | undefined): Promise<string | undefined> {
+    const m = /^Bearer\s+([^:\s]+):(\S+)\s*$/i.exec(authorization ?? '');
+    if (!m) return undefined;
+    const id = m[1] as string;
+    const token = m[2] as string;
+    if (!DeviceIdSchema.safeParse(id).success || token.length > 256) return undefined;
+    const key = createHash('sha256').update(`${id}\u0000${token}`).digest('base64');
+    const hit = this.#cache.get(key);
+    if (hit && hit.until > this.now()) return hit.deviceId;
+    const creds = await this.store.getCredentials(id);
+    this.#dummy ??= hashToken(newSecret());
+    const ok = (await verifyToken(token, creds ? creds.token : await this.#dummy)) && creds?.kind === 'device';
+    if (!ok) return undefined;
+    if (this.#cache.size > 10_000) this.#cache.clear();
+    this.#cache.set(key, { deviceId: id, until: this.now() + this.cacheMs });
+    return id;
+  }
+}
