@@ -9,13 +9,10 @@ import type { Component } from '../../shared/lifecycle.ts';
 export type InputData = Float32Array | Uint8Array | Int8Array;
 export type InputDtype = 'float32' | 'uint8' | 'int8';
 
-/** A tensor as the model declares it; a dim is a size or a symbolic name (e.g. `N`). */
-export interface TensorMeta {
-  name: string;
-  /** ORT tensor type name: 'float32', 'uint8', 'int8', 'int64', ... */
-  type: string;
-  dims: (number | string)[];
-}
+import type { TensorMeta } from '../../shared/model-check.ts';
+
+/** A tensor as the model declares it (shared with the hub's check). */
+export type { TensorMeta };
 
 export interface ModelHandle {
   /** Caller-chosen id of one model version, e.g. 'machine-state@1.0.0'. */
