@@ -4,12 +4,11 @@
  * place only (agent/runtime/worker.ts). The real implementation is WorkerPoolEngine (pool.ts).
  */
 import type { Component } from '../../shared/lifecycle.ts';
+import type { TensorMeta } from '../../shared/model-check.ts';
 
 /** Element types a sample may carry. The model's input type must match the array's type. */
 export type InputData = Float32Array | Uint8Array | Int8Array;
 export type InputDtype = 'float32' | 'uint8' | 'int8';
-
-import type { TensorMeta } from '../../shared/model-check.ts';
 
 /** A tensor as the model declares it (shared with the hub's check). */
 export type { TensorMeta };
