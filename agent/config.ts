@@ -14,9 +14,16 @@ export const ENV_PREFIX = 'EDGEFLEET_AGENT';
 
 const MqttInputSchema = z.object({
   type: z.literal('mqtt'),
+  /**
+   * `json`: a reading per message (tabular models). `image`: the payload is an encoded image
+   * (JPEG, PNG, ...) and the correlation id is the topic level after the input topic
+   * (`.../in/<pipeline>/<id>`), or generated. Default: from the model's preprocessing kind.
+   */
+  format: z.enum(['json', 'image']).optional(),
   /** Topic filter; default `edgefleet/v1/<deviceId>/in/<pipeline>`. Must lie in the device's subtree. */
   topic: z.string().min(1).max(256).optional(),
-  maxPayloadBytes: z.number().int().positive().max(16 * 1024 * 1024).default(64 * 1024),
+  /** Default 64 KiB for JSON, 1 MiB (the hub broker's payload cap) for images. */
+  maxPayloadBytes: z.number().int().positive().max(16 * 1024 * 1024).optional(),
   /**
    * Read this input from another broker (e.g. a local Mosquitto the sensors publish to) instead
    * of the hub connection, so inputs keep flowing while the hub is unreachable.
@@ -35,11 +42,56 @@ const MqttInputSchema = z.object({
     .optional(),
 });
 
+/**
+ * A folder a camera drops files into. Each complete file is claimed (renamed into
+ * `<path>/.processing/`), processed exactly once, also across restarts, then moved to `done/` or
+ * `failed/` (with a `.error.txt` beside it). Files wait on disk while the agent is busy.
+ */
+const FolderInputSchema = z.object({
+  type: z.literal('folder'),
+  /** Relative paths resolve against the config file. */
+  path: z.string().min(1),
+  /** Glob on the file name (`*`, `?`, `{a,b}`), case-insensitive. Dot files are never taken. */
+  pattern: z.string().min(1).max(256).default('*.{jpg,jpeg,png}'),
+  /** A file is taken once its size and mtime have not changed for this long. */
+  stableMs: z.number().int().min(0).max(60_000).default(500),
+  /** Periodic scan, the fallback for fs.watch events that never come (network shares, overflow). */
+  scanMs: z.number().int().min(50).max(600_000).default(2000),
+  /** Files processed at the same time. */
+  concurrency: z.number().int().min(1).max(64).default(2),
+  /** Larger files are moved to failed/ unread. */
+  maxFileBytes: z.number().int().positive().max(256 * 1024 * 1024).default(32 * 1024 * 1024),
+});
+
 export const PipelineSchema = z.object({
   name: NameSchema,
   /** Name of a model listed under `models`. */
   model: NameSchema,
-  input: z.discriminatedUnion('type', [MqttInputSchema]),
+  input: z.discriminatedUnion('type', [MqttInputSchema, FolderInputSchema]),
+  /** Labels with scores reported per result (`topK`). */
+  topK: z.number().int().min(1).max(100).default(3),
+  /**
+   * Per-label thresholds. The result's `decision` is the best-scoring label whose score is above
+   * its threshold (labels without one always qualify), e.g. `{ defective: 0.7 }` flags a part
+   * defective only above 0.7; null when no label qualifies.
+   */
+  thresholds: z.record(z.string().min(1).max(64), z.number().min(0).max(1)).optional(),
+  /**
+   * Stream inputs (MQTT): items waiting for inference and at most `maxInFlight` in inference.
+   * When the queue is full the OLDEST waiting item is dropped and counted
+   * (`edgefleet_agent_input_dropped_total{reason="overload"}`); an OVERLOADED engine makes the
+   * queue pause and retry, so a persistent overload ends in the same drop-oldest policy.
+   * Defaults: `queueMax` = runtime.queueMax, `maxInFlight` = 2 × runtime.maxBatch × workers
+   * (enough to keep every worker's batches full).
+   */
+  stream: z
+    .object({
+      queueMax: z.number().int().min(1).max(1_000_000).optional(),
+      maxInFlight: z.number().int().min(1).max(4096).optional(),
+      /** Payload bytes waiting in the queue (images are large); beyond it the oldest are dropped too. */
+      maxBytes: z.number().int().min(1024).max(4 * 1024 * 1024 * 1024).default(64 * 1024 * 1024),
+    })
+    .prefault({}),
   output: z
     .object({
       /** Topic for results; default `edgefleet/v1/<deviceId>/out/<pipeline>`. */
@@ -71,6 +123,13 @@ export const AgentConfigSchema = z
         host: z.string().default('127.0.0.1'),
         /** 0 = any free port (the bound port is logged as `http listening`). */
         port: z.number().int().min(0).max(65535).default(9100),
+        /** `POST /v1/infer/<pipeline>` body caps: larger bodies get 413 without being buffered. */
+        maxJsonBytes: z.number().int().min(1024).max(64 * 1024 * 1024).default(256 * 1024),
+        maxImageBytes: z.number().int().min(1024).max(256 * 1024 * 1024).default(8 * 1024 * 1024),
+        /** Inference requests handled at once; more get 429 (each holds a body and a decoded image). */
+        maxConcurrent: z.number().int().min(1).max(10_000).default(16),
+        /** A request whose body has not arrived within this time gets 408. */
+        requestTimeoutMs: z.number().int().min(100).max(600_000).default(30_000),
       })
       .prefault({}),
     runtime: z
@@ -107,6 +166,12 @@ export const AgentConfigSchema = z
       if (names.has(p.name)) ctx.addIssue({ code: 'custom', path: ['pipelines', i, 'name'], message: `duplicate pipeline ${p.name}` });
       names.add(p.name);
     }
+    const folders = new Set<string>();
+    for (const [i, p] of c.pipelines.entries()) {
+      if (p.input.type !== 'folder') continue;
+      if (folders.has(p.input.path)) ctx.addIssue({ code: 'custom', path: ['pipelines', i, 'input', 'path'], message: `two pipelines watch ${p.input.path}` });
+      folders.add(p.input.path);
+    }
   });
 export type AgentConfig = z.infer<typeof AgentConfigSchema>;
 
@@ -118,5 +183,8 @@ export function loadAgentConfig(opts: { file?: string; env?: NodeJS.ProcessEnv; 
     ...cfg,
     dataDir: resolve(base, cfg.dataDir),
     models: Object.freeze(cfg.models.map((m) => Object.freeze({ manifest: resolve(base, m.manifest) }))),
+    pipelines: Object.freeze(
+      cfg.pipelines.map((p) => (p.input.type === 'folder' ? Object.freeze({ ...p, input: Object.freeze({ ...p.input, path: resolve(base, p.input.path) }) }) : p)),
+    ),
   }) as AgentConfig;
 }

@@ -19,7 +19,12 @@ import { createPipelineMetrics } from './metrics.ts';
 import { ModelSet } from './models/model-set.ts';
 import { Outbox } from './outbox/outbox.ts';
 import { Pipeline, type InputBus } from './pipeline.ts';
+import { FolderInput } from './inputs/folder-input.ts';
+import { FolderJournal } from './inputs/folder-journal.ts';
+import { HttpInferHandler } from './inputs/http-infer.ts';
 import { MqttBrokerInput } from './inputs/mqtt-broker-input.ts';
+import { MqttInput } from './inputs/mqtt-input.ts';
+import { configureSharp } from './preprocess/image.ts';
 import { WorkerPoolEngine } from './runtime/pool.ts';
 
 export const AGENT_VERSION = '0.1.0';
@@ -30,6 +35,8 @@ export interface Agent {
   readonly outbox: Outbox;
   readonly link: HubLink;
   readonly pipelines: readonly Pipeline[];
+  /** Input adapters (MQTT, folder), built when the pipelines start. */
+  readonly inputs: readonly Component[];
   readonly httpPort: number;
   start(signal?: AbortSignal): Promise<void>;
   stop(): Promise<Error[]>;
@@ -39,6 +46,8 @@ export function createAgent(config: AgentConfig, deps: { log: Logger; registry?:
   const log = deps.log;
   const registry = deps.registry ?? new Registry();
   mkdirSync(config.dataDir, { recursive: true });
+  // Process-wide and idempotent: no libvips cache, one thread per image, no document loaders.
+  configureSharp();
   const lifecycle = new Lifecycle(log);
 
   const outbox = lifecycle.add(
@@ -92,7 +101,7 @@ export function createAgent(config: AgentConfig, deps: { log: Logger; registry?:
   // Inputs read from other brokers than the hub's (one connection per broker and client id).
   const brokerInputs = new Map<string, MqttBrokerInput>();
   for (const p of config.pipelines) {
-    const b = p.input.broker;
+    const b = p.input.type === 'mqtt' ? p.input.broker : undefined;
     if (!b) continue;
     const clientId = b.clientId ?? `${config.deviceId}-inputs`;
     const key = `${b.url} ${clientId}`;
@@ -113,27 +122,31 @@ export function createAgent(config: AgentConfig, deps: { log: Logger; registry?:
       ),
     );
   }
-  const busFor = (p: PipelineConfig): InputBus =>
-    p.input.broker ? brokerInputs.get(`${p.input.broker.url} ${p.input.broker.clientId ?? `${config.deviceId}-inputs`}`)! : link;
+  const busFor = (p: PipelineConfig): InputBus => {
+    if (p.input.type !== 'mqtt' || !p.input.broker) return link;
+    return brokerInputs.get(`${p.input.broker.url} ${p.input.broker.clientId ?? `${config.deviceId}-inputs`}`)!;
+  };
   const pipelineMetrics = createPipelineMetrics(registry);
+  const journal = config.pipelines.some((p) => p.input.type === 'folder')
+    ? lifecycle.add(new FolderJournal({ path: join(config.dataDir, 'folder-inputs.db'), synchronous: config.outbox.synchronous }))
+    : undefined;
   const pipelines: Pipeline[] = [];
   // Pipelines need their model, known only after ModelSet started: a deferred component.
   const pipelineGroup: Component = {
     name: 'pipelines',
     start: async (signal) => {
       for (const p of config.pipelines) {
-        const model = models.byName(p.model);
-        if (!model) throw new EdgefleetError(ErrorCode.BAD_CONFIG, `pipeline ${p.name}: no model named ${p.model}`);
+        if (!models.byName(p.model)) throw new EdgefleetError(ErrorCode.BAD_CONFIG, `pipeline ${p.name}: no model named ${p.model}`);
         const pipeline = new Pipeline({
           deviceId: config.deviceId,
           config: p,
-          model,
+          model: () => models.byName(p.model),
           engine,
-          bus: busFor(p),
           publisher: link,
           sink: outbox,
           metrics: pipelineMetrics,
           log: log.child({ component: 'pipeline', pipeline: p.name }),
+          streamDefaults: { queueMax: config.runtime.queueMax, maxInFlight: 2 * config.runtime.maxBatch * config.runtime.workers },
         });
         await pipeline.start();
         pipelines.push(pipeline);
@@ -145,12 +158,56 @@ export function createAgent(config: AgentConfig, deps: { log: Logger; registry?:
     },
   };
   lifecycle.add(pipelineGroup);
+  // Inputs start after their pipelines and stop before them, so nothing feeds a stopped pipeline.
+  const inputs: Component[] = [];
+  lifecycle.add<Component>({
+    name: 'inputs',
+    start: async (signal) => {
+      for (const pipeline of pipelines) {
+        const p = config.pipelines.find((c) => c.name === pipeline.pipelineName)!;
+        const input: Component =
+          p.input.type === 'folder'
+            ? new FolderInput({
+                pipeline,
+                path: p.input.path,
+                pattern: p.input.pattern,
+                stableMs: p.input.stableMs,
+                scanMs: p.input.scanMs,
+                concurrency: p.input.concurrency,
+                maxFileBytes: p.input.maxFileBytes,
+                journal: journal!,
+                outbox,
+                metrics: pipelineMetrics,
+                log: log.child({ component: 'input-folder', pipeline: p.name }),
+              })
+            : new MqttInput({ deviceId: config.deviceId, pipeline, bus: busFor(p), topic: p.input.topic, format: p.input.format });
+        await input.start(signal);
+        inputs.push(input);
+        if (signal.aborted) return;
+      }
+    },
+    stop: async () => {
+      const failures: unknown[] = [];
+      for (const i of [...inputs].reverse()) await i.stop().catch((err: unknown) => failures.push(err));
+      inputs.length = 0;
+      if (failures.length) throw failures[0];
+    },
+  });
   const http = lifecycle.add(
     new AgentHttpServer({
       host: config.http.host,
       port: config.http.port,
       registry,
       log: log.child({ component: 'http' }),
+      requestTimeoutMs: config.http.requestTimeoutMs,
+      infer: new HttpInferHandler({
+        pipelines: () => pipelines,
+        maxJsonBytes: config.http.maxJsonBytes,
+        maxImageBytes: config.http.maxImageBytes,
+        maxConcurrent: config.http.maxConcurrent,
+        metrics: pipelineMetrics,
+        log: log.child({ component: 'http-infer' }),
+      }),
       health: () => ({
         ok: lifecycle.state === 'running',
         state: lifecycle.state,
@@ -169,6 +226,7 @@ export function createAgent(config: AgentConfig, deps: { log: Logger; registry?:
     outbox,
     link,
     pipelines,
+    inputs,
     get httpPort() {
       return http.port;
     },

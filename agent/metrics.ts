@@ -2,11 +2,21 @@
  * The agent's own Prometheus metrics (pipelines and inputs). Components that own metrics of
  * their own (runtime, outbox, link) register them on the same registry.
  */
-import { Counter, Histogram, type Registry } from 'prom-client';
+import { Counter, Gauge, Histogram, type Registry } from 'prom-client';
 
 export interface PipelineMetrics {
   inferences: Counter<'pipeline' | 'model' | 'version' | 'outcome'>;
   inputRejected: Counter<'pipeline' | 'reason'>;
+  /** Stream items dropped by the overload policy (drop oldest) or at shutdown. */
+  inputDropped: Counter<'pipeline' | 'reason'>;
+  /** Stream items waiting per pipeline. */
+  streamQueued: Gauge<'pipeline'>;
+  /** HTTP inference requests turned away with 429. */
+  httpRejected: Counter<'pipeline' | 'reason'>;
+  /** HTTP inference replies by status code. */
+  httpResponses: Counter<'pipeline' | 'status'>;
+  /** Folder input files by final outcome (done, failed). */
+  folderFiles: Counter<'pipeline' | 'outcome'>;
   latency: Histogram<'pipeline'>;
 }
 
@@ -14,14 +24,44 @@ export function createPipelineMetrics(registry: Registry): PipelineMetrics {
   return {
     inferences: new Counter({
       name: 'edgefleet_agent_inferences_total',
-      help: 'Inferences by pipeline, model version and outcome (ok, error, overloaded).',
+      help: 'Inferences by pipeline, model version and outcome (ok, error, overloaded, storage_error).',
       labelNames: ['pipeline', 'model', 'version', 'outcome'],
       registers: [registry],
     }),
     inputRejected: new Counter({
       name: 'edgefleet_agent_input_rejected_total',
-      help: 'Inputs rejected before inference, by reason (too_large, malformed, schema, bad_input).',
+      help: 'Inputs rejected before inference, by reason (too_large, malformed, schema, bad_input, wrong_kind).',
       labelNames: ['pipeline', 'reason'],
+      registers: [registry],
+    }),
+    inputDropped: new Counter({
+      name: 'edgefleet_agent_input_dropped_total',
+      help: 'Stream inputs dropped unprocessed: overload (queue full, oldest dropped) or shutdown.',
+      labelNames: ['pipeline', 'reason'],
+      registers: [registry],
+    }),
+    streamQueued: new Gauge({
+      name: 'edgefleet_agent_stream_queued',
+      help: 'Stream inputs waiting for inference, per pipeline.',
+      labelNames: ['pipeline'],
+      registers: [registry],
+    }),
+    httpRejected: new Counter({
+      name: 'edgefleet_agent_http_rejected_total',
+      help: 'HTTP inference requests refused with 429: overloaded (engine queue full) or concurrency (too many requests at once).',
+      labelNames: ['pipeline', 'reason'],
+      registers: [registry],
+    }),
+    httpResponses: new Counter({
+      name: 'edgefleet_agent_http_infer_responses_total',
+      help: 'HTTP inference replies by status code.',
+      labelNames: ['pipeline', 'status'],
+      registers: [registry],
+    }),
+    folderFiles: new Counter({
+      name: 'edgefleet_agent_folder_files_total',
+      help: 'Folder input files finished, by outcome (done, failed).',
+      labelNames: ['pipeline', 'outcome'],
       registers: [registry],
     }),
     latency: new Histogram({

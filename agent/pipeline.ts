@@ -1,18 +1,26 @@
 /**
- * One pipeline: input messages → decode → preprocess → inference (worker pool) → postprocess →
- * live result on the output topic, and the result kept as telemetry in the outbox.
- * Bad input is counted, logged (throttled) and dropped; it never stops the pipeline.
+ * One pipeline = one model + the preprocessing its manifest names (tabular JSON readings or
+ * encoded images) + postprocessing (softmax, top-k, labels, per-label thresholds). Every input
+ * adapter (MQTT, HTTP, folder; agent/inputs/) calls the same `infer(request)`; the result goes
+ * live to the output topic and, as telemetry, into the outbox, both with the input's
+ * correlation id. Bad input is refused with a clear EdgefleetError and counted; it never stops
+ * the pipeline. Stream inputs go through `submit()`, the bounded drop-oldest queue.
  */
+import { randomUUID } from 'node:crypto';
+import { z } from 'zod';
 import { decodeJson } from '../shared/codec.ts';
-import { ErrorCode, toEdgefleetError, type EdgefleetError } from '../shared/errors.ts';
+import { EdgefleetError, ErrorCode, toEdgefleetError } from '../shared/errors.ts';
 import type { Component } from '../shared/lifecycle.ts';
 import { LogThrottle, type Logger } from '../shared/log.ts';
 import { PROTOCOL_VERSION, topics } from '../shared/protocol.ts';
 import type { PipelineConfig } from './config.ts';
+import { StreamQueue } from './inputs/stream-queue.ts';
 import type { PipelineMetrics } from './metrics.ts';
 import type { LocalModel } from './models/local-models.ts';
+import { preprocessImage, type ImageStats } from './preprocess/image.ts';
 import { classify } from './preprocess/postprocess.ts';
-import { preprocessTabular, ReadingSchema } from './preprocess/tabular.ts';
+import { preprocessTabular, ReadingSchema, type Reading } from './preprocess/tabular.ts';
+import type { InputData } from './runtime/engine.ts';
 
 export interface Publisher {
   publish(topic: string, payload: Buffer | string, opts?: { qos?: 0 | 1; retain?: boolean }): boolean;
@@ -22,141 +30,362 @@ export interface InputBus {
 }
 export interface RecordSink {
   append(stream: string, kind: string, body: Record<string, unknown>, ts?: number): Promise<{ epoch: number; seq: number }>;
+  /** Commits synchronously (the folder input needs the commit and its own journal in one tick). */
+  appendNow(stream: string, kind: string, body: Record<string, unknown>, ts?: number): { epoch: number; seq: number };
 }
 export interface Inferer {
   infer(
     key: string,
-    input: { data: Float32Array; dims: number[] },
+    input: { data: InputData; dims: number[] },
   ): Promise<{ outputs: Record<string, { data: Float32Array; dims: number[] }>; latencyMs: number }>;
 }
 
 export const INFERENCE_STREAM = 'inference';
+/** Default body caps of stream inputs: a JSON reading, and an image (the hub broker's payload cap). */
+export const DEFAULT_MAX_JSON_BYTES = 64 * 1024;
+export const DEFAULT_MAX_IMAGE_BYTES = 1024 * 1024;
+
+export type InputSource = 'mqtt' | 'http' | 'folder';
+
+/**
+ * What every input adapter hands the pipeline. `json.body` is a parsed value, or the raw bytes
+ * (Buffer) for the pipeline to parse under its cap. `id` is the correlation id; a JSON reading's
+ * own `id` wins; without either one is generated.
+ */
+export type InferRequest =
+  | { kind: 'json'; body: unknown; id?: string; ts?: number; source?: InputSource }
+  | { kind: 'image'; bytes: Buffer; id?: string; ts?: number; source?: InputSource };
+
+export interface PipelineResult {
+  v: typeof PROTOCOL_VERSION;
+  id: string;
+  ts: number;
+  deviceId: string;
+  pipeline: string;
+  model: { name: string; version: string };
+  /** Top-1 label and its score. */
+  label: string;
+  confidence: number;
+  /** Best label whose score is above its threshold (config `thresholds`); null when none is. */
+  decision: string | null;
+  topK: { label: string; score: number }[];
+  /** Every class score, in label order. */
+  scores: number[];
+  latencyMs: number;
+  inputTs?: number;
+  image?: { brightness: number; contrast: number; sharpness: number };
+}
+
+/** A telemetry record computed but not yet appended (see `inferDeferred`). */
+export interface PendingRecord {
+  stream: string;
+  kind: string;
+  body: Record<string, unknown>;
+  ts: number;
+}
 
 export interface PipelineDeps {
   deviceId: string;
   config: PipelineConfig;
-  model: LocalModel;
+  /** The model currently serving this pipeline's model name (it changes with rollouts). */
+  model: () => LocalModel | undefined;
   engine: Inferer;
-  bus: InputBus;
   publisher: Publisher;
   sink: RecordSink;
   metrics: PipelineMetrics;
   log: Logger;
+  /** Cap on width × height of an input image, read from its header before decoding. */
+  maxInputPixels?: number;
+  /** Stream queue sizes where the pipeline's config leaves them open (see config `stream`). */
+  streamDefaults?: { queueMax: number; maxInFlight: number };
+}
+
+const round6 = (x: number): number => Math.round(x * 1e6) / 1e6;
+const IdSchema = z.string().min(1).max(128);
+
+/** A correlation id we accept from outside: short and printable (it lands in logs and topics). */
+export function validCorrelationId(id: string | undefined): string | undefined {
+  if (id === undefined) return undefined;
+  return IdSchema.safeParse(id).success && /^[\x21-\x7e]+$/.test(id) ? id : undefined;
+}
+
+/** The metric reason an input error is counted under. */
+export function rejectReason(e: EdgefleetError): string {
+  if (e.code === ErrorCode.PAYLOAD_TOO_LARGE) return 'too_large';
+  if (e.code === ErrorCode.BAD_PAYLOAD) return e.message.startsWith('malformed') ? 'malformed' : 'schema';
+  if (e.details?.['reason'] === 'wrong_kind') return 'wrong_kind';
+  return 'bad_input';
 }
 
 export class Pipeline implements Component {
   readonly name: string;
-  readonly inputTopic: string;
+  readonly inputKind: 'tabular' | 'image';
   readonly outputTopic: string;
   readonly #throttle = new LogThrottle(1000);
+  readonly #stream: StreamQueue<InferRequest>;
   #accepting = false;
   #inFlight = 0;
-  #idle: (() => void) | undefined;
+  #idle: Array<() => void> = [];
 
   constructor(private readonly d: PipelineDeps) {
-    this.name = `pipeline:${d.config.name}`;
-    this.inputTopic = d.config.input.topic ?? topics.input(d.deviceId, d.config.name);
-    this.outputTopic = d.config.output.topic ?? topics.output(d.deviceId, d.config.name);
-    if (d.model.manifest.preprocessing.kind !== 'tabular') {
-      throw toEdgefleetError(
-        new Error(`pipeline ${d.config.name}: MQTT JSON input needs a tabular model, ${d.model.key} takes images`),
-        ErrorCode.BAD_CONFIG,
-      );
+    const cfg = d.config;
+    this.name = `pipeline:${cfg.name}`;
+    this.outputTopic = cfg.output.topic ?? topics.output(d.deviceId, cfg.name);
+    const model = this.#model();
+    this.inputKind = model.manifest.preprocessing.kind;
+    const labels = model.manifest.postprocessing.labels;
+    const unknown = Object.keys(cfg.thresholds ?? {}).filter((l) => !labels.includes(l));
+    if (unknown.length) {
+      throw new EdgefleetError(ErrorCode.BAD_CONFIG, `pipeline ${cfg.name}: thresholds for unknown labels ${unknown.join(', ')} (model ${model.key} has ${labels.join(', ')})`);
     }
+    if (cfg.input.type === 'mqtt' && cfg.input.format) {
+      const want = cfg.input.format === 'image' ? 'image' : 'tabular';
+      if (want !== this.inputKind) {
+        throw new EdgefleetError(ErrorCode.BAD_CONFIG, `pipeline ${cfg.name}: input format ${cfg.input.format} does not fit model ${model.key}, which takes ${this.inputKind === 'image' ? 'images' : 'tabular readings (JSON)'}`);
+      }
+    }
+    this.#stream = new StreamQueue<InferRequest>({
+      queueMax: cfg.stream.queueMax ?? d.streamDefaults?.queueMax ?? 1000,
+      maxInFlight: cfg.stream.maxInFlight ?? d.streamDefaults?.maxInFlight ?? 32,
+      maxBytes: cfg.stream.maxBytes,
+      sizeOf: (req) => (req.kind === 'image' ? req.bytes.length : Buffer.isBuffer(req.body) ? req.body.length : 0),
+      run: (req) => this.infer(req),
+      onDrop: (_req, reason) => {
+        d.metrics.inputDropped.inc({ pipeline: cfg.name, reason });
+        this.#throttle.run(`drop:${reason}`, (suppressed) => d.log.warn({ pipeline: cfg.name, reason, suppressed }, 'stream input dropped'));
+      },
+      onDepth: (n) => d.metrics.streamQueued.set({ pipeline: cfg.name }, n),
+    });
+  }
+
+  /** The pipeline's name from the config. */
+  get pipelineName(): string {
+    return this.d.config.name;
+  }
+
+  get accepting(): boolean {
+    return this.#accepting;
   }
 
   start(): Promise<void> {
     this.#accepting = true;
-    this.d.bus.subscribe(this.inputTopic, (_topic, payload) => void this.handle(payload));
     return Promise.resolve();
   }
 
   async stop(): Promise<void> {
     this.#accepting = false;
-    if (this.#inFlight > 0) await new Promise<void>((r) => (this.#idle = r));
+    await this.#stream.close();
+    if (this.#inFlight > 0) await new Promise<void>((r) => this.#idle.push(r));
   }
 
-  /** Handles one input message; resolves when its result is published and in the outbox. */
-  async handle(payload: Buffer): Promise<void> {
-    if (!this.#accepting) return;
-    const t0 = performance.now();
-    const { config, model, metrics } = this.d;
-    const decoded = decodeJson(ReadingSchema, payload, config.input.maxPayloadBytes);
-    if (!decoded.ok) return this.#reject(decoded.error.code === ErrorCode.PAYLOAD_TOO_LARGE ? 'too_large' : decoded.error.message.startsWith('malformed') ? 'malformed' : 'schema', decoded.error);
-    const reading = decoded.value;
-    const spec = model.manifest.preprocessing;
-    if (spec.kind !== 'tabular') return;
-    let tensor;
-    try {
-      tensor = preprocessTabular(spec, reading);
-    } catch (err) {
-      return this.#reject('bad_input', toEdgefleetError(err, ErrorCode.BAD_INPUT));
+  /** Stream inputs: queue the request under the overload policy (never throws). */
+  submit(req: InferRequest): void {
+    this.#stream.push(req);
+  }
+
+  /** Counts an input refused before it reached the pipeline (e.g. an HTTP body over the cap). */
+  countRejected(error: EdgefleetError): void {
+    this.#reject(error);
+  }
+
+  /**
+   * Runs one request: decode → preprocess → infer → postprocess → publish → outbox. Resolves
+   * with the result once it is published and committed; rejects with an EdgefleetError
+   * (BAD_PAYLOAD, BAD_INPUT, PAYLOAD_TOO_LARGE, OVERLOADED, UNAVAILABLE, INFERENCE, STORAGE),
+   * already counted.
+   */
+  async infer(req: InferRequest): Promise<PipelineResult> {
+    const { result, record } = await this.inferDeferred(req);
+    if (record) {
+      try {
+        await this.d.sink.append(record.stream, record.kind, record.body, record.ts);
+      } catch (err) {
+        throw this.#failed(toEdgefleetError(err, ErrorCode.STORAGE));
+      }
     }
+    return result;
+  }
+
+  /**
+   * Like `infer`, but the telemetry record is returned instead of appended, for an input that
+   * commits it together with its own bookkeeping (`commitNow`). The live result is published.
+   */
+  async inferDeferred(req: InferRequest, extra?: Record<string, unknown>): Promise<{ result: PipelineResult; record: PendingRecord | undefined }> {
+    if (!this.#accepting) throw new EdgefleetError(ErrorCode.UNAVAILABLE, `pipeline ${this.d.config.name} is not running`);
+    const t0 = performance.now();
+    const { config, metrics } = this.d;
+    const model = this.#model();
     this.#inFlight++;
-    const labels = { pipeline: config.name, model: model.manifest.name, version: model.manifest.version };
     try {
-      const res = await this.d.engine.infer(model.key, { data: tensor.data, dims: tensor.dims });
-      const first = res.outputs[model.manifest.outputs[0]!.name] ?? Object.values(res.outputs)[0];
-      if (!first) throw new Error('model returned no outputs');
+      const prepared = await this.#prepare(model, req).catch((err: unknown) => {
+        const e = toEdgefleetError(err, ErrorCode.BAD_INPUT);
+        if (e.code !== ErrorCode.ABORTED && e.code !== ErrorCode.INTERNAL && e.code !== ErrorCode.BAD_MANIFEST) this.#reject(e);
+        throw e;
+      });
+      const labels = { pipeline: config.name, model: model.manifest.name, version: model.manifest.version };
+      let first: { data: Float32Array } | undefined;
+      let engineMs: number;
+      try {
+        const res = await this.d.engine.infer(model.key, { data: prepared.data, dims: prepared.dims });
+        first = res.outputs[model.manifest.outputs[0]!.name] ?? Object.values(res.outputs)[0];
+        if (!first) throw new EdgefleetError(ErrorCode.INFERENCE, 'model returned no outputs');
+        engineMs = res.latencyMs;
+      } catch (err) {
+        const e = toEdgefleetError(err, ErrorCode.INFERENCE);
+        metrics.inferences.inc({ ...labels, outcome: e.code === ErrorCode.OVERLOADED ? 'overloaded' : 'error' });
+        if (e.code === ErrorCode.BAD_INPUT) this.#reject(e);
+        else this.#logFailure(e);
+        throw e;
+      }
       const c = classify(model.manifest.postprocessing, first.data);
       const ts = Date.now();
-      const latencyMs = Math.round(res.latencyMs * 1000) / 1000;
-      this.d.publisher.publish(
-        this.outputTopic,
-        JSON.stringify({
-          v: PROTOCOL_VERSION,
-          id: reading.id,
-          ts,
-          deviceId: this.d.deviceId,
-          pipeline: config.name,
-          model: { name: model.manifest.name, version: model.manifest.version },
-          label: c.label,
-          confidence: c.confidence,
-          scores: c.scores,
-          latencyMs,
-        }),
-        { qos: config.output.qos },
-      );
-      if (config.output.telemetry) {
-        await this.d.sink.append(
-          INFERENCE_STREAM,
-          'inference',
-          {
-            id: reading.id ?? null,
-            pipeline: config.name,
-            model: model.manifest.name,
-            version: model.manifest.version,
-            label: c.label,
-            confidence: c.confidence,
-            margin: c.margin,
-            latencyMs,
-            inputTs: reading.ts ?? null,
-          },
-          ts,
-        );
+      const latencyMs = Math.round(engineMs * 1000) / 1000;
+      const result: PipelineResult = {
+        v: PROTOCOL_VERSION,
+        id: prepared.id,
+        ts,
+        deviceId: this.d.deviceId,
+        pipeline: config.name,
+        model: { name: model.manifest.name, version: model.manifest.version },
+        label: c.label,
+        confidence: c.confidence,
+        decision: decide(model.manifest.postprocessing.labels, c.scores, config.thresholds),
+        topK: topK(model.manifest.postprocessing.labels, c.scores, config.topK),
+        scores: c.scores,
+        latencyMs,
+      };
+      if (prepared.inputTs !== undefined) result.inputTs = prepared.inputTs;
+      if (prepared.stats) {
+        result.image = { brightness: round6(prepared.stats.brightness), contrast: round6(prepared.stats.contrast), sharpness: round6(prepared.stats.sharpness) };
       }
+      this.d.publisher.publish(this.outputTopic, JSON.stringify(result), { qos: config.output.qos });
       metrics.inferences.inc({ ...labels, outcome: 'ok' });
       metrics.latency.observe({ pipeline: config.name }, (performance.now() - t0) / 1000);
-    } catch (err) {
-      const e = toEdgefleetError(err, ErrorCode.INFERENCE);
-      const outcome = e.code === ErrorCode.OVERLOADED ? 'overloaded' : e.code === ErrorCode.STORAGE ? 'storage_error' : 'error';
-      metrics.inferences.inc({ ...labels, outcome });
-      this.#throttle.run(`infer:${e.code}`, (suppressed) =>
-        this.d.log.warn({ pipeline: config.name, code: e.code, err: e, suppressed }, 'inference failed'),
-      );
+      const record: PendingRecord | undefined = config.output.telemetry
+        ? {
+            stream: INFERENCE_STREAM,
+            kind: 'inference',
+            ts,
+            body: {
+              id: result.id,
+              pipeline: config.name,
+              model: model.manifest.name,
+              version: model.manifest.version,
+              label: c.label,
+              confidence: c.confidence,
+              margin: c.margin,
+              decision: result.decision,
+              latencyMs,
+              inputTs: prepared.inputTs ?? null,
+              source: req.source ?? null,
+              // Image statistics per inference: the groundwork for image drift summaries.
+              ...(result.image ? { image: result.image } : {}),
+              ...extra,
+            },
+          }
+        : undefined;
+      return { result, record };
     } finally {
       this.#inFlight--;
-      if (this.#inFlight === 0 && this.#idle) {
-        this.#idle();
-        this.#idle = undefined;
-      }
+      if (this.#inFlight === 0 && this.#idle.length) for (const r of this.#idle.splice(0)) r();
     }
   }
 
-  #reject(reason: string, error: EdgefleetError): void {
+  /** Appends a deferred record in one synchronous commit; throws STORAGE (counted) on failure. */
+  commitNow(record: PendingRecord): { epoch: number; seq: number } {
+    try {
+      return this.d.sink.appendNow(record.stream, record.kind, record.body, record.ts);
+    } catch (err) {
+      throw this.#failed(toEdgefleetError(err, ErrorCode.STORAGE));
+    }
+  }
+
+  #model(): LocalModel {
+    const m = this.d.model();
+    if (!m) throw new EdgefleetError(ErrorCode.UNAVAILABLE, `pipeline ${this.d.config.name}: model ${this.d.config.model} is not active`);
+    return m;
+  }
+
+  async #prepare(model: LocalModel, req: InferRequest): Promise<{ data: InputData; dims: number[]; id: string; inputTs?: number; stats?: ImageStats }> {
+    const spec = model.manifest.preprocessing;
+    const given = validCorrelationId(req.id);
+    if (spec.kind === 'image') {
+      if (req.kind !== 'image') {
+        throw new EdgefleetError(ErrorCode.BAD_INPUT, `pipeline ${this.d.config.name} takes images (JPEG, PNG, ...), not JSON`, { details: { reason: 'wrong_kind' } });
+      }
+      // HTTP bodies were capped by the server (http.maxImageBytes); streams by their input's cap.
+      const input = this.d.config.input;
+      const maxInputBytes =
+        req.source === 'http' ? undefined : input.type === 'folder' ? input.maxFileBytes : (input.maxPayloadBytes ?? DEFAULT_MAX_IMAGE_BYTES);
+      const t = await preprocessImage(spec, req.bytes, { maxInputBytes, maxInputPixels: this.d.maxInputPixels });
+      return { data: t.data, dims: t.dims, id: given ?? randomUUID(), inputTs: req.ts, stats: t.stats };
+    }
+    if (req.kind !== 'json') {
+      throw new EdgefleetError(ErrorCode.BAD_INPUT, `pipeline ${this.d.config.name} takes JSON readings ({"values": [...]} or {"features": {...}}), not images`, { details: { reason: 'wrong_kind' } });
+    }
+    let reading: Reading;
+    if (Buffer.isBuffer(req.body) || typeof req.body === 'string') {
+      const input = this.d.config.input;
+      const max = req.source === 'http' ? Number.MAX_SAFE_INTEGER : input.type === 'mqtt' ? (input.maxPayloadBytes ?? DEFAULT_MAX_JSON_BYTES) : DEFAULT_MAX_JSON_BYTES;
+      const decoded = decodeJson(ReadingSchema, req.body, max);
+      if (!decoded.ok) throw decoded.error;
+      reading = decoded.value;
+    } else {
+      const parsed = ReadingSchema.safeParse(req.body);
+      if (!parsed.success) throw new EdgefleetError(ErrorCode.BAD_PAYLOAD, parsed.error.issues.map((i) => `${i.path.length ? i.path.join('.') : '(root)'}: ${i.message}`).join('; '));
+      reading = parsed.data;
+    }
+    const t = preprocessTabular(spec, reading);
+    return { data: t.data, dims: t.dims, id: reading.id ?? given ?? randomUUID(), inputTs: reading.ts ?? req.ts };
+  }
+
+  #reject(error: EdgefleetError): void {
+    const reason = rejectReason(error);
     this.d.metrics.inputRejected.inc({ pipeline: this.d.config.name, reason });
     this.#throttle.run(`reject:${reason}`, (suppressed) =>
       this.d.log.warn({ pipeline: this.d.config.name, reason, code: error.code, error: error.message, suppressed }, 'input rejected'),
     );
   }
+
+  #failed(e: EdgefleetError): EdgefleetError {
+    const model = this.d.model();
+    this.d.metrics.inferences.inc({
+      pipeline: this.d.config.name,
+      model: model?.manifest.name ?? this.d.config.model,
+      version: model?.manifest.version ?? 'unknown',
+      outcome: e.code === ErrorCode.STORAGE ? 'storage_error' : 'error',
+    });
+    this.#logFailure(e);
+    return e;
+  }
+
+  #logFailure(e: EdgefleetError): void {
+    this.#throttle.run(`infer:${e.code}`, (suppressed) =>
+      this.d.log.warn({ pipeline: this.d.config.name, code: e.code, err: e, suppressed }, 'inference failed'),
+    );
+  }
+}
+
+/** The `k` best labels with their scores, best first. */
+export function topK(labels: readonly string[], scores: readonly number[], k: number): { label: string; score: number }[] {
+  return scores
+    .map((score, i) => ({ label: labels[i] ?? String(i), score }))
+    .sort((a, b) => b.score - a.score)
+    .slice(0, Math.max(1, k));
+}
+
+/** Best-scoring label whose score is above its threshold (labels without one always qualify); null if none. */
+export function decide(labels: readonly string[], scores: readonly number[], thresholds: Readonly<Record<string, number>> | undefined): string | null {
+  let best: string | null = null;
+  let bestScore = -Infinity;
+  for (const [i, s] of scores.entries()) {
+    const label = labels[i] ?? String(i);
+    const min = thresholds?.[label];
+    if (min !== undefined && !(s > min)) continue;
+    if (s > bestScore) {
+      best = label;
+      bestScore = s;
+    }
+  }
+  return best;
 }

@@ -1,12 +1,14 @@
 /**
- * The agent's local HTTP endpoint: `/healthz` (JSON, 200 when serving, 503 when not) and
- * `/metrics` (Prometheus text). Bound to localhost by default.
+ * The agent's local HTTP endpoint: `/healthz` (JSON, 200 when serving, 503 when not),
+ * `/metrics` (Prometheus text) and, when an inference handler is given, `POST /v1/infer/<pipeline>`
+ * (agent/inputs/http-infer.ts). Bound to localhost by default.
  */
 import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import type { Registry } from 'prom-client';
 import type { Component } from '../../shared/lifecycle.ts';
 import type { Logger } from '../../shared/log.ts';
+import { INFER_PATH_PREFIX, type HttpInferHandler } from '../inputs/http-infer.ts';
 
 export interface Health {
   ok: boolean;
@@ -19,7 +21,16 @@ export class AgentHttpServer implements Component {
   #port = 0;
 
   constructor(
-    private readonly opts: { host: string; port: number; registry: Registry; health: () => Health; log: Logger },
+    private readonly opts: {
+      host: string;
+      port: number;
+      registry: Registry;
+      health: () => Health;
+      log: Logger;
+      infer?: HttpInferHandler;
+      /** Time a client gets to send a whole request. Default 30 s. */
+      requestTimeoutMs?: number;
+    },
   ) {}
 
   get port(): number {
@@ -28,7 +39,11 @@ export class AgentHttpServer implements Component {
 
   async start(): Promise<void> {
     const server = createServer((req, res) => {
-      const path = (req.url ?? '/').split('?')[0];
+      const path = (req.url ?? '/').split('?')[0] ?? '/';
+      if (this.opts.infer && path.startsWith(INFER_PATH_PREFIX)) {
+        this.opts.infer.handle(req, res, path);
+        return;
+      }
       if (req.method !== 'GET') {
         res.writeHead(405, { allow: 'GET' }).end();
         return;
@@ -49,6 +64,9 @@ export class AgentHttpServer implements Component {
       }
     });
     server.keepAliveTimeout = 5000;
+    // A client that trickles a body holds a request slot and its buffer: bound the time.
+    server.requestTimeout = this.opts.requestTimeoutMs ?? 30_000;
+    server.headersTimeout = Math.min(server.requestTimeout, 20_000);
     await new Promise<void>((resolve, reject) => {
       server.once('error', reject);
       server.listen(this.opts.port, this.opts.host, () => {

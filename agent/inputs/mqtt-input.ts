@@ -1,0 +1,50 @@
+/**
+ * MQTT input of one pipeline: subscribes on a bus (the hub link, or another broker, see
+ * mqtt-broker-input.ts) and hands each message to the pipeline's stream queue (drop oldest on
+ * overload). `json` payloads are readings that carry their own id; `image` payloads are encoded
+ * images whose correlation id is the topic level after the input topic
+ * (`edgefleet/v1/<device>/in/<pipeline>/<id>`), or a generated one.
+ */
+import type { Component } from '../../shared/lifecycle.ts';
+import { topics } from '../../shared/protocol.ts';
+import { validCorrelationId, type InputBus, type Pipeline } from '../pipeline.ts';
+
+export class MqttInput implements Component {
+  readonly name: string;
+  readonly topic: string;
+  readonly format: 'json' | 'image';
+
+  constructor(
+    private readonly o: { deviceId: string; pipeline: Pipeline; bus: InputBus; topic?: string; format?: 'json' | 'image' },
+  ) {
+    const p = o.pipeline;
+    this.name = `input:mqtt:${p.pipelineName}`;
+    this.topic = o.topic ?? topics.input(o.deviceId, p.pipelineName);
+    this.format = o.format ?? (p.inputKind === 'image' ? 'image' : 'json');
+  }
+
+  start(): Promise<void> {
+    const { pipeline, bus } = this.o;
+    if (this.format === 'json') {
+      bus.subscribe(this.topic, (_topic, payload) => pipeline.submit({ kind: 'json', body: payload, source: 'mqtt' }));
+      return Promise.resolve();
+    }
+    const handler = (topic: string, payload: Buffer): void => pipeline.submit({ kind: 'image', bytes: payload, id: this.#idOf(topic), source: 'mqtt' });
+    bus.subscribe(this.topic, handler);
+    // Without a wildcard of its own, also take `<topic>/<id>`: the id travels in the topic
+    // because a binary payload has nowhere else to carry it (MQTT 3.1.1 has no user properties).
+    if (!/[+#]/.test(this.topic)) bus.subscribe(`${this.topic}/+`, handler);
+    return Promise.resolve();
+  }
+
+  /** Nothing to undo: the bus outlives the input and a stopped pipeline ignores messages. */
+  stop(): Promise<void> {
+    return Promise.resolve();
+  }
+
+  #idOf(topic: string): string | undefined {
+    if (topic === this.topic) return undefined;
+    const last = topic.slice(topic.lastIndexOf('/') + 1);
+    return validCorrelationId(last);
+  }
+}
