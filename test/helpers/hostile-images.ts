@@ -1,7 +1,7 @@
 /**
  * Hostile image payloads for tests, built byte by byte: a PNG whose header claims a huge
  * size (a decompression bomb by its header) and a JPEG with intact headers but random
- * entropy-coded data. Same construction as test/unit/image-preprocess.test.ts.
+ * entropy-coded data.
  */
 import { randomBytes } from 'node:crypto';
 import { deflateSync } from 'node:zlib';
