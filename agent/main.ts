@@ -98,17 +98,18 @@ export function createAgent(config: AgentConfig, deps: { log: Logger; registry?:
         return Promise.reject(new EdgefleetError(ErrorCode.NOT_FOUND, `unknown command ${cmd.name}`));
     }
   });
-  // Inputs read from other brokers than the hub's (one connection per broker and client id).
+  // Inputs read from other brokers than the hub's: one connection per broker and client id,
+  // shared by the pipelines that name it; every other MQTT input rides on the hub link.
   const brokerInputs = new Map<string, MqttBrokerInput>();
+  const busByPipeline = new Map<string, InputBus>();
   for (const p of config.pipelines) {
     const b = p.input.type === 'mqtt' ? p.input.broker : undefined;
     if (!b) continue;
     const clientId = b.clientId ?? `${config.deviceId}-inputs`;
     const key = `${b.url} ${clientId}`;
-    if (brokerInputs.has(key)) continue;
-    brokerInputs.set(
-      key,
-      lifecycle.add(
+    let input = brokerInputs.get(key);
+    if (!input) {
+      input = lifecycle.add(
         new MqttBrokerInput({
           url: b.url,
           clientId,
@@ -119,13 +120,12 @@ export function createAgent(config: AgentConfig, deps: { log: Logger; registry?:
           backoff: config.hub.backoff,
           log: log.child({ component: 'input-broker' }),
         }),
-      ),
-    );
+      );
+      brokerInputs.set(key, input);
+    }
+    busByPipeline.set(p.name, input);
   }
-  const busFor = (p: PipelineConfig): InputBus => {
-    if (p.input.type !== 'mqtt' || !p.input.broker) return link;
-    return brokerInputs.get(`${p.input.broker.url} ${p.input.broker.clientId ?? `${config.deviceId}-inputs`}`)!;
-  };
+  const busFor = (p: PipelineConfig): InputBus => busByPipeline.get(p.name) ?? link;
   const pipelineMetrics = createPipelineMetrics(registry);
   const journal = config.pipelines.some((p) => p.input.type === 'folder')
     ? lifecycle.add(new FolderJournal({ path: join(config.dataDir, 'folder-inputs.db'), synchronous: config.outbox.synchronous }))
