@@ -8,17 +8,20 @@
 import { createHash } from 'node:crypto';
 import { DeviceIdSchema } from '../../shared/protocol.ts';
 import type { HubStore } from '../store/store.ts';
-import { hashToken, newSecret, verifyToken, type TokenHash } from './tokens.ts';
+import { PrincipalVerifier } from './principals.ts';
 
 export class DeviceAuth {
   readonly #cache = new Map<string, { deviceId: string; until: number }>();
-  #dummy: Promise<TokenHash> | undefined;
+
+  readonly #verifier: PrincipalVerifier;
 
   constructor(
-    private readonly store: HubStore,
+    store: HubStore,
     private readonly now: () => number = Date.now,
     private readonly cacheMs = 60_000,
-  ) {}
+  ) {
+    this.#verifier = new PrincipalVerifier(store);
+  }
 
   /** The device id when the header carries valid device credentials, else undefined. */
   async authenticate(authorization: string | undefined): Promise<string | undefined> {
@@ -30,10 +33,8 @@ export class DeviceAuth {
     const key = createHash('sha256').update(`${id}\u0000${token}`).digest('base64');
     const hit = this.#cache.get(key);
     if (hit && hit.until > this.now()) return hit.deviceId;
-    const creds = await this.store.getCredentials(id);
-    this.#dummy ??= hashToken(newSecret());
-    const ok = (await verifyToken(token, creds ? creds.token : await this.#dummy)) && creds?.kind === 'device';
-    if (!ok) return undefined;
+    const creds = await this.#verifier.verify(id, token);
+    if (creds?.kind !== 'device') return undefined;
     if (this.#cache.size > 10_000) this.#cache.clear();
     this.#cache.set(key, { deviceId: id, until: this.now() + this.cacheMs });
     return id;

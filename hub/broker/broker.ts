@@ -17,7 +17,7 @@ import { Counter, Gauge, type Registry } from 'prom-client';
 import { EdgefleetError, ErrorCode, toEdgefleetError } from '../../shared/errors.ts';
 import type { Component } from '../../shared/lifecycle.ts';
 import { LogThrottle, type Logger } from '../../shared/log.ts';
-import { hashToken, newSecret, verifyToken, type TokenHash } from '../auth/tokens.ts';
+import { PrincipalVerifier } from '../auth/principals.ts';
 import type { HubStore } from '../store/store.ts';
 import { guardConnection } from './packet-guard.ts';
 import { mayReceive, publishRefusal, subscribeRefusal, type Identity } from './acl.ts';
@@ -64,10 +64,12 @@ export class EmbeddedBroker implements Component, MessageBus {
   #server: Server | undefined;
   readonly #sockets = new Set<Socket>();
   #port = 0;
-  #dummyHash: Promise<TokenHash> | undefined;
+
+  readonly #verifier: PrincipalVerifier;
 
   constructor(opts: BrokerOptions) {
     this.#opts = opts;
+    this.#verifier = new PrincipalVerifier(opts.store);
     this.#log = opts.log;
     this.#now = opts.now ?? Date.now;
     const registers = [opts.registry];
@@ -274,10 +276,8 @@ export class EmbeddedBroker implements Component, MessageBus {
     let ok: boolean;
     let creds;
     try {
-      creds = await this.#opts.store.getCredentials(username);
-      // Unknown ids cost the same scrypt as known ones: timing does not reveal which ids exist.
-      this.#dummyHash ??= hashToken(newSecret());
-      ok = (await verifyToken(token, creds ? creds.token : await this.#dummyHash)) && creds !== undefined;
+      creds = await this.#verifier.verify(username, token);
+      ok = creds !== undefined;
     } catch (err) {
       this.#log.error({ err: toEdgefleetError(err) }, 'authentication failed on the store');
       throw refused('unavailable', CONNACK.SERVER_UNAVAILABLE, 'server unavailable');
