@@ -8,7 +8,7 @@
  */
 import { randomUUID } from 'node:crypto';
 import { z } from 'zod';
-import { decodeJson } from '../shared/codec.ts';
+import { decodeJson, formatIssues } from '../shared/codec.ts';
 import { EdgefleetError, ErrorCode, toEdgefleetError } from '../shared/errors.ts';
 import type { Component } from '../shared/lifecycle.ts';
 import { LogThrottle, type Logger } from '../shared/log.ts';
@@ -332,7 +332,7 @@ export class Pipeline implements Component {
       reading = decoded.value;
     } else {
       const parsed = ReadingSchema.safeParse(req.body);
-      if (!parsed.success) throw new EdgefleetError(ErrorCode.BAD_PAYLOAD, parsed.error.issues.map((i) => `${i.path.length ? i.path.join('.') : '(root)'}: ${i.message}`).join('; '));
+      if (!parsed.success) throw new EdgefleetError(ErrorCode.BAD_PAYLOAD, formatIssues(parsed.error));
       reading = parsed.data;
     }
     const t = preprocessTabular(spec, reading);

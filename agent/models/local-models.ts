@@ -3,12 +3,11 @@
  * artifact's size and sha256 before anything loads it. (Rolled-out models arrive through the
  * updater, issue #3; this is the start-up path.)
  */
-import { createHash } from 'node:crypto';
-import { createReadStream } from 'node:fs';
 import { readFile, stat } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { formatIssues } from '../../shared/codec.ts';
 import { EdgefleetError, ErrorCode } from '../../shared/errors.ts';
+import { sha256File } from '../../shared/files.ts';
 import { ManifestSchema, type Manifest } from '../../shared/manifest.ts';
 
 export interface LocalModel {
@@ -17,12 +16,6 @@ export interface LocalModel {
   onnxPath: string;
   /** `name@version`: the engine key. */
   key: string;
-}
-
-export async function sha256File(path: string, signal?: AbortSignal): Promise<string> {
-  const hash = createHash('sha256');
-  for await (const chunk of createReadStream(path, { signal })) hash.update(chunk as Buffer);
-  return hash.digest('hex');
 }
 
 export async function readManifest(manifestPath: string): Promise<Manifest> {

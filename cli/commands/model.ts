@@ -4,13 +4,13 @@
  * mistakes fail before any upload; then announces the manifest (POST /v1/models) and streams
  * the file (PUT .../artifact), showing bytes sent when stdout is a terminal.
  */
-import { createHash } from 'node:crypto';
 import { createReadStream } from 'node:fs';
 import { readFile, stat } from 'node:fs/promises';
 import { Readable, Transform } from 'node:stream';
 import { parseArgs } from 'node:util';
 import { z } from 'zod';
 import { formatIssues } from '../../shared/codec.ts';
+import { sha256File } from '../../shared/files.ts';
 import { ManifestSchema } from '../../shared/manifest.ts';
 import { EXIT, HUB_OPTIONS, HUB_OPTIONS_HELP, HubClient, HubError, UsageError, failure, resolveHub, type CliIo, type HubTarget } from './http-client.ts';
 
@@ -58,12 +58,6 @@ function human(bytes: number): string {
   if (bytes < 1024 ** 2) return `${(bytes / 1024).toFixed(1)} KiB`;
   if (bytes < 1024 ** 3) return `${(bytes / 1024 ** 2).toFixed(1)} MiB`;
   return `${(bytes / 1024 ** 3).toFixed(2)} GiB`;
-}
-
-async function sha256File(path: string): Promise<string> {
-  const h = createHash('sha256');
-  for await (const chunk of createReadStream(path)) h.update(chunk as Buffer);
-  return h.digest('hex');
 }
 
 /** PUTs a file as the raw request body, streamed; progress to stderr when stdout is a TTY. */
