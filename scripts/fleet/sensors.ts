@@ -20,6 +20,21 @@ export interface SensorOptions {
   mix?: [number, number, number];
 }
 
+/** Connects as a sensor principal (client id = user name = sensor id); reconnects on its own. */
+export async function connectSensor(o: { mqttUrl: string; sensorId: string; token: string; reconnectPeriod: number }): Promise<MqttClient> {
+  const client = await mqtt.connectAsync(o.mqttUrl, {
+    clientId: o.sensorId,
+    username: o.sensorId,
+    password: o.token,
+    protocolVersion: 4,
+    reconnectPeriod: o.reconnectPeriod,
+    queueQoSZero: false,
+  });
+  // A connection error must not become an unhandled 'error' event; reconnects handle it.
+  client.on('error', () => undefined);
+  return client;
+}
+
 export class SimulatedSensor {
   #client: MqttClient | undefined;
   #timer: NodeJS.Timeout | undefined;
@@ -33,14 +48,7 @@ export class SimulatedSensor {
 
   async start(): Promise<void> {
     const o = this.opts;
-    this.#client = await mqtt.connectAsync(o.mqttUrl, {
-      clientId: o.sensorId,
-      username: o.sensorId,
-      password: o.token,
-      protocolVersion: 4,
-      reconnectPeriod: 1000,
-      queueQoSZero: false,
-    });
+    this.#client = await connectSensor({ mqttUrl: o.mqttUrl, sensorId: o.sensorId, token: o.token, reconnectPeriod: 1000 });
     const topic = topics.input(o.deviceId, o.input);
     const mix = o.mix ?? [0.7, 0.2, 0.1];
     const periodMs = 1000 / o.ratePerSecond;

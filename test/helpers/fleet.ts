@@ -5,7 +5,7 @@
  */
 import { join } from 'node:path';
 import Database from 'better-sqlite3';
-import mqtt, { type MqttClient } from 'mqtt';
+import type { MqttClient } from 'mqtt';
 import { loadHubConfig, createHub, type Hub } from '../../hub/main.ts';
 import { HUB_DB_FILE } from '../../hub/store/sqlite-store.ts';
 import { silentLogger } from '../../shared/log.ts';
@@ -14,6 +14,7 @@ import { writeAgentConfig } from '../../scripts/fleet/agent-config.ts';
 import { hubApi } from '../../scripts/fleet/hub-process.ts';
 import { scrapeCounter } from '../../scripts/fleet/metrics-scrape.ts';
 import { ServiceProcess, REPO_ROOT } from '../../scripts/fleet/processes.ts';
+import { connectSensor } from '../../scripts/fleet/sensors.ts';
 import { MACHINE_STATES, mulberry32, sensorSample, SENSOR_FEATURES } from '../../scripts/lib/synthetic.ts';
 import { makeModels } from '../../scripts/make-models.ts';
 import { until } from './fleet-in-process.ts';
@@ -132,16 +133,7 @@ export class ReadingPublisher {
 
   async start(): Promise<void> {
     const o = this.opts;
-    this.#client = await mqtt.connectAsync(o.mqttUrl, {
-      clientId: o.sensorId,
-      username: o.sensorId,
-      password: o.token,
-      protocolVersion: 4,
-      reconnectPeriod: 300,
-      queueQoSZero: false,
-    });
-    // A connection error must not become an unhandled 'error' event; reconnects handle it.
-    this.#client.on('error', () => undefined);
+    this.#client = await connectSensor({ mqttUrl: o.mqttUrl, sensorId: o.sensorId, token: o.token, reconnectPeriod: 300 });
   }
 
   get connected(): boolean {
