@@ -284,5 +284,18 @@ describe('hub broker auth and ACL', () => {
     assert.equal(mayReceive(dev, 'edgefleet/v1/d1/ack'), true);
     assert.equal(mayReceive(dev, 'edgefleet/v1/d10/ack'), false);
     assert.equal(mayReceive(sen, 'edgefleet/v1/d1/in/x'), false);
+    // A consumer (MES, dashboard) reads results of any device and nothing else.
+    const con = { id: 'mes', kind: 'consumer' as const, deviceId: null };
+    assert.equal(subscribeRefusal(con, 'edgefleet/v1/+/out/#'), undefined);
+    assert.equal(subscribeRefusal(con, 'edgefleet/v1/d1/out/vibration'), undefined);
+    assert.ok(subscribeRefusal(con, 'edgefleet/v1/+/telemetry'));
+    assert.ok(subscribeRefusal(con, 'edgefleet/v1/d1/#'));
+    assert.ok(subscribeRefusal(con, 'edgefleet/v1/#'));
+    assert.ok(subscribeRefusal(con, '#'));
+    assert.ok(publishRefusal(con, 'edgefleet/v1/d1/out/vibration'));
+    assert.ok(publishRefusal(con, 'edgefleet/v1/d1/in/temp'));
+    assert.equal(mayReceive(con, 'edgefleet/v1/d1/out/vibration'), true);
+    assert.equal(mayReceive(con, 'edgefleet/v1/d1/telemetry'), false);
+    assert.equal(mayReceive(con, 'edgefleet/v1/d1/ack'), false);
   });
 });
