@@ -23,6 +23,20 @@ export function sendError(res: ServerResponse, err: unknown): EdgefleetError {
   return e;
 }
 
+/**
+ * After refusing a request whose body is still arriving: let the client finish sending it, so
+ * it reads the error reply (closing mid-upload makes it see EPIPE or a reset instead), but cut
+ * the connection once more than `limit` further bytes arrive.
+ */
+export function drainBounded(req: IncomingMessage, limit: number): void {
+  let drained = 0;
+  req.on('data', (chunk: Buffer) => {
+    drained += chunk.length;
+    if (drained > limit) req.socket.destroy();
+  });
+  req.resume();
+}
+
 /** Reads the request body up to `maxBytes`; larger bodies fail with PAYLOAD_TOO_LARGE. */
 export async function readBody(req: IncomingMessage, maxBytes: number): Promise<Buffer> {
   const declared = Number(req.headers['content-length'] ?? NaN);

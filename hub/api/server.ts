@@ -30,7 +30,7 @@ import { hashToken, newSecret } from '../auth/tokens.ts';
 import { serveArtifact } from '../models/artifact-http.ts';
 import { storedRelease, type ModelRegistry } from '../models/registry.ts';
 import type { DeviceRecord, HubStore, ModelRecord } from '../store/store.ts';
-import { readJson, sendError, sendJson } from './http.ts';
+import { drainBounded, readJson, sendError, sendJson } from './http.ts';
 
 export interface ApiOptions {
   host: string;
@@ -49,6 +49,9 @@ export interface ApiOptions {
   recordsPerSecond: () => number;
   now?: () => number;
 }
+
+/** How much of a refused request's body is read and dropped before the connection is cut. */
+const REFUSED_BODY_DRAIN_BYTES = 64 * 1024 * 1024;
 
 const LabelKeySchema = z.string().regex(/^[A-Za-z0-9][A-Za-z0-9._/-]{0,62}$/, 'label key: 1-63 of [A-Za-z0-9._/-]');
 export const GroupSchema = z.string().regex(/^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/, 'group: 1-64 of [A-Za-z0-9._-]');
@@ -237,8 +240,9 @@ export class ApiServer implements Component {
       }
       throw new EdgefleetError(ErrorCode.NOT_FOUND, `no route ${url.pathname}`);
     } catch (err) {
-      // A refused upload whose body was not read: closing beats reading megabytes to discard.
-      if (!req.complete && !res.headersSent) res.setHeader('connection', 'close');
+      // A refused upload whose body is still arriving: drain a bounded amount so the client can
+      // read the error; past the bound, cutting the connection beats reading it all.
+      if (!req.complete) drainBounded(req, REFUSED_BODY_DRAIN_BYTES);
       const e = sendError(res, err);
       const level = e.code === ErrorCode.INTERNAL || e.code === ErrorCode.STORAGE ? 'error' : 'debug';
       this.#o.log[level]({ err: e, method: req.method, url: req.url?.slice(0, 256) }, 'api request failed');
