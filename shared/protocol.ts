@@ -13,24 +13,16 @@
  *   out/<pipe>   agent → anyone        inference results (see agent/)
  */
 import { z } from 'zod';
+import { DeviceIdSchema, ModelRefSchema, NameSchema } from './ids.ts';
+import { ModelSlotSchema } from './updates.ts';
+
+export { DeviceIdSchema, ModelRefSchema, NameSchema, type DeviceId, type ModelRef } from './ids.ts';
 
 export const PROTOCOL_VERSION = 1 as const;
 export const TOPIC_ROOT = 'edgefleet/v1';
 
-/** Device ids double as MQTT client ids and topic levels: no wildcards, slashes or `$`. */
-export const DeviceIdSchema = z
-  .string()
-  .regex(/^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/, 'device id: 1-64 of [A-Za-z0-9._-], starting alphanumeric');
-export type DeviceId = z.infer<typeof DeviceIdSchema>;
-
-/** Stream names (outbox streams) and input names: one topic level, same alphabet. */
-export const NameSchema = z.string().regex(/^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/, 'name: 1-64 of [A-Za-z0-9._-]');
-
 const v = z.literal(PROTOCOL_VERSION);
 const ts = z.number().int().nonnegative(); // epoch milliseconds
-
-export const ModelRefSchema = z.object({ name: NameSchema, version: z.string().min(1).max(64) });
-export type ModelRef = z.infer<typeof ModelRefSchema>;
 
 /** Per-stream outbox position an agent reports in hello, so the hub can see backlog and gaps. */
 export const StreamPositionSchema = z.object({
@@ -51,6 +43,8 @@ export const HelloSchema = z.object({
   bootEpoch: z.number().int().nonnegative(),
   models: z.array(ModelRefSchema).max(64),
   streams: z.array(StreamPositionSchema).max(64),
+  /** Actual model state per model name (shared/updates.ts), reconciled by the hub's rollouts. */
+  modelState: z.array(ModelSlotSchema).max(64).optional(),
 });
 export type Hello = z.infer<typeof HelloSchema>;
 

@@ -7,7 +7,7 @@
  * so they survive restarts and partitions and the hub stores each exactly once.
  */
 import { z } from 'zod';
-import { ModelRefSchema, NameSchema } from './protocol.ts';
+import { ModelRefSchema, NameSchema } from './ids.ts';
 
 const Sha256Schema = z.string().regex(/^[0-9a-f]{64}$/, 'sha256: 64 lowercase hex digits');
 const VersionSchema = ModelRefSchema.shape.version;
