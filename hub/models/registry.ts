@@ -23,7 +23,7 @@ import { ManifestSchema, type Manifest } from '../../shared/manifest.ts';
 import { signRelease, type TrustedKey } from '../../shared/signing.ts';
 import type { HubStore, ModelRecord } from '../store/store.ts';
 import { ArtifactStore, SHA256_RE, type ArtifactInfo } from './artifact-store.ts';
-import { assertNoProblems, probeModel, type ProbeLimits } from './model-probe.ts';
+import { assertNoProblems, probeModel, type ProbeLimits } from '../../shared/validate/model-probe.ts';
 import type { KeyRing } from './signing-keys.ts';
 
 export interface ModelRegistryOptions {

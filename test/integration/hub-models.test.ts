@@ -14,7 +14,7 @@ import { after, before, describe, test } from 'node:test';
 import Database from 'better-sqlite3';
 import { run as modelCmd } from '../../cli/commands/model.ts';
 import { createHub, loadHubConfig, type Hub } from '../../hub/main.ts';
-import { probeModel } from '../../hub/models/model-probe.ts';
+import { probeModel } from '../../shared/validate/model-probe.ts';
 import { HUB_DB_FILE } from '../../hub/store/sqlite-store.ts';
 import { silentLogger } from '../../shared/log.ts';
 import { ManifestSchema, type Manifest } from '../../shared/manifest.ts';

@@ -1,7 +1,7 @@
 /**
- * Runs probe-child.ts on an uploaded model in a separate process with three guards, because a
- * hostile ONNX file can segfault the process that loads it or allocate gigabytes at load time
- * (PITFALLS: onnxruntime-node; ARCHITECTURE §2):
+ * Runs probe-child.ts on an untrusted model (the hub: an upload; the agent: a downloaded release)
+ * in a separate process with three guards, because a hostile ONNX file can segfault the process
+ * that loads it or allocate gigabytes at load time (PITFALLS: onnxruntime-node; ARCHITECTURE §2):
  *   - a wall-clock timeout, then SIGKILL;
  *   - an RSS budget, watched in /proc/<pid>/status every `pollMs`, then SIGKILL;
  *   - an address-space limit (RLIMIT_AS) set with prlimit once the child has loaded Node and
@@ -14,11 +14,11 @@
 import { execFile, spawn } from 'node:child_process';
 import { readFile } from 'node:fs/promises';
 import { fileURLToPath } from 'node:url';
-import { EdgefleetError, ErrorCode } from '../../shared/errors.ts';
-import type { Logger } from '../../shared/log.ts';
-import type { Manifest } from '../../shared/manifest.ts';
-import { checkModelMetadata, testVectorProblems } from '../../shared/model-check.ts';
-import { childExecArgv, siblingModule } from '../../shared/modules.ts';
+import { EdgefleetError, ErrorCode } from '../errors.ts';
+import type { Logger } from '../log.ts';
+import type { Manifest } from '../manifest.ts';
+import { checkModelMetadata, testVectorProblems } from '../model-check.ts';
+import { childExecArgv, siblingModule } from '../modules.ts';
 import { ProbeResultSchema, READY_LINE, RESULT_PREFIX, type ProbeRequest, type ProbeResult } from './probe-protocol.ts';
 
 export interface ProbeLimits {

@@ -1,6 +1,6 @@
 /**
- * The messages between the hub and its model probe child (probe-child.ts): a request on stdin,
- * one result line on stdout. The parent validates the result with the schema: the child runs
+ * The messages between a model probe's parent (hub or agent) and its child (probe-child.ts): a
+ * request on stdin, one result line on stdout. The parent validates the result with the schema: the child runs
  * untrusted model code and its output is not trusted either.
  */
 import { z } from 'zod';

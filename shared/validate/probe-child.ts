@@ -1,10 +1,10 @@
 /**
- * Child process that loads an uploaded ONNX file with onnxruntime-node, reports its input and
+ * Child process that loads an untrusted ONNX file with onnxruntime-node, reports its input and
  * output metadata and runs the manifest's test vectors, then exits. It runs in its own process
  * (spawned by model-probe.ts with a timeout, an RSS watch and an address-space limit) because a
  * crafted model can segfault whatever loads it or allocate gigabytes (PITFALLS: onnxruntime-node);
- * the hub must keep serving whatever the file does here. The only module of the hub that loads
- * onnxruntime-node.
+ * the hub (before signing an upload) and the agent (before activating a release) must keep
+ * serving whatever the file does here (ARCHITECTURE §2). Shared so both ends run one validator.
  *
  * Protocol: the child prints `READY_LINE` once onnxruntime is loaded (the parent then caps its
  * address space above this baseline), reads one JSON request on stdin, and answers with one
