@@ -96,6 +96,33 @@ function gemm(g: GraphBuilder, x: string, name: string, d: Dense, out: string): 
   return g.node('Gemm', [x, w, b], out, { alpha: { float: 1 }, beta: { float: 1 }, transB: 1 });
 }
 
+/**
+ * features [N,F] → MatMul → [N,16,S,S] → (Conv 3×3 16→16 + Relu) × convLayers → ReduceSum →
+ * × 0 → + logits. ORT does not simplify x·0 for a computed x, so the work is done every run.
+ */
+function heavyBranch(g: GraphBuilder, x: string, nF: number, logits: string, opts: { convLayers: number; size?: number; padBytes?: number }): string {
+  const rand = createRng(99);
+  const C = 16;
+  const S = opts.size ?? 32;
+  const small = (n: number, scale: number): number[] => Array.from({ length: n }, () => (rand.next() * 2 - 1) * scale);
+  let cur = g.node('MatMul', [x, g.init('heavy_in', DataType.FLOAT, [nF, C * S * S], small(nF * C * S * S, 0.05))], 'heavy_mm');
+  cur = g.node('Reshape', [cur, g.init('heavy_shape', DataType.INT64, [4], [-1, C, S, S])], 'heavy_img');
+  for (let i = 0; i < opts.convLayers; i++) {
+    const w = g.init(`heavy_w${i}`, DataType.FLOAT, [C, C, 3, 3], small(C * C * 9, 1 / 12));
+    cur = g.node('Relu', [g.node('Conv', [cur, w], `heavy_conv${i}`, { pads: [1, 1, 1, 1] })], `heavy_relu${i}`);
+  }
+  let sum = g.node('ReduceSum', [cur, g.init('heavy_axes', DataType.INT64, [3], [1, 2, 3])], 'heavy_sum', { keepdims: 0 });
+  sum = g.node('Reshape', [sum, g.init('heavy_col', DataType.INT64, [2], [-1, 1])], 'heavy_col_out');
+  if (opts.padBytes) {
+    // Weights that change nothing (added × 0) but make the artifact as large as asked.
+    const n = Math.ceil(opts.padBytes / 4 / C);
+    const pad = g.node('MatMul', [g.init('heavy_pad_row', DataType.FLOAT, [1, n], small(n, 0.01)), g.init('heavy_pad', DataType.FLOAT, [n, C], small(n * C, 0.01))], 'heavy_pad_out');
+    sum = g.node('Add', [sum, g.node('ReduceSum', [pad, g.init('heavy_pad_axes', DataType.INT64, [1], [1])], 'heavy_pad_sum', { keepdims: 1 })], 'heavy_padded');
+  }
+  const zero = g.node('Mul', [sum, g.init('heavy_zero', DataType.FLOAT, [1], [0])], 'heavy_zeroed');
+  return g.node('Add', [logits, zero], 'logits');
+}
+
 /** Gemm with int8 weight and int32 bias behind DequantizeLinear; input scale is needed for the bias. */
 function gemmQdq(g: GraphBuilder, x: string, xScale: number, name: string, d: Dense, out: string): { out: string; wScale: number; maxAbsW: number } {
   const rows = d.w.length;
@@ -120,7 +147,20 @@ function toFloat32Rows(rows: readonly (readonly number[])[]): Float32Array {
 
 const SENSOR_SEEDS = { train: 101, heldOut: 202, init: 303, tests: 404 };
 
-export function buildMachineState(): ModelBuild[] {
+/**
+ * Ways a release candidate of machine-state can differ from the shipped model, for rollout tests
+ * and benchmarks (scripts/lib/release-variants.ts). Applied to the fp32 graph only.
+ *   logitShift   added to the logits: the model predicts another class mix (a bad retrain).
+ *   heavyBranch  a convolution stack on the input whose result is multiplied by 0 and added to
+ *                the logits: identical outputs, `convLayers` × 2.3·S² k multiply-adds more per row
+ *                (a much slower model), and `padBytes` of weights (a larger artifact).
+ */
+export interface MachineStateVariant {
+  logitShift?: readonly number[];
+  heavyBranch?: { convLayers: number; size?: number; padBytes?: number };
+}
+
+export function buildMachineState(variant: MachineStateVariant = {}): ModelBuild[] {
   const train = sensorDataset(createRng(SENSOR_SEEDS.train), 1000);
   const nF = SENSOR_FEATURES.length;
   const col = (i: number): number[] => train.x.map((r) => r[i] as number);
@@ -185,7 +225,13 @@ export function buildMachineState(): ModelBuild[] {
 
   const fp = new GraphBuilder();
   const h = fp.node('Relu', [gemm(fp, 'features', 'fc1', mlp.hidden, 'fc1_out')], 'fc1_relu');
-  gemm(fp, h, 'fc2', mlp.out, 'logits');
+  const plain = variant.logitShift === undefined && variant.heavyBranch === undefined;
+  let logits = gemm(fp, h, 'fc2', mlp.out, plain ? 'logits' : 'fc2_out');
+  if (variant.logitShift) {
+    const shift = fp.init('logit_shift', DataType.FLOAT, [MACHINE_STATES.length], variant.logitShift);
+    logits = fp.node('Add', [logits, shift], variant.heavyBranch ? 'shifted_logits' : 'logits');
+  }
+  if (variant.heavyBranch) heavyBranch(fp, 'features', nF, logits, variant.heavyBranch);
 
   const q = new GraphBuilder();
   const xq = q.qdq('features', 'features_quant', qIn.scale, qIn.zeroPoint);
