@@ -7,6 +7,7 @@ import { dirname, resolve } from 'node:path';
 import { z } from 'zod';
 import { BackoffSchema } from '../shared/backoff.ts';
 import { loadConfig } from '../shared/config.ts';
+import { ProbationThresholdsSchema } from './health/probation.ts';
 import { LOG_LEVELS } from '../shared/log.ts';
 import { DeviceIdSchema, NameSchema } from '../shared/protocol.ts';
 
@@ -159,6 +160,19 @@ export const AgentConfigSchema = z
       .max(64),
     pipelines: z.array(PipelineSchema).min(1).max(64),
     log: z.object({ level: z.enum(LOG_LEVELS).default('info') }).prefault({}),
+    /** Health windows of the served model versions (stream `health`) and local probation (issue #3). */
+    health: z
+      .object({
+        /** UTC-aligned window length; one record per model version with activity per window. */
+        windowMs: z.number().int().min(100).max(3_600_000).default(60_000),
+        /** Closed windows kept in memory per version: the probation baseline of the version replaced. */
+        keepWindows: z.number().int().min(1).max(1440).default(30),
+        /** How often a version on probation is compared with the one it replaced. */
+        checkMs: z.number().int().min(50).max(600_000).default(5_000),
+        /** Breach thresholds (shared/health.ts GateThresholds, with probation defaults). */
+        probation: ProbationThresholdsSchema.prefault({}),
+      })
+      .prefault({}),
   })
   .superRefine((c, ctx) => {
     const names = new Set<string>();

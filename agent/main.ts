@@ -13,6 +13,8 @@ import { createLogger, type Logger } from '../shared/log.ts';
 import type { ModelRef } from '../shared/protocol.ts';
 import { runService } from '../shared/service.ts';
 import { loadAgentConfig, type AgentConfig, type PipelineConfig } from './config.ts';
+import { HealthMonitor } from './health/health-monitor.ts';
+import { Probation } from './health/probation.ts';
 import { AgentHttpServer } from './http/server.ts';
 import { HubLink } from './link/hub-link.ts';
 import { createPipelineMetrics } from './metrics.ts';
@@ -35,6 +37,10 @@ export interface Agent {
   readonly outbox: Outbox;
   readonly link: HubLink;
   readonly pipelines: readonly Pipeline[];
+  readonly models: ModelSet;
+  /** Health windows of the served versions; local probation after each swap. */
+  readonly health: HealthMonitor;
+  readonly probation: Probation;
   /** Input adapters (MQTT, folder), built when the pipelines start. */
   readonly inputs: readonly Component[];
   readonly httpPort: number;
@@ -70,6 +76,14 @@ export function createAgent(config: AgentConfig, deps: { log: Logger; registry?:
       log: log.child({ component: 'runtime' }),
       registry,
     }),
+  );
+  // Health after the outbox (its windows go there) and before the pipelines (which report to
+  // it), so stop flushes the last partial window after the pipelines drained.
+  const health = lifecycle.add(
+    new HealthMonitor({ windowMs: config.health.windowMs, keepWindows: config.health.keepWindows, sink: outbox, log: log.child({ component: 'health' }) }),
+  );
+  const probation = lifecycle.add(
+    new Probation({ health, thresholds: config.health.probation, checkMs: config.health.checkMs, log: log.child({ component: 'probation' }) }),
   );
   const models = lifecycle.add(new ModelSet({ manifests: config.models.map((m) => m.manifest), engine, log: log.child({ component: 'models' }) }));
   const link = lifecycle.add(
@@ -141,6 +155,8 @@ export function createAgent(config: AgentConfig, deps: { log: Logger; registry?:
           deviceId: config.deviceId,
           config: p,
           model: () => models.byName(p.model),
+          acquire: () => models.acquire(p.model),
+          health,
           engine,
           publisher: link,
           sink: outbox,
@@ -226,6 +242,9 @@ export function createAgent(config: AgentConfig, deps: { log: Logger; registry?:
     outbox,
     link,
     pipelines,
+    models,
+    health,
+    probation,
     inputs,
     get httpPort() {
       return http.port;

@@ -5,6 +5,12 @@
  * live to the output topic and, as telemetry, into the outbox, both with the input's
  * correlation id. Bad input is refused with a clear EdgefleetError and counted; it never stops
  * the pipeline. Stream inputs go through `submit()`, the bounded drop-oldest queue.
+ *
+ * Each request holds a lease on the model version it started with (`acquire`) until its
+ * inference returned, so a hot swap (ModelSet.swap) never unloads a version under a request.
+ * Every inference is reported to the health monitor (agent/health/) for windows and probation:
+ * engine failures count as errors, bad input and overload do not (they say nothing about the
+ * model).
  */
 import { randomUUID } from 'node:crypto';
 import { z } from 'zod';
@@ -16,7 +22,9 @@ import { PROTOCOL_VERSION, topics } from '../shared/protocol.ts';
 import type { PipelineConfig } from './config.ts';
 import { StreamQueue } from './inputs/stream-queue.ts';
 import type { PipelineMetrics } from './metrics.ts';
+import type { HealthRecorder } from './health/health-monitor.ts';
 import type { LocalModel } from './models/local-models.ts';
+import type { ModelLease } from './models/model-set.ts';
 import { preprocessImage, type ImageStats } from './preprocess/image.ts';
 import { classify } from './preprocess/postprocess.ts';
 import { preprocessTabular, ReadingSchema, type Reading } from './preprocess/tabular.ts';
@@ -89,6 +97,13 @@ export interface PipelineDeps {
   config: PipelineConfig;
   /** The model currently serving this pipeline's model name (it changes with rollouts). */
   model: () => LocalModel | undefined;
+  /**
+   * The current model, held for one request (ModelSet.acquire). Without it the pipeline reads
+   * `model()` and holds nothing: fine only where models never change.
+   */
+  acquire?: () => ModelLease | undefined;
+  /** Told about every inference (health windows, probation). */
+  health?: HealthRecorder;
   engine: Inferer;
   publisher: Publisher;
   sink: RecordSink;
@@ -101,6 +116,8 @@ export interface PipelineDeps {
 }
 
 const round6 = (x: number): number => Math.round(x * 1e6) / 1e6;
+/** Engine refusals that say nothing about the model version (health does not count them). */
+const NOT_THE_MODELS_FAULT: ReadonlySet<string> = new Set([ErrorCode.BAD_INPUT, ErrorCode.OVERLOADED, ErrorCode.UNAVAILABLE, ErrorCode.ABORTED]);
 const IdSchema = z.string().min(1).max(128);
 
 /** A correlation id we accept from outside: short and printable (it lands in logs and topics). */
@@ -214,7 +231,8 @@ export class Pipeline implements Component {
     if (!this.#accepting) throw new EdgefleetError(ErrorCode.UNAVAILABLE, `pipeline ${this.d.config.name} is not running`);
     const t0 = performance.now();
     const { config, metrics } = this.d;
-    const model = this.#model();
+    const lease = this.#lease();
+    const model = lease.model;
     this.#inFlight++;
     try {
       const prepared = await this.#prepare(model, req).catch((err: unknown) => {
@@ -235,9 +253,21 @@ export class Pipeline implements Component {
         metrics.inferences.inc({ ...labels, outcome: e.code === ErrorCode.OVERLOADED ? 'overloaded' : 'error' });
         if (e.code === ErrorCode.BAD_INPUT) this.#reject(e);
         else this.#logFailure(e);
+        if (!NOT_THE_MODELS_FAULT.has(e.code)) {
+          this.d.health?.record(model.manifest.name, model.manifest.version, { ok: false, classes: model.manifest.postprocessing.labels.length });
+        }
         throw e;
+      } finally {
+        lease.release();
       }
       const c = classify(model.manifest.postprocessing, first.data);
+      this.d.health?.record(model.manifest.name, model.manifest.version, {
+        ok: true,
+        latencyMs: engineMs,
+        classIndex: c.index,
+        confidence: c.confidence,
+        classes: model.manifest.postprocessing.labels.length,
+      });
       const ts = Date.now();
       const latencyMs = Math.round(engineMs * 1000) / 1000;
       const result: PipelineResult = {
@@ -286,6 +316,7 @@ export class Pipeline implements Component {
         : undefined;
       return { result, record };
     } finally {
+      lease.release();
       this.#inFlight--;
       if (this.#inFlight === 0 && this.#idle.length) for (const r of this.#idle.splice(0)) r();
     }
@@ -298,6 +329,15 @@ export class Pipeline implements Component {
     } catch (err) {
       throw this.#failed(toEdgefleetError(err, ErrorCode.STORAGE));
     }
+  }
+
+  #lease(): ModelLease {
+    if (this.d.acquire) {
+      const lease = this.d.acquire();
+      if (!lease) throw new EdgefleetError(ErrorCode.UNAVAILABLE, `pipeline ${this.d.config.name}: model ${this.d.config.model} is not active`);
+      return lease;
+    }
+    return { model: this.#model(), release: () => undefined };
   }
 
   #model(): LocalModel {

@@ -1,0 +1,201 @@
+/**
+ * Health windows of the model versions this agent serves (issue #3). Pipelines report every
+ * inference (`record`); the monitor counts them per (model, version) in UTC-aligned windows of
+ * `windowMs`, and when a window closes appends one HealthWindow record per (model, version)
+ * that had activity to the outbox (stream `health`), so the hub's rollout gates see them exactly
+ * once even across partitions and restarts. The last `keepWindows` closed windows per version
+ * stay in memory for local probation (`totalsSince`), which must work without the hub.
+ *
+ * Counting is a few array increments on the hot path; the outbox write happens once per window.
+ * `stop()` flushes the partial window, so the same (model, version, windowStart) can appear in
+ * two records after a restart: consumers sum records, they never de-duplicate by window start.
+ */
+import { LogThrottle, type Logger } from '../../shared/log.ts';
+import type { Component } from '../../shared/lifecycle.ts';
+import { addHealth, confidenceBin, emptyTotals, latencyBucket, type HealthTotals } from '../../shared/health.ts';
+import { HEALTH_KIND, HEALTH_STREAM, type HealthWindow } from '../../shared/updates.ts';
+
+/** One inference as the pipeline saw it. */
+export interface HealthObservation {
+  /** false: the engine failed (INFERENCE, worker death); bad input is not reported at all. */
+  ok: boolean;
+  /** Engine latency (queueing + run), for ok results. */
+  latencyMs?: number;
+  /** Top-1 class index and its confidence, for ok results. */
+  classIndex?: number;
+  confidence?: number;
+  /** Number of classes the version has (labels). */
+  classes: number;
+}
+
+export interface HealthRecorder {
+  record(model: string, version: string, obs: HealthObservation): void;
+}
+
+export interface HealthSink {
+  append(stream: string, kind: string, body: Record<string, unknown>, ts?: number): Promise<unknown>;
+}
+
+export interface HealthMonitorOptions {
+  windowMs: number;
+  /** Closed windows kept per version for probation. */
+  keepWindows?: number;
+  sink: HealthSink;
+  log: Logger;
+  /** Injected clock (epoch ms). */
+  now?: () => number;
+}
+
+const DEFAULT_KEEP_WINDOWS = 30;
+const MAX_CLASSES = 10_000;
+
+interface Series {
+  model: string;
+  version: string;
+  /** The open window (undefined until the first record in it). */
+  open: HealthWindow | undefined;
+  closed: HealthWindow[];
+}
+
+export class HealthMonitor implements Component, HealthRecorder {
+  readonly name = 'health';
+  readonly #series = new Map<string, Series>();
+  readonly #now: () => number;
+  readonly #keep: number;
+  readonly #throttle = new LogThrottle(10_000);
+  readonly #pending = new Set<Promise<unknown>>();
+  #timer: NodeJS.Timeout | undefined;
+  #running = false;
+  #latestStart = Number.NEGATIVE_INFINITY;
+
+  constructor(private readonly opts: HealthMonitorOptions) {
+    if (!(opts.windowMs > 0)) throw new RangeError(`windowMs must be positive, got ${opts.windowMs}`);
+    this.#now = opts.now ?? Date.now;
+    this.#keep = opts.keepWindows ?? DEFAULT_KEEP_WINDOWS;
+  }
+
+  get windowMs(): number {
+    return this.opts.windowMs;
+  }
+
+  start(): Promise<void> {
+    this.#running = true;
+    this.#schedule();
+    return Promise.resolve();
+  }
+
+  /** Flushes the partial window and waits for its records to be committed (or refused). */
+  async stop(): Promise<void> {
+    this.#running = false;
+    if (this.#timer) clearTimeout(this.#timer);
+    this.#timer = undefined;
+    this.#closeWindows(Number.POSITIVE_INFINITY);
+    await Promise.allSettled([...this.#pending]);
+  }
+
+  record(model: string, version: string, obs: HealthObservation): void {
+    const now = this.#now();
+    const start = now - (now % this.opts.windowMs);
+    // A new window closes every older one, so records leave in window order.
+    if (start > this.#latestStart) {
+      this.#closeWindows(start);
+      this.#latestStart = start;
+    }
+    const s = this.#seriesFor(model, version);
+    if (s.open && s.open.windowStart !== start) this.#close(s);
+    const w = (s.open ??= this.#emptyWindow(model, version, start, obs.classes));
+    if (!obs.ok) {
+      w.errors++;
+      return;
+    }
+    w.ok++;
+    if (obs.latencyMs !== undefined) {
+      const b = latencyBucket(obs.latencyMs);
+      w.latency[b] = (w.latency[b] as number) + 1;
+    }
+    if (obs.classIndex !== undefined && obs.classIndex >= 0 && obs.classIndex < MAX_CLASSES) {
+      while (w.classCounts.length <= obs.classIndex) w.classCounts.push(0);
+      w.classCounts[obs.classIndex] = (w.classCounts[obs.classIndex] as number) + 1;
+    }
+    if (obs.confidence !== undefined) {
+      const b = confidenceBin(obs.confidence);
+      w.confidence[b] = (w.confidence[b] as number) + 1;
+    }
+  }
+
+  /**
+   * Summed counts of `version` of `model` over the kept windows that end after `fromMs`,
+   * including the open window.
+   */
+  totalsSince(model: string, version: string, fromMs: number): HealthTotals {
+    const t = emptyTotals();
+    const s = this.#series.get(seriesKey(model, version));
+    if (!s) return t;
+    for (const w of s.closed) if (w.windowStart + w.windowMs > fromMs) addHealth(t, w);
+    if (s.open && s.open.windowStart + s.open.windowMs > fromMs) addHealth(t, s.open);
+    return t;
+  }
+
+  /** Closes every window that ended by now (the timer calls this; tests with a fake clock too). */
+  tick(): void {
+    const now = this.#now();
+    this.#closeWindows(now - (now % this.opts.windowMs));
+    // Versions that stopped serving long ago (replaced, rolled back) are forgotten.
+    const horizon = now - this.#keep * this.opts.windowMs;
+    for (const [key, s] of this.#series) {
+      const last = s.closed[s.closed.length - 1];
+      if (!s.open && (!last || last.windowStart + last.windowMs < horizon)) this.#series.delete(key);
+    }
+  }
+
+  /** Closes open windows that start before `before`. */
+  #closeWindows(before: number): void {
+    for (const s of this.#series.values()) {
+      if (s.open && s.open.windowStart < before) this.#close(s);
+    }
+  }
+
+  #close(s: Series): void {
+    const w = s.open;
+    if (!w) return;
+    s.open = undefined;
+    s.closed.push(w);
+    if (s.closed.length > this.#keep) s.closed.splice(0, s.closed.length - this.#keep);
+    const p = this.opts.sink.append(HEALTH_STREAM, HEALTH_KIND, { ...w }, w.windowStart + w.windowMs).catch((err: unknown) => {
+      this.#throttle.run('append', (suppressed) => this.opts.log.warn({ err, model: w.model, version: w.version, suppressed }, 'health window not stored'));
+    });
+    this.#pending.add(p);
+    void p.finally(() => this.#pending.delete(p));
+  }
+
+  #seriesFor(model: string, version: string): Series {
+    const key = seriesKey(model, version);
+    let s = this.#series.get(key);
+    if (!s) {
+      s = { model, version, open: undefined, closed: [] };
+      this.#series.set(key, s);
+    }
+    return s;
+  }
+
+  #emptyWindow(model: string, version: string, windowStart: number, classes: number): HealthWindow {
+    const t = emptyTotals(Math.min(Math.max(0, classes), MAX_CLASSES));
+    return { model, version, windowStart, windowMs: this.opts.windowMs, ok: 0, errors: 0, latency: t.latency, classCounts: t.classCounts, confidence: t.confidence };
+  }
+
+  #schedule(): void {
+    if (!this.#running) return;
+    const now = this.#now();
+    // Just past the next boundary, so the window being closed has really ended.
+    const delay = this.opts.windowMs - (now % this.opts.windowMs) + 5;
+    this.#timer = setTimeout(() => {
+      this.tick();
+      this.#schedule();
+    }, delay);
+    this.#timer.unref();
+  }
+}
+
+function seriesKey(model: string, version: string): string {
+  return `${model}\u0000${version}`;
+}
