@@ -135,7 +135,7 @@ export async function pipelineSection(o: SectionOptions): Promise<Figure[]> {
     // The baseline gets its tensors ready-made: it is the floor, not a fair fight.
     const feeds = readings.map((r) => {
       const t = preprocessTabular(spec, r);
-      return { [inputName]: new ort.Tensor('float32', t.data as Float32Array, t.dims) };
+      return { [inputName]: new ort.Tensor('float32', t.data, t.dims) };
     });
     const bare = (i: number): Promise<unknown> => session.run(feeds[i % feeds.length]!);
     await warm(200, bare);
@@ -232,7 +232,7 @@ export async function imageSection(o: SectionOptions): Promise<Figure[]> {
     if (spec.kind !== 'image') throw new Error('part-defect takes no images');
     const inputName = p.model.manifest.inputs[0]!.name;
     const naive = async (i: number): Promise<unknown> => {
-      const px = await sharp(frames[i % frames.length]!).resize(spec.width, spec.height, { fit: 'fill' }).greyscale().raw().toBuffer();
+      const px = await sharp(frames[i % frames.length]).resize(spec.width, spec.height, { fit: 'fill' }).greyscale().raw().toBuffer();
       const data = pixelsToTensor(spec, new Uint8Array(px.buffer, px.byteOffset, px.length));
       return session.run({ [inputName]: new ort.Tensor('float32', data as Float32Array, [1, 1, spec.height, spec.width]) });
     };

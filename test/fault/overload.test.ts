@@ -71,7 +71,7 @@ function postFrame(port: number, body: Buffer): Promise<Reply> {
       { host: '127.0.0.1', port, path: `/v1/infer/${PIPELINE}`, method: 'POST', agent: keepAlive, headers: { 'content-type': 'image/png', 'content-length': String(body.length) } },
       (res) => {
         res.resume();
-        res.on('end', () => resolve({ status: res.statusCode ?? 0, retryAfter: res.headers['retry-after'] as string | undefined, ms: performance.now() - t0 }));
+        res.on('end', () => resolve({ status: res.statusCode ?? 0, retryAfter: res.headers['retry-after'], ms: performance.now() - t0 }));
         res.on('error', reject);
       },
     );
