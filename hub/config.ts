@@ -9,7 +9,8 @@ import { dirname, resolve } from 'node:path';
 import { z } from 'zod';
 import { deepFreeze, loadConfig } from '../shared/config.ts';
 import { LOG_LEVELS } from '../shared/log.ts';
-import { MAX_PAYLOAD_BYTES } from '../shared/protocol.ts';
+import { MAX_PAYLOAD_BYTES, NameSchema } from '../shared/protocol.ts';
+import { timezoneProblem, windowExpressionProblem } from './rollouts/windows.ts';
 
 export const ENV_PREFIX = 'EDGEFLEET_HUB';
 
@@ -91,6 +92,40 @@ export const HubConfigSchema = z.object({
           trustedKeyFiles: z.array(z.string().min(1)).max(64).default([]),
         })
         .prefault({}),
+    })
+    .prefault({}),
+  rollouts: z
+    .object({
+      /** How often the rollout engine checks its rollouts (events also wake it at once). */
+      tickMs: z.number().int().min(10).max(60_000).default(1000),
+      /** A wave whose online devices have not all answered by then completes with those that did. */
+      waveTimeoutMs: z.number().int().min(1000).default(30 * 60_000),
+      /** An install command with no answer at all is sent again (same id) after this long. */
+      commandRetryMs: z.number().int().min(1000).default(5 * 60_000),
+      /** Time zone the maintenance window expressions are read in. */
+      timezone: z
+        .string()
+        .default('UTC')
+        .superRefine((tz, ctx) => {
+          const p = timezoneProblem(tz);
+          if (p) ctx.addIssue({ code: 'custom', message: p });
+        }),
+      /**
+       * Maintenance windows per device group: cron expressions (5 fields) matching every minute
+       * inside a window, e.g. { "line-1": ["* 22-23 * * 1-5"] }. Installs start only inside a
+       * window of the device's group; groups without windows are always open.
+       */
+      windows: z
+        .record(
+          NameSchema,
+          z.array(
+            z.string().superRefine((e, ctx) => {
+              const p = windowExpressionProblem(e);
+              if (p) ctx.addIssue({ code: 'custom', message: p });
+            }),
+          ).min(1).max(32),
+        )
+        .default({}),
     })
     .prefault({}),
   log: z.object({ level: z.enum(LOG_LEVELS).default('info') }).prefault({}),

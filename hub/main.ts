@@ -4,6 +4,9 @@
  * reverse (shared/lifecycle.ts). `runHub` is the `edgefleet hub` command: flags → config →
  * `runService`, which owns signals and the exit code.
  *
+ * Rollouts: ingest hands the rollout engine command results, newly stored model/health records
+ * and hellos; the engine answers with commands on the bus.
+ *
  * Start order: the store first; ingest subscribes on the broker's bus before the broker
  * listens, so the first hello of a fleet reconnecting after a restart is not missed; the model
  * registry (signing keys, artifact directory) before the API that serves it; the API last,
@@ -26,6 +29,8 @@ import { Ingest } from './ingest/ingest.ts';
 import { ArtifactStore } from './models/artifact-store.ts';
 import { ModelRegistry } from './models/registry.ts';
 import { KeyRing } from './models/signing-keys.ts';
+import { RolloutEngine } from './rollouts/engine.ts';
+import { MaintenanceWindows } from './rollouts/windows.ts';
 import { SqliteHubStore } from './store/sqlite-store.ts';
 import type { HubStore } from './store/store.ts';
 
@@ -38,6 +43,8 @@ export interface Hub extends Service {
   readonly config: HubConfig;
   readonly store: HubStore;
   readonly registry: Registry;
+  /** The rollout engine (tests call `tick()` after moving a fake clock). */
+  readonly rollouts: RolloutEngine;
   /** Bound ports: valid after start() (configured 0 → the port the OS chose). */
   readonly mqttPort: number;
   readonly httpPort: number;
@@ -102,6 +109,20 @@ export function createHub(config: HubConfig, deps: HubDeps): Promise<Hub> {
     registry,
     now,
   });
+  const rollouts = new RolloutEngine({
+    store,
+    bus: broker,
+    windows: new MaintenanceWindows(config.rollouts.windows, config.rollouts.timezone),
+    log: log.child({ component: 'rollouts' }),
+    registry,
+    now,
+    tickMs: config.rollouts.tickMs,
+    waveTimeoutMs: config.rollouts.waveTimeoutMs,
+    commandRetryMs: config.rollouts.commandRetryMs,
+  });
+  ingest.onCommandResult((deviceId, result) => rollouts.onCommandResult(deviceId, result));
+  ingest.onRecords((deviceId, records) => rollouts.onRecords(deviceId, records));
+  ingest.onHello((hello) => rollouts.onHello(hello));
   const api = new ApiServer({
     host: config.http.host,
     port: config.http.port,
@@ -111,6 +132,7 @@ export function createHub(config: HubConfig, deps: HubDeps): Promise<Hub> {
     auth: new ApiAuth(store, now),
     deviceAuth: new DeviceAuth(store, now),
     models,
+    rollouts,
     maxManifestBytes: config.models.maxManifestBytes,
     registry,
     log: log.child({ component: 'api' }),
@@ -125,6 +147,7 @@ export function createHub(config: HubConfig, deps: HubDeps): Promise<Hub> {
     config,
     store,
     registry,
+    rollouts,
     get mqttPort() {
       return broker.port;
     },
@@ -165,6 +188,8 @@ export function createHub(config: HubConfig, deps: HubDeps): Promise<Hub> {
   lifecycle.add(ingest);
   lifecycle.add(broker);
   lifecycle.add(models);
+  // After the broker (it publishes commands), before the API (which creates rollouts).
+  lifecycle.add(rollouts);
   lifecycle.add(api);
   lifecycle.add(
     step(

@@ -15,6 +15,11 @@
  *   GET  /v1/models/:name/:version             manifest and signed release
  *   GET  /v1/artifacts/:sha256    artifact bytes for devices (`Bearer <deviceId>:<token>`),
  *                                 with Range/If-Range/ETag; HEAD too
+ *   POST /v1/rollouts             start a staged rollout (hub/rollouts/spec.ts) → 201 status
+ *   GET  /v1/rollouts             rollouts, newest first, with counts
+ *   GET  /v1/rollouts/:id         status: state, waves, per-device states, gate results
+ *   POST /v1/rollouts/:id/{pause,resume,abort,approve}   → 200 status; 409 when not allowed now
+ *   GET  /v1/devices/:id/history  the device's append-only model history
  */
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { Registry } from 'prom-client';
@@ -29,6 +34,7 @@ import type { ApiAuth, Operator } from '../auth/operators.ts';
 import { hashToken, newSecret } from '../auth/tokens.ts';
 import { serveArtifact } from '../models/artifact-http.ts';
 import { storedRelease, type ModelRegistry } from '../models/registry.ts';
+import type { RolloutEngine } from '../rollouts/engine.ts';
 import type { DeviceRecord, HubStore, ModelRecord } from '../store/store.ts';
 import { drainBounded, readJson, sendError, sendJson } from './http.ts';
 
@@ -41,6 +47,7 @@ export interface ApiOptions {
   auth: ApiAuth;
   deviceAuth: DeviceAuth;
   models: ModelRegistry;
+  rollouts: Pick<RolloutEngine, 'create' | 'list' | 'status' | 'act' | 'history'>;
   /** Largest manifest accepted by POST /v1/models (bigger than maxBodyBytes: test vectors). */
   maxManifestBytes: number;
   registry: Registry;
@@ -148,6 +155,16 @@ export class ApiServer implements Component {
       { method: 'POST', pattern: /^\/v1\/devices$/, auth: 'write', handler: (req, res) => this.#createDevice(req, res) },
       { method: 'GET', pattern: /^\/v1\/devices$/, auth: 'read', handler: (_q, res) => this.#listDevices(res) },
       { method: 'GET', pattern: /^\/v1\/devices\/([^/]+)$/, auth: 'read', handler: (_q, res, p) => this.#getDevice(res, p.id ?? '') },
+      { method: 'GET', pattern: /^\/v1\/devices\/([^/]+)\/history$/, auth: 'read', handler: (_q, res, p) => this.#deviceHistory(res, p.id ?? '') },
+      { method: 'POST', pattern: /^\/v1\/rollouts$/, auth: 'write', handler: (req, res) => this.#createRollout(req, res) },
+      { method: 'GET', pattern: /^\/v1\/rollouts$/, auth: 'read', handler: async (_q, res) => sendJson(res, 200, { rollouts: await opts.rollouts.list() }) },
+      { method: 'GET', pattern: /^\/v1\/rollouts\/([^/]+)$/, auth: 'read', handler: async (_q, res, p) => sendJson(res, 200, await opts.rollouts.status(p.id ?? '')) },
+      {
+        method: 'POST',
+        pattern: /^\/v1\/rollouts\/([^/]+)\/(pause|resume|abort|approve)$/,
+        auth: 'write',
+        handler: async (_q, res, p) => sendJson(res, 200, await opts.rollouts.act(p.ids[0] ?? '', p.ids[1] as 'pause' | 'resume' | 'abort' | 'approve')),
+      },
       { method: 'GET', pattern: /^\/v1\/telemetry$/, auth: 'read', handler: (_q, res, p) => this.#telemetry(res, p.query) },
       { method: 'GET', pattern: /^\/v1\/fleet$/, auth: 'read', handler: (_q, res) => this.#fleet(res) },
       { method: 'GET', pattern: /^\/v1\/keys$/, auth: 'read', handler: (_q, res) => this.#keys(res) },
@@ -288,6 +305,17 @@ export class ApiServer implements Component {
     const d = await this.#o.store.getDevice(id);
     if (!d) throw new EdgefleetError(ErrorCode.NOT_FOUND, `no device ${id}`);
     sendJson(res, 200, { ...deviceView(d), streams: d.streams, streamStats: await this.#o.store.streamStats(id) });
+  }
+
+  async #deviceHistory(res: ServerResponse, id: string): Promise<void> {
+    const history = await this.#o.rollouts.history(id);
+    sendJson(res, 200, { device: id, history: history.map((h) => ({ ...h, at: new Date(h.ts).toISOString() })) });
+  }
+
+  async #createRollout(req: IncomingMessage, res: ServerResponse): Promise<void> {
+    const body = await readJson(req, z.unknown(), this.#o.maxBodyBytes);
+    const status = await this.#o.rollouts.create(body);
+    sendJson(res, 201, status, { location: `/v1/rollouts/${status.id}` });
   }
 
   async #telemetry(res: ServerResponse, query: URLSearchParams): Promise<void> {

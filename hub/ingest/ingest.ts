@@ -24,8 +24,11 @@ import {
   topics,
   type Ack,
   type CommandResult,
+  type Hello,
   type MessageKind,
+  type TelemetryRecord,
 } from '../../shared/protocol.ts';
+import { HEALTH_KIND, MODEL_EVENT_KIND } from '../../shared/updates.ts';
 import type { MessageBus } from '../broker/bus.ts';
 import type { HubStore } from '../store/store.ts';
 import { toRanges } from './ranges.ts';
@@ -64,6 +67,8 @@ export class Ingest implements Component {
   readonly #throttle = new LogThrottle(5000);
   readonly #rate = new RateWindow(60);
   readonly #commandListeners: ((deviceId: string, result: CommandResult) => void)[] = [];
+  readonly #recordListeners: ((deviceId: string, records: TelemetryRecord[]) => void)[] = [];
+  readonly #helloListeners: ((hello: Hello) => void)[] = [];
   readonly #records: Counter<'result'>;
   readonly #batches: Counter<'outcome'>;
   readonly #bad: Counter<'kind' | 'code'>;
@@ -129,6 +134,30 @@ export class Ingest implements Component {
     this.#commandListeners.push(listener);
   }
 
+  /**
+   * For the rollout engine: records of kinds `model` and `health` (shared/updates.ts), called
+   * after their batch committed and only for records stored for the first time, so a resent
+   * batch is not seen twice.
+   */
+  onRecords(listener: (deviceId: string, records: TelemetryRecord[]) => void): void {
+    this.#recordListeners.push(listener);
+  }
+
+  /** For the rollout engine's reconciliation: every valid hello, after it was recorded. */
+  onHello(listener: (hello: Hello) => void): void {
+    this.#helloListeners.push(listener);
+  }
+
+  #notify<A extends unknown[]>(listeners: readonly ((...args: A) => void)[], what: string, ...args: A): void {
+    for (const l of listeners) {
+      try {
+        l(...args);
+      } catch (err) {
+        this.#log.error({ err: toEdgefleetError(err) }, `${what} listener failed`);
+      }
+    }
+  }
+
   async #guard(kind: MessageKind, topic: string, fn: () => Promise<void>): Promise<void> {
     if (!this.#running) return;
     try {
@@ -187,6 +216,8 @@ export class Ingest implements Component {
       this.#batches.inc({ outcome: 'acked' });
       this.#rate.add(r.stored, this.#now());
       ack = { v: PROTOCOL_VERSION, type: 'ack', batchId: batch.batchId, ok: true, ranges: toRanges(batch.records), stored: r.stored, duplicates: r.duplicates };
+      const watched = r.fresh.map((i) => batch.records[i]).filter((x): x is TelemetryRecord => x?.kind === MODEL_EVENT_KIND || x?.kind === HEALTH_KIND);
+      if (watched.length) this.#notify(this.#recordListeners, 'record', deviceId, watched);
     } catch (err) {
       const e = toEdgefleetError(err, ErrorCode.STORAGE);
       this.#batches.inc({ outcome: 'store_failed' });
@@ -214,6 +245,7 @@ export class Ingest implements Component {
     const got = await this.#decode('hello', topic, payload, (p) => decodeJson(HelloSchema, p, this.#o.maxPayloadBytes));
     if (!got) return;
     await this.#o.store.recordHello(got.msg, this.#now());
+    this.#notify(this.#helloListeners, 'hello', got.msg);
     this.#log.debug({ deviceId: got.deviceId, agentVersion: got.msg.agentVersion, bootEpoch: got.msg.bootEpoch }, 'hello');
   }
 
@@ -234,12 +266,6 @@ export class Ingest implements Component {
     if (!parsed) return;
     const d = decodeJson(CommandResultSchema, payload, this.#o.maxPayloadBytes);
     if (!d.ok) return this.#badMessage(parsed.deviceId, 'cmd/result', d.error);
-    for (const l of this.#commandListeners) {
-      try {
-        l(parsed.deviceId, d.value);
-      } catch (err) {
-        this.#log.error({ err: toEdgefleetError(err) }, 'command result listener failed');
-      }
-    }
+    this.#notify(this.#commandListeners, 'command result', parsed.deviceId, d.value);
   }
 }

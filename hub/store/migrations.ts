@@ -117,4 +117,83 @@ export const MIGRATIONS: readonly Migration[] = [
       ) WITHOUT ROWID;
     `,
   },
+  {
+    version: 3,
+    name: 'rollouts: rollouts, rollout devices, desired models, device history, reported model state',
+    sql: `
+      -- The agent's reported model state (hello.modelState), kept for reconciliation after a
+      -- hub restart and to know each device's previous version when a rollout rolls back.
+      ALTER TABLE principals ADD COLUMN model_state TEXT;
+
+      -- One row per rollout; spec holds the request as validated (waves, thresholds, policy),
+      -- plan the cumulative device count per wave resolved at creation. All progress is here
+      -- (current wave, bake, approvals, gate results), so a restarted hub resumes where it was.
+      CREATE TABLE rollouts (
+        id               TEXT PRIMARY KEY,
+        model            TEXT NOT NULL,
+        version          TEXT NOT NULL,
+        counter          INTEGER NOT NULL,
+        sha256           TEXT NOT NULL,
+        spec             TEXT NOT NULL,
+        plan             TEXT NOT NULL,
+        state            TEXT NOT NULL CHECK (state IN ('running', 'paused', 'completed', 'aborted', 'rolled_back')),
+        reason           TEXT,
+        current_wave     INTEGER NOT NULL DEFAULT 0,
+        wave_started_at  INTEGER NOT NULL,
+        bake_started_at  INTEGER,
+        bake_until       INTEGER,
+        bake_extensions  INTEGER NOT NULL DEFAULT 0,
+        approved_wave    INTEGER NOT NULL DEFAULT 0,
+        gate_results     TEXT NOT NULL DEFAULT '[]',
+        created_at       INTEGER NOT NULL,
+        updated_at       INTEGER NOT NULL,
+        ended_at         INTEGER
+      );
+      -- Only one active rollout per model name: the database refuses a second one.
+      CREATE UNIQUE INDEX rollouts_one_active ON rollouts(model) WHERE state IN ('running', 'paused');
+
+      CREATE TABLE rollout_devices (
+        rollout_id    TEXT NOT NULL REFERENCES rollouts(id),
+        device_id     TEXT NOT NULL,
+        wave          INTEGER NOT NULL,
+        state         TEXT NOT NULL CHECK (state IN ('pending', 'dispatched', 'succeeded', 'failed', 'rolled_back')),
+        assigned_at   INTEGER,
+        from_version  TEXT,
+        from_counter  INTEGER,
+        attempts      INTEGER NOT NULL DEFAULT 0,
+        dispatched_at INTEGER,
+        finished_at   INTEGER,
+        detail        TEXT,
+        PRIMARY KEY (rollout_id, device_id)
+      ) WITHOUT ROWID;
+      CREATE INDEX rollout_devices_by_device ON rollout_devices(device_id);
+
+      -- The hub's desired model set per device (ARCHITECTURE §4), reconciled on every hello.
+      CREATE TABLE desired_models (
+        device_id  TEXT NOT NULL,
+        name       TEXT NOT NULL,
+        version    TEXT NOT NULL,
+        counter    INTEGER NOT NULL,
+        rollout_id TEXT,
+        updated_at INTEGER NOT NULL,
+        PRIMARY KEY (device_id, name)
+      ) WITHOUT ROWID;
+
+      -- Append-only. dedupe_key makes model events idempotent: the same step reported by a
+      -- command result, a telemetry event and a hello is recorded once.
+      CREATE TABLE device_history (
+        id         INTEGER PRIMARY KEY AUTOINCREMENT,
+        device_id  TEXT NOT NULL,
+        ts         INTEGER NOT NULL,
+        event      TEXT NOT NULL,
+        name       TEXT,
+        version    TEXT,
+        counter    INTEGER,
+        rollout_id TEXT,
+        details    TEXT NOT NULL DEFAULT '{}',
+        dedupe_key TEXT UNIQUE
+      );
+      CREATE INDEX device_history_by_device ON device_history(device_id, id);
+    `,
+  },
 ];

@@ -14,9 +14,21 @@ import { z } from 'zod';
 import { EdgefleetError, ErrorCode, toEdgefleetError } from '../../shared/errors.ts';
 import type { Logger } from '../../shared/log.ts';
 import { ModelRefSchema, StreamPositionSchema, type Hello, type TelemetryRecord } from '../../shared/protocol.ts';
+import type { HealthWindow } from '../../shared/updates.ts';
 import { MIGRATIONS, type Migration } from './migrations.ts';
+import * as rollouts from './sqlite-rollouts.ts';
 import type {
   ApiRole,
+  DesiredModel,
+  DeviceTransition,
+  HistoryEntry,
+  HistoryRecord,
+  NewRollout,
+  RolloutCandidate,
+  RolloutDeviceRecord,
+  RolloutPatch,
+  RolloutRecord,
+  RolloutState,
   ApiTokenRecord,
   DeviceRecord,
   FleetTotals,
@@ -273,9 +285,18 @@ export class SqliteHubStore implements HubStore {
     return this.#run('record hello', (db) => {
       db.prepare(
         `UPDATE principals SET agent_version = ?, boot_epoch = ?, models = ?, streams = ?, hello_at = ?,
-                last_seen = max(COALESCE(last_seen, 0), ?)
+                last_seen = max(COALESCE(last_seen, 0), ?), model_state = COALESCE(?, model_state)
          WHERE id = ? AND kind = 'device'`,
-      ).run(hello.agentVersion, hello.bootEpoch, JSON.stringify(hello.models), JSON.stringify(hello.streams), at, at, hello.deviceId);
+      ).run(
+        hello.agentVersion,
+        hello.bootEpoch,
+        JSON.stringify(hello.models),
+        JSON.stringify(hello.streams),
+        at,
+        at,
+        hello.modelState ? JSON.stringify(hello.modelState) : null,
+        hello.deviceId,
+      );
     });
   }
 
@@ -301,10 +322,12 @@ export class SqliteHubStore implements HubStore {
       return db
         .transaction((): IngestResult => {
           let stored = 0;
+          const freshIndexes: number[] = [];
           const fresh = new Map<string, { stream: string; epoch: number; min: number; max: number; n: number }>();
-          for (const r of records) {
+          for (const [i, r] of records.entries()) {
             if (insert.run(deviceId, r.stream, r.epoch, r.seq, r.ts, r.kind, JSON.stringify(r.body), receivedAt).changes !== 1) continue;
             stored++;
+            freshIndexes.push(i);
             const key = `${r.stream}\u0000${r.epoch}`;
             const s = fresh.get(key);
             if (s) {
@@ -316,7 +339,7 @@ export class SqliteHubStore implements HubStore {
           for (const s of fresh.values()) stat.run(deviceId, s.stream, s.epoch, s.min, s.max, s.n, receivedAt);
           counters.run(deviceId, stored, records.length - stored, receivedAt);
           seen.run(receivedAt, deviceId);
-          return { stored, duplicates: records.length - stored };
+          return { stored, duplicates: records.length - stored, fresh: freshIndexes };
         })
         .immediate();
     });
@@ -477,6 +500,63 @@ export class SqliteHubStore implements HubStore {
 
   lastReleaseCounter(): Promise<number> {
     return this.#run('release counter', (db) => (db.prepare("SELECT value FROM counters WHERE name = 'release'").get() as { value: number }).value);
+  }
+
+  // --- rollouts (sqlite-rollouts.ts) -----------------------------------------------------------
+
+  createRollout(r: NewRollout, devices: readonly { deviceId: string; wave: number }[]): Promise<RolloutRecord> {
+    return this.#run('create rollout', (db) => rollouts.createRollout(db, r, devices));
+  }
+  getRollout(id: string): Promise<RolloutRecord | undefined> {
+    return this.#run('get rollout', (db) => rollouts.getRollout(db, id));
+  }
+  listRollouts(): Promise<RolloutRecord[]> {
+    return this.#run('list rollouts', (db) => rollouts.listRollouts(db));
+  }
+  updateRollout(id: string, from: readonly RolloutState[], patch: RolloutPatch, at: number, wave?: number): Promise<RolloutRecord | undefined> {
+    return this.#run('update rollout', (db) => rollouts.updateRollout(db, id, from, patch, at, wave));
+  }
+  startWave(id: string, from: number, to: number, at: number): Promise<boolean> {
+    return this.#run('start wave', (db) => rollouts.startWave(db, id, from, to, at));
+  }
+  addRolloutDevices(id: string, devices: readonly { deviceId: string; wave: number }[], at: number): Promise<number> {
+    return this.#run('add rollout devices', (db) => rollouts.addRolloutDevices(db, id, devices, at));
+  }
+  rolloutDevices(id: string): Promise<RolloutDeviceRecord[]> {
+    return this.#run('rollout devices', (db) => rollouts.rolloutDevices(db, id));
+  }
+  rolloutsOfDevice(deviceId: string, model: string, version?: string): Promise<RolloutDeviceRecord[]> {
+    return this.#run('rollouts of device', (db) => rollouts.rolloutsOfDevice(db, deviceId, model, version));
+  }
+  transitionDevice(t: DeviceTransition): Promise<boolean> {
+    return this.#run('device transition', (db) => rollouts.transitionDevice(db, t));
+  }
+  markDispatched(rolloutId: string, deviceId: string, at: number, from: { version: string; counter: number } | null, commandId: string): Promise<boolean> {
+    return this.#run('mark dispatched', (db) => rollouts.markDispatched(db, rolloutId, deviceId, at, from, commandId));
+  }
+  rollbackRollout(id: string, from: readonly RolloutState[], at: number, reason: string): Promise<RolloutDeviceRecord[] | undefined> {
+    return this.#run('roll back rollout', (db) => rollouts.rollbackRollout(db, id, from, at, reason));
+  }
+  abortRollout(id: string, from: readonly RolloutState[], at: number, reason: string): Promise<RolloutRecord | undefined> {
+    return this.#run('abort rollout', (db) => rollouts.abortRollout(db, id, from, at, reason));
+  }
+  desiredModels(deviceId: string): Promise<DesiredModel[]> {
+    return this.#run('desired models', (db) => rollouts.desiredModels(db, deviceId));
+  }
+  appendHistory(e: HistoryEntry): Promise<boolean> {
+    return this.#run('append history', (db) => rollouts.appendHistory(db, e));
+  }
+  deviceHistory(deviceId: string): Promise<HistoryRecord[]> {
+    return this.#run('device history', (db) => rollouts.deviceHistory(db, deviceId));
+  }
+  listRolloutCandidates(): Promise<RolloutCandidate[]> {
+    return this.#run('rollout candidates', (db) => rollouts.listRolloutCandidates(db));
+  }
+  getRolloutCandidate(id: string): Promise<RolloutCandidate | undefined> {
+    return this.#run('rollout candidate', (db) => rollouts.getRolloutCandidate(db, id));
+  }
+  healthWindows(deviceIds: readonly string[], model: string, from: number, to: number): Promise<{ deviceId: string; window: HealthWindow }[]> {
+    return this.#run('health windows', (db) => rollouts.healthWindows(db, deviceIds, model, from, to));
   }
 }
 

@@ -7,6 +7,7 @@
  */
 import type { Component } from '../../shared/lifecycle.ts';
 import type { Hello, ModelRef, TelemetryRecord } from '../../shared/protocol.ts';
+import type { HealthWindow, ModelSlot } from '../../shared/updates.ts';
 import type { TokenHash } from '../auth/tokens.ts';
 
 /** device: an agent; sensor: feeds one device's inputs; consumer: reads results (MES, SCADA, dashboards). */
@@ -81,6 +82,8 @@ export interface StreamStat {
 export interface IngestResult {
   stored: number;
   duplicates: number;
+  /** Indexes (into the batch) of the records stored now for the first time. */
+  fresh: number[];
 }
 
 export interface TelemetryRow {
@@ -151,7 +154,171 @@ export interface PendingUpload {
   createdAt: number;
 }
 
-export interface HubStore extends Component {
+// ---------------------------------------------------------------------------------------------
+// Rollouts (hub/rollouts/): every transition is one transaction guarded by the state it leaves,
+// so an outcome reported twice (command result, telemetry event, hello) counts once.
+
+export type RolloutState = 'running' | 'paused' | 'completed' | 'aborted' | 'rolled_back';
+export type RolloutDeviceState = 'pending' | 'dispatched' | 'succeeded' | 'failed' | 'rolled_back';
+
+export interface RolloutRecord {
+  id: string;
+  model: string;
+  version: string;
+  counter: number;
+  sha256: string;
+  /** The validated request (hub/rollouts/spec.ts) as JSON. */
+  spec: string;
+  /** Cumulative device count per wave, resolved at creation. */
+  plan: number[];
+  state: RolloutState;
+  reason: string | null;
+  currentWave: number;
+  waveStartedAt: number;
+  bakeStartedAt: number | null;
+  bakeUntil: number | null;
+  bakeExtensions: number;
+  /** Highest wave index an operator approved (approval: each-wave); wave 0 needs none. */
+  approvedWave: number;
+  /** Gate results as JSON (hub/rollouts/gates.ts GateResult[]). */
+  gateResults: string;
+  createdAt: number;
+  updatedAt: number;
+  endedAt: number | null;
+}
+
+export interface NewRollout {
+  id: string;
+  model: string;
+  version: string;
+  counter: number;
+  sha256: string;
+  spec: string;
+  plan: number[];
+  createdAt: number;
+}
+
+export interface RolloutDeviceRecord {
+  rolloutId: string;
+  deviceId: string;
+  wave: number;
+  state: RolloutDeviceState;
+  assignedAt: number | null;
+  fromVersion: string | null;
+  fromCounter: number | null;
+  attempts: number;
+  dispatchedAt: number | null;
+  finishedAt: number | null;
+  detail: string | null;
+}
+
+export interface DesiredModel {
+  deviceId: string;
+  name: string;
+  version: string;
+  counter: number;
+  rolloutId: string | null;
+}
+
+export interface HistoryEntry {
+  deviceId: string;
+  ts: number;
+  event: string;
+  name?: string;
+  version?: string;
+  counter?: number;
+  rolloutId?: string;
+  details?: Record<string, unknown>;
+  /** Entries with the same key are recorded once (model events from several sources). */
+  dedupeKey?: string;
+}
+export interface HistoryRecord extends Omit<HistoryEntry, 'dedupeKey' | 'details'> {
+  id: number;
+  details: Record<string, unknown>;
+}
+
+/** What selectors and the dispatcher need to know about a device. */
+export interface RolloutCandidate {
+  id: string;
+  group: string;
+  labels: Record<string, string>;
+  online: boolean;
+  /** The last reported model state (hello.modelState); empty before the first. */
+  modelState: ModelSlot[];
+}
+
+/** A transition of one rollout device, with the history entry that records it. */
+export interface DeviceTransition {
+  rolloutId: string;
+  deviceId: string;
+  from: readonly RolloutDeviceState[];
+  to: RolloutDeviceState;
+  at: number;
+  detail?: string;
+  /** Known when the outcome says what served before (model event `installed.previous`). */
+  fromVersion?: { version: string; counter: number };
+  history?: HistoryEntry;
+}
+
+export interface RolloutPatch {
+  state?: RolloutState;
+  reason?: string | null;
+  currentWave?: number;
+  waveStartedAt?: number;
+  bakeStartedAt?: number | null;
+  bakeUntil?: number | null;
+  bakeExtensions?: number;
+  approvedWave?: number;
+  gateResults?: string;
+  endedAt?: number | null;
+}
+
+export interface RolloutStore {
+  /** Stores the rollout and its devices; CONFLICT when the model has an active rollout. */
+  createRollout(r: NewRollout, devices: readonly { deviceId: string; wave: number }[]): Promise<RolloutRecord>;
+  getRollout(id: string): Promise<RolloutRecord | undefined>;
+  /** Newest first. */
+  listRollouts(): Promise<RolloutRecord[]>;
+  /**
+   * Applies `patch` only if the rollout is in one of `from` (and at `wave` when given);
+   * returns the updated record, or undefined when the guard did not hold.
+   */
+  updateRollout(id: string, from: readonly RolloutState[], patch: RolloutPatch, at: number, wave?: number): Promise<RolloutRecord | undefined>;
+  /**
+   * Moves the rollout to wave `to` (guarded by `from`), sets the desired model of every device
+   * of that wave (and records `assigned`), in one transaction. False when the guard failed.
+   */
+  startWave(id: string, from: number, to: number, at: number): Promise<boolean>;
+  /** Adds devices that match after creation (once each); sets desired when their wave started. */
+  addRolloutDevices(id: string, devices: readonly { deviceId: string; wave: number }[], at: number): Promise<number>;
+  rolloutDevices(id: string): Promise<RolloutDeviceRecord[]>;
+  /** The rollouts (newest first) of `model`@`version` that include the device. */
+  rolloutsOfDevice(deviceId: string, model: string, version?: string): Promise<RolloutDeviceRecord[]>;
+  /** Applies a device transition; false (history still recorded, deduplicated) when `from` did not hold. */
+  transitionDevice(t: DeviceTransition): Promise<boolean>;
+  /**
+   * Records a dispatch: pending|dispatched → dispatched, attempts + 1, and the version the
+   * device served before (for a later rollback). History `command_sent`.
+   */
+  markDispatched(rolloutId: string, deviceId: string, at: number, from: { version: string; counter: number } | null, commandId: string): Promise<boolean>;
+  /**
+   * Ends the rollout as `rolled_back` (guarded by `from`): desired state of the devices that
+   * got the release goes back to what they served before (or is removed), pending devices lose
+   * theirs. Returns the devices that may run the release (succeeded or dispatched).
+   */
+  rollbackRollout(id: string, from: readonly RolloutState[], at: number, reason: string): Promise<RolloutDeviceRecord[] | undefined>;
+  /** Ends the rollout as `aborted`: pending devices lose their desired state, installed ones keep it. */
+  abortRollout(id: string, from: readonly RolloutState[], at: number, reason: string): Promise<RolloutRecord | undefined>;
+  desiredModels(deviceId: string): Promise<DesiredModel[]>;
+  appendHistory(e: HistoryEntry): Promise<boolean>;
+  deviceHistory(deviceId: string): Promise<HistoryRecord[]>;
+  listRolloutCandidates(): Promise<RolloutCandidate[]>;
+  getRolloutCandidate(id: string): Promise<RolloutCandidate | undefined>;
+  /** Health windows (stream `health`) of these devices for one model, windowStart in [from, to). */
+  healthWindows(deviceIds: readonly string[], model: string, from: number, to: number): Promise<{ deviceId: string; window: HealthWindow }[]>;
+}
+
+export interface HubStore extends Component, RolloutStore {
   /** Rejects with CONFLICT when the id exists, NOT_FOUND when a sensor's device does not. */
   createPrincipal(p: NewPrincipal): Promise<void>;
   getCredentials(id: string): Promise<PrincipalCredentials | undefined>;
