@@ -3,7 +3,7 @@
  * environment overrides `EDGEFLEET_AGENT__<PATH>` (e.g. EDGEFLEET_AGENT__HUB__TOKEN) derived
  * from the schema, every problem reported at once, then frozen (shared/config.ts).
  */
-import { dirname, resolve } from 'node:path';
+import { dirname, join, resolve } from 'node:path';
 import { z } from 'zod';
 import { BackoffSchema } from '../shared/backoff.ts';
 import { loadConfig } from '../shared/config.ts';
@@ -118,7 +118,53 @@ export const AgentConfigSchema = z
       batchSize: z.number().int().min(1).max(2000).default(500),
       maxInflightBatches: z.number().int().min(1).max(64).default(4),
       ackTimeoutMs: z.number().int().min(100).default(10_000),
+      /**
+       * http(s)://host:port of the hub's HTTP API, where model artifacts are downloaded from.
+       * Required for model installs: an install command without it fails with BAD_CONFIG.
+       */
+      httpUrl: z.string().regex(/^https?:\/\/[^/]+$/, 'hub.httpUrl: http(s)://host:port').optional(),
     }),
+    /** Who this device is, for releases that target a group or labels (issue #3). */
+    identity: z
+      .object({
+        group: z.string().min(1).max(64).optional(),
+        labels: z.record(z.string(), z.string()).optional(),
+      })
+      .prefault({}),
+    /** Model installs rolled out by the hub (agent/updater, issue #3). */
+    updates: z
+      .object({
+        enabled: z.boolean().default(true),
+        /** Installed versions, state.json, downloads; default `<dataDir>/models`. Relative to the config file. */
+        dir: z.string().min(1).optional(),
+        /**
+         * Public key PEM files (ed25519) whose signatures are trusted, relative to the config file.
+         * Empty: every install is refused with a clear error.
+         */
+        trustedKeys: z.array(z.string().min(1)).max(64).default([]),
+        /** Probation after each activation unless the command says otherwise (ms; 0 = none). */
+        probationMs: z.number().int().min(0).max(7 * 24 * 3600_000).default(600_000),
+        download: z
+          .object({
+            /** No byte for this long: abort, back off and resume with a Range request. */
+            stallTimeoutMs: z.number().int().min(100).max(600_000).default(30_000),
+            maxBytes: z.number().int().positive().default(512 * 1024 * 1024),
+            attempts: z.number().int().min(1).max(100).default(5),
+            backoff: BackoffSchema.prefault({ initialMs: 500, maxMs: 10_000 }),
+          })
+          .prefault({}),
+        /** The memory-capped child process that loads a candidate before the workers do. */
+        validator: z
+          .object({
+            timeoutMs: z.number().int().min(1000).max(3_600_000).default(60_000),
+            maxRssBytes: z.number().int().min(64 * 1024 * 1024).default(1024 * 1024 * 1024),
+            addressSpaceBudgetBytes: z.number().int().min(64 * 1024 * 1024).default(2 * 1024 * 1024 * 1024),
+          })
+          .prefault({}),
+        /** Version directories kept on disk per model (active and previous always count). */
+        keepVersions: z.number().int().min(2).max(16).default(2),
+      })
+      .prefault({}),
     http: z
       .object({
         host: z.string().default('127.0.0.1'),
@@ -196,6 +242,11 @@ export function loadAgentConfig(opts: { file?: string; env?: NodeJS.ProcessEnv; 
   return Object.freeze({
     ...cfg,
     dataDir: resolve(base, cfg.dataDir),
+    updates: Object.freeze({
+      ...cfg.updates,
+      dir: resolve(base, cfg.updates.dir ?? join(cfg.dataDir, 'models')),
+      trustedKeys: Object.freeze(cfg.updates.trustedKeys.map((k) => resolve(base, k))),
+    }),
     models: Object.freeze(cfg.models.map((m) => Object.freeze({ manifest: resolve(base, m.manifest) }))),
     pipelines: Object.freeze(
       cfg.pipelines.map((p) => (p.input.type === 'folder' ? Object.freeze({ ...p, input: Object.freeze({ ...p.input, path: resolve(base, p.input.path) }) }) : p)),

@@ -12,6 +12,7 @@ import { Lifecycle, type Component } from '../shared/lifecycle.ts';
 import { createLogger, type Logger } from '../shared/log.ts';
 import type { ModelRef } from '../shared/protocol.ts';
 import { runService } from '../shared/service.ts';
+import { INSTALL_COMMAND, ROLLBACK_COMMAND } from '../shared/updates.ts';
 import { loadAgentConfig, type AgentConfig, type PipelineConfig } from './config.ts';
 import { HealthMonitor } from './health/health-monitor.ts';
 import { Probation } from './health/probation.ts';
@@ -27,6 +28,8 @@ import { HttpInferHandler } from './inputs/http-infer.ts';
 import { MqttBrokerInput } from './inputs/mqtt-broker-input.ts';
 import { MqttInput } from './inputs/mqtt-input.ts';
 import { configureSharp } from './preprocess/image.ts';
+import { ModelUpdater } from './updater/updater.ts';
+import { loadTrustedKeys } from './updater/verify.ts';
 import { WorkerPoolEngine } from './runtime/pool.ts';
 
 export const AGENT_VERSION = '0.1.0';
@@ -37,6 +40,8 @@ export interface Agent {
   readonly outbox: Outbox;
   readonly link: HubLink;
   readonly pipelines: readonly Pipeline[];
+  /** Installs and rolls back model releases (issue #3); undefined when `updates.enabled` is false. */
+  readonly updater: ModelUpdater | undefined;
   readonly models: ModelSet;
   /** Health windows of the served versions; local probation after each swap. */
   readonly health: HealthMonitor;
@@ -85,7 +90,33 @@ export function createAgent(config: AgentConfig, deps: { log: Logger; registry?:
   const probation = lifecycle.add(
     new Probation({ health, thresholds: config.health.probation, checkMs: config.health.checkMs, log: log.child({ component: 'probation' }) }),
   );
-  const models = lifecycle.add(new ModelSet({ manifests: config.models.map((m) => m.manifest), engine, log: log.child({ component: 'models' }) }));
+  // The updater starts before the model set: it rewrites `startupManifests` in place to the
+  // installed version each model name should serve (agent/updater/updater.ts).
+  const startupManifests = config.models.map((m) => m.manifest);
+  const models = new ModelSet({ manifests: startupManifests, engine, log: log.child({ component: 'models' }) });
+  const updater = config.updates.enabled
+    ? lifecycle.add(
+        new ModelUpdater({
+          identity: { deviceId: config.deviceId, group: config.identity.group, labels: config.identity.labels },
+          hubHttpUrl: config.hub.httpUrl,
+          hubToken: config.hub.token,
+          dir: config.updates.dir ?? join(config.dataDir, 'models'),
+          trustedKeys: loadTrustedKeys(config.updates.trustedKeys),
+          probationMs: config.updates.probationMs,
+          download: config.updates.download,
+          validator: config.updates.validator,
+          keepVersions: config.updates.keepVersions,
+          startupManifests,
+          models,
+          events: outbox,
+          probation,
+          onStateChange: () => link.republishHello(),
+          log: log.child({ component: 'updater' }),
+          registry,
+        }),
+      )
+    : undefined;
+  lifecycle.add(models);
   const link = lifecycle.add(
     new HubLink({
       deviceId: config.deviceId,
@@ -96,6 +127,7 @@ export function createAgent(config: AgentConfig, deps: { log: Logger; registry?:
       outbox,
       agentVersion: AGENT_VERSION,
       models: (): ModelRef[] => models.active().map((m) => ({ name: m.manifest.name, version: m.manifest.version })),
+      modelState: updater ? () => updater.modelState() : undefined,
       batchSize: config.hub.batchSize,
       maxInflightBatches: config.hub.maxInflightBatches,
       ackTimeoutMs: config.hub.ackTimeoutMs,
@@ -108,6 +140,10 @@ export function createAgent(config: AgentConfig, deps: { log: Logger; registry?:
     switch (cmd.name) {
       case 'ping':
         return Promise.resolve({ pong: Date.now(), models: models.active().map((m) => m.key), outboxPending: outbox.pendingCount() });
+      case INSTALL_COMMAND:
+      case ROLLBACK_COMMAND:
+        if (!updater) return Promise.reject(new EdgefleetError(ErrorCode.UNAVAILABLE, 'model updates are disabled on this device (updates.enabled: false)'));
+        return cmd.name === INSTALL_COMMAND ? updater.install(cmd.args) : updater.rollback(cmd.args);
       default:
         return Promise.reject(new EdgefleetError(ErrorCode.NOT_FOUND, `unknown command ${cmd.name}`));
     }
@@ -242,6 +278,7 @@ export function createAgent(config: AgentConfig, deps: { log: Logger; registry?:
     outbox,
     link,
     pipelines,
+    updater,
     models,
     health,
     probation,

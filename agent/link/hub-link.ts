@@ -41,6 +41,7 @@ import {
   type Status,
   type TelemetryBatch,
 } from '../../shared/protocol.ts';
+import type { ModelSlot } from '../../shared/updates.ts';
 import type { Outbox } from '../outbox/outbox.ts';
 
 /** What the link needs from the outbox. */
@@ -58,6 +59,8 @@ export interface HubLinkOptions {
   outbox: LinkOutbox;
   agentVersion: string;
   models: () => ModelRef[];
+  /** The updater's model state per name (issue #3), sent in every hello so the hub reconciles. */
+  modelState?: () => ModelSlot[];
   /** Records per telemetry batch (also capped by MAX_BATCH_RECORDS and MAX_PAYLOAD_BYTES). Default 500. */
   batchSize?: number;
   maxInflightBatches?: number;
@@ -132,7 +135,7 @@ interface LinkMetrics {
   commands: Counter<'outcome'>;
 }
 
-type ResolvedOptions = Required<Omit<HubLinkOptions, 'registry' | 'random'>>;
+type ResolvedOptions = Required<Omit<HubLinkOptions, 'registry' | 'random' | 'modelState'>> & Pick<HubLinkOptions, 'modelState'>;
 
 export class HubLink extends EventEmitter<HubLinkEvents> implements Component {
   readonly name = 'hub-link';
@@ -192,6 +195,7 @@ export class HubLink extends EventEmitter<HubLinkEvents> implements Component {
       outbox: opts.outbox,
       agentVersion: opts.agentVersion,
       models: opts.models,
+      modelState: opts.modelState,
       batchSize: Math.min(MAX_BATCH_RECORDS, Math.max(1, opts.batchSize ?? 500)),
       maxInflightBatches: Math.max(1, opts.maxInflightBatches ?? 4),
       ackTimeoutMs: opts.ackTimeoutMs ?? 10_000,
@@ -373,6 +377,24 @@ export class HubLink extends EventEmitter<HubLinkEvents> implements Component {
     client.publish(this.#topics.status, this.#statusPayload('online'), { qos: 1, retain: true }, (err) => {
       if (err) this.#log.debug({ err }, 'online status not delivered');
     });
+    this.#publishHello(client);
+    this.#resetSender();
+    this.#pump();
+  }
+
+  /**
+   * Publishes a fresh hello now (after a model install, rollback or probation change), so the
+   * hub reconciles against the new state without waiting for a reconnect. A no-op while
+   * disconnected: the next connect sends one anyway.
+   */
+  republishHello(): void {
+    const client = this.#client;
+    if (!client || !this.#connected || !this.#sessionReady) return;
+    this.#publishHello(client);
+  }
+
+  #publishHello(client: MqttClient): void {
+    const modelState = this.#o.modelState?.().slice(0, 64);
     const hello: Hello = {
       v: PROTOCOL_VERSION,
       type: 'hello',
@@ -382,12 +404,11 @@ export class HubLink extends EventEmitter<HubLinkEvents> implements Component {
       bootEpoch: Math.max(0, this.#o.outbox.epoch),
       models: this.#o.models().slice(0, 64),
       streams: this.#o.outbox.positions().slice(0, 64),
+      ...(modelState ? { modelState } : {}),
     };
     client.publish(this.#topics.hello, encodeJson(hello), { qos: 1 }, (err) => {
       if (err) this.#log.debug({ err }, 'hello not delivered');
     });
-    this.#resetSender();
-    this.#pump();
   }
 
   #onClose(): void {
