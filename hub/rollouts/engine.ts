@@ -21,8 +21,10 @@
  *
  * Offline devices do not hold a wave back: their desired state is set when their wave starts
  * and they install when they reconnect (hello → reconcile), even after the rollout completed.
- * A wave whose devices are all offline completes on `waveTimeoutMs` only if someone reported;
- * otherwise the rollout pauses with that reason.
+ * A wave completes when none of its online devices is outstanding and at least one reported, or
+ * `waveTimeoutMs` after its last dispatch if at least one reported; when devices were asked and
+ * none answered by then, the rollout pauses with that reason. A wave nobody could be asked in
+ * (all offline, or outside their maintenance window) just waits.
  */
 import { randomBytes } from 'node:crypto';
 import { Counter, Gauge, type Registry } from 'prom-client';
@@ -498,7 +500,14 @@ export class RolloutEngine implements Component {
   // --- tick ------------------------------------------------------------------------------------
 
   async #tickAll(): Promise<void> {
-    const rollouts = (await this.#o.store.listRollouts()).filter((r) => r.state === 'running' || r.state === 'paused');
+    // Active rollouts, and per model the newest rollout if it completed: it keeps its target up
+    // to date (devices that match later, devices that were offline) until the next one starts.
+    const newest = new Set<string>();
+    const rollouts = (await this.#o.store.listRollouts()).filter((r) => {
+      const first = !newest.has(r.model);
+      newest.add(r.model);
+      return ACTIVE.includes(r.state) || (first && r.state === 'completed');
+    });
     if (rollouts.length === 0) {
       this.#healthDirty.clear();
       return;
@@ -531,6 +540,7 @@ export class RolloutEngine implements Component {
       if (added) this.#log.info({ rollout: r.id, devices: joiners.map((c) => c.id), wave }, 'devices joined the rollout');
       devices = await store.rolloutDevices(r.id);
     }
+    if (r.state === 'completed') return this.#dispatch(r, spec, devices, byId, now);
     if (r.state !== 'running') return;
 
     // Abort threshold over the whole rollout.
@@ -545,7 +555,10 @@ export class RolloutEngine implements Component {
     if (r.bakeStartedAt === null) {
       const waiting = wave.filter((d) => OUTSTANDING.includes(d.state) && online(d));
       const reported = wave.filter((d) => REPORTED.includes(d.state));
-      const timedOut = now - r.waveStartedAt >= this.#o.waveTimeoutMs;
+      // Measured from the wave's last dispatch: time spent waiting for a maintenance window or
+      // for an offline device to come back is not the devices' fault.
+      const lastActivity = Math.max(r.waveStartedAt, ...wave.map((d) => d.dispatchedAt ?? 0));
+      const timedOut = now - lastActivity >= this.#o.waveTimeoutMs;
       if ((waiting.length === 0 && reported.length > 0) || (timedOut && reported.length > 0)) {
         const ok = reported.filter((d) => d.state === 'succeeded').length;
         if (ok / reported.length < spec.successThreshold) {
@@ -556,7 +569,7 @@ export class RolloutEngine implements Component {
           this.#log.info({ rollout: r.id, wave: r.currentWave, succeeded: ok, reported: reported.length, timedOut, bakeMs: spec.bakeMs }, 'wave complete, baking');
           r = next;
         }
-      } else if (timedOut && reported.length === 0) {
+      } else if (timedOut && reported.length === 0 && wave.some((d) => d.attempts > 0)) {
         await store.updateRollout(r.id, ['running'], { state: 'paused', reason: `wave ${r.currentWave}: no device reported within ${this.#o.waveTimeoutMs} ms` }, now);
         this.#log.warn({ rollout: r.id, wave: r.currentWave }, 'rollout paused: no device of the wave reported');
         return;

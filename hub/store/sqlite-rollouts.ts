@@ -247,7 +247,7 @@ export function addRolloutDevices(db: Db, id: string, devices: readonly { device
   return db
     .transaction((): number => {
       const r = rolloutRow(db, id);
-      if (!r || !ACTIVE.includes(r.state)) return 0;
+      if (!r || !(ACTIVE.includes(r.state) || r.state === 'completed')) return 0;
       const ins = db.prepare(`INSERT OR IGNORE INTO rollout_devices (rollout_id, device_id, wave, state) VALUES (?, ?, ?, 'pending')`);
       let added = 0;
       const started: string[] = [];
