@@ -83,7 +83,7 @@ describe('install crash safety (agent child process, SIGKILL mid-install)', () =
     const updates = join(root, 'agent', 'data', 'models');
     const statePath = join(updates, 'state.json');
     let version = '1.0.0';
-    let counter = 0;
+    let counter: number;
     if (existsSync(statePath)) {
       const state = JSON.parse(readFileSync(statePath, 'utf8')) as { models: Record<string, { active: { version: string; counter: number; sha256: string } }> };
       const active = state.models['machine-state']?.active;
