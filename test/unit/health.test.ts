@@ -18,6 +18,7 @@ import {
   meanConfidence,
   mergeHealth,
   p95LatencyMs,
+  totalVariation,
   type HealthTotals,
 } from '../../shared/health.ts';
 import { LATENCY_EDGES_MS, type HealthWindow } from '../../shared/updates.ts';
@@ -179,7 +180,10 @@ describe('compareHealth', () => {
     assert.ok(big.breaches[0]!.candidate > 0.2);
     // The same shift on 30 vs 30 requests is within chance.
     const t30 = { ...T, minSamples: 20 };
-    const small = compareHealth(totals(sample(30, { seed: 12, ...shifted })), totals(sample(30, { seed: 13 })), t30);
+    const c30 = totals(sample(30, { seed: 12, ...shifted }));
+    const b30 = totals(sample(30, { seed: 13 }));
+    assert.ok(totalVariation(c30.classCounts, b30.classCounts) > T.maxClassShift, 'the effect alone would breach');
+    const small = compareHealth(c30, b30, t30);
     assert.equal(small.verdict, 'pass', JSON.stringify(small.breaches));
     // A tiny shift on huge samples is significant but too small to matter.
     const tiny = compareHealth(totals(sample(200_000, { seed: 14, rates: [0.47, 0.3, 0.23] })), totals(sample(200_000, { seed: 15 })), T);
