@@ -72,7 +72,10 @@ export class ScriptedDevice {
     c.on('message', (_topic, payload) => {
       const cmd = CommandSchema.parse(JSON.parse(payload.toString('utf8')));
       this.commands.push(cmd);
-      void this.#handle(cmd);
+      // A reply cut off by a deliberate disconnect (hub restart) is what a real agent sees too.
+      this.#handle(cmd).catch((err: unknown) => {
+        if (this.client === c) throw err;
+      });
     });
     await c.subscribeAsync(topics.of(this.id, 'cmd'), { qos: 1 });
     await this.hello();
@@ -194,7 +197,6 @@ export class RolloutFixture {
 
   async stop(): Promise<void> {
     for (const d of this.devices) await d.disconnect();
-    this.devices.length = 0;
     if (this.hub) assert.deepEqual(await this.hub.stop(), []);
   }
 
