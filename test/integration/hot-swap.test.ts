@@ -25,6 +25,7 @@ import { Pipeline } from '../../agent/pipeline.ts';
 import { WorkerPoolEngine } from '../../agent/runtime/pool.ts';
 import { EdgefleetError, ErrorCode } from '../../shared/errors.ts';
 import { silentLogger } from '../../shared/log.ts';
+import { HEALTH_STREAM, HealthWindowSchema } from '../../shared/updates.ts';
 import { mulberry32 } from '../../scripts/lib/rng.ts';
 import { until } from '../helpers/fleet-in-process.ts';
 import { writeTinyLocalModel } from '../helpers/tiny-local-model.ts';
@@ -163,6 +164,21 @@ describe('hot swap under load', () => {
       await health.stop();
       await models.stop();
       await engine.stop();
+    }
+    // The health windows in the outbox count every request exactly once, per version.
+    const healthOk = new Map<string, number>();
+    try {
+      for (let after = 0; ; ) {
+        const batch = outbox.readBatch(after, 1000);
+        if (!batch.length) break;
+        after = batch[batch.length - 1]!.rowid;
+        for (const r of batch.filter((x) => x.stream === HEALTH_STREAM)) {
+          const w = HealthWindowSchema.parse(r.body);
+          assert.equal(w.errors, 0);
+          healthOk.set(w.version, (healthOk.get(w.version) ?? 0) + w.ok);
+        }
+      }
+    } finally {
       await outbox.stop();
     }
     const rssEnd = rssAfterSwap[rssAfterSwap.length - 1] ?? rss();
@@ -175,6 +191,7 @@ describe('hot swap under load', () => {
     );
     assert.equal(failed, 0, `failed requests: ${failures.join(' | ')}`);
     assert.deepEqual(wrongVersion, []);
+    assert.deepEqual(Object.fromEntries(healthOk), Object.fromEntries(perVersion), 'health windows count each request once');
     assert.ok((perVersion.get('1.0.0') ?? 0) > 0 && (perVersion.get('2.0.0') ?? 0) > 0);
     assert.ok(rssEnd - rssStart < RSS_GROWTH_BOUND_MB * 1024 * 1024, `RSS grew ${mb(rssEnd - rssStart)} MB over ${SWAPS} swaps (bound ${RSS_GROWTH_BOUND_MB} MB)`);
   });
