@@ -18,8 +18,11 @@ operators (talk to a running hub: --hub <url> --token <t>, or --data <hub data d
   device add <id> --group <g> [--label k=v]...   register a device; prints its token once
   sensor add <id> --device <deviceId>            register a sensor feeding one device
   devices [--json]                               list devices with state and counters
+  devices history <id> [--json]                  a device's model history (installs, rollbacks)
   model push <file.onnx> --manifest <m.json>     upload, check, sign and release a model
   model list|show <name>@<version> [--json]      the hub's model releases
+  rollout create <name>@<version> --target <sel> staged rollout (waves, bake, health gates)
+  rollout list|status|pause|resume|abort|approve [<id>] [--json]
 
 Run 'edgefleet <command> --help' for a command's options.`;
 
@@ -52,12 +55,16 @@ async function main(argv: string[]): Promise<void> {
       return (await import('../hub/main.ts')).runHub(argv.slice(1));
     case 'device':
       if (sub === 'add') return operator(() => import('./commands/device-add.ts'), rest);
+      if (sub === 'history') return operator(async () => ({ run: (await import('./commands/rollout.ts')).runHistory }), rest);
       break;
     case 'sensor':
       if (sub === 'add') return operator(() => import('./commands/sensor-add.ts'), rest);
       break;
     case 'devices':
+      if (sub === 'history') return operator(async () => ({ run: (await import('./commands/rollout.ts')).runHistory }), rest);
       return operator(() => import('./commands/devices.ts'), argv.slice(1));
+    case 'rollout':
+      return operator(() => import('./commands/rollout.ts'), argv.slice(1));
     case 'model':
       return operator(() => import('./commands/model.ts'), argv.slice(1));
     case 'version':

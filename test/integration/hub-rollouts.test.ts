@@ -8,6 +8,7 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
+import { run as rolloutCmd, runHistory } from '../../cli/commands/rollout.ts';
 import { RolloutFixture, until, type Release, type RolloutStatusBody, type ScriptedDevice } from './hub-rollouts-fixture.ts';
 
 const BAKE = 600_000;
@@ -225,6 +226,48 @@ describe('hub rollouts', () => {
     assert.equal(s.devices.find((d) => d.id === late.id)?.wave, 1);
     assert.equal(late.slots.get('m-sel')?.active?.version, v2.version);
     assert.equal(devices[2]?.commands.length, 0, 'site=b is not targeted');
+  });
+
+  test('CLI: rollout create, status, list, pause, abort, and devices history', async () => {
+    const v1 = await fx.release('m-cli', '1.0.0');
+    await fx.release('m-cli', '1.1.0');
+    const devices = await fleet('g-cli', 3, v1);
+    const cli = async (fn: typeof rolloutCmd, args: string[]): Promise<{ code: number; out: string; err: string }> => {
+      let out = '';
+      let err = '';
+      const code = await fn([...args, '--hub', fx.hub.httpUrl, '--token', fx.hub.adminToken], { out: (x) => (out += x), err: (x) => (err += x), env: {} });
+      return { code, out, err };
+    };
+    const c = await cli(rolloutCmd, ['create', 'm-cli@1.1.0', '--target', 'group=g-cli', '--waves', '1,100%', '--bake', '5m', '--on-breach', 'pause', '--json']);
+    assert.equal(c.code, 0, c.err);
+    const created = JSON.parse(c.out) as RolloutStatusBody & { spec: { bakeMs: number; onBreach: string } };
+    assert.equal(created.spec.bakeMs, 300_000);
+    assert.equal(created.spec.onBreach, 'pause');
+    await waitFor(created.id, (x) => x.phase === 'baking', 'the canary');
+
+    const st = await cli(rolloutCmd, ['status', created.id]);
+    assert.equal(st.code, 0, st.err);
+    assert.match(st.out, new RegExp(`^${created.id}: m-cli@1\\.1\\.0 running \\(baking\\)`));
+    assert.match(st.out, /wave 1 +current +1 device\(s\), cumulative 1: 1\/1 ok/);
+    const ls = await cli(rolloutCmd, ['list']);
+    assert.match(ls.out, new RegExp(`${created.id} +m-cli@1\\.1\\.0 +running +baking +1/2`));
+    assert.equal((await cli(rolloutCmd, ['pause', created.id])).code, 0);
+    const again = await cli(rolloutCmd, ['pause', created.id]);
+    assert.equal(again.code, 1);
+    assert.match(again.err, /cannot pause rollout .*: it is paused \(HTTP 409 CONFLICT\)/);
+    assert.equal((await cli(rolloutCmd, ['abort', created.id])).code, 0);
+    assert.equal((await cli(rolloutCmd, ['create', 'm-cli', '--target', 'group=g-cli'])).code, 2);
+
+    const canary = devices.find((d) => d.commands.length > 0) as ScriptedDevice;
+    const h = await cli(runHistory, [canary.id]);
+    assert.equal(h.code, 0, h.err);
+    assert.match(h.out, /assigned +m-cli@1\.1\.0 .*\n.*command_sent +m-cli@1\.1\.0 .*\n.*installed +m-cli@1\.1\.0/);
+    const hj = await cli(runHistory, [canary.id, '--json']);
+    assert.deepEqual(
+      (JSON.parse(hj.out) as { event: string }[]).map((e) => e.event),
+      ['assigned', 'command_sent', 'installed'],
+    );
+    assert.equal((await cli(runHistory, ['nobody'])).code, 1);
   });
 
   test('API validation errors', async () => {

@@ -1,0 +1,287 @@
+/**
+ * `edgefleet rollout create|list|status|pause|resume|abort|approve` and
+ * `edgefleet devices history <id>`: staged rollouts from the command line, over the hub's HTTP
+ * API (hub/api/server.ts). Flags map one to one onto the POST /v1/rollouts body; the hub
+ * validates it again and fills the defaults, so this file only parses what the shell gives it.
+ */
+import { parseArgs } from 'node:util';
+import { z } from 'zod';
+import { EXIT, HUB_OPTIONS, HUB_OPTIONS_HELP, HubClient, UsageError, failure, resolveHub, type CliIo } from './http-client.ts';
+
+const USAGE = `usage: edgefleet rollout create <name>@<version> --target <selector> [options]
+       edgefleet rollout list [--json]
+       edgefleet rollout status <id> [--json]
+       edgefleet rollout pause|resume|abort|approve <id> [--json]
+
+create   starts a staged rollout of a released model to the devices the selector matches
+         (devices registered later that match are included too).
+status   state, waves, device counts and behaviour gate results.
+approve  lets the next wave start (rollouts created with --approval each-wave).
+
+Selector (--target, repeatable; all given must match):
+  devices=a,b,c        these device ids
+  group=line-1         devices of a group
+  labels=site=x,line=3 devices with all these labels
+
+Options for create (defaults in brackets):
+  --waves <list>        cumulative wave sizes, counts or percentages [1,10%,50%,100%]
+  --bake <duration>     observation time after each wave, e.g. 90s, 10m, 1h [10m]
+  --success <fraction>  share of a wave's reporting devices that must succeed [0.9]
+  --abort <fraction>    failed/attempted over the rollout that stops it [0.2]
+  --min-sample <n>      devices attempted before the abort threshold applies [5]
+  --max-concurrent <n>  devices installing at once [50]
+  --on-breach <policy>  rollback | pause [rollback]
+  --approval <mode>     none | each-wave [none]
+  --probation <duration> agent-side probation after activation [agent default]
+  --json                print the hub's answer as JSON
+${HUB_OPTIONS_HELP}
+`;
+
+const HISTORY_USAGE = `usage: edgefleet devices history <id> [--json]
+
+The device's append-only model history: assigned, command sent, installed, rejected,
+rolled back, probation passed, with times and details.
+
+Options:
+  --json               print the hub's answer as JSON
+${HUB_OPTIONS_HELP}
+`;
+
+const CountsSchema = z.looseObject({ pending: z.number(), dispatched: z.number(), succeeded: z.number(), failed: z.number(), rolled_back: z.number(), total: z.number() });
+const GateSchema = z.looseObject({
+  wave: z.number(),
+  at: z.number(),
+  verdict: z.string(),
+  action: z.string(),
+  baseline: z.string(),
+  samples: z.object({ candidate: z.number(), baseline: z.number() }),
+  breaches: z.array(z.looseObject({ metric: z.string(), detail: z.string() })),
+});
+const StatusSchema = z.looseObject({
+  id: z.string(),
+  model: z.string(),
+  version: z.string(),
+  state: z.string(),
+  phase: z.string(),
+  reason: z.string().nullable(),
+  currentWave: z.number(),
+  waves: z.array(z.looseObject({ index: z.number(), cumulative: z.number(), devices: z.number(), status: z.string(), counts: CountsSchema })),
+  counts: CountsSchema,
+  bake: z.object({ startedAt: z.string().nullable(), until: z.string().nullable(), extensions: z.number() }),
+  gates: z.array(GateSchema),
+  createdAt: z.string(),
+  devices: z.array(z.looseObject({ id: z.string(), wave: z.number(), state: z.string(), detail: z.string().nullable() })).optional(),
+});
+type Status = z.infer<typeof StatusSchema>;
+const ListSchema = z.object({ rollouts: z.array(StatusSchema) });
+const HistorySchema = z.object({
+  device: z.string(),
+  history: z.array(z.looseObject({ at: z.string(), event: z.string(), name: z.string().optional(), version: z.string().optional(), details: z.record(z.string(), z.unknown()) })),
+});
+
+const UNITS: Record<string, number> = { ms: 1, s: 1000, m: 60_000, h: 3_600_000, d: 86_400_000 };
+
+/** `90s`, `10m`, `1h`, `500ms`, or plain milliseconds. */
+export function parseDuration(text: string, flag: string): number {
+  const m = /^(\d+(?:\.\d+)?)(ms|s|m|h|d)?$/.exec(text.trim());
+  if (!m) throw new UsageError(`${flag} expects a duration like 90s, 10m or 1h, got "${text}"`);
+  return Math.round(Number(m[1]) * (UNITS[m[2] ?? 'ms'] ?? 1));
+}
+
+function parseNumber(text: string, flag: string, integer = false): number {
+  const n = Number(text);
+  if (text.trim() === '' || !Number.isFinite(n) || (integer && !Number.isInteger(n))) throw new UsageError(`${flag} expects ${integer ? 'an integer' : 'a number'}, got "${text}"`);
+  return n;
+}
+
+/** `devices=a,b` | `group=g` | `labels=k=v,k2=v2`, merged over repeated --target flags. */
+export function parseTarget(values: readonly string[]): { devices?: string[]; group?: string; labels?: Record<string, string> } {
+  if (values.length === 0) throw new UsageError('--target <selector> is required');
+  const t: { devices?: string[]; group?: string; labels?: Record<string, string> } = {};
+  for (const v of values) {
+    const i = v.indexOf('=');
+    const [kind, rest] = i > 0 ? [v.slice(0, i), v.slice(i + 1)] : [v, ''];
+    if (rest === '') throw new UsageError(`--target expects devices=..., group=... or labels=..., got "${v}"`);
+    if (kind === 'devices') t.devices = [...(t.devices ?? []), ...rest.split(',').filter(Boolean)];
+    else if (kind === 'group') t.group = rest;
+    else if (kind === 'labels') {
+      for (const pair of rest.split(',')) {
+        const j = pair.indexOf('=');
+        if (j <= 0) throw new UsageError(`labels expects key=value pairs, got "${pair}"`);
+        t.labels = { ...(t.labels ?? {}), [pair.slice(0, j)]: pair.slice(j + 1) };
+      }
+    } else throw new UsageError(`unknown selector "${kind}" (devices, group or labels)`);
+  }
+  return t;
+}
+
+export function parseWaves(text: string): (number | string)[] {
+  return text.split(',').map((w) => {
+    const s = w.trim();
+    if (/^\d+(\.\d+)?%$/.test(s)) return s;
+    if (/^\d+$/.test(s)) return Number(s);
+    throw new UsageError(`--waves expects counts or percentages like 1,10%,50%,100%, got "${w}"`);
+  });
+}
+
+interface CreateFlags {
+  target?: string[];
+  waves?: string;
+  bake?: string;
+  success?: string;
+  abort?: string;
+  'min-sample'?: string;
+  'max-concurrent'?: string;
+  'on-breach'?: string;
+  approval?: string;
+  probation?: string;
+}
+
+/** The POST /v1/rollouts body for `rollout create`. */
+export function createBody(ref: string | undefined, f: CreateFlags): Record<string, unknown> {
+  const at = ref?.lastIndexOf('@') ?? -1;
+  if (!ref || at <= 0 || at === ref.length - 1) throw new UsageError('expected one <name>@<version>');
+  const body: Record<string, unknown> = { model: ref.slice(0, at), version: ref.slice(at + 1), target: parseTarget(f.target ?? []) };
+  if (f.waves !== undefined) body.waves = parseWaves(f.waves);
+  if (f.bake !== undefined) body.bakeMs = parseDuration(f.bake, '--bake');
+  if (f.success !== undefined) body.successThreshold = parseNumber(f.success, '--success');
+  if (f.abort !== undefined) body.abortThreshold = parseNumber(f.abort, '--abort');
+  if (f['min-sample'] !== undefined) body.minSample = parseNumber(f['min-sample'], '--min-sample', true);
+  if (f['max-concurrent'] !== undefined) body.maxConcurrent = parseNumber(f['max-concurrent'], '--max-concurrent', true);
+  if (f['on-breach'] !== undefined) body.onBreach = f['on-breach'];
+  if (f.approval !== undefined) body.approval = f.approval;
+  if (f.probation !== undefined) body.probationMs = parseDuration(f.probation, '--probation');
+  return body;
+}
+
+function table(head: string[], rows: string[][]): string {
+  const widths = head.map((h, i) => Math.max(h.length, ...rows.map((r) => (r[i] ?? '').length)));
+  const line = (cells: string[]): string => cells.map((c, i) => c.padEnd(widths[i] ?? 0)).join('  ').trimEnd();
+  return `${[line(head), ...rows.map(line)].join('\n')}\n`;
+}
+
+const countsText = (c: Status['counts']): string =>
+  `${c.succeeded}/${c.total} ok${c.failed ? `, ${c.failed} failed` : ''}${c.rolled_back ? `, ${c.rolled_back} rolled back` : ''}${c.dispatched ? `, ${c.dispatched} installing` : ''}${c.pending ? `, ${c.pending} pending` : ''}`;
+
+export function formatList(rollouts: Status[]): string {
+  return table(
+    ['ID', 'MODEL', 'STATE', 'PHASE', 'WAVE', 'DEVICES', 'CREATED'],
+    rollouts.map((r) => [r.id, `${r.model}@${r.version}`, r.state, r.phase, `${r.currentWave + 1}/${r.waves.length}`, countsText(r.counts), r.createdAt]),
+  );
+}
+
+export function formatStatus(s: Status): string {
+  const lines = [
+    `${s.id}: ${s.model}@${s.version} ${s.state}${s.phase !== 'ended' && s.phase !== s.state ? ` (${s.phase})` : ''}${s.reason ? ` — ${s.reason}` : ''}`,
+    `  devices   ${countsText(s.counts)}`,
+    ...s.waves.map((w) => `  wave ${w.index + 1}    ${w.status.padEnd(7)} ${w.devices} device(s), cumulative ${w.cumulative}: ${countsText(w.counts)}`),
+    ...(s.bake.until ? [`  bake      until ${s.bake.until}${s.bake.extensions ? ` (extended ${s.bake.extensions}×)` : ''}`] : []),
+    ...s.gates.map(
+      (g) =>
+        `  gate      wave ${g.wave + 1}: ${g.verdict} → ${g.action} (${g.samples.candidate} vs ${g.samples.baseline} inferences, baseline ${g.baseline})${g.breaches.length ? `: ${g.breaches.map((b) => b.detail).join('; ')}` : ''}`,
+    ),
+  ];
+  const troubled = (s.devices ?? []).filter((d) => d.state === 'failed' || d.state === 'rolled_back');
+  for (const d of troubled) lines.push(`  ${d.state.padEnd(9)} ${d.id}${d.detail ? `: ${d.detail}` : ''}`);
+  return `${lines.join('\n')}\n`;
+}
+
+export async function run(argv: string[], io: CliIo): Promise<number> {
+  const [sub, ...rest] = argv;
+  try {
+    if (sub === undefined || sub === '--help' || sub === '-h' || sub === 'help') {
+      io.out(USAGE);
+      return sub === undefined ? EXIT.USAGE : EXIT.OK;
+    }
+    const { values, positionals } = parseArgs({
+      args: rest,
+      options: {
+        ...HUB_OPTIONS,
+        json: { type: 'boolean' },
+        ...(sub === 'create'
+          ? {
+              target: { type: 'string', multiple: true },
+              waves: { type: 'string' },
+              bake: { type: 'string' },
+              success: { type: 'string' },
+              abort: { type: 'string' },
+              'min-sample': { type: 'string' },
+              'max-concurrent': { type: 'string' },
+              'on-breach': { type: 'string' },
+              approval: { type: 'string' },
+              probation: { type: 'string' },
+            }
+          : {}),
+      },
+      allowPositionals: true,
+      strict: true,
+    });
+    if (values.help) {
+      io.out(USAGE);
+      return EXIT.OK;
+    }
+    const print = (s: Status): void => io.out(values.json ? `${JSON.stringify(s, null, 2)}\n` : formatStatus(s));
+    switch (sub) {
+      case 'create': {
+        if (positionals.length !== 1) throw new UsageError('expected one <name>@<version>');
+        const body = createBody(positionals[0], values as CreateFlags);
+        const client = new HubClient(await resolveHub(values, io.env));
+        print(await client.request('POST', '/v1/rollouts', StatusSchema, body));
+        return EXIT.OK;
+      }
+      case 'list': {
+        if (positionals.length) throw new UsageError(`unexpected argument ${positionals.join(' ')}`);
+        const client = new HubClient(await resolveHub(values, io.env));
+        const { rollouts } = await client.request('GET', '/v1/rollouts', ListSchema);
+        if (values.json) io.out(`${JSON.stringify(rollouts, null, 2)}\n`);
+        else if (rollouts.length === 0) io.out('no rollouts (start one with: edgefleet rollout create <name>@<version> --target group=<g>)\n');
+        else io.out(formatList(rollouts));
+        return EXIT.OK;
+      }
+      case 'status':
+      case 'pause':
+      case 'resume':
+      case 'abort':
+      case 'approve': {
+        const id = positionals[0];
+        if (positionals.length !== 1 || !id) throw new UsageError('expected one rollout id');
+        const client = new HubClient(await resolveHub(values, io.env));
+        const path = `/v1/rollouts/${encodeURIComponent(id)}`;
+        print(sub === 'status' ? await client.request('GET', path, StatusSchema) : await client.request('POST', `${path}/${sub}`, StatusSchema));
+        return EXIT.OK;
+      }
+      default:
+        throw new UsageError(`unknown rollout command '${sub}'`);
+    }
+  } catch (err) {
+    return failure(io, `rollout${sub && ['create', 'list', 'status', 'pause', 'resume', 'abort', 'approve'].includes(sub) ? ` ${sub}` : ''}`, err, USAGE);
+  }
+}
+
+/** `edgefleet devices history <id> [--json]` (also `device history`). */
+export async function runHistory(argv: string[], io: CliIo): Promise<number> {
+  try {
+    const { values, positionals } = parseArgs({ args: argv, options: { ...HUB_OPTIONS, json: { type: 'boolean' } }, allowPositionals: true, strict: true });
+    if (values.help) {
+      io.out(HISTORY_USAGE);
+      return EXIT.OK;
+    }
+    const id = positionals[0];
+    if (positionals.length !== 1 || !id) throw new UsageError('expected one device id');
+    const client = new HubClient(await resolveHub(values, io.env));
+    const h = await client.request('GET', `/v1/devices/${encodeURIComponent(id)}/history`, HistorySchema);
+    if (values.json) io.out(`${JSON.stringify(h.history, null, 2)}\n`);
+    else if (h.history.length === 0) io.out(`no model history for ${id}\n`);
+    else {
+      const detail = (d: Record<string, unknown>): string =>
+        Object.entries(d)
+          .filter(([, v]) => v !== null && typeof v !== 'object')
+          .map(([k, v]) => `${k}=${String(v as string | number | boolean)}`)
+          .join(' ');
+      io.out(table(['TIME', 'EVENT', 'MODEL', 'DETAILS'], h.history.map((e) => [e.at, e.event, e.name ? `${e.name}@${e.version ?? '?'}` : '-', detail(e.details)])));
+    }
+    return EXIT.OK;
+  } catch (err) {
+    return failure(io, 'devices history', err, HISTORY_USAGE);
+  }
+}
