@@ -8,6 +8,10 @@
  * `ok: false` and acks nothing; undecodable messages get no ack at all. Every bad message is
  * counted per device and in metrics and logged (throttled) with its error code; nothing here
  * throws into the broker.
+ *
+ * Listeners (the rollout engine): command results, every recorded hello, and the `model` and
+ * `health` records of a batch that were stored for the first time, after the commit, so a
+ * resent batch does not report an install twice.
  */
 import { Counter, Histogram, type Registry } from 'prom-client';
 import { decodeJson, encodeJson } from '../../shared/codec.ts';

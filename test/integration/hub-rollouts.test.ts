@@ -149,6 +149,25 @@ describe('hub rollouts', () => {
     assert.equal(canary.installs('model.install').length, 1);
   });
 
+  test('abort threshold over the rollout with onBreach pause; metrics count devices, commands and verdicts', async () => {
+    const v1 = await fx.release('m-abort', '1.0.0');
+    await fx.release('m-abort', '1.1.0');
+    const devices = await fleet('g-abort', 6, v1);
+    for (const d of devices.slice(0, 2)) d.behaviour = 'reject';
+    const created = await create({ model: 'm-abort', version: '1.1.0', target: { group: 'g-abort' }, waves: ['100%'], onBreach: 'pause', maxConcurrent: 6 });
+    const s = await waitFor(created.id, (x) => x.state === 'paused', 'the abort threshold');
+    assert.match(s.reason ?? '', /abort threshold: 2 of \d devices failed \(> 0\.2\)/);
+    assert.equal(devices.reduce((n, d) => n + d.installs('model.rollback').length, 0), 0, 'pause does not roll back');
+    await waitFor(created.id, (x) => x.counts.succeeded === 4 && x.counts.failed === 2, 'every device to report');
+
+    const metrics = await (await fetch(`${fx.hub.httpUrl}/metrics`, { headers: { authorization: `Bearer ${fx.hub.adminToken}` } })).text();
+    assert.match(metrics, new RegExp(`edgefleet_hub_rollout_devices\\{rollout="${created.id}",state="succeeded"\\} 4`));
+    assert.match(metrics, new RegExp(`edgefleet_hub_rollout_devices\\{rollout="${created.id}",state="failed"\\} 2`));
+    assert.match(metrics, /edgefleet_hub_rollout_commands_total\{command="install"\} \d+/);
+    assert.match(metrics, /edgefleet_hub_rollout_gate_verdicts_total\{verdict="(insufficient|fail)"\} \d+/);
+    await fx.ok('POST', `/v1/rollouts/${created.id}/abort`);
+  });
+
   test('maintenance window: no dispatch while closed, dispatch once the clock enters it', async () => {
     const v1 = await fx.release('m-win', '1.0.0');
     await fx.release('m-win', '1.1.0');
