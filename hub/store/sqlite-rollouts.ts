@@ -62,11 +62,12 @@ interface RolloutDeviceRow {
 }
 
 const PlanSchema = z.array(z.number().int().nonnegative());
-const LabelsSchema = z.record(z.string(), z.string());
+export const LabelsSchema = z.record(z.string(), z.string());
 const ModelStateSchema = z.array(ModelSlotSchema);
 const DetailsSchema = z.record(z.string(), z.unknown());
 
-function parseOr<T>(schema: z.ZodType<T>, text: string | null, fallback: T): T {
+/** Parses JSON the store wrote itself; a damaged (or absent) value degrades to the fallback, not a crash. */
+export function parseStored<T>(schema: z.ZodType<T>, text: string | null, fallback: T): T {
   if (text === null) return fallback;
   try {
     const r = schema.safeParse(JSON.parse(text));
@@ -83,7 +84,7 @@ const toRollout = (r: RolloutRow): RolloutRecord => ({
   counter: r.counter,
   sha256: r.sha256,
   spec: r.spec,
-  plan: parseOr(PlanSchema, r.plan, []),
+  plan: parseStored(PlanSchema, r.plan, []),
   state: r.state,
   reason: r.reason,
   currentWave: r.current_wave,
@@ -400,13 +401,13 @@ export function deviceHistory(db: Db, deviceId: string): HistoryRecord[] {
     ...(r.version === null ? {} : { version: r.version }),
     ...(r.counter === null ? {} : { counter: r.counter }),
     ...(r.rollout_id === null ? {} : { rolloutId: r.rollout_id }),
-    details: parseOr(DetailsSchema, r.details, {}),
+    details: parseStored(DetailsSchema, r.details, {}),
   }));
 }
 
 function modelStateOf(db: Db, deviceId: string): ModelSlot[] {
   const r = db.prepare('SELECT model_state FROM principals WHERE id = ?').get(deviceId) as { model_state: string | null } | undefined;
-  return parseOr(ModelStateSchema, r?.model_state ?? null, []);
+  return parseStored(ModelStateSchema, r?.model_state ?? null, []);
 }
 
 interface CandidateRow {
@@ -419,9 +420,9 @@ interface CandidateRow {
 const toCandidate = (r: CandidateRow): RolloutCandidate => ({
   id: r.id,
   group: r.grp,
-  labels: parseOr(LabelsSchema, r.labels, {}),
+  labels: parseStored(LabelsSchema, r.labels, {}),
   online: r.online === 1,
-  modelState: parseOr(ModelStateSchema, r.model_state, []),
+  modelState: parseStored(ModelStateSchema, r.model_state, []),
 });
 
 export function listRolloutCandidates(db: Db): RolloutCandidate[] {
@@ -443,7 +444,7 @@ export function healthWindows(db: Db, deviceIds: readonly string[], model: strin
   const out: { deviceId: string; window: HealthWindow }[] = [];
   for (const id of deviceIds) {
     for (const row of q.all(id, HEALTH_STREAM, HEALTH_KIND, model, from, to) as { body: string }[]) {
-      const w = parseOr(HealthWindowSchema.nullable(), row.body, null);
+      const w = parseStored(HealthWindowSchema.nullable(), row.body, null);
       if (w) out.push({ deviceId: id, window: w });
     }
   }

@@ -112,19 +112,9 @@ interface DeviceRow extends PrincipalRow {
   gaps: number;
 }
 
-const LabelsSchema = z.record(z.string(), z.string());
 const ModelsSchema = z.array(ModelRefSchema);
 const StreamsSchema = z.array(StreamPositionSchema);
-
-/** Parses JSON this store wrote itself; a damaged value degrades to the fallback, not a crash. */
-function parseStored<T>(schema: z.ZodType<T>, text: string, fallback: T): T {
-  try {
-    const r = schema.safeParse(JSON.parse(text));
-    return r.success ? r.data : fallback;
-  } catch {
-    return fallback;
-  }
-}
+const { LabelsSchema, parseStored } = rollouts;
 
 const DEVICE_SELECT = `
   SELECT p.*,
