@@ -66,14 +66,48 @@ export interface AppendResult {
   seq: number;
 }
 
+/** One record waiting for its group commit; `seq` is filled in by the commit. */
 interface Queued {
-  stream: string;
-  kind: string;
-  body: string;
-  ts: number;
-  resolve: (r: AppendResult) => void;
-  reject: (e: EdgefleetError) => void;
+  readonly stream: string;
+  readonly kind: string;
+  readonly body: string;
+  readonly ts: number;
+  seq: number;
 }
+
+/**
+ * The records of one group commit and ONE promise shared by them (hot path, issue #5): a
+ * per-record `new Promise` with its resolve/reject closures cost about as much as the insert.
+ * `append` derives each record's own promise from `done` with a `.then` that reads the record's
+ * seq, so a record still resolves only after ITS commit, with its own identity. `done` is
+ * created lazily: a group made only of `appendNow` records never allocates it (and so never
+ * leaves a rejected promise without a handler).
+ */
+class CommitGroup {
+  readonly items: Queued[] = [];
+  #done: Promise<void> | undefined;
+  #resolve: (() => void) | undefined;
+  #reject: ((e: EdgefleetError) => void) | undefined;
+
+  get done(): Promise<void> {
+    this.#done ??= new Promise<void>((resolve, reject) => {
+      this.#resolve = resolve;
+      this.#reject = reject;
+    });
+    return this.#done;
+  }
+
+  resolve(): void {
+    this.#resolve?.();
+  }
+
+  reject(e: EdgefleetError): void {
+    this.#reject?.(e);
+  }
+}
+
+/** Names already checked against NameSchema; bounded so hostile callers cannot grow it. */
+const KNOWN_NAMES_MAX = 1024;
 
 interface OutboxMetrics {
   committed: Counter;
@@ -114,7 +148,11 @@ export class Outbox implements Component {
   /** Next seq per stream in the current epoch; only advanced after a commit succeeded. */
   readonly #nextSeq = new Map<string, number>();
   #pending = 0;
-  #queue: Queued[] = [];
+  #group = new CommitGroup();
+  /** Stream and kind names that passed NameSchema (see #checkName). */
+  readonly #knownNames = new Set<string>();
+  /** The group-commit transaction, built once per connection (better-sqlite3 wraps per call). */
+  #commit: ((items: readonly Queued[]) => number) | undefined;
   #flushTimer: NodeJS.Timeout | undefined;
   #checkpointTimer: NodeJS.Timeout | undefined;
   readonly #listeners = new Set<() => void>();
@@ -156,7 +194,7 @@ export class Outbox implements Component {
 
   /** Counters since start, for tests and the health endpoint. */
   stats(): { committed: number; dropped: number; deleted: number; storageErrors: number; pending: number; queued: number } {
-    return { ...this.#stats, pending: this.#pending, queued: this.#queue.length };
+    return { ...this.#stats, pending: this.#pending, queued: this.#group.items.length };
   }
 
   start(signal: AbortSignal): Promise<void> {
@@ -190,6 +228,7 @@ export class Outbox implements Component {
         count: db.prepare('SELECT COUNT(*) AS n FROM records'),
         perStream: db.prepare('SELECT stream, COUNT(*) AS n FROM records GROUP BY stream ORDER BY stream'),
       };
+      this.#commit = db.transaction((items: readonly Queued[]) => this.#insertGroup(items));
       this.#pending = this.#stmts.count.get()?.n ?? 0;
       this.#nextSeq.clear();
       this.#stats = { committed: 0, dropped: 0, deleted: 0, storageErrors: 0 };
@@ -201,6 +240,7 @@ export class Outbox implements Component {
       }
       this.#db = undefined;
       this.#stmts = undefined;
+      this.#commit = undefined;
       return Promise.reject(toEdgefleetError(err, ErrorCode.STORAGE));
     }
     this.#checkpointTimer = setInterval(() => this.checkpoint(), this.#opts.checkpointMs);
@@ -215,19 +255,17 @@ export class Outbox implements Component {
    * the record cannot be stored at all.
    */
   append(stream: string, kind: string, body: Record<string, unknown>, ts: number = Date.now()): Promise<AppendResult> {
-    let item: Omit<Queued, 'resolve' | 'reject'>;
+    let item: Queued;
     try {
       item = this.#prepare(stream, kind, body, ts);
     } catch (err) {
       return Promise.reject(toEdgefleetError(err));
     }
-    return new Promise<AppendResult>((resolve, reject) => {
-      this.#queue.push({ ...item, resolve, reject });
-      if (this.#queue.length >= this.#opts.flushMax) this.flush();
-      else if (!this.#flushTimer) {
-        this.#flushTimer = setTimeout(() => this.flush(), this.#opts.flushMs);
-      }
-    });
+    const group = this.#group;
+    const epoch = this.#epoch;
+    const result = group.done.then(() => ({ epoch, seq: item.seq }));
+    this.#enqueue(item);
+    return result;
   }
 
   /**
@@ -236,48 +274,43 @@ export class Outbox implements Component {
    */
   appendNow(stream: string, kind: string, body: Record<string, unknown>, ts: number = Date.now()): AppendResult {
     const item = this.#prepare(stream, kind, body, ts);
-    let result: AppendResult | undefined;
-    let error: EdgefleetError | undefined;
-    this.#queue.push({ ...item, resolve: (r) => (result = r), reject: (e) => (error = e) });
-    this.flush();
+    this.#group.items.push(item);
+    const error = this.#flush();
     if (error) throw error;
-    if (!result) throw new EdgefleetError(ErrorCode.INTERNAL, 'appendNow: record neither committed nor rejected');
-    return result;
+    return { epoch: this.#epoch, seq: item.seq };
   }
 
   /** Commits every queued record in one transaction. Called by the timer; public for tests. */
   flush(): void {
+    this.#flush();
+  }
+
+  #enqueue(item: Queued): void {
+    const n = this.#group.items.push(item);
+    if (n >= this.#opts.flushMax) this.#flush();
+    else if (!this.#flushTimer) this.#flushTimer = setTimeout(() => this.#flush(), this.#opts.flushMs);
+  }
+
+  /** The group commit; returns the error its records were rejected with, if it failed. */
+  #flush(): EdgefleetError | undefined {
     if (this.#flushTimer) {
       clearTimeout(this.#flushTimer);
       this.#flushTimer = undefined;
     }
-    const batch = this.#queue;
-    if (batch.length === 0) return;
-    this.#queue = [];
-    const db = this.#db;
-    const stmts = this.#stmts;
-    if (!db || !stmts) {
+    const group = this.#group;
+    const batch = group.items;
+    if (batch.length === 0) return undefined;
+    this.#group = new CommitGroup();
+    const commit = this.#commit;
+    if (!this.#db || !commit) {
       const e = new EdgefleetError(ErrorCode.ILLEGAL_STATE, CLOSED);
-      for (const q of batch) q.reject(e);
-      return;
+      group.reject(e);
+      return e;
     }
     const t0 = performance.now();
-    const assigned: AppendResult[] = [];
-    const next = new Map<string, number>();
-    let dropped = 0;
+    let dropped: number;
     try {
-      db.transaction(() => {
-        // Seqs are assigned inside the transaction and only published to #nextSeq after the
-        // commit: a rolled-back batch leaves no hole in the sequence.
-        for (const q of batch) {
-          const seq = next.get(q.stream) ?? this.#nextSeq.get(q.stream) ?? 0;
-          next.set(q.stream, seq + 1);
-          stmts.insert.run(q.stream, this.#epoch, seq, q.ts, q.kind, q.body);
-          assigned.push({ epoch: this.#epoch, seq });
-        }
-        const over = this.#pending + batch.length - this.#opts.maxPending;
-        if (over > 0) dropped = stmts.dropOldest.run(over).changes;
-      })();
+      dropped = commit(batch);
     } catch (err) {
       const e = toEdgefleetError(err, ErrorCode.STORAGE);
       const storage = e.code === ErrorCode.STORAGE ? e : new EdgefleetError(ErrorCode.STORAGE, e.message, { cause: err });
@@ -286,10 +319,22 @@ export class Outbox implements Component {
       this.#throttle.run('flush', (suppressed) =>
         this.#log.error({ err: storage, records: batch.length, suppressed }, 'outbox commit failed; records rejected'),
       );
-      for (const q of batch) q.reject(storage);
-      return;
+      group.reject(storage);
+      return storage;
     }
-    for (const [stream, n] of next) this.#nextSeq.set(stream, n);
+    // Only now, after the commit, do the seqs count as used (a rolled-back group burns none).
+    // Within a stream the seqs grow through the group, so the end of each run of one stream
+    // carries that stream's highest seq so far.
+    let stream = batch[0]!.stream;
+    let last = -1;
+    for (const q of batch) {
+      if (q.stream !== stream) {
+        this.#nextSeq.set(stream, last + 1);
+        stream = q.stream;
+      }
+      last = q.seq;
+    }
+    this.#nextSeq.set(stream, last + 1);
     this.#pending += batch.length - dropped;
     this.#stats.committed += batch.length;
     this.#metrics?.committed.inc(batch.length);
@@ -301,7 +346,7 @@ export class Outbox implements Component {
         this.#log.warn({ dropped, maxPending: this.#opts.maxPending, suppressed }, 'outbox full: oldest records dropped'),
       );
     }
-    batch.forEach((q, i) => q.resolve(assigned[i]!));
+    group.resolve();
     for (const l of this.#listeners) {
       try {
         l();
@@ -309,6 +354,31 @@ export class Outbox implements Component {
         this.#log.error({ err }, 'outbox append listener threw');
       }
     }
+    return undefined;
+  }
+
+  /**
+   * Body of the group-commit transaction: assigns seqs and inserts; returns how many of the
+   * oldest records the pending cap dropped. Seqs are published to #nextSeq only after the
+   * commit (in #flush), so a rolled-back group leaves no hole in the sequence.
+   */
+  #insertGroup(items: readonly Queued[]): number {
+    const stmts = this.#stmts!;
+    const epoch = this.#epoch;
+    const next = new Map<string, number>();
+    let stream = '';
+    let seq = 0;
+    for (const q of items) {
+      if (q.stream !== stream) {
+        if (stream !== '') next.set(stream, seq);
+        stream = q.stream;
+        seq = next.get(stream) ?? this.#nextSeq.get(stream) ?? 0;
+      }
+      q.seq = seq++;
+      stmts.insert.run(stream, epoch, q.seq, q.ts, q.kind, q.body);
+    }
+    const over = this.#pending + items.length - this.#opts.maxPending;
+    return over > 0 ? stmts.dropOldest.run(over).changes : 0;
   }
 
   /** Oldest-first committed records with rowid > afterRowId. */
@@ -400,18 +470,19 @@ export class Outbox implements Component {
     } finally {
       this.#db = undefined;
       this.#stmts = undefined;
+      this.#commit = undefined;
       this.#listeners.clear();
     }
     this.#log.info({ pending: this.#pending }, 'outbox closed');
     return Promise.resolve();
   }
 
-  #prepare(stream: string, kind: string, body: Record<string, unknown>, ts: number): Omit<Queued, 'resolve' | 'reject'> {
+  #prepare(stream: string, kind: string, body: Record<string, unknown>, ts: number): Queued {
     if (!this.#db) throw new EdgefleetError(ErrorCode.ILLEGAL_STATE, CLOSED);
     // Anything the hub's schema would refuse must be refused here: a poison record would block
     // its stream forever (the hub never acks it, the agent never deletes it).
-    if (!NameSchema.safeParse(stream).success) throw new EdgefleetError(ErrorCode.BAD_INPUT, `bad stream name ${JSON.stringify(stream)}`);
-    if (!NameSchema.safeParse(kind).success) throw new EdgefleetError(ErrorCode.BAD_INPUT, `bad record kind ${JSON.stringify(kind)}`);
+    if (!this.#checkName(stream)) throw new EdgefleetError(ErrorCode.BAD_INPUT, `bad stream name ${JSON.stringify(stream)}`);
+    if (!this.#checkName(kind)) throw new EdgefleetError(ErrorCode.BAD_INPUT, `bad record kind ${JSON.stringify(kind)}`);
     if (!Number.isSafeInteger(ts) || ts < 0) throw new EdgefleetError(ErrorCode.BAD_INPUT, 'record ts must be a non-negative integer (ms)');
     if (typeof body !== 'object' || body === null || Array.isArray(body)) {
       throw new EdgefleetError(ErrorCode.BAD_INPUT, 'record body must be a JSON object');
@@ -422,10 +493,19 @@ export class Outbox implements Component {
     } catch (err) {
       throw new EdgefleetError(ErrorCode.BAD_INPUT, `record body is not serializable: ${(err as Error).message}`, { cause: err });
     }
-    if (Buffer.byteLength(text) > this.#opts.maxBodyBytes) {
+    // A UTF-16 code unit is at most 3 UTF-8 bytes: only bodies near the cap need the exact count.
+    if (text.length * 3 > this.#opts.maxBodyBytes && Buffer.byteLength(text) > this.#opts.maxBodyBytes) {
       throw new EdgefleetError(ErrorCode.PAYLOAD_TOO_LARGE, `record body exceeds ${this.#opts.maxBodyBytes} bytes`);
     }
-    return { stream, kind, body: text, ts };
+    return { stream, kind, body: text, ts, seq: -1 };
+  }
+
+  /** NameSchema, once per distinct name: the streams and kinds in use are a handful of constants. */
+  #checkName(name: string): boolean {
+    if (this.#knownNames.has(name)) return true;
+    if (typeof name !== 'string' || !NameSchema.safeParse(name).success) return false;
+    if (this.#knownNames.size < KNOWN_NAMES_MAX) this.#knownNames.add(name);
+    return true;
   }
 
   #requireStmts(): Statements {
