@@ -90,10 +90,10 @@ export function createAgent(config: AgentConfig, deps: { log: Logger; registry?:
   const probation = lifecycle.add(
     new Probation({ health, thresholds: config.health.probation, checkMs: config.health.checkMs, log: log.child({ component: 'probation' }) }),
   );
-  // The updater starts before the model set: it rewrites `startupManifests` in place to the
-  // installed version each model name should serve (agent/updater/updater.ts).
-  const startupManifests = config.models.map((m) => m.manifest);
-  const models = new ModelSet({ manifests: startupManifests, engine, log: log.child({ component: 'models' }) });
+  // The updater starts before the model set and chooses the installed version each model name
+  // serves (agent/updater/updater.ts startupManifests); without updates, the config's files.
+  const configManifests = config.models.map((m) => m.manifest);
+  const models: ModelSet = new ModelSet({ manifests: (): readonly string[] => updater?.startupManifests() ?? configManifests, engine, log: log.child({ component: 'models' }) });
   const updater = config.updates.enabled
     ? lifecycle.add(
         new ModelUpdater({
@@ -106,7 +106,7 @@ export function createAgent(config: AgentConfig, deps: { log: Logger; registry?:
           download: config.updates.download,
           validator: config.updates.validator,
           keepVersions: config.updates.keepVersions,
-          startupManifests,
+          configManifests,
           models,
           events: outbox,
           probation,

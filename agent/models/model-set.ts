@@ -41,10 +41,15 @@ export class ModelSet implements Component {
   /** Tail of the swaps queued per model name. */
   readonly #swaps = new Map<string, Promise<unknown>>();
 
-  constructor(private readonly opts: { manifests: readonly string[]; engine: InferenceEngine; log: Logger; drainTimeoutMs?: number }) {}
+  /**
+   * `manifests` is read at start: a function lets the updater decide first which installed
+   * version each model name serves (agent/updater/updater.ts `startupManifests`).
+   */
+  constructor(private readonly opts: { manifests: readonly string[] | (() => readonly string[]); engine: InferenceEngine; log: Logger; drainTimeoutMs?: number }) {}
 
   async start(signal: AbortSignal): Promise<void> {
-    for (const path of this.opts.manifests) {
+    const manifests = typeof this.opts.manifests === 'function' ? this.opts.manifests() : this.opts.manifests;
+    for (const path of manifests) {
       if (signal.aborted) throw new EdgefleetError(ErrorCode.ABORTED, 'model loading aborted');
       const model = await openLocalModel(path, signal);
       if (this.#active.has(model.manifest.name)) {

@@ -83,7 +83,8 @@ export interface UpdaterOptions {
   validator: ProbeLimits;
   keepVersions: number;
   /** The list ModelSet opens at start; rewritten in place by start() (see the header). */
-  startupManifests: string[];
+  /** The config's model manifests; `startupManifests()` says which files to load instead. */
+  configManifests: readonly string[];
   models: ModelSwapper;
   events: { append(stream: string, kind: string, body: Record<string, unknown>): Promise<unknown> };
   /** Called after every change of the reported state (re-publish hello). */
@@ -140,6 +141,7 @@ export class ModelUpdater implements Component {
   #state: UpdaterState = { v: 1, models: {} };
   /** Config model per name (counter 0 fallback). */
   readonly #configModels = new Map<string, { path: string; manifest: Manifest }>();
+  #startup: string[] = [];
   /** Per model name: the tail of its serialized operations. */
   readonly #chains = new Map<string, Promise<unknown>>();
   readonly #running = new Map<string, Running>();
@@ -165,6 +167,14 @@ export class ModelUpdater implements Component {
 
   // ---- lifecycle ----
 
+  /**
+   * The manifest each configured model name starts from: its installed active version (or the
+   * previous one, or the config's) as chosen in start(). The ModelSet starts after the updater.
+   */
+  startupManifests(): readonly string[] {
+    return this.#startup;
+  }
+
   async start(signal: AbortSignal): Promise<void> {
     const { dir } = this.#o;
     await mkdir(join(dir, PARTIAL_DIR), { recursive: true });
@@ -173,14 +183,15 @@ export class ModelUpdater implements Component {
     if (loaded.problem) this.#log.error({ problem: loaded.problem }, 'model state unreadable; starting from the config models');
     this.#state = loaded.state;
     let changed = false;
-    for (const [i, path] of this.#o.startupManifests.entries()) {
+    this.#startup = [...this.#o.configManifests];
+    for (const [i, path] of this.#o.configManifests.entries()) {
       if (signal.aborted) throw new EdgefleetError(ErrorCode.ABORTED, 'updater start aborted');
       const manifest = await readManifest(path);
       this.#configModels.set(manifest.name, { path, manifest });
       const slot = this.#state.models[manifest.name];
       if (!slot) continue;
       const chosen = await this.#chooseStartup(manifest.name, slot, signal);
-      this.#o.startupManifests[i] = chosen.path;
+      this.#startup[i] = chosen.path;
       changed ||= chosen.changed;
     }
     if (changed) await this.#save();
