@@ -32,7 +32,7 @@ import type {
   OutputTensor,
   TensorMeta,
 } from './engine.ts';
-import { FromWorkerSchema, type FromWorker, type ToWorker, type ValueMeta, type WorkerData } from './messages.ts';
+import { FromWorkerSchema, isResultMessage, type FromWorker, type ToWorker, type ValueMeta, type WorkerData } from './messages.ts';
 
 export interface WorkerPoolOptions {
   log: Logger;
@@ -551,29 +551,40 @@ export class WorkerPoolEngine implements InferenceEngine {
       this.#metrics?.rejections.inc({ reason: 'unavailable' }, n);
       for (const it of items) it.reject(err);
     };
-    this.#rpc(slot, msg, [batch.buffer as ArrayBuffer])
-      .then((reply) => {
-        if (reply.t !== 'result') throw new EdgefleetError(ErrorCode.INTERNAL, `worker replied ${reply.t} to run`);
-        const perSample = splitOutputs(reply.outputs, n, h.key);
-        this.#metrics?.duration.observe({ model: h.key }, reply.runMs / 1000);
-        release();
+    // The reply settles this batch straight from #onMessage (or #onExit): no promise chain
+    // between the worker's message and the callers' promises (hot path, issue #5).
+    const settle = (reply: FromWorker | undefined, failure: unknown): void => {
+      let perSample: Record<string, OutputTensor>[] | undefined;
+      let err = failure;
+      if (reply) {
+        try {
+          if (reply.t !== 'result') throw new EdgefleetError(ErrorCode.INTERNAL, `worker replied ${reply.t} to run`);
+          perSample = splitOutputs(reply.outputs, n, h.key);
+          this.#metrics?.duration.observe({ model: h.key }, reply.runMs / 1000);
+        } catch (e) {
+          err = e;
+        }
+      }
+      release();
+      if (perSample && reply?.t === 'result') {
         const done = performance.now();
-        for (const [i, it] of items.entries()) {
+        for (let i = 0; i < n; i++) {
+          const it = items[i]!;
           it.resolve({ outputs: perSample[i]!, latencyMs: done - it.t0, runMs: reply.runMs, batchSize: n });
         }
-      })
-      .catch((err: unknown) => {
-        release();
-        const passThrough = err instanceof EdgefleetError && (err.code === ErrorCode.INFERENCE || err.code === ErrorCode.UNAVAILABLE);
-        const e = passThrough ? err : new EdgefleetError(ErrorCode.INFERENCE, `${h.key}: ${errMessage(err)}`, { cause: err });
+      } else {
+        const e =
+          err instanceof EdgefleetError && (err.code === ErrorCode.INFERENCE || err.code === ErrorCode.UNAVAILABLE)
+            ? err
+            : new EdgefleetError(ErrorCode.INFERENCE, `${h.key}: ${errMessage(err)}`, { cause: err });
         this.#metrics?.rejections.inc({ reason: e.code === ErrorCode.UNAVAILABLE ? 'unavailable' : 'inference' }, n);
         this.#log.warn({ model: h.key, batch: n, err: e }, 'inference batch failed');
         for (const it of items) it.reject(e);
-      })
-      .finally(() => {
-        this.#checkDrained(entry);
-        this.#schedulePump();
-      });
+      }
+      this.#checkDrained(entry);
+      this.#schedulePump();
+    };
+    this.#send(slot, msg, [batch.buffer as ArrayBuffer], { resolve: (reply) => settle(reply, undefined), reject: (e) => settle(undefined, e) });
   }
 
   #failQueue(entry: ModelEntry, err: EdgefleetError): void {
@@ -626,16 +637,22 @@ export class WorkerPoolEngine implements InferenceEngine {
   }
 
   #rpc(slot: Slot, msg: ToWorker, transfer: ArrayBuffer[] = []): Promise<FromWorker> {
-    if (!slot.alive) return Promise.reject(workerGone(slot.index, 'is not running'));
-    return new Promise<FromWorker>((resolve, reject) => {
-      slot.rpcs.set(msg.id, { resolve, reject });
-      try {
-        slot.worker.postMessage(msg, transfer);
-      } catch (err) {
-        slot.rpcs.delete(msg.id);
-        reject(toEdgefleetError(err, ErrorCode.INFERENCE));
-      }
-    });
+    return new Promise<FromWorker>((resolve, reject) => this.#send(slot, msg, transfer, { resolve, reject }));
+  }
+
+  /** Posts `msg`; `rpc` is called exactly once: with the reply, or with why there is none. */
+  #send(slot: Slot, msg: ToWorker, transfer: ArrayBuffer[], rpc: Rpc): void {
+    if (!slot.alive) {
+      rpc.reject(workerGone(slot.index, 'is not running'));
+      return;
+    }
+    slot.rpcs.set(msg.id, rpc);
+    try {
+      slot.worker.postMessage(msg, transfer);
+    } catch (err) {
+      slot.rpcs.delete(msg.id);
+      rpc.reject(toEdgefleetError(err, ErrorCode.INFERENCE));
+    }
   }
 
   /** Creates (or re-creates) worker `index`; resolves once its ORT module is loaded. */
@@ -674,12 +691,16 @@ export class WorkerPoolEngine implements InferenceEngine {
   }
 
   #onMessage(slot: Slot, raw: unknown): void {
-    const parsed = FromWorkerSchema.safeParse(raw);
-    if (!parsed.success) {
-      this.#log.error({ worker: slot.index, problem: formatIssues(parsed.error) }, 'bad message from worker');
-      return;
+    let msg: FromWorker;
+    if (isResultMessage(raw)) msg = raw;
+    else {
+      const parsed = FromWorkerSchema.safeParse(raw);
+      if (!parsed.success) {
+        this.#log.error({ worker: slot.index, problem: formatIssues(parsed.error) }, 'bad message from worker');
+        return;
+      }
+      msg = parsed.data;
     }
-    const msg = parsed.data;
     switch (msg.t) {
       case 'ready':
         slot.ready = true;
@@ -694,8 +715,13 @@ export class WorkerPoolEngine implements InferenceEngine {
         const rpc = slot.rpcs.get(msg.id);
         if (!rpc) return;
         slot.rpcs.delete(msg.id);
-        if (msg.t === 'error') rpc.reject(new EdgefleetError(ErrorCode.INFERENCE, msg.message));
-        else rpc.resolve(msg);
+        try {
+          if (msg.t === 'error') rpc.reject(new EdgefleetError(ErrorCode.INFERENCE, msg.message));
+          else rpc.resolve(msg);
+        } catch (err) {
+          // A settle callback that throws is a bug here; it must not take the message handler down.
+          this.#log.error({ worker: slot.index, err }, 'settling a worker reply failed');
+        }
         if (slot.retiring && slot.rpcs.size === 0 && slot.alive) void slot.worker.terminate();
       }
     }

@@ -8,7 +8,7 @@ import { parentPort, workerData } from 'node:worker_threads';
 import { setTimeout as sleep } from 'node:timers/promises';
 import ort from 'onnxruntime-node';
 import { formatIssues } from '../../shared/codec.ts';
-import { ToWorkerSchema, WorkerDataSchema, type FromWorker, type ToWorker, type ValueMeta } from './messages.ts';
+import { isRunMessage, ToWorkerSchema, WorkerDataSchema, type FromWorker, type ToWorker, type ValueMeta } from './messages.ts';
 
 type Session = Awaited<ReturnType<typeof ort.InferenceSession.create>>;
 type ValueMetadata = Session['inputMetadata'][number];
@@ -106,23 +106,42 @@ async function handle(msg: ToWorker): Promise<void> {
 
 // Messages are handled strictly one after another: the pool sends a worker one batch at a
 // time, and serialising load/unload with runs means a run never sees a half-released session.
-let chain: Promise<void> = Promise.resolve();
+// A plain FIFO drained by one loop, rather than a promise chain, so an idle worker starts a
+// run without extra promise hops.
+const inbox: ToWorker[] = [];
+let draining = false;
+
+async function drain(): Promise<void> {
+  draining = true;
+  try {
+    for (let msg = inbox.shift(); msg; msg = inbox.shift()) {
+      try {
+        await handle(msg);
+      } catch (err) {
+        post({ t: 'error', id: msg.id, message: err instanceof Error ? err.message : String(err) });
+      }
+    }
+  } finally {
+    draining = false;
+  }
+}
 
 port.on('message', (raw: unknown) => {
-  const parsed = ToWorkerSchema.safeParse(raw);
-  if (!parsed.success) {
-    const id = (raw as { id?: unknown } | null)?.id;
-    const message = `bad message to worker: ${formatIssues(parsed.error)}`;
-    post(typeof id === 'number' && Number.isInteger(id) && id >= 0 ? { t: 'error', id, message } : { t: 'protocol-error', message });
-    return;
+  let msg: ToWorker;
+  if (isRunMessage(raw)) msg = raw;
+  else {
+    const parsed = ToWorkerSchema.safeParse(raw);
+    if (!parsed.success) {
+      const id = (raw as { id?: unknown } | null)?.id;
+      const message = `bad message to worker: ${formatIssues(parsed.error)}`;
+      post(typeof id === 'number' && Number.isInteger(id) && id >= 0 ? { t: 'error', id, message } : { t: 'protocol-error', message });
+      return;
+    }
+    msg = parsed.data;
   }
-  const msg = parsed.data;
   if (msg.t === 'test-exit' && config.testExit) process.exit(1); // not queued: a crash does not wait its turn
-  chain = chain.then(() =>
-    handle(msg).catch((err: unknown) => {
-      post({ t: 'error', id: msg.id, message: err instanceof Error ? err.message : String(err) });
-    }),
-  );
+  inbox.push(msg);
+  if (!draining) void drain();
 });
 
 post({ t: 'ready' });
