@@ -84,6 +84,14 @@ const COMMAND_ID = /^(install|rollback)-(.+)-(\d+)$/;
 const modelEventKey = (deviceId: string, name: string, version: string, counter: number, event: string): string =>
   `model:${deviceId}:${name}:${version}:${counter}:${event}`;
 
+/** Why the wave's reporting devices fall short of the success threshold, if they do. */
+function waveShortfall(r: RolloutRecord, spec: RolloutSpec, wave: readonly RolloutDeviceRecord[]): string | undefined {
+  const reported = wave.filter((d) => REPORTED.includes(d.state));
+  const ok = reported.filter((d) => d.state === 'succeeded').length;
+  if (reported.length === 0 || ok / reported.length >= spec.successThreshold) return undefined;
+  return `wave ${r.currentWave}: ${ok} of ${reported.length} reporting devices succeeded (< ${spec.successThreshold})`;
+}
+
 export function parseSpec(text: string): RolloutSpec {
   return RolloutSpecSchema.parse(JSON.parse(text));
 }
@@ -560,10 +568,9 @@ export class RolloutEngine implements Component {
       const lastActivity = Math.max(r.waveStartedAt, ...wave.map((d) => d.dispatchedAt ?? 0));
       const timedOut = now - lastActivity >= this.#o.waveTimeoutMs;
       if ((waiting.length === 0 && reported.length > 0) || (timedOut && reported.length > 0)) {
+        const short = waveShortfall(r, spec, wave);
+        if (short) return this.#breach(r, spec, short, now);
         const ok = reported.filter((d) => d.state === 'succeeded').length;
-        if (ok / reported.length < spec.successThreshold) {
-          return this.#breach(r, spec, `wave ${r.currentWave}: ${ok} of ${reported.length} reporting devices succeeded (< ${spec.successThreshold})`, now);
-        }
         const next = await store.updateRollout(r.id, ['running'], { bakeStartedAt: now, bakeUntil: now + spec.bakeMs, bakeExtensions: 0 }, now, r.currentWave);
         if (next) {
           this.#log.info({ rollout: r.id, wave: r.currentWave, succeeded: ok, reported: reported.length, timedOut, bakeMs: spec.bakeMs }, 'wave complete, baking');
@@ -576,6 +583,10 @@ export class RolloutEngine implements Component {
       }
     }
     if (r.bakeStartedAt !== null) {
+      // A device can still fail after its wave completed (a probation rollback on the device, a
+      // late offline device): the wave's success ratio holds through the bake too.
+      const short = waveShortfall(r, spec, wave);
+      if (short) return this.#breach(r, spec, short, now);
       if (r.bakeUntil !== null) {
         const ended = now >= r.bakeUntil;
         if (!ended && !healthDirty) return this.#dispatch(r, spec, devices, byId, now);

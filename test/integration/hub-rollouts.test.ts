@@ -149,6 +149,21 @@ describe('hub rollouts', () => {
     assert.equal(canary.installs('model.install').length, 1);
   });
 
+  test('a canary that rolls back on its own during the bake (probation) fails its wave', async () => {
+    const v1 = await fx.release('m-prob', '1.0.0');
+    const v2 = await fx.release('m-prob', '1.1.0');
+    const devices = await fleet('g-prob', 3, v1);
+    const created = await create({ model: 'm-prob', version: '1.1.0', target: { group: 'g-prob' }, waves: [1, '100%'] });
+    await waitFor(created.id, (x) => x.phase === 'baking', 'the canary wave to bake');
+    const canary = devices.find((d) => d.commands.length > 0) as ScriptedDevice;
+    await canary.event({ event: 'rolled_back', name: 'm-prob', version: '1.1.0', counter: v2.counter, rolloutId: created.id, restored: { version: v1.version, counter: v1.counter, sha256: v1.sha256 }, phase: 'probation', code: 'LATENCY', message: 'p95 3x baseline' });
+    const s = await waitFor(created.id, (x) => x.state !== 'running', 'the rollout to stop');
+    assert.equal(s.state, 'rolled_back');
+    assert.match(s.reason ?? '', /wave 0: 0 of 1 reporting devices succeeded/);
+    assert.equal(deviceState(s, canary.id), 'rolled_back');
+    for (const d of devices) if (d !== canary) assert.equal(d.commands.length, 0, d.id);
+  });
+
   test('abort threshold over the rollout with onBreach pause; metrics count devices, commands and verdicts', async () => {
     const v1 = await fx.release('m-abort', '1.0.0');
     await fx.release('m-abort', '1.1.0');
