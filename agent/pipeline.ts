@@ -11,6 +11,12 @@
  * Every inference is reported to the health monitor (agent/health/) for windows and probation:
  * engine failures count as errors, bad input and overload do not (they say nothing about the
  * model).
+ *
+ * Hot path (issue #5): every request costs main-thread JS, and under load that, not the model,
+ * caps throughput. So JSON readings are prepared synchronously (no async hop), the usual
+ * reading shape `{ id?, ts?, values }` is checked by `fastReading` (the same acceptance as
+ * ReadingSchema; anything else still goes through zod for its error text), and the per-request
+ * metric series are prom-client children cached per model version instead of label objects.
  */
 import { randomUUID } from 'node:crypto';
 import { z } from 'zod';
@@ -126,6 +132,40 @@ export function validCorrelationId(id: string | undefined): string | undefined {
   return IdSchema.safeParse(id).success && /^[\x21-\x7e]+$/.test(id) ? id : undefined;
 }
 
+interface Prepared {
+  data: InputData;
+  dims: number[];
+  id: string;
+  inputTs?: number;
+  stats?: ImageStats;
+}
+
+/**
+ * The common reading `{ id?, ts?, values }` checked by hand, accepting exactly what ReadingSchema
+ * accepts for that shape; undefined for anything else (other keys, `features`, any doubt), which
+ * then goes through ReadingSchema itself. A plain object only: zod reads getters, this does not.
+ */
+export function fastReading(body: unknown): Reading | undefined {
+  if (typeof body !== 'object' || body === null || Array.isArray(body)) return undefined;
+  const proto: unknown = Object.getPrototypeOf(body);
+  if (proto !== Object.prototype && proto !== null) return undefined;
+  const r = body as Record<string, unknown>;
+  for (const k in r) if (k !== 'id' && k !== 'ts' && k !== 'values') return undefined;
+  const { id, ts, values } = r;
+  if (!Array.isArray(values) || values.length > 4096) return undefined;
+  for (const v of values as unknown[]) if (typeof v !== 'number' || !Number.isFinite(v)) return undefined;
+  const reading: Reading = { values: values as number[] };
+  if (id !== undefined) {
+    if (typeof id !== 'string' || id.length < 1 || id.length > 128) return undefined;
+    reading.id = id;
+  }
+  if (ts !== undefined) {
+    if (!Number.isSafeInteger(ts) || (ts as number) < 0) return undefined;
+    reading.ts = ts as number;
+  }
+  return reading;
+}
+
 /** The metric reason an input error is counted under. */
 export function rejectReason(e: EdgefleetError): string {
   if (e.code === ErrorCode.PAYLOAD_TOO_LARGE) return 'too_large';
@@ -143,11 +183,15 @@ export class Pipeline implements Component {
   #accepting = false;
   #inFlight = 0;
   #idle: Array<() => void> = [];
+  /** `inferences{outcome="ok"}` per model key (name@version); bounded, see #okCounter. */
+  readonly #ok = new Map<string, { inc(): void }>();
+  readonly #latency: { observe(v: number): void };
 
   constructor(private readonly d: PipelineDeps) {
     const cfg = d.config;
     this.name = `pipeline:${cfg.name}`;
     this.outputTopic = cfg.output.topic ?? topics.output(d.deviceId, cfg.name);
+    this.#latency = d.metrics.latency.labels(cfg.name);
     const model = this.#model();
     this.inputKind = model.manifest.preprocessing.kind;
     const labels = model.manifest.postprocessing.labels;
@@ -235,12 +279,15 @@ export class Pipeline implements Component {
     const model = lease.model;
     this.#inFlight++;
     try {
-      const prepared = await this.#prepare(model, req).catch((err: unknown) => {
+      let prepared: Prepared;
+      try {
+        // Tabular readings are prepared synchronously: no promise, no hop (module header).
+        prepared = model.manifest.preprocessing.kind === 'image' ? await this.#prepareImage(model, req) : this.#prepareTabular(model, req);
+      } catch (err) {
         const e = toEdgefleetError(err, ErrorCode.BAD_INPUT);
         if (e.code !== ErrorCode.ABORTED && e.code !== ErrorCode.INTERNAL && e.code !== ErrorCode.BAD_MANIFEST) this.#reject(e);
         throw e;
-      });
-      const labels = { pipeline: config.name, model: model.manifest.name, version: model.manifest.version };
+      }
       let first: { data: Float32Array } | undefined;
       let engineMs: number;
       try {
@@ -250,7 +297,12 @@ export class Pipeline implements Component {
         engineMs = res.latencyMs;
       } catch (err) {
         const e = toEdgefleetError(err, ErrorCode.INFERENCE);
-        metrics.inferences.inc({ ...labels, outcome: e.code === ErrorCode.OVERLOADED ? 'overloaded' : 'error' });
+        metrics.inferences.inc({
+          pipeline: config.name,
+          model: model.manifest.name,
+          version: model.manifest.version,
+          outcome: e.code === ErrorCode.OVERLOADED ? 'overloaded' : 'error',
+        });
         if (e.code === ErrorCode.BAD_INPUT) this.#reject(e);
         else this.#logFailure(e);
         if (!NOT_THE_MODELS_FAULT.has(e.code)) {
@@ -289,8 +341,8 @@ export class Pipeline implements Component {
         result.image = { brightness: round6(prepared.stats.brightness), contrast: round6(prepared.stats.contrast), sharpness: round6(prepared.stats.sharpness) };
       }
       this.d.publisher.publish(this.outputTopic, JSON.stringify(result), { qos: config.output.qos });
-      metrics.inferences.inc({ ...labels, outcome: 'ok' });
-      metrics.latency.observe({ pipeline: config.name }, (performance.now() - t0) / 1000);
+      this.#okCounter(model).inc();
+      this.#latency.observe((performance.now() - t0) / 1000);
       const record: PendingRecord | undefined = config.output.telemetry
         ? {
             stream: INFERENCE_STREAM,
@@ -346,20 +398,34 @@ export class Pipeline implements Component {
     return m;
   }
 
-  async #prepare(model: LocalModel, req: InferRequest): Promise<{ data: InputData; dims: number[]; id: string; inputTs?: number; stats?: ImageStats }> {
-    const spec = model.manifest.preprocessing;
-    const given = validCorrelationId(req.id);
-    if (spec.kind === 'image') {
-      if (req.kind !== 'image') {
-        throw new EdgefleetError(ErrorCode.BAD_INPUT, `pipeline ${this.d.config.name} takes images (JPEG, PNG, ...), not JSON`, { details: { reason: 'wrong_kind' } });
-      }
-      // HTTP bodies were capped by the server (http.maxImageBytes); streams by their input's cap.
-      const input = this.d.config.input;
-      const maxInputBytes =
-        req.source === 'http' ? undefined : input.type === 'folder' ? input.maxFileBytes : (input.maxPayloadBytes ?? DEFAULT_MAX_IMAGE_BYTES);
-      const t = await preprocessImage(spec, req.bytes, { maxInputBytes, maxInputPixels: this.d.maxInputPixels });
-      return { data: t.data, dims: t.dims, id: given ?? randomUUID(), inputTs: req.ts, stats: t.stats };
+  #okCounter(model: LocalModel): { inc(): void } {
+    let c = this.#ok.get(model.key);
+    if (!c) {
+      // Versions come and go with rollouts; a handful are live at once.
+      if (this.#ok.size >= 16) this.#ok.clear();
+      c = this.d.metrics.inferences.labels(this.d.config.name, model.manifest.name, model.manifest.version, 'ok');
+      this.#ok.set(model.key, c);
     }
+    return c;
+  }
+
+  async #prepareImage(model: LocalModel, req: InferRequest): Promise<Prepared> {
+    const spec = model.manifest.preprocessing;
+    if (spec.kind !== 'image') throw new EdgefleetError(ErrorCode.INTERNAL, `model ${model.key} takes no images`);
+    if (req.kind !== 'image') {
+      throw new EdgefleetError(ErrorCode.BAD_INPUT, `pipeline ${this.d.config.name} takes images (JPEG, PNG, ...), not JSON`, { details: { reason: 'wrong_kind' } });
+    }
+    // HTTP bodies were capped by the server (http.maxImageBytes); streams by their input's cap.
+    const input = this.d.config.input;
+    const maxInputBytes =
+      req.source === 'http' ? undefined : input.type === 'folder' ? input.maxFileBytes : (input.maxPayloadBytes ?? DEFAULT_MAX_IMAGE_BYTES);
+    const t = await preprocessImage(spec, req.bytes, { maxInputBytes, maxInputPixels: this.d.maxInputPixels });
+    return { data: t.data, dims: t.dims, id: validCorrelationId(req.id) ?? randomUUID(), inputTs: req.ts, stats: t.stats };
+  }
+
+  #prepareTabular(model: LocalModel, req: InferRequest): Prepared {
+    const spec = model.manifest.preprocessing;
+    if (spec.kind !== 'tabular') throw new EdgefleetError(ErrorCode.INTERNAL, `model ${model.key} takes images`);
     if (req.kind !== 'json') {
       throw new EdgefleetError(ErrorCode.BAD_INPUT, `pipeline ${this.d.config.name} takes JSON readings ({"values": [...]} or {"features": {...}}), not images`, { details: { reason: 'wrong_kind' } });
     }
@@ -371,12 +437,16 @@ export class Pipeline implements Component {
       if (!decoded.ok) throw decoded.error;
       reading = decoded.value;
     } else {
-      const parsed = ReadingSchema.safeParse(req.body);
-      if (!parsed.success) throw new EdgefleetError(ErrorCode.BAD_PAYLOAD, formatIssues(parsed.error));
-      reading = parsed.data;
+      const fast = fastReading(req.body);
+      if (fast) reading = fast;
+      else {
+        const parsed = ReadingSchema.safeParse(req.body);
+        if (!parsed.success) throw new EdgefleetError(ErrorCode.BAD_PAYLOAD, formatIssues(parsed.error));
+        reading = parsed.data;
+      }
     }
     const t = preprocessTabular(spec, reading);
-    return { data: t.data, dims: t.dims, id: reading.id ?? given ?? randomUUID(), inputTs: reading.ts ?? req.ts };
+    return { data: t.data, dims: t.dims, id: reading.id ?? validCorrelationId(req.id) ?? randomUUID(), inputTs: reading.ts ?? req.ts };
   }
 
   #reject(error: EdgefleetError): void {
