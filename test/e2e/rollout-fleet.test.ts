@@ -9,6 +9,8 @@
  *      no other device ever gets a command for it, and the canary serves the old version again.
  *   3. The hub is SIGKILLed mid-rollout and restarted on the same ports: the rollout resumes
  *      and completes, no device is counted twice.
+ *   4. A much slower release that the hub's gate is told to ignore is rolled back by the
+ *      device itself during probation, without the hub.
  */
 import assert from 'node:assert/strict';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
@@ -222,5 +224,27 @@ describe('staged rollouts, hub and ten agents as processes', () => {
       const installed = (await history(a.id)).filter((h) => h.event === 'installed' && h.version === '1.4.0');
       assert.equal(installed.length, 1, `${a.id}: one installed entry for 1.4.0, got ${installed.length}`);
     }
+  });
+
+  it('probation: a slow release the hub gate would let through is rolled back by the agent on its own', async () => {
+    await push('slow', '1.5.0');
+    const target = agents.find((a) => a.id === 'line-01')!;
+    const created = await hubApi<RolloutStatus>(hub, 'POST', '/v1/rollouts', {
+      model: 'machine-state',
+      version: '1.5.0',
+      target: { devices: [target.id] },
+      waves: ['100%'],
+      bakeMs: 30_000,
+      // The hub's latency gate is switched off: only the device's own probation can stop this.
+      gates: { minSamples: 50, maxLatencyRatio: 1000 },
+      probationMs: 20_000,
+    });
+    await until(async () => (await history(target.id)).some((h) => h.event === 'installed' && h.version === '1.5.0'), 60_000, 'the device to install 1.5.0');
+    await until(async () => (await history(target.id)).some((h) => h.event === 'rolled_back' && h.version === '1.5.0'), 60_000, 'the device to roll back 1.5.0');
+    assert.deepEqual(await served(target), ['machine-state@1.4.0']);
+    const ended = await waitEnded(created.id, 60_000);
+    assert.notEqual(ended.state, 'completed');
+    const rolledBack = (await history(target.id)).find((h) => h.event === 'rolled_back' && h.version === '1.5.0');
+    process.stdout.write(`rollout-e2e probation: state=${ended.state} entry=${JSON.stringify(rolledBack)}\n`);
   });
 });
