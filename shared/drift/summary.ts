@@ -17,6 +17,9 @@ import type { ModelRef } from '../protocol.ts';
 
 export const DRIFT_SUMMARY_VERSION = 1 as const;
 export const DEFAULT_WINDOW_MS = 60_000;
+/** Agents send each summary as one outbox record: stream `drift`, kind `drift`, body = the summary. */
+export const DRIFT_STREAM = 'drift';
+export const DRIFT_KIND = 'drift';
 export const MAX_WINDOW_MS = 86_400_000;
 
 /**
