@@ -8,6 +8,7 @@ import { z } from 'zod';
 import { BackoffSchema } from '../shared/backoff.ts';
 import { loadConfig } from '../shared/config.ts';
 import { ProbationThresholdsSchema } from './health/probation.ts';
+import { DriftConfigSchema } from './drift/drift-monitor.ts';
 import { LOG_LEVELS } from '../shared/log.ts';
 import { DeviceIdSchema, NameSchema } from '../shared/protocol.ts';
 
@@ -219,6 +220,11 @@ export const AgentConfigSchema = z
         probation: ProbationThresholdsSchema.prefault({}),
       })
       .prefault({}),
+    /**
+     * Drift summaries per model version and window (stream `drift`), the on-device Page-Hinkley
+     * warning (stream `events`) and the ring of recent inputs `drift.sample` uploads (issue #4).
+     */
+    drift: DriftConfigSchema.prefault({}),
   })
   .superRefine((c, ctx) => {
     const names = new Set<string>();

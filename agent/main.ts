@@ -14,6 +14,7 @@ import type { ModelRef } from '../shared/protocol.ts';
 import { runService } from '../shared/service.ts';
 import { INSTALL_COMMAND, ROLLBACK_COMMAND } from '../shared/updates.ts';
 import { loadAgentConfig, type AgentConfig, type PipelineConfig } from './config.ts';
+import { DRIFT_SAMPLE_COMMAND, DriftMonitor } from './drift/drift-monitor.ts';
 import { HealthMonitor } from './health/health-monitor.ts';
 import { Probation } from './health/probation.ts';
 import { AgentHttpServer } from './http/server.ts';
@@ -46,6 +47,8 @@ export interface Agent {
   /** Health windows of the served versions; local probation after each swap. */
   readonly health: HealthMonitor;
   readonly probation: Probation;
+  /** Drift summaries, on-device warnings and the input sample ring (issue #4). */
+  readonly drift: DriftMonitor;
   /** Input adapters (MQTT, folder), built when the pipelines start. */
   readonly inputs: readonly Component[];
   readonly httpPort: number;
@@ -89,6 +92,18 @@ export function createAgent(config: AgentConfig, deps: { log: Logger; registry?:
   );
   const probation = lifecycle.add(
     new Probation({ health, thresholds: config.health.probation, checkMs: config.health.checkMs, log: log.child({ component: 'probation' }) }),
+  );
+  // Like health: after the outbox, before the pipelines, so stop flushes the partial windows last.
+  const drift = lifecycle.add(
+    new DriftMonitor({
+      deviceId: config.deviceId,
+      config: config.drift,
+      sink: outbox,
+      instance: () => String(outbox.epoch),
+      upload: { hubHttpUrl: config.hub.httpUrl, deviceId: config.deviceId, token: config.hub.token },
+      log: log.child({ component: 'drift' }),
+      registry,
+    }),
   );
   // The updater starts before the model set and chooses the installed version each model name
   // serves (agent/updater/updater.ts startupManifests); without updates, the config's files.
@@ -144,6 +159,8 @@ export function createAgent(config: AgentConfig, deps: { log: Logger; registry?:
       case ROLLBACK_COMMAND:
         if (!updater) return Promise.reject(new EdgefleetError(ErrorCode.UNAVAILABLE, 'model updates are disabled on this device (updates.enabled: false)'));
         return cmd.name === INSTALL_COMMAND ? updater.install(cmd.args) : updater.rollback(cmd.args);
+      case DRIFT_SAMPLE_COMMAND:
+        return drift.uploadSample(cmd.args);
       default:
         return Promise.reject(new EdgefleetError(ErrorCode.NOT_FOUND, `unknown command ${cmd.name}`));
     }
@@ -193,6 +210,7 @@ export function createAgent(config: AgentConfig, deps: { log: Logger; registry?:
           model: () => models.byName(p.model),
           acquire: () => models.acquire(p.model),
           health,
+          drift,
           engine,
           publisher: link,
           sink: outbox,
@@ -282,6 +300,7 @@ export function createAgent(config: AgentConfig, deps: { log: Logger; registry?:
     models,
     health,
     probation,
+    drift,
     inputs,
     get httpPort() {
       return http.port;

@@ -29,6 +29,7 @@ import type { PipelineConfig } from './config.ts';
 import { StreamQueue } from './inputs/stream-queue.ts';
 import type { PipelineMetrics } from './metrics.ts';
 import type { HealthRecorder } from './health/health-monitor.ts';
+import type { DriftRecorder } from './drift/drift-monitor.ts';
 import type { LocalModel } from './models/local-models.ts';
 import type { ModelLease } from './models/model-set.ts';
 import { preprocessImage, type ImageStats } from './preprocess/image.ts';
@@ -110,6 +111,8 @@ export interface PipelineDeps {
   acquire?: () => ModelLease | undefined;
   /** Told about every inference (health windows, probation). */
   health?: HealthRecorder;
+  /** Told about every successful inference (drift summaries, sample ring; issue #4). */
+  drift?: DriftRecorder;
   engine: Inferer;
   publisher: Publisher;
   sink: RecordSink;
@@ -138,6 +141,8 @@ interface Prepared {
   id: string;
   inputTs?: number;
   stats?: ImageStats;
+  /** Raw (unscaled) tabular values, for drift summaries. */
+  raw?: Float64Array;
 }
 
 /**
@@ -321,6 +326,7 @@ export class Pipeline implements Component {
         classes: model.manifest.postprocessing.labels.length,
       });
       const ts = Date.now();
+      this.d.drift?.record(config.name, model.manifest, prepared.raw ?? prepared.stats, c, req, prepared.id, ts);
       const latencyMs = Math.round(engineMs * 1000) / 1000;
       const result: PipelineResult = {
         v: PROTOCOL_VERSION,
@@ -446,7 +452,7 @@ export class Pipeline implements Component {
       }
     }
     const t = preprocessTabular(spec, reading);
-    return { data: t.data, dims: t.dims, id: reading.id ?? validCorrelationId(req.id) ?? randomUUID(), inputTs: reading.ts ?? req.ts };
+    return { data: t.data, dims: t.dims, id: reading.id ?? validCorrelationId(req.id) ?? randomUUID(), inputTs: reading.ts ?? req.ts, raw: t.raw };
   }
 
   #reject(error: EdgefleetError): void {
