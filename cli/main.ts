@@ -21,6 +21,7 @@ operators (talk to a running hub: --hub <url> --token <t>, or --data <hub data d
   devices history <id> [--json]                  a device's model history (installs, rollbacks)
   model push <file.onnx> --manifest <m.json>     upload, check, sign and release a model
   model list|show <name>@<version> [--json]      the hub's model releases
+  model baseline --manifest <m> --data <f>       build a manifest's drift reference bins (local)
   rollout create <name>@<version> --target <sel> staged rollout (waves, bake, health gates)
   rollout list|status|pause|resume|abort|approve [<id>] [--json]
 
@@ -66,6 +67,7 @@ async function main(argv: string[]): Promise<void> {
     case 'rollout':
       return operator(() => import('./commands/rollout.ts'), argv.slice(1));
     case 'model':
+      if (sub === 'baseline') return operator(() => import('./commands/model-baseline.ts'), rest);
       return operator(() => import('./commands/model.ts'), argv.slice(1));
     case 'version':
     case '--version':
