@@ -247,7 +247,7 @@ void describe('sample ring', () => {
   });
 
   it('a parsed reading is sized by an upper bound of its JSON', () => {
-    for (const body of [{ values: [1.2345678901234567e-300, -0.1, 3] }, { features: { a: -1.0000000000000002, b: 2 }, id: 'x"\u00e9' }]) {
+    for (const body of [{ values: [-Number.MIN_VALUE * 3, -1 / 3, -0.1, 3] }, { features: { a: -(1 + Number.EPSILON), b: 2 }, id: 'x"\u00e9' }]) {
       assert.ok(estimateJsonBytes(body) >= Buffer.byteLength(JSON.stringify(body)), JSON.stringify(body));
     }
   });
