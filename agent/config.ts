@@ -92,6 +92,12 @@ export const PipelineSchema = z.object({
       maxInFlight: z.number().int().min(1).max(4096).optional(),
       /** Payload bytes waiting in the queue (images are large); beyond it the oldest are dropped too. */
       maxBytes: z.number().int().min(1024).max(4 * 1024 * 1024 * 1024).default(64 * 1024 * 1024),
+      /**
+       * Ids of the last this-many MQTT readings (their own `id`, or the topic's for images) are
+       * remembered: a QoS 1 redelivery of one is dropped and counted
+       * (`edgefleet_agent_input_dropped_total{reason="duplicate"}`). 0 turns it off.
+       */
+      dedupeIds: z.number().int().min(0).max(1_000_000).default(10_000),
     })
     .prefault({}),
   output: z

@@ -139,6 +139,8 @@ interface Prepared {
   data: InputData;
   dims: number[];
   id: string;
+  /** The id came with the input (not generated): redeliveries of it can be recognized. */
+  givenId: boolean;
   inputTs?: number;
   stats?: ImageStats;
   /** Raw (unscaled) tabular values, for drift summaries. */
@@ -191,6 +193,12 @@ export class Pipeline implements Component {
   /** `inferences{outcome="ok"}` per model key (name@version); bounded, see #okCounter. */
   readonly #ok = new Map<string, { inc(): void }>();
   readonly #latency: { observe(v: number): void };
+  /**
+   * Ids of MQTT readings accepted lately (insertion order = age), so a QoS 1 redelivery of a
+   * reading (a sensor resending what the broker had already passed on, e.g. across a broker
+   * restart) is inferred and stored once. Bounded by `stream.dedupeIds`.
+   */
+  readonly #recentIds = new Set<string>();
 
   constructor(private readonly d: PipelineDeps) {
     const cfg = d.config;
@@ -266,6 +274,7 @@ export class Pipeline implements Component {
       try {
         await this.d.sink.append(record.stream, record.kind, record.body, record.ts);
       } catch (err) {
+        this.#recentIds.delete(result.id); // not stored: a redelivery may try again
         throw this.#failed(toEdgefleetError(err, ErrorCode.STORAGE));
       }
     }
@@ -293,6 +302,15 @@ export class Pipeline implements Component {
         if (e.code !== ErrorCode.ABORTED && e.code !== ErrorCode.INTERNAL && e.code !== ErrorCode.BAD_MANIFEST) this.#reject(e);
         throw e;
       }
+      const dedupe = req.source === 'mqtt' && prepared.givenId && config.stream.dedupeIds > 0;
+      if (dedupe) {
+        if (this.#recentIds.has(prepared.id)) {
+          metrics.inputDropped.inc({ pipeline: config.name, reason: 'duplicate' });
+          throw new EdgefleetError(ErrorCode.CONFLICT, `reading ${prepared.id} was already accepted (redelivery)`, { details: { reason: 'duplicate' } });
+        }
+        this.#recentIds.add(prepared.id);
+        if (this.#recentIds.size > config.stream.dedupeIds) this.#recentIds.delete(this.#recentIds.values().next().value as string);
+      }
       let first: { data: Float32Array } | undefined;
       let engineMs: number;
       try {
@@ -302,6 +320,8 @@ export class Pipeline implements Component {
         engineMs = res.latencyMs;
       } catch (err) {
         const e = toEdgefleetError(err, ErrorCode.INFERENCE);
+        // Not served: a redelivery of this reading deserves its chance.
+        if (dedupe) this.#recentIds.delete(prepared.id);
         metrics.inferences.inc({
           pipeline: config.name,
           model: model.manifest.name,
@@ -426,7 +446,8 @@ export class Pipeline implements Component {
     const maxInputBytes =
       req.source === 'http' ? undefined : input.type === 'folder' ? input.maxFileBytes : (input.maxPayloadBytes ?? DEFAULT_MAX_IMAGE_BYTES);
     const t = await preprocessImage(spec, req.bytes, { maxInputBytes, maxInputPixels: this.d.maxInputPixels });
-    return { data: t.data, dims: t.dims, id: validCorrelationId(req.id) ?? randomUUID(), inputTs: req.ts, stats: t.stats };
+    const given = validCorrelationId(req.id);
+    return { data: t.data, dims: t.dims, id: given ?? randomUUID(), givenId: given !== undefined, inputTs: req.ts, stats: t.stats };
   }
 
   #prepareTabular(model: LocalModel, req: InferRequest): Prepared {
@@ -452,7 +473,8 @@ export class Pipeline implements Component {
       }
     }
     const t = preprocessTabular(spec, reading);
-    return { data: t.data, dims: t.dims, id: reading.id ?? validCorrelationId(req.id) ?? randomUUID(), inputTs: reading.ts ?? req.ts, raw: t.raw };
+    const given = reading.id ?? validCorrelationId(req.id);
+    return { data: t.data, dims: t.dims, id: given ?? randomUUID(), givenId: given !== undefined, inputTs: reading.ts ?? req.ts, raw: t.raw };
   }
 
   #reject(error: EdgefleetError): void {

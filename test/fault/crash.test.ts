@@ -122,7 +122,10 @@ describe('fault: agent killed with SIGKILL while writing', () => {
 
     const final = inspectOutbox(outboxFile);
     assert.equal(final.integrity, 'ok');
-    assert.equal(final.pending.length, 0, 'outbox empty after the drain');
+    // A graceful stop flushes the partial health (and drift) windows into the outbox after the
+    // link has closed: committed and durable, they go out at the next start. Nothing else may wait.
+    const flushedAtStop = final.pending.filter((p) => p.stream === 'health' || p.stream === 'drift');
+    assert.deepEqual(final.pending.filter((p) => !flushedAtStop.includes(p)), [], 'outbox holds nothing but the windows flushed at stop');
     assert.equal(final.epoch, KILLS + 1);
 
     const rows = readHubTelemetry(join(root, 'hub'), deviceId);
@@ -151,14 +154,14 @@ describe('fault: agent killed with SIGKILL while writing', () => {
     }
     const counters = await deviceCounters(hub, deviceId);
     const integrityOk = snapshots.filter((s) => s.integrity === 'ok').length;
-    const lost = final.everCommitted - (stored - report.duplicateIds);
+    const lost = final.everCommitted - flushedAtStop.length - (stored - report.duplicateIds);
     process.stdout.write(
       `crash: kills=${KILLS} epochs=${report.epochs} committed=${final.everCommitted} stored=${stored} lost=${lost} duplicated=${report.duplicateIds} ` +
         `integrity_ok=${integrityOk}/${KILLS} redelivered(dedup)=${counters.duplicates} pending_at_kills=${pendingAtKills} readings_sent=${pub.sent} seed=${SEED}\n`,
     );
     assert.deepEqual(report.problems, []);
     assert.equal(missing, 0, 'every record pending at a kill reached the hub');
-    assert.equal(stored, final.everCommitted, 'stored exactly what the outbox ever committed');
+    assert.equal(stored + flushedAtStop.length, final.everCommitted, 'stored exactly what the outbox ever committed (but the windows flushed at stop)');
     assert.equal(report.gaps, 0);
     assert.equal(report.duplicateIds, 0);
     assert.equal(report.disorders, 0);

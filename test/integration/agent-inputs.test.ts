@@ -228,6 +228,21 @@ void describe('agent inputs', () => {
   });
 });
 
+void describe('redelivered readings', () => {
+  it('a reading delivered twice (QoS 1 redelivery) is inferred and stored once; one without an id is not de-duplicated', async () => {
+    const token = await fleet.addPrincipal({ id: 'vib-dup', kind: 'sensor', device: DEV });
+    const sensor = await fleet.connect('vib-dup', token);
+    const values = sensorDataset(createRng(77), 1).x[0]!;
+    const before = await metric(agent, 'edgefleet_agent_inferences_total', { pipeline: 'vibration', outcome: 'ok' });
+    for (let i = 0; i < 3; i++) await sensor.publishAsync(`edgefleet/v1/${DEV}/in/vibration`, JSON.stringify({ id: 'dup-1', values }), { qos: 1 });
+    for (let i = 0; i < 2; i++) await sensor.publishAsync(`edgefleet/v1/${DEV}/in/vibration`, JSON.stringify({ values }), { qos: 1 });
+    await until(async () => (await metric(agent, 'edgefleet_agent_input_dropped_total', { pipeline: 'vibration', reason: 'duplicate' })) === 2, 10_000, 'two redeliveries dropped');
+    await until(async () => (await metric(agent, 'edgefleet_agent_inferences_total', { pipeline: 'vibration', outcome: 'ok' })) === before + 3, 10_000, 'three inferences');
+    await until(async () => (await fleet.telemetry(DEV)).some((t) => t.body['id'] === 'dup-1'), 10_000, 'dup-1 at the hub');
+    assert.equal((await fleet.telemetry(DEV)).filter((t) => t.body['id'] === 'dup-1').length, 1, 'stored once');
+  });
+});
+
 void describe('overload', () => {
   let busy: Agent;
   before(async () => {
