@@ -145,6 +145,10 @@ async function main(): Promise<void> {
         await sleep(50);
       }
       const seconds = (performance.now() - t1) / 1000;
+      const cmdAt = devices.map((d) => (d.lastCommandAt - t1) / 1000).sort((a, b) => a - b);
+      const took = devices.map((d) => (d.lastInstalledAt - d.lastCommandAt) / 1000).sort((a, b) => a - b);
+      const q = (xs: number[], f: number): string => (xs[Math.min(xs.length - 1, Math.floor(f * xs.length))] ?? 0).toFixed(2);
+      log(`  commands received at s: first ${q(cmdAt, 0)} median ${q(cmdAt, 0.5)} last ${q(cmdAt, 1)}; install s: median ${q(took, 0.5)} p95 ${q(took, 0.95)} max ${q(took, 1)}`);
       const onNew = devices.filter((d) => d.slot.active?.version === p.version).length;
       if (status.state !== 'completed' || onNew !== n) throw new Error(`rollout ${created.id} ended ${status.state} with ${onNew}/${n} devices on ${p.version}`);
       const dpm = (n / seconds) * 60;

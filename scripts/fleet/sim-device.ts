@@ -62,6 +62,9 @@ export class SimulatedDevice {
   installs = 0;
   downloadedBytes = 0;
   refused = 0;
+  /** performance.now() of the last install command's arrival and of its completion. */
+  lastCommandAt = 0;
+  lastInstalledAt = 0;
 
   constructor(opts: SimDeviceOptions) {
     this.#o = opts;
@@ -163,6 +166,7 @@ export class SimulatedDevice {
     const cmd = d.value;
     // Idempotent by command id, like the agent's HubLink: a re-sent command gets the first result.
     if (this.#results.has(cmd.id)) return;
+    if (cmd.name === INSTALL_COMMAND) this.lastCommandAt = performance.now();
     this.#results.set(cmd.id, this.#run(cmd));
   }
 
@@ -217,6 +221,7 @@ export class SimulatedDevice {
     const previous = slot.active ?? undefined;
     this.#slot = { ...slot, active: installed, ...(previous ? { previous } : {}), highestCounter: counter };
     this.installs++;
+    this.lastInstalledAt = performance.now();
     const ev: ModelEvent = {
       event: 'installed',
       name: manifest.name,
