@@ -24,6 +24,8 @@ operators (talk to a running hub: --hub <url> --token <t>, or --data <hub data d
   model baseline --manifest <m> --data <f>       build a manifest's drift reference bins (local)
   rollout create <name>@<version> --target <sel> staged rollout (waves, bake, health gates)
   rollout list|status|pause|resume|abort|approve [<id>] [--json]
+  drift [--model <m>@<v>] [--since 24h] [--json] drift findings per model version, scope, feature
+  alerts [--state open] [--json]                 drift alerts; alerts ack|resolve <id>
 
 Run 'edgefleet <command> --help' for a command's options.`;
 
@@ -66,6 +68,10 @@ async function main(argv: string[]): Promise<void> {
       return operator(() => import('./commands/devices.ts'), argv.slice(1));
     case 'rollout':
       return operator(() => import('./commands/rollout.ts'), argv.slice(1));
+    case 'drift':
+      return operator(() => import('./commands/drift.ts'), argv.slice(1));
+    case 'alerts':
+      return operator(() => import('./commands/alerts.ts'), argv.slice(1));
     case 'model':
       if (sub === 'baseline') return operator(() => import('./commands/model-baseline.ts'), rest);
       return operator(() => import('./commands/model.ts'), argv.slice(1));

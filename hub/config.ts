@@ -10,6 +10,8 @@ import { z } from 'zod';
 import { deepFreeze, loadConfig } from '../shared/config.ts';
 import { LOG_LEVELS } from '../shared/log.ts';
 import { MAX_PAYLOAD_BYTES, NameSchema } from '../shared/protocol.ts';
+import { AlertsConfigSchema } from './alerts/config.ts';
+import { DriftConfigSchema } from './drift/config.ts';
 import { timezoneProblem, windowExpressionProblem } from './rollouts/windows.ts';
 
 export const ENV_PREFIX = 'EDGEFLEET_HUB';
@@ -128,6 +130,8 @@ export const HubConfigSchema = z.object({
         .default({}),
     })
     .prefault({}),
+  drift: DriftConfigSchema,
+  alerts: AlertsConfigSchema,
   log: z.object({ level: z.enum(LOG_LEVELS).default('info') }).prefault({}),
 });
 export type HubConfig = z.infer<typeof HubConfigSchema>;

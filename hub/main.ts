@@ -7,6 +7,10 @@
  * Rollouts: ingest hands the rollout engine command results, newly stored model/health records
  * and hellos; the engine answers with commands on the bus.
  *
+ * Drift: ingest hands the drift aggregator newly stored drift records (merged per device and
+ * window); the drift monitor tests closed windows and hands reports to the alert manager, whose
+ * events go out through alert delivery (MQTT topic, webhooks, retraining hook).
+ *
  * Start order: the store first; ingest subscribes on the broker's bus before the broker
  * listens, so the first hello of a fleet reconnecting after a restart is not missed; the model
  * registry (signing keys, artifact directory) before the API that serves it; the API last,
@@ -24,6 +28,12 @@ import { ApiServer } from './api/server.ts';
 import { DeviceAuth } from './auth/devices.ts';
 import { ApiAuth, ensureAdminToken } from './auth/operators.ts';
 import { EmbeddedBroker } from './broker/broker.ts';
+import { AlertManager } from './alerts/alerts.ts';
+import { AlertDelivery } from './alerts/delivery.ts';
+import { DriftAggregator } from './drift/aggregator.ts';
+import { DriftApi } from './drift/api.ts';
+import { DriftMonitor } from './drift/monitor.ts';
+import { SampleStore } from './drift/samples.ts';
 import { loadHubConfig, type HubConfig } from './config.ts';
 import { Ingest } from './ingest/ingest.ts';
 import { ArtifactStore } from './models/artifact-store.ts';
@@ -45,6 +55,12 @@ export interface Hub extends Service {
   readonly registry: Registry;
   /** The rollout engine (tests call `tick()` after moving a fake clock). */
   readonly rollouts: RolloutEngine;
+  /** Drift: `drift.tick()` tests due windows (tests move a fake clock first), `driftAggregator.idle()` waits for merging. */
+  readonly drift: DriftMonitor;
+  readonly driftAggregator: DriftAggregator;
+  /** Alerts (lifecycle) and their delivery (`alertDelivery.flush()` attempts due webhooks now). */
+  readonly alerts: AlertManager;
+  readonly alertDelivery: AlertDelivery;
   /** Bound ports: valid after start() (configured 0 → the port the OS chose). */
   readonly mqttPort: number;
   readonly httpPort: number;
@@ -123,6 +139,36 @@ export function createHub(config: HubConfig, deps: HubDeps): Promise<Hub> {
   ingest.onCommandResult((deviceId, result) => rollouts.onCommandResult(deviceId, result));
   ingest.onRecords((deviceId, records) => rollouts.onRecords(deviceId, records));
   ingest.onHello((hello) => rollouts.onHello(hello));
+  // Drift (issue #4): drift records → per-device window rows; windows tested → alerts → delivery.
+  const driftAggregator = new DriftAggregator({
+    store,
+    log: log.child({ component: 'drift' }),
+    registry,
+    windowMs: config.drift.windowMs,
+    graceMs: config.drift.graceMs,
+    retentionMs: config.drift.retentionDays * 86_400_000,
+    now,
+  });
+  ingest.onRecords((deviceId, records) => driftAggregator.onRecords(deviceId, records));
+  const alertDelivery = new AlertDelivery({
+    store,
+    bus: broker,
+    log: log.child({ component: 'alerts' }),
+    registry,
+    config: config.alerts,
+    now,
+    pipelineOf: (deviceId, model) => driftAggregator.pipelineOf(deviceId, model),
+  });
+  const alerts = new AlertManager({ store, delivery: alertDelivery, log: log.child({ component: 'alerts' }), registry, config: config.alerts, now });
+  const drift = new DriftMonitor({ store, log: log.child({ component: 'drift' }), registry, config: config.drift, onReport: (r, ctx) => alerts.onReport(r, ctx), now });
+  const driftApi = new DriftApi({
+    store,
+    alerts,
+    samples: new SampleStore(join(config.dataDir, 'samples'), now),
+    maxSampleBytes: config.drift.samples.maxBytes,
+    maxSampleItems: config.drift.samples.maxItems,
+    log: log.child({ component: 'drift' }),
+  });
   const api = new ApiServer({
     host: config.http.host,
     port: config.http.port,
@@ -133,6 +179,7 @@ export function createHub(config: HubConfig, deps: HubDeps): Promise<Hub> {
     deviceAuth: new DeviceAuth(store, now),
     models,
     rollouts,
+    drift: driftApi,
     maxManifestBytes: config.models.maxManifestBytes,
     registry,
     log: log.child({ component: 'api' }),
@@ -148,6 +195,10 @@ export function createHub(config: HubConfig, deps: HubDeps): Promise<Hub> {
     store,
     registry,
     rollouts,
+    drift,
+    driftAggregator,
+    alerts,
+    alertDelivery,
     get mqttPort() {
       return broker.port;
     },
@@ -185,11 +236,17 @@ export function createHub(config: HubConfig, deps: HubDeps): Promise<Hub> {
   );
   // The embedded broker starts empty: whatever the database says, nobody is connected.
   lifecycle.add(step('presence-reset', () => store.markAllOffline(now())));
+  // Stops after ingest: summaries still being merged finish before the store closes.
+  lifecycle.add(step('drift-merge', () => Promise.resolve(), () => driftAggregator.idle()));
   lifecycle.add(ingest);
   lifecycle.add(broker);
   lifecycle.add(models);
   // After the broker (it publishes commands), before the API (which creates rollouts).
   lifecycle.add(rollouts);
+  // After the broker: alerts are published on it, sample commands too.
+  lifecycle.add(alertDelivery);
+  lifecycle.add(step('alert-metrics', () => alerts.refreshMetrics()));
+  lifecycle.add(drift);
   lifecycle.add(api);
   lifecycle.add(
     step(

@@ -20,6 +20,8 @@
  *   GET  /v1/rollouts/:id         status: state, waves, per-device states, gate results
  *   POST /v1/rollouts/:id/{pause,resume,abort,approve}   → 200 status; 409 when not allowed now
  *   GET  /v1/devices/:id/history  the device's append-only model history
+ *   GET  /v1/drift, GET /v1/alerts[/:id], POST /v1/alerts/:id/{ack,resolve},
+ *   POST /v1/samples/:deviceId (device auth), GET /v1/samples     drift and alerts (hub/drift/api.ts)
  */
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { Registry } from 'prom-client';
@@ -30,6 +32,7 @@ import type { Component } from '../../shared/lifecycle.ts';
 import type { Logger } from '../../shared/log.ts';
 import { DeviceIdSchema, NameSchema } from '../../shared/protocol.ts';
 import type { DeviceAuth } from '../auth/devices.ts';
+import type { DriftApi } from '../drift/api.ts';
 import type { ApiAuth, Operator } from '../auth/operators.ts';
 import { hashToken, newSecret } from '../auth/tokens.ts';
 import { serveArtifact } from '../models/artifact-http.ts';
@@ -48,6 +51,8 @@ export interface ApiOptions {
   deviceAuth: DeviceAuth;
   models: ModelRegistry;
   rollouts: Pick<RolloutEngine, 'create' | 'list' | 'status' | 'act' | 'history'>;
+  /** Drift, alerts and device samples (issue #4); their routes answer 404 without it. */
+  drift?: DriftApi;
   /** Largest manifest accepted by POST /v1/models (bigger than maxBodyBytes: test vectors). */
   maxManifestBytes: number;
   registry: Registry;
@@ -165,6 +170,12 @@ export class ApiServer implements Component {
         auth: 'write',
         handler: async (_q, res, p) => sendJson(res, 200, await opts.rollouts.act(p.ids[0] ?? '', p.ids[1] as 'pause' | 'resume' | 'abort' | 'approve')),
       },
+      { method: 'GET', pattern: /^\/v1\/drift$/, auth: 'read', handler: (_q, res, p) => this.#drift.drift(res, p.query) },
+      { method: 'GET', pattern: /^\/v1\/alerts$/, auth: 'read', handler: (_q, res, p) => this.#drift.alerts(res, p.query) },
+      { method: 'GET', pattern: /^\/v1\/alerts\/([^/]+)$/, auth: 'read', handler: (_q, res, p) => this.#drift.alert(res, p.id ?? '') },
+      { method: 'POST', pattern: /^\/v1\/alerts\/([^/]+)\/(ack|resolve)$/, auth: 'write', handler: (_q, res, p) => this.#drift.act(res, p.ids[0] ?? '', p.ids[1] ?? '', p.op?.name ?? 'operator') },
+      { method: 'POST', pattern: /^\/v1\/samples\/([^/]+)$/, auth: 'device', handler: (req, res, p) => this.#drift.upload(req, res, p.id ?? '', p.device ?? '') },
+      { method: 'GET', pattern: /^\/v1\/samples$/, auth: 'read', handler: (_q, res, p) => this.#drift.samples(res, p.query) },
       { method: 'GET', pattern: /^\/v1\/telemetry$/, auth: 'read', handler: (_q, res, p) => this.#telemetry(res, p.query) },
       { method: 'GET', pattern: /^\/v1\/fleet$/, auth: 'read', handler: (_q, res) => this.#fleet(res) },
       { method: 'GET', pattern: /^\/v1\/keys$/, auth: 'read', handler: (_q, res) => this.#keys(res) },
@@ -179,6 +190,11 @@ export class ApiServer implements Component {
 
   get port(): number {
     return this.#port;
+  }
+
+  get #drift(): DriftApi {
+    if (!this.#o.drift) throw new EdgefleetError(ErrorCode.NOT_FOUND, 'drift monitoring is not enabled on this hub');
+    return this.#o.drift;
   }
 
   async start(signal: AbortSignal): Promise<void> {

@@ -2,7 +2,8 @@
  * Who may publish and subscribe where. A device lives in its own subtree
  * `edgefleet/v1/<ownId>/...` and nowhere else; a sensor may only publish readings into the
  * `in/` topics of the one device it feeds, and receives nothing; a consumer only reads the
- * `out/` (results) topics of devices. Pure functions: the broker
+ * `out/` (results) topics of devices and the hub's alert topic `edgefleet/v1/$hub/alerts`
+ * (device ids cannot contain `$`, so no device owns that subtree). Pure functions: the broker
  * calls them, the tests read them.
  */
 import { TOPIC_ROOT } from '../../shared/protocol.ts';
@@ -18,6 +19,8 @@ export interface Identity {
 /** Topics only the hub publishes to (the hub's publishes bypass these checks). */
 const HUB_TO_AGENT = new Set(['ack', 'cmd']);
 const ROOT = TOPIC_ROOT.split('/');
+/** Drift alerts the hub publishes (hub/alerts/delivery.ts ALERTS_TOPIC); consumers may read them. */
+export const HUB_ALERTS_TOPIC = `${TOPIC_ROOT}/$hub/alerts`;
 
 /** Splits a topic under the protocol root into (deviceId level, rest levels). */
 function split(topic: string): { device: string; rest: string[] } | undefined {
@@ -50,6 +53,7 @@ export function subscribeRefusal(who: Identity, filter: string): string | undefi
   if (filter.startsWith('$')) return 'reserved topic';
   const t = split(filter);
   if (who.kind === 'consumer') {
+    if (filter === HUB_ALERTS_TOPIC) return undefined;
     // Results of any device (`+` allowed at the device level), nothing else.
     if (!t || t.device === '#' || t.rest[0] !== 'out') return 'consumers subscribe only to <device>/out/...';
     return undefined;
@@ -61,6 +65,6 @@ export function subscribeRefusal(who: Identity, filter: string): string | undefi
 
 /** Last line of defence at delivery time (retained messages included). */
 export function mayReceive(who: Identity, topic: string): boolean {
-  if (who.kind === 'consumer') return split(topic)?.rest[0] === 'out';
+  if (who.kind === 'consumer') return topic === HUB_ALERTS_TOPIC || split(topic)?.rest[0] === 'out';
   return who.kind === 'device' && topic.startsWith(`${TOPIC_ROOT}/${who.id}/`);
 }

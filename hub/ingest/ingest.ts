@@ -9,9 +9,9 @@
  * counted per device and in metrics and logged (throttled) with its error code; nothing here
  * throws into the broker.
  *
- * Listeners (the rollout engine): command results, every recorded hello, and the `model` and
- * `health` records of a batch that were stored for the first time, after the commit, so a
- * resent batch does not report an install twice.
+ * Listeners (the rollout engine, the KPI index, drift): command results, every recorded hello,
+ * and the records of a batch that were stored for the first time, after the commit, so a
+ * resent batch does not report an install or count a window twice.
  */
 import { Counter, Histogram, type Registry } from 'prom-client';
 import { decodeJson, encodeJson } from '../../shared/codec.ts';
@@ -32,7 +32,6 @@ import {
   type MessageKind,
   type TelemetryRecord,
 } from '../../shared/protocol.ts';
-import { HEALTH_KIND, MODEL_EVENT_KIND } from '../../shared/updates.ts';
 import type { MessageBus } from '../broker/bus.ts';
 import type { HubStore } from '../store/store.ts';
 import { toRanges } from './ranges.ts';
@@ -139,8 +138,8 @@ export class Ingest implements Component {
   }
 
   /**
-   * For the rollout engine: records of kinds `model` and `health` (shared/updates.ts), called
-   * after their batch committed and only for records stored for the first time, so a resent
+   * For the rollout engine, the KPI index and drift: the records of a batch stored for the first
+   * time (all kinds; each listener filters), called after their batch committed, so a resent
    * batch is not seen twice.
    */
   onRecords(listener: (deviceId: string, records: TelemetryRecord[]) => void): void {
@@ -220,8 +219,10 @@ export class Ingest implements Component {
       this.#batches.inc({ outcome: 'acked' });
       this.#rate.add(r.stored, this.#now());
       ack = { v: PROTOCOL_VERSION, type: 'ack', batchId: batch.batchId, ok: true, ranges: toRanges(batch.records), stored: r.stored, duplicates: r.duplicates };
-      const watched = r.fresh.map((i) => batch.records[i]).filter((x): x is TelemetryRecord => x?.kind === MODEL_EVENT_KIND || x?.kind === HEALTH_KIND);
-      if (watched.length) this.#notify(this.#recordListeners, 'record', deviceId, watched);
+      // Every record stored for the first time; each listener picks its kinds (rollouts: model
+      // and health; KPIs: inference and health; drift: drift).
+      const fresh = r.fresh.map((i) => batch.records[i]).filter((x): x is TelemetryRecord => x !== undefined);
+      if (fresh.length) this.#notify(this.#recordListeners, 'record', deviceId, fresh);
     } catch (err) {
       const e = toEdgefleetError(err, ErrorCode.STORAGE);
       this.#batches.inc({ outcome: 'store_failed' });

@@ -196,4 +196,111 @@ export const MIGRATIONS: readonly Migration[] = [
       CREATE INDEX device_history_by_device ON device_history(device_id, id);
     `,
   },
+  {
+    version: 4,
+    name: 'drift and alerts: summary ids, device window aggregates, window reports and findings, alerts, alert deliveries',
+    sql: `
+      -- Every drift summary id merged, so a re-sent or replayed summary is recognised and never
+      -- merged twice (merging is not idempotent, PITFALLS "Drift statistics"). Pruned with the
+      -- aggregates after drift.retentionDays.
+      CREATE TABLE drift_summaries (
+        summary_id   TEXT PRIMARY KEY,
+        device_id    TEXT NOT NULL,
+        model        TEXT NOT NULL,
+        version      TEXT NOT NULL,
+        window_start INTEGER NOT NULL,
+        received_at  INTEGER NOT NULL
+      );
+      CREATE INDEX drift_summaries_by_window ON drift_summaries(window_start);
+
+      -- Merged counts per (model version, device, hub window) as the JSON of a DriftAggregate
+      -- (shared/drift/merge.ts) without its summary id set. Group and fleet aggregates are
+      -- combined from these rows on demand, exactly.
+      CREATE TABLE drift_device_windows (
+        model        TEXT NOT NULL,
+        version      TEXT NOT NULL,
+        window_start INTEGER NOT NULL,
+        device_id    TEXT NOT NULL,
+        window_ms    INTEGER NOT NULL,
+        summaries    INTEGER NOT NULL,
+        count        INTEGER NOT NULL,
+        aggregate    TEXT NOT NULL,
+        updated_at   INTEGER NOT NULL,
+        PRIMARY KEY (model, version, window_start, device_id)
+      ) WITHOUT ROWID;
+      CREATE INDEX drift_device_windows_by_window ON drift_device_windows(window_start);
+
+      -- One row per evaluated (model version, window): the detector's report without findings,
+      -- or why it was skipped. Its existence marks the window as evaluated.
+      CREATE TABLE drift_reports (
+        model        TEXT NOT NULL,
+        version      TEXT NOT NULL,
+        window_start INTEGER NOT NULL,
+        window_ms    INTEGER NOT NULL,
+        evaluated_at INTEGER NOT NULL,
+        skipped      TEXT,
+        report       TEXT NOT NULL,
+        PRIMARY KEY (model, version, window_start)
+      ) WITHOUT ROWID;
+
+      CREATE TABLE drift_findings (
+        id           INTEGER PRIMARY KEY AUTOINCREMENT,
+        model        TEXT NOT NULL,
+        version      TEXT NOT NULL,
+        window_start INTEGER NOT NULL,
+        scope        TEXT NOT NULL,
+        scope_id     TEXT NOT NULL,
+        feature      TEXT NOT NULL,
+        finding      TEXT NOT NULL
+      );
+      CREATE INDEX drift_findings_by_model ON drift_findings(model, version, window_start);
+
+      -- Alerts: open -> acknowledged -> resolved. At most one unresolved alert per key
+      -- (model version, scope, scope id, feature); the partial unique index enforces it.
+      CREATE TABLE alerts (
+        id            TEXT PRIMARY KEY,
+        model         TEXT NOT NULL,
+        version       TEXT NOT NULL,
+        scope         TEXT NOT NULL,
+        scope_id      TEXT NOT NULL,
+        feature       TEXT NOT NULL,
+        state         TEXT NOT NULL CHECK (state IN ('open', 'acknowledged', 'resolved')),
+        message       TEXT NOT NULL,
+        devices       TEXT NOT NULL DEFAULT '[]',
+        evidence      TEXT NOT NULL,
+        first_window  INTEGER NOT NULL,
+        last_window   INTEGER NOT NULL,
+        windows       INTEGER NOT NULL DEFAULT 1,
+        clean_windows INTEGER NOT NULL DEFAULT 0,
+        opened_at     INTEGER NOT NULL,
+        updated_at    INTEGER NOT NULL,
+        acked_at      INTEGER,
+        acked_by      TEXT,
+        resolved_at   INTEGER,
+        resolved_by   TEXT
+      );
+      CREATE UNIQUE INDEX alerts_one_unresolved ON alerts(model, version, scope, scope_id, feature) WHERE state <> 'resolved';
+      CREATE INDEX alerts_by_state ON alerts(state, opened_at);
+
+      -- Outgoing webhook deliveries (alert webhooks, the retraining hook), persisted so a hub
+      -- restart does not drop them; log holds every attempt (time, status or error).
+      CREATE TABLE alert_deliveries (
+        id           INTEGER PRIMARY KEY AUTOINCREMENT,
+        alert_id     TEXT NOT NULL,
+        target       TEXT NOT NULL,
+        url          TEXT NOT NULL,
+        event        TEXT NOT NULL,
+        payload      TEXT NOT NULL,
+        state        TEXT NOT NULL CHECK (state IN ('pending', 'delivered', 'failed')),
+        attempts     INTEGER NOT NULL DEFAULT 0,
+        next_at      INTEGER NOT NULL,
+        last_error   TEXT,
+        log          TEXT NOT NULL DEFAULT '[]',
+        created_at   INTEGER NOT NULL,
+        delivered_at INTEGER
+      );
+      CREATE INDEX alert_deliveries_due ON alert_deliveries(state, next_at);
+      CREATE INDEX alert_deliveries_by_alert ON alert_deliveries(alert_id);
+    `,
+  },
 ];

@@ -16,6 +16,7 @@ import type { Logger } from '../../shared/log.ts';
 import { ModelRefSchema, StreamPositionSchema, type Hello, type TelemetryRecord } from '../../shared/protocol.ts';
 import type { HealthWindow } from '../../shared/updates.ts';
 import { MIGRATIONS, type Migration } from './migrations.ts';
+import * as drift from './sqlite-drift.ts';
 import * as rollouts from './sqlite-rollouts.ts';
 import type {
   ApiRole,
@@ -43,6 +44,19 @@ import type {
   StreamStat,
   TelemetryQuery,
   TelemetryRow,
+} from './store.ts';
+import type {
+  AlertRecord,
+  AlertState,
+  AlertWindowResult,
+  AlertWindowUpdate,
+  DeliveryRecord,
+  DriftDeviceWindow,
+  DriftFindingQuery,
+  DriftFindingRow,
+  DriftReportRow,
+  MergeOutcome,
+  NewDelivery,
 } from './store.ts';
 
 export const HUB_DB_FILE = 'hub.db';
@@ -547,6 +561,57 @@ export class SqliteHubStore implements HubStore {
   }
   healthWindows(deviceIds: readonly string[], model: string, from: number, to: number): Promise<{ deviceId: string; window: HealthWindow }[]> {
     return this.#run('health windows', (db) => rollouts.healthWindows(db, deviceIds, model, from, to));
+  }
+
+  // --- drift and alerts (sqlite-drift.ts) ------------------------------------------------------
+
+  mergeDriftSummary(
+    s: { summaryId: string; deviceId: string; model: string; version: string; windowStart: number; windowMs: number; receivedAt: number },
+    merge: (stored: string | undefined) => { aggregate: string; count: number },
+  ): Promise<MergeOutcome> {
+    return this.#run('merge drift summary', (db) => drift.mergeDriftSummary(db, s, merge));
+  }
+  driftDeviceWindows(model: string, version: string, windowStart: number): Promise<DriftDeviceWindow[]> {
+    return this.#run('drift device windows', (db) => drift.driftDeviceWindows(db, model, version, windowStart));
+  }
+  pendingDriftWindows(windowEndBefore: number): Promise<{ model: string; version: string; windowStart: number; windowMs: number }[]> {
+    return this.#run('pending drift windows', (db) => drift.pendingDriftWindows(db, windowEndBefore));
+  }
+  putDriftReport(r: DriftReportRow, findings: readonly DriftFindingRow[]): Promise<boolean> {
+    return this.#run('put drift report', (db) => drift.putDriftReport(db, r, findings));
+  }
+  driftReports(q: { model?: string; version?: string; from?: number; to?: number; limit: number }): Promise<DriftReportRow[]> {
+    return this.#run('drift reports', (db) => drift.driftReports(db, q));
+  }
+  driftFindings(q: DriftFindingQuery): Promise<DriftFindingRow[]> {
+    return this.#run('drift findings', (db) => drift.driftFindings(db, q));
+  }
+  pruneDrift(before: number): Promise<{ summaries: number; windows: number; reports: number; findings: number; alerts: number }> {
+    return this.#run('prune drift', (db) => drift.pruneDrift(db, before));
+  }
+  applyAlertWindow(u: AlertWindowUpdate): Promise<AlertWindowResult> {
+    return this.#run('apply alert window', (db) => drift.applyAlertWindow(db, u));
+  }
+  getAlert(id: string): Promise<AlertRecord | undefined> {
+    return this.#run('get alert', (db) => drift.getAlert(db, id));
+  }
+  listAlerts(q: { state?: AlertState; model?: string; version?: string; limit: number }): Promise<AlertRecord[]> {
+    return this.#run('list alerts', (db) => drift.listAlerts(db, q));
+  }
+  transitionAlert(id: string, from: readonly AlertState[], to: AlertState, at: number, by: string): Promise<AlertRecord | undefined> {
+    return this.#run('alert transition', (db) => drift.transitionAlert(db, id, from, to, at, by));
+  }
+  addDeliveries(d: readonly NewDelivery[]): Promise<void> {
+    return this.#run('add deliveries', (db) => drift.addDeliveries(db, d));
+  }
+  dueDeliveries(at: number, limit: number): Promise<DeliveryRecord[]> {
+    return this.#run('due deliveries', (db) => drift.dueDeliveries(db, at, limit));
+  }
+  recordDeliveryAttempt(id: number, attempt: { at: number; ok: boolean; status?: number; error?: string; nextAt?: number; giveUp?: boolean }): Promise<void> {
+    return this.#run('record delivery attempt', (db) => drift.recordDeliveryAttempt(db, id, attempt));
+  }
+  deliveries(alertId: string): Promise<DeliveryRecord[]> {
+    return this.#run('deliveries', (db) => drift.deliveries(db, alertId));
   }
 }
 

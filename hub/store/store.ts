@@ -318,7 +318,176 @@ export interface RolloutStore {
   healthWindows(deviceIds: readonly string[], model: string, from: number, to: number): Promise<{ deviceId: string; window: HealthWindow }[]>;
 }
 
-export interface HubStore extends Component, RolloutStore {
+// ---------------------------------------------------------------------------------------------
+// Drift and alerts (hub/drift/, hub/alerts/; tables of migration 4)
+
+/** One (model version, device, hub window) row of merged drift counts. */
+export interface DriftDeviceWindow {
+  model: string;
+  version: string;
+  deviceId: string;
+  windowStart: number;
+  windowMs: number;
+  summaries: number;
+  count: number;
+  /** JSON of a DriftAggregate (shared/drift/merge.ts) without its summary id set. */
+  aggregate: string;
+}
+
+export type MergeOutcome = 'merged' | 'duplicate';
+
+export interface DriftReportRow {
+  model: string;
+  version: string;
+  windowStart: number;
+  windowMs: number;
+  evaluatedAt: number;
+  /** Why the window was not tested (no reference for the model version), or null. */
+  skipped: string | null;
+  /** JSON of the report without findings. */
+  report: string;
+}
+
+export interface DriftFindingRow {
+  model: string;
+  version: string;
+  windowStart: number;
+  scope: string;
+  scopeId: string;
+  feature: string;
+  /** JSON of a DriftFinding (shared/drift/detector.ts). */
+  finding: string;
+}
+
+export interface DriftFindingQuery {
+  model?: string;
+  version?: string;
+  scope?: string;
+  scopeId?: string;
+  feature?: string;
+  from?: number;
+  to?: number;
+  limit: number;
+}
+
+export type AlertState = 'open' | 'acknowledged' | 'resolved';
+
+export interface AlertRecord {
+  id: string;
+  model: string;
+  version: string;
+  scope: string;
+  scopeId: string;
+  feature: string;
+  state: AlertState;
+  message: string;
+  devices: string[];
+  /** JSON evidence (hub/alerts/alerts.ts AlertEvidence). */
+  evidence: string;
+  firstWindow: number;
+  lastWindow: number;
+  windows: number;
+  cleanWindows: number;
+  openedAt: number;
+  updatedAt: number;
+  ackedAt: number | null;
+  ackedBy: string | null;
+  resolvedAt: number | null;
+  resolvedBy: string | null;
+}
+
+export type DeliveryState = 'pending' | 'delivered' | 'failed';
+
+export interface DeliveryRecord {
+  id: number;
+  alertId: string;
+  /** `webhook` or `retraining`. */
+  target: string;
+  url: string;
+  event: string;
+  payload: string;
+  state: DeliveryState;
+  attempts: number;
+  nextAt: number;
+  lastError: string | null;
+  log: { at: number; ok: boolean; status?: number; error?: string }[];
+  createdAt: number;
+  deliveredAt: number | null;
+}
+
+export interface NewDelivery {
+  alertId: string;
+  target: string;
+  url: string;
+  event: string;
+  payload: string;
+  at: number;
+}
+
+/** What one window's evaluation changes in the alerts, applied in one transaction. */
+export interface AlertWindowUpdate {
+  model: string;
+  version: string;
+  windowStart: number;
+  at: number;
+  /** Keys with findings this window: opened (new alert) or refreshed (open one updated). */
+  hits: {
+    scope: string;
+    scopeId: string;
+    feature: string;
+    message: string;
+    devices: string[];
+    evidence: string;
+    /** Id for a new alert, used only when no unresolved alert has this key. */
+    newId: string;
+  }[];
+  /** Unresolved alerts of this model version without a hit gain a clean window; at this many they resolve. */
+  autoResolveAfter: number;
+}
+
+export interface AlertWindowResult {
+  opened: AlertRecord[];
+  updated: AlertRecord[];
+  resolved: AlertRecord[];
+}
+
+export interface DriftStore {
+  /**
+   * Merges one summary into its (model version, device, window) row in one transaction: the
+   * summary id is recorded first and the row is left alone when it was already known. `merge`
+   * gets the row's stored aggregate (undefined for the first summary) and returns the new one;
+   * it must be synchronous and may throw to refuse the summary (nothing is stored then).
+   */
+  mergeDriftSummary(
+    s: { summaryId: string; deviceId: string; model: string; version: string; windowStart: number; windowMs: number; receivedAt: number },
+    merge: (stored: string | undefined) => { aggregate: string; count: number },
+  ): Promise<MergeOutcome>;
+  driftDeviceWindows(model: string, version: string, windowStart: number): Promise<DriftDeviceWindow[]>;
+  /** (model version, window) pairs with device rows and no report whose window ended at or before `windowEndBefore`, oldest first. */
+  pendingDriftWindows(windowEndBefore: number): Promise<{ model: string; version: string; windowStart: number; windowMs: number }[]>;
+  /** Stores a window's report and findings; false when the window was already evaluated. */
+  putDriftReport(r: DriftReportRow, findings: readonly DriftFindingRow[]): Promise<boolean>;
+  /** The newest reports (newest first), optionally of one model version, windowStart in [from, to). */
+  driftReports(q: { model?: string; version?: string; from?: number; to?: number; limit: number }): Promise<DriftReportRow[]>;
+  driftFindings(q: DriftFindingQuery): Promise<DriftFindingRow[]>;
+  /** Deletes drift data of windows that started before `before`, and resolved alerts (with their deliveries) resolved before it. */
+  pruneDrift(before: number): Promise<{ summaries: number; windows: number; reports: number; findings: number; alerts: number }>;
+
+  applyAlertWindow(u: AlertWindowUpdate): Promise<AlertWindowResult>;
+  getAlert(id: string): Promise<AlertRecord | undefined>;
+  /** Newest first. */
+  listAlerts(q: { state?: AlertState; model?: string; version?: string; limit: number }): Promise<AlertRecord[]>;
+  /** Moves an alert (guarded by `from`); undefined when it does not exist, CONFLICT when the guard failed. */
+  transitionAlert(id: string, from: readonly AlertState[], to: AlertState, at: number, by: string): Promise<AlertRecord | undefined>;
+
+  addDeliveries(d: readonly NewDelivery[]): Promise<void>;
+  dueDeliveries(at: number, limit: number): Promise<DeliveryRecord[]>;
+  /** Records one attempt: delivered, or pending again at `nextAt`, or failed for good. */
+  recordDeliveryAttempt(id: number, attempt: { at: number; ok: boolean; status?: number; error?: string; nextAt?: number; giveUp?: boolean }): Promise<void>;
+  deliveries(alertId: string): Promise<DeliveryRecord[]>;
+}
+
+export interface HubStore extends Component, RolloutStore, DriftStore {
   /** Rejects with CONFLICT when the id exists, NOT_FOUND when a sensor's device does not. */
   createPrincipal(p: NewPrincipal): Promise<void>;
   getCredentials(id: string): Promise<PrincipalCredentials | undefined>;

@@ -1,0 +1,162 @@
+/**
+ * The HTTP handlers behind the drift, alert and sample routes of hub/api/server.ts (kept here
+ * so the server file only lists the routes):
+ *   GET  /v1/drift?model=&version=&scope=&id=&feature=&from=&to=&limit=
+ *        tested windows (devices, tests, headlines) and findings per model version, scope
+ *        (fleet, group, device), id and feature, each with its effect in words
+ *   GET  /v1/alerts?state=&model=&version=    alerts, newest first
+ *   GET  /v1/alerts/:id                       one alert with its webhook deliveries (the delivery log)
+ *   POST /v1/alerts/:id/{ack,resolve}         lifecycle; 409 when the alert is not in a state that allows it
+ *   POST /v1/samples/:deviceId                a device's input sample (device credentials, own id only)
+ *   GET  /v1/samples?device=                  stored samples
+ */
+import type { IncomingMessage, ServerResponse } from 'node:http';
+import { z } from 'zod';
+import { formatIssues } from '../../shared/codec.ts';
+import { EdgefleetError, ErrorCode } from '../../shared/errors.ts';
+import type { Logger } from '../../shared/log.ts';
+import { DeviceIdSchema } from '../../shared/protocol.ts';
+import { alertView, type AlertManager } from '../alerts/alerts.ts';
+import { readJson, sendJson } from '../api/http.ts';
+import type { HubStore } from '../store/store.ts';
+import type { SampleStore } from './samples.ts';
+import { SampleUploadSchema } from './samples.ts';
+
+/** Epoch ms or an ISO date. */
+const TimeSchema = z.union([
+  z.string().regex(/^\d+$/).transform(Number),
+  z
+    .string()
+    .refine((s) => !Number.isNaN(Date.parse(s)), 'expected epoch ms or an ISO date')
+    .transform((s) => Date.parse(s)),
+]);
+
+const DriftQuerySchema = z.strictObject({
+  model: z.string().max(64).optional(),
+  version: z.string().max(64).optional(),
+  scope: z.enum(['fleet', 'group', 'device']).optional(),
+  id: z.string().max(64).optional(),
+  feature: z.string().max(80).optional(),
+  from: TimeSchema.optional(),
+  to: TimeSchema.optional(),
+  limit: z.coerce.number().int().min(1).max(5000).default(200),
+});
+
+const AlertQuerySchema = z.strictObject({
+  state: z.enum(['open', 'acknowledged', 'resolved']).optional(),
+  model: z.string().max(64).optional(),
+  version: z.string().max(64).optional(),
+  limit: z.coerce.number().int().min(1).max(5000).default(500),
+});
+
+const SampleQuerySchema = z.strictObject({ device: DeviceIdSchema.optional() });
+
+function parseQuery<S extends z.ZodType>(schema: S, query: URLSearchParams): z.infer<S> {
+  const p = schema.safeParse(Object.fromEntries(query));
+  if (!p.success) throw new EdgefleetError(ErrorCode.BAD_INPUT, formatIssues(p.error));
+  return p.data;
+}
+
+function parseJson(text: string): Record<string, unknown> {
+  try {
+    return JSON.parse(text) as Record<string, unknown>;
+  } catch {
+    return {};
+  }
+}
+
+export interface DriftApiOptions {
+  store: HubStore;
+  alerts: AlertManager;
+  samples: SampleStore;
+  maxSampleBytes: number;
+  maxSampleItems: number;
+  log: Logger;
+}
+
+export class DriftApi {
+  constructor(private readonly o: DriftApiOptions) {}
+
+  async drift(res: ServerResponse, query: URLSearchParams): Promise<void> {
+    const q = parseQuery(DriftQuerySchema, query);
+    const reports = await this.o.store.driftReports({ model: q.model, version: q.version, from: q.from, to: q.to, limit: q.limit });
+    const findings = await this.o.store.driftFindings({ model: q.model, version: q.version, scope: q.scope, scopeId: q.id, feature: q.feature, from: q.from, to: q.to, limit: q.limit });
+    sendJson(res, 200, {
+      windows: reports.map((r) => {
+        const rep = parseJson(r.report);
+        return {
+          model: r.model,
+          version: r.version,
+          windowStart: new Date(r.windowStart).toISOString(),
+          windowMs: r.windowMs,
+          evaluatedAt: new Date(r.evaluatedAt).toISOString(),
+          ...(r.skipped === null ? { devices: rep.devices, count: rep.count, tests: rep.tests, significant: rep.significant, alpha: rep.alpha, headlines: rep.headlines } : { skipped: r.skipped }),
+        };
+      }),
+      findings: findings.map((f) => {
+        const d = parseJson(f.finding);
+        return {
+          model: f.model,
+          version: f.version,
+          windowStart: new Date(f.windowStart).toISOString(),
+          scope: f.scope,
+          id: f.scopeId,
+          feature: f.feature,
+          kind: d.kind,
+          against: d.against,
+          n: d.n,
+          effect: d.effect,
+          p: d.p,
+          q: d.q,
+          direction: d.direction,
+          message: d.message,
+        };
+      }),
+    });
+  }
+
+  async alerts(res: ServerResponse, query: URLSearchParams): Promise<void> {
+    const q = parseQuery(AlertQuerySchema, query);
+    const list = await this.o.store.listAlerts({ state: q.state, model: q.model, version: q.version, limit: q.limit });
+    sendJson(res, 200, { alerts: list.map(alertView) });
+  }
+
+  async alert(res: ServerResponse, id: string): Promise<void> {
+    const a = await this.o.alerts.get(id);
+    const deliveries = await this.o.store.deliveries(id);
+    sendJson(res, 200, {
+      ...alertView(a),
+      deliveries: deliveries.map((d) => ({
+        id: d.id,
+        target: d.target,
+        url: d.url,
+        event: d.event,
+        state: d.state,
+        attempts: d.attempts,
+        lastError: d.lastError,
+        nextAt: d.state === 'pending' ? new Date(d.nextAt).toISOString() : null,
+        deliveredAt: d.deliveredAt === null ? null : new Date(d.deliveredAt).toISOString(),
+        log: d.log.map((l) => ({ ...l, at: new Date(l.at).toISOString() })),
+      })),
+    });
+  }
+
+  async act(res: ServerResponse, id: string, action: string, by: string): Promise<void> {
+    if (action !== 'ack' && action !== 'resolve') throw new EdgefleetError(ErrorCode.NOT_FOUND, `no alert action ${action}`);
+    sendJson(res, 200, alertView(await this.o.alerts.act(id, action, by)));
+  }
+
+  async upload(req: IncomingMessage, res: ServerResponse, deviceId: string, authenticated: string): Promise<void> {
+    if (deviceId !== authenticated) throw new EdgefleetError(ErrorCode.FORBIDDEN, 'a device may upload samples only for itself');
+    const body = await readJson(req, SampleUploadSchema, this.o.maxSampleBytes);
+    if (body.items.length > this.o.maxSampleItems) throw new EdgefleetError(ErrorCode.PAYLOAD_TOO_LARGE, `at most ${this.o.maxSampleItems} items per upload`);
+    const file = await this.o.samples.save(deviceId, body);
+    this.o.log.info({ deviceId, file, items: body.items.length, model: body.model, version: body.version }, 'device sample stored');
+    sendJson(res, 201, { file, items: body.items.length });
+  }
+
+  async samples(res: ServerResponse, query: URLSearchParams): Promise<void> {
+    const q = parseQuery(SampleQuerySchema, query);
+    sendJson(res, 200, { samples: await this.o.samples.list(q.device) });
+  }
+}
