@@ -1,10 +1,12 @@
 /**
- * `npm run demo [-- --duration 60 --agents 3 --rate 20 --data <dir> --keep]`
+ * `npm run demo [-- --duration 60 --agents 3 --cameras 2 --rate 20 --fps 5 --data <dir> --keep]`
  *
  * A whole fleet on one machine with no external service: generates the demo models, starts
- * the hub (embedded broker + SQLite) and N agents as separate processes, provisions devices and
- * sensors through the hub's API, runs simulated sensors, and prints a live fleet summary. On
- * Ctrl-C or after --duration it drains, stops everything cleanly and prints per-device totals.
+ * the hub (embedded broker + SQLite) and the agents as separate processes — gateways running the
+ * machine-state model on vibration sensors, and camera boxes running the part-defect model on PNG
+ * frames — provisions devices, sensors and cameras through the hub's API, runs them, and prints a
+ * live fleet summary. On Ctrl-C or after --duration it drains, stops everything cleanly and
+ * prints per-device totals.
  */
 import { mkdirSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -15,6 +17,7 @@ import { makeModels } from './make-models.ts';
 import { writeAgentConfig } from './fleet/agent-config.ts';
 import { hubApi, startHubProcess, type HubInfo } from './fleet/hub-process.ts';
 import { ServiceProcess, REPO_ROOT } from './fleet/processes.ts';
+import { SimulatedCamera } from './fleet/cameras.ts';
 import { SimulatedSensor } from './fleet/sensors.ts';
 import { scrapeCounter } from './fleet/metrics-scrape.ts';
 
@@ -31,16 +34,20 @@ const { values } = parseArgs({
   options: {
     duration: { type: 'string' },
     agents: { type: 'string', default: '3' },
+    cameras: { type: 'string', default: '2' },
     rate: { type: 'string', default: '20' },
+    fps: { type: 'string', default: '5' },
     data: { type: 'string' },
     keep: { type: 'boolean', default: false },
   },
 });
 const durationS = values.duration ? Number(values.duration) : Infinity;
 const nAgents = Number(values.agents);
+const nCameras = Number(values.cameras);
 const rate = Number(values.rate);
-if (!(durationS > 0) || !(nAgents >= 1) || !(rate > 0)) {
-  console.error('usage: npm run demo -- [--duration <s>] [--agents <n>] [--rate <readings/s per sensor>] [--data <dir>] [--keep]');
+const fps = Number(values.fps);
+if (!(durationS > 0) || !(nAgents >= 1) || !(nCameras >= 0) || !(rate > 0) || !(fps > 0)) {
+  console.error('usage: npm run demo -- [--duration <s>] [--agents <n>] [--cameras <n>] [--rate <readings/s per sensor>] [--fps <frames/s per camera>] [--data <dir>] [--keep]');
   process.exit(2);
 }
 
@@ -48,7 +55,7 @@ const root = values.data ? resolve(values.data) : mkdtempSync(join(tmpdir(), 'ed
 mkdirSync(join(root, 'logs'), { recursive: true });
 const say = (s: string): void => void process.stdout.write(`${s}\n`);
 
-say(`edgefleet demo: ${nAgents} agents, ${rate} readings/s each, state and logs in ${root}`);
+say(`edgefleet demo: ${nAgents} sensor gateways at ${rate} readings/s, ${nCameras} camera boxes at ${fps} frames/s; state and logs in ${root}`);
 const models = await makeModels({ outDir: join(REPO_ROOT, 'models') });
 for (const m of models) say(`  model ${m.name}: held-out accuracy ${(m.accuracy * 100).toFixed(1)}%`);
 
@@ -56,7 +63,8 @@ const hub: HubInfo = await startHubProcess({ dataDir: join(root, 'hub'), logFile
 say(`hub: mqtt ${hub.mqttUrl}, http ${hub.httpUrl}`);
 
 const agents: { id: string; proc: ServiceProcess; httpPort: number }[] = [];
-const sensors: SimulatedSensor[] = [];
+/** One input source per agent, in the same order: a vibration sensor or a camera. */
+const sensors: (SimulatedSensor | SimulatedCamera)[] = [];
 let stopping = false;
 let exitCode = 0;
 
@@ -68,13 +76,26 @@ async function shutdown(): Promise<void> {
   for (const a of agents) inferences.set(a.id, await agentInferences(a.httpPort));
   const exits = await Promise.all(agents.map((a) => a.proc.stop()));
   const devices = await listDevices().catch(() => [] as DeviceRow[]);
+  const storedInferences = new Map<string, number>();
+  for (const a of agents) storedInferences.set(a.id, await inferenceRecords(a.id).catch(() => NaN));
   const hubExit = await hub.proc.stop();
   say('\nfinal summary');
-  say(pad(['device', 'readings sent', 'inferences', 'stored at hub', 'duplicates', 'gaps', 'exit']));
+  say(pad(['device', 'inputs sent', 'inferences', 'stored at hub', 'all records', 'duplicates', 'gaps', 'exit']));
   for (const [i, a] of agents.entries()) {
     const d = devices.find((x) => x.id === a.id);
     const e = exits[i]!;
-    say(pad([a.id, String(sensors[i]?.sent ?? 0), String(inferences.get(a.id) ?? '?'), String(d?.counters.stored ?? '?'), String(d?.counters.duplicates ?? '?'), String(d?.counters.gaps ?? '?'), e.code === 0 ? 'ok' : `${e.code ?? e.signal}`]));
+    say(
+      pad([
+        a.id,
+        String(sensors[i]?.sent ?? 0),
+        String(inferences.get(a.id) ?? '?'),
+        String(storedInferences.get(a.id) ?? '?'),
+        String(d?.counters.stored ?? '?'),
+        String(d?.counters.duplicates ?? '?'),
+        String(d?.counters.gaps ?? '?'),
+        e.code === 0 ? 'ok' : `${e.code ?? e.signal}`,
+      ]),
+    );
     if (e.code !== 0) exitCode = 1;
   }
   say(`hub exit: ${hubExit.code === 0 ? 'ok' : String(hubExit.code ?? hubExit.signal)}`);
@@ -88,6 +109,12 @@ async function listDevices(): Promise<DeviceRow[]> {
   return res.devices.filter((d) => (d.kind ?? 'device') === 'device');
 }
 
+/** Inference records the hub stored for a device (its per-stream statistics), not health or drift windows. */
+async function inferenceRecords(id: string): Promise<number> {
+  const d = await hubApi<{ streamStats: { stream: string; count: number }[] }>(hub, 'GET', `/v1/devices/${id}`);
+  return d.streamStats.filter((s) => s.stream === 'inference').reduce((a, s) => a + s.count, 0);
+}
+
 async function agentInferences(port: number): Promise<number> {
   try {
     const text = await (await fetch(`http://127.0.0.1:${port}/metrics`)).text();
@@ -97,19 +124,20 @@ async function agentInferences(port: number): Promise<number> {
   }
 }
 
+/** Records the agent committed and the hub has not acked yet. */
+async function outboxPending(port: number): Promise<number> {
+  try {
+    const h = (await (await fetch(`http://127.0.0.1:${port}/healthz`)).json()) as { outboxPending?: number };
+    return h.outboxPending ?? 0;
+  } catch {
+    return 0;
+  }
+}
+
 async function waitForDrain(timeoutMs: number): Promise<void> {
   const t0 = Date.now();
   while (Date.now() - t0 < timeoutMs) {
-    const pending = await Promise.all(
-      agents.map(async (a) => {
-        try {
-          const h = (await (await fetch(`http://127.0.0.1:${a.httpPort}/healthz`)).json()) as { outboxPending?: number };
-          return h.outboxPending ?? 0;
-        } catch {
-          return 0;
-        }
-      }),
-    );
+    const pending = await Promise.all(agents.map((a) => outboxPending(a.httpPort)));
     if (pending.every((p) => p === 0)) return;
     await sleep(250);
   }
@@ -128,20 +156,34 @@ process.on('SIGINT', onSignal);
 process.on('SIGTERM', onSignal);
 
 try {
+  const startAgent = async (id: string, token: string, extra?: Record<string, unknown>): Promise<void> => {
+    const config = writeAgentConfig({ dir: join(root, id), deviceId: id, token, mqttUrl: hub.mqttUrl, modelsDir: join(REPO_ROOT, 'models'), extra });
+    const proc = new ServiceProcess(id, ['agent', '--config', config], { logFile: join(root, 'logs', `${id}.log`) });
+    const listening = await proc.waitForMsg('http listening', 60_000);
+    await proc.waitForMsg('agent running', 60_000);
+    agents.push({ id, proc, httpPort: Number(listening.port) });
+  };
   for (let i = 1; i <= nAgents; i++) {
     const id = `line1-gw${i}`;
     const dev = await hubApi<{ token: string }>(hub, 'POST', '/v1/devices', { id, group: 'line-1', labels: { site: 'demo', slot: String(i) } });
     const sensorId = `line1-vib${i}`;
     const sensor = await hubApi<{ token: string }>(hub, 'POST', '/v1/devices', { id: sensorId, kind: 'sensor', device: id, group: 'line-1' });
-    const config = writeAgentConfig({ dir: join(root, id), deviceId: id, token: dev.token, mqttUrl: hub.mqttUrl, modelsDir: join(REPO_ROOT, 'models') });
-    const proc = new ServiceProcess(id, ['agent', '--config', config], { logFile: join(root, 'logs', `${id}.log`) });
-    const listening = await proc.waitForMsg('http listening', 60_000);
-    await proc.waitForMsg('agent running', 60_000);
-    agents.push({ id, proc, httpPort: Number(listening.port) });
+    await startAgent(id, dev.token);
     sensors.push(new SimulatedSensor({ sensorId, token: sensor.token, deviceId: id, mqttUrl: hub.mqttUrl, input: 'vibration', ratePerSecond: rate, seed: i }));
   }
+  for (let i = 1; i <= nCameras; i++) {
+    const id = `line1-cam${i}`;
+    const dev = await hubApi<{ token: string }>(hub, 'POST', '/v1/devices', { id, group: 'line-1', labels: { site: 'demo', station: `inspect-${i}` } });
+    const cameraId = `line1-cam${i}-lens`;
+    const camera = await hubApi<{ token: string }>(hub, 'POST', '/v1/devices', { id: cameraId, kind: 'sensor', device: id, group: 'line-1' });
+    await startAgent(id, dev.token, {
+      models: [{ manifest: join(REPO_ROOT, 'models', 'part-defect.manifest.json') }],
+      pipelines: [{ name: 'camera', model: 'part-defect', input: { type: 'mqtt', format: 'image' }, thresholds: { defective: 0.7 } }],
+    });
+    sensors.push(new SimulatedCamera({ sensorId: cameraId, token: camera.token, deviceId: id, mqttUrl: hub.mqttUrl, input: 'camera', framesPerSecond: fps, seed: 100 + i }));
+  }
   for (const s of sensors) await s.start();
-  say(`fleet up: ${agents.length} agents, ${sensors.length} sensors${Number.isFinite(durationS) ? `, running ${durationS} s` : ', Ctrl-C to stop'}\n`);
+  say(`fleet up: ${agents.length} agents, ${sensors.length} sensors and cameras${Number.isFinite(durationS) ? `, running ${durationS} s` : ', Ctrl-C to stop'}\n`);
 
   const t0 = Date.now();
   let lastStored = 0;
@@ -156,9 +198,8 @@ try {
     lastStored = stored;
     lastT = now;
     const online = devices.filter((d) => d.online).length;
-    const sent = sensors.reduce((a, s) => a + s.sent, 0);
-    const lag = Math.max(0, sent - stored);
-    say(`[${Math.round((now - t0) / 1000)}s] online ${online}/${devices.length}  inferences/s ${perS.toFixed(1)}  stored ${stored}  telemetry lag ${lag} records`);
+    const lag = (await Promise.all(agents.map((a) => outboxPending(a.httpPort)))).reduce((a, b) => a + b, 0);
+    say(`[${Math.round((now - t0) / 1000)}s] online ${online}/${devices.length}  records stored/s ${perS.toFixed(1)}  stored ${stored}  telemetry lag ${lag} records`);
   }
   stopping = true;
 } catch (err) {
