@@ -20,6 +20,7 @@ import type {
   DeliveryState,
   DriftDeviceWindow,
   DriftFindingQuery,
+  DriftMergeItem,
   DriftFindingRow,
   DriftReportRow,
   MergeOutcome,
@@ -113,31 +114,41 @@ const toDelivery = (r: DeliveryRow): DeliveryRecord => ({
 
 // --- drift ------------------------------------------------------------------------------------
 
-export function mergeDriftSummary(
-  db: Db,
-  s: { summaryId: string; deviceId: string; model: string; version: string; windowStart: number; windowMs: number; receivedAt: number },
-  merge: (stored: string | undefined) => { aggregate: string; count: number },
-): MergeOutcome {
+export function mergeDriftSummaries(db: Db, items: readonly DriftMergeItem[]): (MergeOutcome | EdgefleetError)[] {
+  // Each summary in its own savepoint inside one transaction: a refused one rolls back alone.
+  const one = db.transaction((s: DriftMergeItem): MergeOutcome => mergeOne(db, s));
   return db
-    .transaction((): MergeOutcome => {
-      const fresh = db
-        .prepare('INSERT OR IGNORE INTO drift_summaries (summary_id, device_id, model, version, window_start, received_at) VALUES (?, ?, ?, ?, ?, ?)')
-        .run(s.summaryId, s.deviceId, s.model, s.version, s.windowStart, s.receivedAt).changes;
-      if (fresh !== 1) return 'duplicate';
-      const row = db
-        .prepare('SELECT aggregate FROM drift_device_windows WHERE model = ? AND version = ? AND window_start = ? AND device_id = ?')
-        .get(s.model, s.version, s.windowStart, s.deviceId) as { aggregate: string } | undefined;
-      // A throw here rolls back the summary id too: a refused summary is not remembered as merged.
-      const next = merge(row?.aggregate);
-      db.prepare(
-        `INSERT INTO drift_device_windows (model, version, window_start, device_id, window_ms, summaries, count, aggregate, updated_at)
-         VALUES (?, ?, ?, ?, ?, 1, ?, ?, ?)
-         ON CONFLICT (model, version, window_start, device_id) DO UPDATE SET summaries = summaries + 1, count = excluded.count,
-           aggregate = excluded.aggregate, updated_at = excluded.updated_at`,
-      ).run(s.model, s.version, s.windowStart, s.deviceId, s.windowMs, next.count, next.aggregate, s.receivedAt);
-      return 'merged';
-    })
+    .transaction(() =>
+      items.map((s): MergeOutcome | EdgefleetError => {
+        try {
+          return one(s);
+        } catch (err) {
+          // SQLite errors (SQLITE_FULL, SQLITE_BUSY) end the whole transaction: rethrow them.
+          if (err instanceof EdgefleetError) return err;
+          throw err;
+        }
+      }),
+    )
     .immediate();
+}
+
+function mergeOne(db: Db, s: DriftMergeItem): MergeOutcome {
+  const fresh = db
+    .prepare('INSERT OR IGNORE INTO drift_summaries (summary_id, device_id, model, version, window_start, received_at) VALUES (?, ?, ?, ?, ?, ?)')
+    .run(s.summaryId, s.deviceId, s.model, s.version, s.windowStart, s.receivedAt).changes;
+  if (fresh !== 1) return 'duplicate';
+  const row = db
+    .prepare('SELECT aggregate FROM drift_device_windows WHERE model = ? AND version = ? AND window_start = ? AND device_id = ?')
+    .get(s.model, s.version, s.windowStart, s.deviceId) as { aggregate: string } | undefined;
+  // A throw here rolls back the savepoint, the summary id too: a refused summary is not remembered as merged.
+  const next = s.merge(row?.aggregate);
+  db.prepare(
+    `INSERT INTO drift_device_windows (model, version, window_start, device_id, window_ms, summaries, count, aggregate, updated_at)
+     VALUES (?, ?, ?, ?, ?, 1, ?, ?, ?)
+     ON CONFLICT (model, version, window_start, device_id) DO UPDATE SET summaries = summaries + 1, count = excluded.count,
+       aggregate = excluded.aggregate, updated_at = excluded.updated_at`,
+  ).run(s.model, s.version, s.windowStart, s.deviceId, s.windowMs, next.count, next.aggregate, s.receivedAt);
+  return 'merged';
 }
 
 export function driftDeviceWindows(db: Db, model: string, version: string, windowStart: number): DriftDeviceWindow[] {

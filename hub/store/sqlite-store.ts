@@ -54,6 +54,7 @@ import type {
   DriftDeviceWindow,
   DriftFindingQuery,
   DriftFindingRow,
+  DriftMergeItem,
   DriftReportRow,
   MergeOutcome,
   NewDelivery,
@@ -565,11 +566,8 @@ export class SqliteHubStore implements HubStore {
 
   // --- drift and alerts (sqlite-drift.ts) ------------------------------------------------------
 
-  mergeDriftSummary(
-    s: { summaryId: string; deviceId: string; model: string; version: string; windowStart: number; windowMs: number; receivedAt: number },
-    merge: (stored: string | undefined) => { aggregate: string; count: number },
-  ): Promise<MergeOutcome> {
-    return this.#run('merge drift summary', (db) => drift.mergeDriftSummary(db, s, merge));
+  mergeDriftSummaries(items: readonly DriftMergeItem[]): Promise<(MergeOutcome | EdgefleetError)[]> {
+    return this.#run('merge drift summaries', (db) => drift.mergeDriftSummaries(db, items));
   }
   driftDeviceWindows(model: string, version: string, windowStart: number): Promise<DriftDeviceWindow[]> {
     return this.#run('drift device windows', (db) => drift.driftDeviceWindows(db, model, version, windowStart));

@@ -5,6 +5,7 @@
  * (ARCHITECTURE "Beyond one machine"). Methods are async for that reason, even though SQLite
  * answers synchronously. Storage failures reject with EdgefleetError STORAGE.
  */
+import type { EdgefleetError } from '../../shared/errors.ts';
 import type { Component } from '../../shared/lifecycle.ts';
 import type { Hello, ModelRef, TelemetryRecord } from '../../shared/protocol.ts';
 import type { HealthWindow, ModelSlot } from '../../shared/updates.ts';
@@ -336,6 +337,17 @@ export interface DriftDeviceWindow {
 
 export type MergeOutcome = 'merged' | 'duplicate';
 
+export interface DriftMergeItem {
+  summaryId: string;
+  deviceId: string;
+  model: string;
+  version: string;
+  windowStart: number;
+  windowMs: number;
+  receivedAt: number;
+  merge: (stored: string | undefined) => { aggregate: string; count: number };
+}
+
 export interface DriftReportRow {
   model: string;
   version: string;
@@ -453,15 +465,13 @@ export interface AlertWindowResult {
 
 export interface DriftStore {
   /**
-   * Merges one summary into its (model version, device, window) row in one transaction: the
-   * summary id is recorded first and the row is left alone when it was already known. `merge`
-   * gets the row's stored aggregate (undefined for the first summary) and returns the new one;
-   * it must be synchronous and may throw to refuse the summary (nothing is stored then).
+   * Merges summaries into their (model version, device, window) rows, all in one transaction
+   * (one fsync for a burst, not one per summary): each summary id is recorded first and its row
+   * left alone when the id was already known. `merge` gets the row's stored aggregate (undefined
+   * for the first summary) and returns the new one; it must be synchronous, and an EdgefleetError
+   * it throws refuses that summary alone (its outcome is the error; nothing of it is stored).
    */
-  mergeDriftSummary(
-    s: { summaryId: string; deviceId: string; model: string; version: string; windowStart: number; windowMs: number; receivedAt: number },
-    merge: (stored: string | undefined) => { aggregate: string; count: number },
-  ): Promise<MergeOutcome>;
+  mergeDriftSummaries(items: readonly DriftMergeItem[]): Promise<(MergeOutcome | EdgefleetError)[]>;
   driftDeviceWindows(model: string, version: string, windowStart: number): Promise<DriftDeviceWindow[]>;
   /** (model version, window) pairs with device rows and no report whose window ended at or before `windowEndBefore`, oldest first. */
   pendingDriftWindows(windowEndBefore: number): Promise<{ model: string; version: string; windowStart: number; windowMs: number }[]>;

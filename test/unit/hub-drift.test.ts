@@ -1,10 +1,17 @@
 // Hub drift pieces without a hub: findings folded into alerts and told in words, the stored
 // aggregate codec, the alert topic in the broker ACL, and the CLI parsing of drift/alerts.
 import assert from 'node:assert/strict';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { describe, test } from 'node:test';
+import { Registry } from 'prom-client';
 import { foldFindings, effectInWords } from '../../hub/alerts/words.ts';
 import { HUB_ALERTS_TOPIC, mayReceive, publishRefusal, subscribeRefusal, type Identity } from '../../hub/broker/acl.ts';
-import { decodeAggregate, encodeAggregate } from '../../hub/drift/aggregator.ts';
+import { DriftAggregator, decodeAggregate, encodeAggregate } from '../../hub/drift/aggregator.ts';
+import { SqliteHubStore } from '../../hub/store/sqlite-store.ts';
+import { silentLogger } from '../../shared/log.ts';
+import type { TelemetryRecord } from '../../shared/protocol.ts';
 import type { DriftFinding } from '../../shared/drift/detector.ts';
 import { mergeSummaries } from '../../shared/drift/merge.ts';
 import { DriftAccumulator } from '../../shared/drift/summary.ts';
@@ -80,6 +87,41 @@ describe('stored drift aggregates', () => {
     assert.deepEqual({ ...back, summaryIds: [...back.summaryIds], devices: [...back.devices] }, { ...agg, summaryIds: [], devices: ['d1'] });
     assert.throws(() => decodeAggregate('{"count": -1}'), { code: 'STORAGE' });
     assert.throws(() => decodeAggregate('nope'), { code: 'STORAGE' });
+  });
+});
+
+describe('drift aggregator on a real SQLite store', () => {
+  test('one transaction per burst: duplicates merge once, a refused summary rolls back alone', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'ef-hub-drift-unit-'));
+    const store = new SqliteHubStore({ dataDir: dir, synchronous: 'FULL', busyTimeoutMs: 1000, walLimitBytes: 1 << 20, log: silentLogger() });
+    await store.start(new AbortController().signal);
+    try {
+      const registry = new Registry();
+      const agg = new DriftAggregator({ store, log: silentLogger(), registry, windowMs: 900_000, graceMs: 0, retentionMs: 86_400_000, now: () => 60_000 });
+      const summary = (instance: string, edges: number[]): Record<string, unknown> => {
+        const acc = new DriftAccumulator({ deviceId: 'd1', model, windowMs: 60_000, features: [{ name: 'a', edges }], classes: 2, instance });
+        for (let i = 0; i < 10; i++) acc.add([i], { index: 0, confidence: 0.9, margin: 0.8, scores: [0.9, 0.1] });
+        return acc.flush(0);
+      };
+      const rec = (seq: number, body: Record<string, unknown>): TelemetryRecord => ({ stream: 'drift', epoch: 1, seq, ts: 0, kind: 'drift', body });
+      const a = summary('a', [1, 2]);
+      // Same burst: a, a again, one with another bin layout (refused), b, and one not a summary.
+      agg.onRecords('d1', [rec(0, a), rec(1, a), rec(2, summary('c', [1, 2, 3])), rec(3, summary('b', [1, 2])), rec(4, { nope: 1 })]);
+      agg.onRecords('d2', [rec(0, a)]); // names d1: refused
+      await agg.idle();
+      const rows = await store.driftDeviceWindows(model.name, model.version, 0);
+      assert.deepEqual(rows.map((r) => [r.deviceId, r.summaries, r.count]), [['d1', 2, 20]]);
+      const text = await registry.getSingleMetricAsString('edgefleet_hub_drift_summaries_total');
+      for (const [result, n] of [['merged', 2], ['duplicate', 1], ['refused', 2], ['invalid', 1]] as const) assert.match(text, new RegExp(`result="${result}"\\} ${n}\\b`), result);
+      // The refused summary's id was rolled back with it: fixed, it can still be merged.
+      const c = summary('c', [1, 2]);
+      agg.onRecords('d1', [rec(5, { ...c, summaryId: (summary('c', [1, 2, 3]) as { summaryId: string }).summaryId })]);
+      await agg.idle();
+      assert.equal((await store.driftDeviceWindows(model.name, model.version, 0))[0]?.summaries, 3);
+    } finally {
+      await store.stop();
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 });
 
