@@ -8,6 +8,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import mqtt from 'mqtt';
+import { run as alertsCli } from '../../cli/commands/alerts.ts';
+import { run as driftCli } from '../../cli/commands/drift.ts';
 import { ALERTS_TOPIC } from '../../hub/alerts/delivery.ts';
 import { DRIFT_KIND, DRIFT_STREAM } from '../../shared/drift/summary.ts';
 import type { ScriptedDevice } from './hub-rollouts-fixture.ts';
@@ -36,6 +38,7 @@ describe('hub drift: aggregation, detection, alerts', { timeout: 180_000 }, () =
   const devices: ScriptedDevice[] = [];
   const consumerMessages: { event: string; alert: AlertBody }[] = [];
   let consumer: mqtt.MqttClient | undefined;
+  let consumerToken = '';
   let w = T0; // next window to send
 
   before(async () => {
@@ -46,12 +49,17 @@ describe('hub drift: aggregation, detection, alerts', { timeout: 180_000 }, () =
       await d.connect();
       devices.push(d);
     }
-    const { token } = await fx.ok<{ token: string }>('POST', '/v1/devices', { id: 'mes-1', kind: 'consumer', group: 'line-1' });
-    consumer = await mqtt.connectAsync(fx.hub.mqttUrl, { clientId: 'mes-1', username: 'mes-1', password: token, protocolVersion: 4, reconnectPeriod: 0 });
+    ({ token: consumerToken } = await fx.ok<{ token: string }>('POST', '/v1/devices', { id: 'mes-1', kind: 'consumer', group: 'line-1' }));
+    await connectConsumer();
+  });
+
+  async function connectConsumer(): Promise<void> {
+    await consumer?.endAsync(true);
+    consumer = await mqtt.connectAsync(fx.hub.mqttUrl, { clientId: 'mes-1', username: 'mes-1', password: consumerToken, protocolVersion: 4, reconnectPeriod: 0 });
     consumer.on('message', (_t, p) => consumerMessages.push(JSON.parse(p.toString('utf8')) as { event: string; alert: AlertBody }));
     const granted = await consumer.subscribeAsync(ALERTS_TOPIC, { qos: 1 });
     assert.equal(granted[0]?.qos, 1, 'a consumer may subscribe to the alerts topic');
-  });
+  }
 
   after(async () => {
     await consumer?.endAsync(true);
@@ -138,6 +146,27 @@ describe('hub drift: aggregation, detection, alerts', { timeout: 180_000 }, () =
     await fx.hub.drift.tick();
     const drift = await fx.ok<{ windows: unknown[] }>('GET', `/v1/drift?model=${MODEL.name}&from=${ws}&to=${ws + 1}`);
     assert.equal(drift.windows.length, 1);
+  });
+
+  test('a hub restart neither tests a window again nor repeats an alert; the CLI tells the alert in words', async () => {
+    const before = await alerts();
+    const windows = (await fx.ok<{ windows: unknown[] }>('GET', '/v1/drift')).windows.length;
+    await fx.stop();
+    await fx.start({ alerts: { autoResolveWindows: AUTO_RESOLVE } });
+    for (const d of devices) await d.connect();
+    await connectConsumer();
+    await fx.hub.drift.tick();
+    assert.equal((await fx.ok<{ windows: unknown[] }>('GET', '/v1/drift')).windows.length, windows);
+    assert.deepEqual(await alerts(), before);
+    const out: string[] = [];
+    const io = { out: (s: string) => out.push(s), err: (s: string) => out.push(s), env: {} };
+    const hub = ['--hub', fx.hub.httpUrl, '--token', fx.hub.adminToken];
+    assert.equal(await alertsCli([...hub, '--state', 'open'], io), 0);
+    assert.match(out.join(''), /al-[0-9a-f]{12}\s+open\s+\S+\s+temp_c up \d\.\d\d SD on 3 of 20 devices in line-1/);
+    out.length = 0;
+    assert.equal(await driftCli([...hub, '--model', `${MODEL.name}@${MODEL.version}`, '--scope', 'device'], io), 0);
+    assert.match(out.join(''), /device\/m03 {2}temp_c up \d\.\d\d SD on device m03 vs its 19 peers/);
+    assert.equal(await driftCli([...hub, '--model', '@x'], io), 2);
   });
 
   test('lifecycle: acknowledge, then auto-resolve after clean windows; a closed alert cannot be acknowledged', async () => {
