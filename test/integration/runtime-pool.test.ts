@@ -271,6 +271,81 @@ void describe('WorkerPoolEngine', { concurrency: false }, () => {
     assert.equal(engine.stats().workers, 1);
   });
 
+  void test('pipelining: a busy worker holds a second full batch, and no result crosses to another sample or model', async () => {
+    const { engine, registry } = await startEngine({ workers: 1, maxBatch: 4, maxWaitMs: 50, testHooks: { runDelayMs: 60 } });
+    await engine.load('linear@1', paths.linear!);
+    await engine.load('u8@1', paths.u8!);
+    // 12 float samples and 8 uint8 ones, interleaved: full batches of both models queue up.
+    const jobs = Array.from({ length: 20 }, (_, i) =>
+      i % 5 < 3
+        ? { key: 'linear@1', ref: 'linear', data: sample(700 + i), dims: [1, 8] }
+        : { key: 'u8@1', ref: 'u8', data: Uint8Array.from({ length: 64 }, (_, j) => (i * 31 + j * 7) % 256), dims: [1, 1, 4, 16] },
+    );
+    let maxInFlight = 0;
+    const results = jobs.map((j) => engine.infer(j.key, { data: j.data, dims: j.dims }));
+    const all = Promise.all(results);
+    let done = false;
+    void all.finally(() => (done = true)).catch(() => undefined);
+    while (!done) {
+      maxInFlight = Math.max(maxInFlight, engine.stats().inFlight);
+      await sleep(5);
+    }
+    const out = await all;
+    assert.equal(maxInFlight, 8, 'one batch of 4 running and one of 4 queued at the worker, never more');
+    for (const [i, r] of out.entries()) {
+      const j = jobs[i]!;
+      const ref = await reference(j.ref, j.data, j.dims);
+      for (const [name, want] of Object.entries(ref)) assertClose(r.outputs[name]!.data, want, 1e-5, `sample ${i} (${j.key}) ${name}`);
+      assert.equal(r.batchSize, 4, `sample ${i} ran in a full batch`);
+    }
+    const sums = (await registry.getSingleMetric('edgefleet_inference_batch_size')?.get())?.values.filter(
+      (v) => (v as { metricName?: string }).metricName === 'edgefleet_inference_batch_size_sum',
+    );
+    assert.equal(
+      sums?.reduce((n, v) => n + v.value, 0),
+      20,
+      'every sample ran exactly once',
+    );
+    assert.deepEqual(engine.stats(), { queued: 0, inFlight: 0, workers: 1, restarts: 0, models: ['linear@1', 'u8@1'] });
+  });
+
+  void test('pipelining: a worker that dies with a batch queued behind its run fails both; the pool recovers', async () => {
+    const { engine, registry } = await startEngine({
+      workers: 1,
+      maxBatch: 4,
+      testHooks: { runDelayMs: 150, exit: true },
+      respawnBackoff: { initialMs: 20, maxMs: 100, factor: 2, jitter: 0 },
+    });
+    await engine.load('linear@1', paths.linear!);
+    const outcomes = Array.from({ length: 10 }, (_, i) =>
+      engine.infer('linear@1', { data: sample(900 + i), dims: [1, 8] }).then(
+        (r) => ({ ok: true as const, r }),
+        (err: unknown) => ({ ok: false as const, err }),
+      ),
+    );
+    for (let t0 = Date.now(); engine.stats().inFlight < 8; await sleep(2)) {
+      assert.ok(Date.now() - t0 < 10_000, `two batches never reached the worker (inFlight ${engine.stats().inFlight})`);
+    }
+    assert.deepEqual([engine.stats().inFlight, engine.stats().queued], [8, 2], 'running + queued at the worker; 2 wait in the pool');
+    await engine.crashWorkerForTest(0, 'exit');
+    const res = await Promise.all(outcomes);
+    for (const [i, x] of res.entries()) {
+      if (i < 8) {
+        assert.ok(!x.ok && x.err instanceof EdgefleetError && x.err.code === 'INFERENCE', `sample ${i}: ${x.ok ? 'served' : String(x.err)}`);
+      } else {
+        assert.ok(x.ok, `sample ${i} waited in the pool and is served after the respawn`);
+        assertClose(x.r.outputs.logits!.data, (await reference('linear', sample(900 + i), [1, 8])).logits!, 1e-5, `sample ${i}`);
+      }
+    }
+    assert.equal(await metricValue(registry, 'edgefleet_inference_rejections_total', { reason: 'inference' }), 8);
+    // Recovered: full service, pipelining included, on the respawned worker.
+    const again = await Promise.all(Array.from({ length: 12 }, (_, i) => engine.infer('linear@1', { data: sample(950 + i), dims: [1, 8] })));
+    for (const [i, r] of again.entries()) {
+      assertClose(r.outputs.logits!.data, (await reference('linear', sample(950 + i), [1, 8])).logits!, 1e-5, `after respawn ${i}`);
+    }
+    assert.deepEqual(engine.stats(), { queued: 0, inFlight: 0, workers: 1, restarts: 1, models: ['linear@1'] });
+  });
+
   void test('with two workers, a crash of one does not stop the other', async () => {
     const { engine } = await startEngine({ workers: 2, respawnBackoff: { initialMs: 500, maxMs: 500, factor: 1, jitter: 0 } });
     await engine.load('linear@1', paths.linear!);
