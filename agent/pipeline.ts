@@ -506,17 +506,36 @@ export class Pipeline implements Component {
 
 /** The `k` best labels with their scores, best first. */
 export function topK(labels: readonly string[], scores: readonly number[], k: number): { label: string; score: number }[] {
+  const keep = Math.max(1, k);
+  // Insertion into a short list instead of sorting every class (hot path, issue #5). Same order
+  // as a stable sort by descending score: a later equal score goes after the earlier one. NaN
+  // has no order, so a NaN score takes the sort (whose result for it is what it always was).
+  const top: { label: string; score: number }[] = [];
+  for (let i = 0; i < scores.length; i++) {
+    const score = scores[i] as number;
+    if (Number.isNaN(score)) return sortedTopK(labels, scores, keep);
+    if (top.length === keep && !(score > top[keep - 1]!.score)) continue;
+    let at = top.length;
+    while (at > 0 && score > top[at - 1]!.score) at--;
+    top.splice(at, 0, { label: labels[i] ?? String(i), score });
+    if (top.length > keep) top.pop();
+  }
+  return top;
+}
+
+function sortedTopK(labels: readonly string[], scores: readonly number[], keep: number): { label: string; score: number }[] {
   return scores
     .map((score, i) => ({ label: labels[i] ?? String(i), score }))
     .sort((a, b) => b.score - a.score)
-    .slice(0, Math.max(1, k));
+    .slice(0, keep);
 }
 
 /** Best-scoring label whose score is above its threshold (labels without one always qualify); null if none. */
 export function decide(labels: readonly string[], scores: readonly number[], thresholds: Readonly<Record<string, number>> | undefined): string | null {
   let best: string | null = null;
   let bestScore = -Infinity;
-  for (const [i, s] of scores.entries()) {
+  for (let i = 0; i < scores.length; i++) {
+    const s = scores[i] as number;
     const label = labels[i] ?? String(i);
     const min = thresholds?.[label];
     if (min !== undefined && !(s > min)) continue;

@@ -1,6 +1,7 @@
 /**
  * Postprocessing of classifier outputs: softmax when the model emits logits, then the top
- * label with its confidence and the margin to the runner-up.
+ * label with its confidence and the margin to the runner-up. Written as plain indexed loops:
+ * it runs once per inference on the agent's main thread (issue #5's throughput target).
  */
 import type { Postprocess } from '../../shared/manifest.ts';
 
@@ -13,11 +14,20 @@ export interface Classification {
 }
 
 export function softmax(logits: ArrayLike<number>): number[] {
+  const n = logits.length;
   let max = -Infinity;
-  for (let i = 0; i < logits.length; i++) max = Math.max(max, logits[i] as number);
-  const exps = Array.from(logits, (x) => Math.exp(x - max));
-  const sum = exps.reduce((a, b) => a + b, 0);
-  return exps.map((e) => e / sum);
+  for (let i = 0; i < n; i++) max = Math.max(max, logits[i] as number);
+  // Plain loops, same operations in the same order as map/reduce (bit-identical results),
+  // without their closures and intermediate arrays: this runs once per inference (issue #5).
+  const out = new Array<number>(n);
+  let sum = 0;
+  for (let i = 0; i < n; i++) {
+    const e = Math.exp((logits[i] as number) - max);
+    out[i] = e;
+    sum += e;
+  }
+  for (let i = 0; i < n; i++) out[i] = (out[i] as number) / sum;
+  return out;
 }
 
 export function classify(spec: Postprocess, output: ArrayLike<number>): Classification {
@@ -36,6 +46,12 @@ export function classify(spec: Postprocess, output: ArrayLike<number>): Classifi
     index: best,
     confidence,
     margin: second >= 0 ? confidence - (scores[second] as number) : confidence,
-    scores: scores.map((s) => Math.round(s * 1e6) / 1e6),
+    scores: rounded(scores),
   };
+}
+
+function rounded(scores: readonly number[]): number[] {
+  const out = new Array<number>(scores.length);
+  for (let i = 0; i < scores.length; i++) out[i] = Math.round((scores[i] as number) * 1e6) / 1e6;
+  return out;
 }
