@@ -191,7 +191,12 @@ export const AgentConfigSchema = z
         workers: z.number().int().min(1).max(64).default(1),
         /** ORT intra-op threads per worker. Set explicitly: on 2 cores workers and ORT's pool fight. */
         intraOpThreads: z.number().int().min(1).max(64).default(1),
-        maxBatch: z.number().int().min(1).max(1024).default(16),
+        /**
+         * Largest batch per ORT run. 64, not 16: under load the main thread's cost per request
+         * falls with the batch (fewer messages, splits and metric updates per sample), and a lone
+         * request still runs alone after at most maxWaitMs (BENCHMARKS.md "npm run bench", #5).
+         */
+        maxBatch: z.number().int().min(1).max(1024).default(64),
         maxWaitMs: z.number().min(0).max(1000).default(2),
         queueMax: z.number().int().min(1).max(1_000_000).default(1000),
       })
