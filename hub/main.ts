@@ -236,8 +236,15 @@ export function createHub(config: HubConfig, deps: HubDeps): Promise<Hub> {
   );
   // The embedded broker starts empty: whatever the database says, nobody is connected.
   lifecycle.add(step('presence-reset', () => store.markAllOffline(now())));
-  // Stops after ingest: summaries still being merged finish before the store closes.
-  lifecycle.add(step('drift-merge', () => Promise.resolve(), () => driftAggregator.idle()));
+  // Before ingest: drift records a crash left stored but unmerged are merged again (those of
+  // windows that may still be untested). Stops after ingest: merges finish before the store closes.
+  lifecycle.add(
+    step(
+      'drift-merge',
+      async () => void (await driftAggregator.recover(now() - 2 * config.drift.windowMs - config.drift.graceMs)),
+      () => driftAggregator.idle(),
+    ),
+  );
   lifecycle.add(ingest);
   lifecycle.add(broker);
   lifecycle.add(models);

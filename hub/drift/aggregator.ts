@@ -11,9 +11,9 @@
  * classes) differs from what its device row already holds, or that names another device than
  * the one that sent it, is refused.
  *
- * Known gap: the merge runs after the telemetry batch committed (and was acked); a hub crash in
- * between leaves those summaries stored as telemetry but not merged (the window is then tested
- * without them). Re-merging at start would need a cursor over the telemetry table. A genuinely new summary for a window already tested is
+ * The merge runs after the telemetry batch committed (and was acked); a hub killed in between
+ * leaves those summaries stored as telemetry but not merged. `recover()` at start merges the
+ * recent drift records again (a partial index keeps that cheap); merged ones are duplicates. A genuinely new summary for a window already tested is
  * still merged (the stored counts stay exact) and counted as `late`; the window is not tested
  * again (drift.graceMs is the knob for slow outboxes).
  */
@@ -95,14 +95,14 @@ export class DriftAggregator {
   /** Pipeline of each (device, model name), learned from inference records (for drift.sample). */
   readonly #pipelines = new Map<string, string>();
   /** Drift records waiting to be merged, in arrival order. */
-  #pending: { deviceId: string; record: TelemetryRecord }[] = [];
+  #pending: { deviceId: string; record: TelemetryRecord; recovery?: true }[] = [];
   #draining: Promise<void> | undefined;
 
   constructor(opts: DriftAggregatorOptions) {
     this.#o = opts;
     this.#summaries = new Counter({
       name: 'edgefleet_hub_drift_summaries_total',
-      help: 'Drift summaries received, by result (merged, late = merged after its window was due, duplicate, invalid, refused, expired, store_failed).',
+      help: 'Drift summaries received, by result (merged, late = merged after its window was due, duplicate, invalid, refused, expired, store_failed, recovered = merged at start after a crash left it unmerged).',
       labelNames: ['result'],
       registers: [opts.registry],
     });
@@ -144,6 +144,26 @@ export class DriftAggregator {
     return this.#pipelines.get(`${deviceId}\u0000${model}`);
   }
 
+  /**
+   * At start: merges again the drift records stored as telemetry since `receivedSince` (those of
+   * windows not yet tested), for summaries a crash left stored but not merged. The ones already
+   * merged are duplicates and change nothing; the others count as `recovered`.
+   */
+  async recover(receivedSince: number): Promise<number> {
+    let after = 0;
+    let seen = 0;
+    for (;;) {
+      const page = await this.#o.store.driftRecordsSince(receivedSince, after, MAX_BATCH);
+      for (const r of page) this.#pending.push({ deviceId: r.deviceId, record: r.record, recovery: true });
+      seen += page.length;
+      this.#kick();
+      await this.idle();
+      const last = page[page.length - 1];
+      if (!last || page.length < MAX_BATCH) return seen;
+      after = last.cursor;
+    }
+  }
+
   /** Resolves when every record handed over so far is merged (tests, shutdown). */
   async idle(): Promise<void> {
     while (this.#draining) await this.#draining;
@@ -164,28 +184,30 @@ export class DriftAggregator {
   }
 
   /** A valid summary to merge, or the result that refuses it. */
-  #check(deviceId: string, r: TelemetryRecord, now: number): { s: DriftSummary; windowStart: number } | Result {
+  #check(deviceId: string, r: TelemetryRecord, now: number, quiet: boolean): { s: DriftSummary; windowStart: number } | Result {
+    const bad = (result: Result, reason: string): Result => (quiet ? result : this.#bad(deviceId, result, reason, r.seq));
     const parsed = DriftSummarySchema.safeParse(r.body);
-    if (!parsed.success) return this.#bad(deviceId, 'invalid', formatIssues(parsed.error), r.seq);
+    if (!parsed.success) return bad('invalid', formatIssues(parsed.error));
     const s = parsed.data;
-    if (s.deviceId !== deviceId) return this.#bad(deviceId, 'refused', `summary names device ${s.deviceId}`, r.seq);
+    if (s.deviceId !== deviceId) return bad('refused', `summary names device ${s.deviceId}`);
     const { windowMs } = this.#o;
     if (s.windowMs > windowMs || windowMs % s.windowMs !== 0) {
-      return this.#bad(deviceId, 'refused', `summary window ${s.windowMs} ms does not divide the hub window ${windowMs} ms`, r.seq);
+      return bad('refused', `summary window ${s.windowMs} ms does not divide the hub window ${windowMs} ms`);
     }
     const windowStart = alignWindow(s.windowStart, windowMs);
-    if (windowStart + windowMs < now - this.#o.retentionMs) return this.#bad(deviceId, 'expired', `window ${new Date(windowStart).toISOString()} is past retention`, r.seq);
+    if (windowStart + windowMs < now - this.#o.retentionMs) return bad('expired', `window ${new Date(windowStart).toISOString()} is past retention`);
     return { s, windowStart };
   }
 
-  async #merge(batch: readonly { deviceId: string; record: TelemetryRecord }[]): Promise<void> {
+  async #merge(batch: readonly { deviceId: string; record: TelemetryRecord; recovery?: true }[]): Promise<void> {
     const now = this.#o.now();
     const { windowMs } = this.#o;
-    const items: (DriftMergeItem & { seq: number; late: boolean })[] = [];
-    for (const { deviceId, record } of batch) {
-      const c = this.#check(deviceId, record, now);
+    const items: (DriftMergeItem & { seq: number; late: boolean; recovery: boolean })[] = [];
+    for (const { deviceId, record, recovery } of batch) {
+      // Records seen again at start were counted the first time; only what they add counts now.
+      const c = this.#check(deviceId, record, now, recovery === true);
       if (typeof c === 'string') {
-        this.#summaries.inc({ result: c });
+        if (!recovery) this.#summaries.inc({ result: c });
         continue;
       }
       const { s, windowStart } = c;
@@ -199,6 +221,7 @@ export class DriftAggregator {
         receivedAt: now,
         seq: record.seq,
         late: windowStart + windowMs + this.#o.graceMs <= now,
+        recovery: recovery === true,
         merge: (stored) => {
           const agg = stored === undefined ? emptyAggregate(s, { scope: 'device', id: deviceId, windowStart, windowMs }) : decodeAggregate(stored);
           addSummary(agg, s);
@@ -218,8 +241,10 @@ export class DriftAggregator {
     }
     for (const [i, o] of outcomes.entries()) {
       const it = items[i] as (typeof items)[number];
-      if (o === 'duplicate') this.#summaries.inc({ result: 'duplicate' });
-      else if (o === 'merged') this.#summaries.inc({ result: it.late ? 'late' : 'merged' });
+      if (o === 'duplicate') {
+        if (!it.recovery) this.#summaries.inc({ result: 'duplicate' });
+      } else if (o === 'merged') this.#summaries.inc({ result: it.recovery ? 'recovered' : it.late ? 'late' : 'merged' });
+      else if (it.recovery) continue;
       else this.#summaries.inc({ result: this.#bad(it.deviceId, o.code === ErrorCode.STORAGE ? 'store_failed' : 'refused', o.message, it.seq) });
     }
   }

@@ -212,6 +212,10 @@ export const MIGRATIONS: readonly Migration[] = [
         received_at  INTEGER NOT NULL
       );
       CREATE INDEX drift_summaries_by_window ON drift_summaries(window_start);
+      -- Drift records stored as telemetry but maybe not merged (hub killed between the batch's
+      -- commit and the merge) are merged again at start from the recent ones; the partial index
+      -- keeps that from scanning the whole telemetry table and costs nothing for other kinds.
+      CREATE INDEX telemetry_drift_by_received ON telemetry(received_at) WHERE kind = 'drift';
 
       -- Merged counts per (model version, device, hub window) as the JSON of a DriftAggregate
       -- (shared/drift/merge.ts) without its summary id set. Group and fleet aggregates are

@@ -10,6 +10,7 @@
 import type Database from 'better-sqlite3';
 import { z } from 'zod';
 import { EdgefleetError, ErrorCode } from '../../shared/errors.ts';
+import type { TelemetryRecord } from '../../shared/protocol.ts';
 import { parseStored } from './sqlite-rollouts.ts';
 import type {
   AlertRecord,
@@ -69,6 +70,7 @@ interface DeliveryRow {
 }
 
 const DevicesSchema = z.array(z.string());
+const BodySchema = z.record(z.string(), z.unknown());
 const AttemptLogSchema = z.array(z.object({ at: z.number(), ok: z.boolean(), status: z.number().optional(), error: z.string().optional() }));
 /** Attempts kept in a delivery's log (the newest). */
 const MAX_LOG = 50;
@@ -164,6 +166,25 @@ export function driftDeviceWindows(db: Db, model: string, version: string, windo
     summaries: r.summaries,
     count: r.count,
     aggregate: r.aggregate,
+  }));
+}
+
+/**
+ * The unary `+` keeps SQLite off the rowid range (which, without ANALYZE statistics, it prefers
+ * and which scans the whole telemetry table): the partial index telemetry_drift_by_received
+ * finds the few recent drift rows, sorted in a small temp b-tree.
+ */
+export function driftRecordsSince(db: Db, receivedAt: number, after: number, limit: number): { cursor: number; deviceId: string; record: TelemetryRecord }[] {
+  const rows = db
+    .prepare(
+      `SELECT rowid AS cursor, device_id, stream, epoch, seq, ts, kind, body FROM telemetry
+       WHERE kind = 'drift' AND received_at >= ? AND +rowid > ? ORDER BY +rowid LIMIT ?`,
+    )
+    .all(receivedAt, after, limit) as { cursor: number; device_id: string; stream: string; epoch: number; seq: number; ts: number; kind: string; body: string }[];
+  return rows.map((r) => ({
+    cursor: r.cursor,
+    deviceId: r.device_id,
+    record: { stream: r.stream, epoch: r.epoch, seq: r.seq, ts: r.ts, kind: r.kind, body: parseStored(BodySchema, r.body, {}) },
   }));
 }
 

@@ -572,6 +572,9 @@ export class SqliteHubStore implements HubStore {
   driftDeviceWindows(model: string, version: string, windowStart: number): Promise<DriftDeviceWindow[]> {
     return this.#run('drift device windows', (db) => drift.driftDeviceWindows(db, model, version, windowStart));
   }
+  driftRecordsSince(receivedAt: number, after: number, limit: number): Promise<{ cursor: number; deviceId: string; record: TelemetryRecord }[]> {
+    return this.#run('drift records since', (db) => drift.driftRecordsSince(db, receivedAt, after, limit));
+  }
   pendingDriftWindows(windowEndBefore: number): Promise<{ model: string; version: string; windowStart: number; windowMs: number }[]> {
     return this.#run('pending drift windows', (db) => drift.pendingDriftWindows(db, windowEndBefore));
   }

@@ -473,6 +473,8 @@ export interface DriftStore {
    */
   mergeDriftSummaries(items: readonly DriftMergeItem[]): Promise<(MergeOutcome | EdgefleetError)[]>;
   driftDeviceWindows(model: string, version: string, windowStart: number): Promise<DriftDeviceWindow[]>;
+  /** Telemetry records of kind `drift` received at or after `receivedAt`, paged by cursor (rowid). */
+  driftRecordsSince(receivedAt: number, after: number, limit: number): Promise<{ cursor: number; deviceId: string; record: TelemetryRecord }[]>;
   /** (model version, window) pairs with device rows and no report whose window ended at or before `windowEndBefore`, oldest first. */
   pendingDriftWindows(windowEndBefore: number): Promise<{ model: string; version: string; windowStart: number; windowMs: number }[]>;
   /** Stores a window's report and findings; false when the window was already evaluated. */

@@ -118,6 +118,16 @@ describe('drift aggregator on a real SQLite store', () => {
       agg.onRecords('d1', [rec(5, { ...c, summaryId: (summary('c', [1, 2, 3]) as { summaryId: string }).summaryId })]);
       await agg.idle();
       assert.equal((await store.driftDeviceWindows(model.name, model.version, 0))[0]?.summaries, 3);
+
+      // A summary stored as telemetry but never handed to the aggregator (hub killed in between)
+      // is merged by recover() at start, once; recovering again changes nothing.
+      await store.ingestTelemetry('d1', [rec(6, summary('lost', [1, 2]))], 60_000);
+      assert.equal(await agg.recover(0), 1, 'the drift records stored as telemetry are looked at');
+      assert.equal((await store.driftDeviceWindows(model.name, model.version, 0))[0]?.summaries, 4);
+      await agg.recover(0);
+      assert.deepEqual((await store.driftDeviceWindows(model.name, model.version, 0)).map((r) => [r.summaries, r.count]), [[4, 40]]);
+      assert.match(await registry.getSingleMetricAsString('edgefleet_hub_drift_summaries_total'), /result="recovered"\} 1\b/);
+      assert.doesNotMatch(await registry.getSingleMetricAsString('edgefleet_hub_drift_summaries_total'), /result="duplicate"\} [^1]/);
     } finally {
       await store.stop();
       rmSync(dir, { recursive: true, force: true });
