@@ -17,6 +17,8 @@
  * reading shape `{ id?, ts?, values }` is checked by `fastReading` (the same acceptance as
  * ReadingSchema; anything else still goes through zod for its error text), and the per-request
  * metric series are prom-client children cached per model version instead of label objects.
+ * Postprocessing runs as plain loops, and the published result is serialized by `resultJson`
+ * (JSON.stringify's output, with the per-model fields cached).
  */
 import { randomUUID } from 'node:crypto';
 import { z } from 'zod';
@@ -199,6 +201,8 @@ export class Pipeline implements Component {
    * restart) is inferred and stored once. Bounded by `stream.dedupeIds`.
    */
   readonly #recentIds = new Set<string>();
+  /** resultJson's constant middle per model key (a pipeline sees one or two versions at a time). */
+  readonly #fixed = new Map<string, string>();
 
   constructor(private readonly d: PipelineDeps) {
     const cfg = d.config;
@@ -366,7 +370,7 @@ export class Pipeline implements Component {
       if (prepared.stats) {
         result.image = { brightness: round6(prepared.stats.brightness), contrast: round6(prepared.stats.contrast), sharpness: round6(prepared.stats.sharpness) };
       }
-      this.d.publisher.publish(this.outputTopic, JSON.stringify(result), { qos: config.output.qos });
+      this.d.publisher.publish(this.outputTopic, resultJson(result, this.#fixedJson(model)), { qos: config.output.qos });
       this.#okCounter(model).inc();
       this.#latency.observe((performance.now() - t0) / 1000);
       const record: PendingRecord | undefined = config.output.telemetry
@@ -409,13 +413,23 @@ export class Pipeline implements Component {
     }
   }
 
+  #fixedJson(model: LocalModel): string {
+    let fixed = this.#fixed.get(model.key);
+    if (fixed === undefined) {
+      if (this.#fixed.size >= 4) this.#fixed.clear();
+      fixed = fixedResultJson(this.d.deviceId, this.d.config.name, model.manifest.name, model.manifest.version);
+      this.#fixed.set(model.key, fixed);
+    }
+    return fixed;
+  }
+
   #lease(): ModelLease {
     if (this.d.acquire) {
       const lease = this.d.acquire();
       if (!lease) throw new EdgefleetError(ErrorCode.UNAVAILABLE, `pipeline ${this.d.config.name}: model ${this.d.config.model} is not active`);
       return lease;
     }
-    return { model: this.#model(), release: () => undefined };
+    return { model: this.#model(), release: noRelease };
   }
 
   #model(): LocalModel {
@@ -502,6 +516,42 @@ export class Pipeline implements Component {
       this.d.log.warn({ pipeline: this.d.config.name, code: e.code, err: e, suppressed }, 'inference failed'),
     );
   }
+}
+
+/** Module-level so a lease without `acquire` allocates no closure per request. */
+const noRelease = (): void => undefined;
+
+const jsonNumber = (x: number): string => (Number.isFinite(x) ? String(x) : 'null');
+
+/** The part of a result's JSON that is the same for every result of one model version. */
+export function fixedResultJson(deviceId: string, pipeline: string, model: string, version: string): string {
+  return `,"deviceId":${JSON.stringify(deviceId)},"pipeline":${JSON.stringify(pipeline)},"model":{"name":${JSON.stringify(model)},"version":${JSON.stringify(version)}}`;
+}
+
+/**
+ * `JSON.stringify(result)`, character for character (same key order, strings escaped by
+ * JSON.stringify, non-finite numbers as null, absent optional fields left out), with the
+ * per-model fields pasted from `fixed` (fixedResultJson). About 1.4 µs less main-thread CPU per
+ * published result than the generic walk (issue #5); test/unit/postprocess-fast-paths.test.ts
+ * holds it to JSON.stringify. A field added to PipelineResult must be added here too (the test
+ * builds every field, so it fails until it is).
+ */
+export function resultJson(r: PipelineResult, fixed: string): string {
+  const q = JSON.stringify;
+  let s = `{"v":${jsonNumber(r.v)},"id":${q(r.id)},"ts":${jsonNumber(r.ts)}${fixed},"label":${q(r.label)},"confidence":${jsonNumber(r.confidence)},"decision":${r.decision === null ? 'null' : q(r.decision)},"topK":[`;
+  for (let i = 0; i < r.topK.length; i++) {
+    const t = r.topK[i]!;
+    s += `${i === 0 ? '' : ','}{"label":${q(t.label)},"score":${jsonNumber(t.score)}}`;
+  }
+  s += '],"scores":[';
+  for (let i = 0; i < r.scores.length; i++) s += (i === 0 ? '' : ',') + jsonNumber(r.scores[i]!);
+  s += `],"latencyMs":${jsonNumber(r.latencyMs)}`;
+  if (r.inputTs !== undefined) s += `,"inputTs":${jsonNumber(r.inputTs)}`;
+  if (r.image !== undefined) {
+    const m = r.image;
+    s += `,"image":{"brightness":${jsonNumber(m.brightness)},"contrast":${jsonNumber(m.contrast)},"sharpness":${jsonNumber(m.sharpness)}}`;
+  }
+  return `${s}}`;
 }
 
 /** The `k` best labels with their scores, best first. */

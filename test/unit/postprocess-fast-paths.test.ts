@@ -1,12 +1,13 @@
 /**
  * The hot-path postprocessing (softmax, classify's rounding, topK, decide) was rewritten as
- * plain loops for issue #5's throughput target. These tests hold it to the straightforward
- * map/reduce/sort versions it replaced, bit for bit, on random scores with ties, infinities
- * and NaN.
+ * plain loops, and the published result is serialized by hand (resultJson), for issue #5's
+ * throughput target. These tests hold them to the straightforward map/reduce/sort versions and
+ * to JSON.stringify, bit for bit, on random scores with ties, infinities and NaN, and on
+ * strings that need escaping.
  */
 import { describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { decide, topK } from '../../agent/pipeline.ts';
+import { decide, fixedResultJson, resultJson, topK, type PipelineResult } from '../../agent/pipeline.ts';
 import { classify, softmax } from '../../agent/preprocess/postprocess.ts';
 import { mulberry32 as rng } from '../../scripts/lib/rng.ts';
 
@@ -72,5 +73,39 @@ void describe('postprocess fast paths', () => {
     assert.equal(decide(labels, [0.2, 0.5, 0.3], { warn: 0.6 }), 'fail');
     assert.equal(decide(labels, [0.2, 0.5, 0.3], { ok: 0.9, warn: 0.9, fail: 0.9 }), null);
     assert.equal(decide(labels, [0.4, 0.4, 0.2], undefined), 'ok', 'the first of equal scores');
+  });
+
+  void test('resultJson is JSON.stringify of the result, character for character', () => {
+    const odd = ['plain', 'with "quotes"', 'back\\slash', 'new\nline', 'ünïcödé ✓', '\u0001ctl', 'lone \ud800 surrogate', ''];
+    for (let s = 0; s < 400; s++) {
+      const r = rng(5000 + s);
+      const pick = (): string => odd[Math.floor(r() * odd.length)]!;
+      const xs = scores(s, 1 + (s % 5));
+      if (s % 9 === 0) xs[0] = NaN;
+      // Every field, so a field added to PipelineResult fails here until resultJson writes it.
+      const full: Required<PipelineResult> = {
+        v: 1,
+        id: pick(),
+        ts: 1_764_000_000_000 + s,
+        deviceId: pick(),
+        pipeline: pick(),
+        model: { name: pick(), version: pick() },
+        label: pick(),
+        confidence: xs[0]!,
+        decision: s % 3 === 0 ? null : pick(),
+        topK: xs.slice(0, 1 + (s % 3)).map((score) => ({ label: pick(), score })),
+        scores: xs,
+        latencyMs: s % 11 === 0 ? -0 : Math.round(r() * 1e6) / 1e3,
+        inputTs: s % 13 === 0 ? Infinity : 1_763_999_999_000 + s,
+        image: { brightness: r(), contrast: s % 17 === 0 ? NaN : r() * 100, sharpness: Math.round(r() * 1e6) / 1e6 },
+      };
+      const partial: PipelineResult = { ...full };
+      if (s % 2 === 0) delete partial.inputTs;
+      if (s % 4 < 2) delete partial.image;
+      for (const res of [full, partial]) {
+        const fixed = fixedResultJson(res.deviceId, res.pipeline, res.model.name, res.model.version);
+        assert.equal(resultJson(res, fixed), JSON.stringify(res), `seed ${s}`);
+      }
+    }
   });
 });
