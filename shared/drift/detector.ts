@@ -110,6 +110,18 @@ interface TestCase {
 
 const OUTPUT_HISTS = ['confidence', 'margin', 'entropy'] as const;
 
+/** z of a device's window mean against the reference mean beyond which it no longer counts as a clean peer (p ≈ 6e-5). */
+const MOVED_Z = 4;
+
+/** Summed counts and moments of one numeric feature over some devices. */
+interface PeerPool {
+  counts: number[];
+  nan: number;
+  sum: number;
+  sumSq: number;
+  devices: number;
+}
+
 function sub(a: readonly number[], b: readonly number[]): number[] {
   return a.map((x, i) => x - (b[i] as number));
 }
@@ -172,8 +184,9 @@ export class FleetDriftDetector {
         this.#referenceTests(combineAggregates(members, { scope: 'group', id: g, ...at }), cases);
       }
     }
+    const clean = this.#cleanPools(devices);
     for (const d of devices) {
-      if (devices.length - 1 >= t.minPeers) this.#peerTests(d, fleet, devices.length - 1, cases);
+      if (devices.length - 1 >= t.minPeers) this.#peerTests(d, fleet, devices.length - 1, clean, cases);
       else this.#referenceTests(d, cases);
     }
 
@@ -248,18 +261,7 @@ export class FleetDriftDetector {
   /** Fleet, group, or a device without enough peers: against the manifest's reference counts. */
   #referenceTests(agg: DriftAggregate, out: TestCase[]): void {
     const t = this.thresholds;
-    for (const f of agg.numeric) {
-      const ref = this.#refByName.get(f.name);
-      if (!ref) continue;
-      if (ref.counts.length !== f.counts.length) {
-        throw new EdgefleetError(ErrorCode.CONFLICT, `feature ${f.name}: summaries have ${f.counts.length} bins, reference ${ref.counts.length}`);
-      }
-      const finite = f.counts.reduce((a, b) => a + b, 0);
-      if (finite + f.nan < t.minCount) continue;
-      const shiftSd = shiftInSd(moments(finite, f.sum, f.sumSq).mean, ref.mean, ref.std);
-      const base = { scope: agg.scope, id: agg.id, feature: f.name, against: 'reference' as const, shiftSd, nFinite: finite, peers: 0 };
-      out.push(this.#case(base, withNan(f.counts, f.nan, 0), withNan(ref.counts, f.nan, 0), true));
-    }
+    for (const f of agg.numeric) this.#referenceTest(agg, f, out);
     const rc = this.#ref.classCounts;
     if (rc && rc.length === agg.outputs.classCounts.length && agg.count >= t.minCount) {
       const base = { scope: agg.scope, id: agg.id, feature: 'output:class', against: 'reference' as const, shiftSd: null, nFinite: 0, peers: 0 };
@@ -267,24 +269,103 @@ export class FleetDriftDetector {
     }
   }
 
-  /** One device against the pooled counts of every other device in the window. */
-  #peerTests(d: DriftAggregate, fleet: DriftAggregate, peers: number, out: TestCase[]): void {
+  /** One numeric feature of an aggregate against the manifest's reference counts. */
+  #referenceTest(agg: DriftAggregate, f: DriftAggregate['numeric'][number], out: TestCase[]): void {
+    const t = this.thresholds;
+    const ref = this.#refByName.get(f.name);
+    if (!ref) return;
+    if (ref.counts.length !== f.counts.length) {
+      throw new EdgefleetError(ErrorCode.CONFLICT, `feature ${f.name}: summaries have ${f.counts.length} bins, reference ${ref.counts.length}`);
+    }
+    const finite = f.counts.reduce((a, b) => a + b, 0);
+    if (finite + f.nan < t.minCount) return;
+    const shiftSd = shiftInSd(moments(finite, f.sum, f.sumSq).mean, ref.mean, ref.std);
+    const base = { scope: agg.scope, id: agg.id, feature: f.name, against: 'reference' as const, shiftSd, nFinite: finite, peers: 0 };
+    out.push(this.#case(base, withNan(f.counts, f.nan, 0), withNan(ref.counts, f.nan, 0), true));
+  }
+
+  /**
+   * Per numeric feature, the pooled counts of the devices that have NOT moved off the reference
+   * (moved: mean at least `shiftMinSd` reference SDs off AND |z| >= MOVED_Z, so a device whose
+   * window mean is off by chance stays a peer). Peers that drifted themselves are left out of a
+   * device's peer pool: otherwise one drifting line makes every healthy device look like an
+   * outlier against a contaminated baseline (seen with half a fleet's lighting changed).
+   */
+  #cleanPools(devices: readonly DriftAggregate[]): { pool: PeerPool | undefined; moved: Set<string> }[] {
+    const t = this.thresholds;
+    const first = devices[0];
+    if (!first) return [];
+    return first.numeric.map((f0, i) => {
+      const ref = this.#refByName.get(f0.name);
+      const moved = new Set<string>();
+      let pool: PeerPool | undefined;
+      for (const d of devices) {
+        const f = d.numeric[i];
+        if (!f) continue;
+        const n = f.counts.reduce((a, b) => a + b, 0);
+        const shift = ref && n > 0 ? shiftInSd(f.sum / n, ref.mean, ref.std) : null;
+        // Moved: an effect past the gate that sampling noise cannot explain (z of the mean).
+        if (shift !== null && Math.abs(shift) >= t.shiftMinSd && Math.abs(shift) * Math.sqrt(n) >= MOVED_Z) {
+          moved.add(d.id);
+          continue;
+        }
+        pool ??= { counts: new Array<number>(f.counts.length).fill(0), nan: 0, sum: 0, sumSq: 0, devices: 0 };
+        for (let k = 0; k < f.counts.length; k++) pool.counts[k] = (pool.counts[k] as number) + (f.counts[k] as number);
+        pool.nan += f.nan;
+        pool.sum += f.sum;
+        pool.sumSq += f.sumSq;
+        pool.devices++;
+      }
+      return { pool, moved };
+    });
+  }
+
+  /**
+   * One device against its peers. Numeric features: against the devices still on the reference
+   * (#cleanPools) when there are `minPeers` of them; otherwise a device that moved is compared
+   * with every other device (in a fleet-wide shift it is not unusual, and the fleet-scope test
+   * reports the shift), and a device still on the reference is not tested. Categorical and
+   * output features: every other device in the window.
+   */
+  #peerTests(d: DriftAggregate, fleet: DriftAggregate, peers: number, clean: readonly { pool: PeerPool | undefined; moved: Set<string> }[], out: TestCase[]): void {
     const t = this.thresholds;
     if (d.count < t.minCount || fleet.count - d.count < t.minCount) return;
     const base = { scope: 'device' as const, id: d.id, against: 'peers' as const, peers };
     for (const [i, f] of d.numeric.entries()) {
-      const all = fleet.numeric[i];
-      if (!all) continue;
-      const peerCounts = sub(all.counts, f.counts);
-      const peerNan = all.nan - f.nan;
+      const c = clean[i];
+      const whole = fleet.numeric[i];
+      if (!c || !whole) continue;
+      // In the pool: the device is on the reference itself and counted in the clean pool.
+      const inPool = !c.moved.has(d.id);
+      const cleanOthers = (c.pool?.devices ?? 0) - (inPool ? 1 : 0);
+      let all: PeerPool;
+      let others: number;
+      let subtractSelf: boolean;
+      if (c.pool && cleanOthers >= t.minPeers) {
+        all = c.pool;
+        others = cleanOthers;
+        subtractSelf = inPool;
+      } else if (!inPool) {
+        // Most devices moved with this one (a fleet-wide shift, caught at fleet scope): is it
+        // unusual among all of them?
+        all = { counts: whole.counts, nan: whole.nan, sum: whole.sum, sumSq: whole.sumSq, devices: peers + 1 };
+        others = peers;
+        subtractSelf = true;
+      } else {
+        continue; // on the reference, and too few healthy peers to tell anything more
+      }
+      const peerCounts = subtractSelf ? sub(all.counts, f.counts) : all.counts;
+      const peerNan = all.nan - (subtractSelf ? f.nan : 0);
+      const peerSum = all.sum - (subtractSelf ? f.sum : 0);
+      const peerSumSq = all.sumSq - (subtractSelf ? f.sumSq : 0);
       const n = f.counts.reduce((a, b) => a + b, 0);
       const pn = peerCounts.reduce((a, b) => a + b, 0);
       if (n + f.nan < t.minCount || pn + peerNan < t.minCount) continue;
       const ref = this.#refByName.get(f.name);
       // Shift in reference SDs so "0.3 SD" means the same at every scope; peers' SD without one.
-      const sd = ref && ref.std > 0 ? ref.std : moments(pn, all.sum - f.sum, all.sumSq - f.sumSq).sd;
-      const shiftSd = n > 0 && pn > 0 ? shiftInSd(f.sum / n, (all.sum - f.sum) / pn, sd) : null;
-      out.push(this.#case({ ...base, feature: f.name, shiftSd, nFinite: n }, withNan(f.counts, f.nan, peerNan), withNan(peerCounts, peerNan, f.nan), true));
+      const sd = ref && ref.std > 0 ? ref.std : moments(pn, peerSum, peerSumSq).sd;
+      const shiftSd = n > 0 && pn > 0 ? shiftInSd(f.sum / n, peerSum / pn, sd) : null;
+      out.push(this.#case({ ...base, peers: others, feature: f.name, shiftSd, nFinite: n }, withNan(f.counts, f.nan, peerNan), withNan(peerCounts, peerNan, f.nan), true));
     }
     for (const [i, c] of d.categorical.entries()) {
       const all = fleet.categorical[i];

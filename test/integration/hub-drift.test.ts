@@ -165,7 +165,7 @@ describe('hub drift: aggregation, detection, alerts', { timeout: 180_000 }, () =
     assert.match(out.join(''), /al-[0-9a-f]{12}\s+open\s+\S+\s+temp_c up \d\.\d\d SD on 3 of 20 devices in line-1/);
     out.length = 0;
     assert.equal(await driftCli([...hub, '--model', `${MODEL.name}@${MODEL.version}`, '--scope', 'device'], io), 0);
-    assert.match(out.join(''), /device\/m03 {2}temp_c up \d\.\d\d SD on device m03 vs its 19 peers/);
+    assert.match(out.join(''), /device\/m03 {2}temp_c up \d\.\d\d SD on device m03 vs its 17 peers/);
     assert.equal(await driftCli([...hub, '--model', '@x'], io), 2);
   });
 

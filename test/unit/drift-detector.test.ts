@@ -88,6 +88,23 @@ describe('FleetDriftDetector', () => {
     assert.deepEqual(r.headlines, ['b down 0.40 SD on 1 of 50 devices: dev-07']);
   });
 
+  it('a line that drifted does not make the healthy devices look like outliers (peers on the reference only)', () => {
+    // Half the fleet (line-1) moves by 1 SD. Pooled over every other device, each healthy device
+    // of line-2 would sit 0.5 SD above its peers; against the devices still on the reference it
+    // sits on them.
+    const groupOf = (id: string): string => (id < 'dev-25' ? 'line-1' : 'line-2');
+    const r = new FleetDriftDetector(reference).evaluate({ devices: fleet(0, 900, (i) => (i < 25 ? { a: -1 } : {})), groupOf });
+    const devices = r.findings.filter((f) => f.scope === 'device');
+    assert.equal(devices.length, 25, r.headlines.join('\n'));
+    for (const f of devices) {
+      assert.equal(groupOf(f.id), 'line-1', f.message);
+      assert.equal(f.direction, 'down');
+      assert.match(f.message, /vs its 25 peers/);
+    }
+    assert.ok(r.findings.some((f) => f.scope === 'group' && f.id === 'line-1' && f.feature === 'a'));
+    assert.ok(!r.findings.some((f) => f.scope === 'group' && f.id === 'line-2'));
+  });
+
   it('does not alert on a significant but tiny shift (effect gate)', () => {
     // 0.1 SD on 5 devices: at 9,000 readings each the binned test is clearly significant.
     const r = new FleetDriftDetector(reference).evaluate({ devices: fleet(0, 9000, (i) => (i < 5 ? { a: 0.1 } : {})) });
