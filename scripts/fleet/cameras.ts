@@ -7,15 +7,19 @@
  */
 import type { MqttClient } from 'mqtt';
 import { topics } from '../../shared/protocol.ts';
-import { encodePartPng, mulberry32, partImage } from '../lib/synthetic.ts';
+import { encodePartPng, jitteredPartImage, mulberry32 } from '../lib/synthetic.ts';
 import { connectSensor } from './sensors.ts';
 
+/**
+ * The scene on top of the reference variation (scripts/lib/synthetic.ts jitteredPartImage): the
+ * defaults reproduce the distribution the demo model's drift reference was built from.
+ */
 export interface CameraScene {
   /** Illumination factor, 1 nominal. */
   brightness: number;
-  /** Gaussian blur sigma in pixels, 0 sharp. */
+  /** Extra gaussian blur sigma in pixels, 0 none. */
   blur: number;
-  /** Fraction of defective parts. */
+  /** Fraction of defective parts (the reference data has 0.5). */
   defectRate: number;
 }
 
@@ -42,7 +46,7 @@ export class SimulatedCamera {
 
   constructor(readonly opts: CameraOptions) {
     this.#rng = mulberry32(opts.seed);
-    this.#scene = { brightness: 1, blur: 0, defectRate: 0.2, ...opts.scene };
+    this.#scene = { brightness: 1, blur: 0, defectRate: 0.5, ...opts.scene };
   }
 
   /** Changes the scene from the next frame on (a lamp fails, the lens gets dirty, ...). */
@@ -68,7 +72,7 @@ export class SimulatedCamera {
     const o = this.opts;
     while (this.#n < due && this.#client?.connected) {
       const s = this.#scene;
-      const px = partImage(this.#rng, { defective: this.#rng() < s.defectRate, brightness: s.brightness, blur: s.blur });
+      const px = jitteredPartImage(this.#rng, { defective: this.#rng() < s.defectRate, brightness: s.brightness, blur: s.blur });
       const id = `${o.sensorId}-${this.#n}`;
       this.#client.publish(`${topics.input(o.deviceId, o.input)}/${id}`, await encodePartPng(px), { qos: 0 });
       this.#n++;

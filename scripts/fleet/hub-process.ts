@@ -21,10 +21,23 @@ export async function startHubProcess(opts: {
   httpPort?: number;
   logFile?: string;
   timeoutMs?: number;
+  /** A hub config file (YAML or JSON); the flags above override its ports, host and data dir. */
+  configFile?: string;
 }): Promise<HubInfo> {
   const proc = new ServiceProcess(
     'hub',
-    ['hub', '--data', opts.dataDir, '--host', '127.0.0.1', '--mqtt-port', String(opts.mqttPort ?? 0), '--http-port', String(opts.httpPort ?? 0)],
+    [
+      'hub',
+      ...(opts.configFile ? ['--config', opts.configFile] : []),
+      '--data',
+      opts.dataDir,
+      '--host',
+      '127.0.0.1',
+      '--mqtt-port',
+      String(opts.mqttPort ?? 0),
+      '--http-port',
+      String(opts.httpPort ?? 0),
+    ],
     { logFile: opts.logFile },
   );
   await proc.waitForMsg('hub running', opts.timeoutMs ?? 30_000);

@@ -252,6 +252,20 @@ export interface PartDataset {
   y: number[];
 }
 
+/**
+ * A part image under the mild day-to-day variation the demo model's training and reference data
+ * have (illumination ×0.8–1.2, and in 30% of frames a slight blur of sigma 0.3–0.9), on top of a
+ * scene: `brightness` scales the illumination, `blur` adds optical blur (sigmas add in
+ * quadrature). With the defaults it draws from the reference distribution itself.
+ */
+export function jitteredPartImage(random: RandomSource, opts: { defective: boolean; brightness?: number; blur?: number }): Uint8Array {
+  const rng = toRng(random);
+  const brightness = rng.uniform(0.8, 1.2) * (opts.brightness ?? 1);
+  const jitterBlur = rng.next() < 0.3 ? rng.uniform(0.3, 0.9) : 0;
+  const blur = Math.sqrt(jitterBlur ** 2 + (opts.blur ?? 0) ** 2);
+  return partImage(rng, { defective: opts.defective, brightness, blur });
+}
+
 /** Alternating good/defective images; `jitter` also varies brightness and blur mildly. */
 export function partDataset(random: RandomSource, count: number, jitter = true): PartDataset {
   const rng = toRng(random);
@@ -259,9 +273,7 @@ export function partDataset(random: RandomSource, count: number, jitter = true):
   const y: number[] = [];
   for (let i = 0; i < count; i++) {
     const defective = i % 2 === 1;
-    const brightness = jitter ? rng.uniform(0.8, 1.2) : 1;
-    const blur = jitter && rng.next() < 0.3 ? rng.uniform(0.3, 0.9) : 0;
-    images.push(partImage(rng, { defective, brightness, blur }));
+    images.push(jitter ? jitteredPartImage(rng, { defective }) : partImage(rng, { defective, brightness: 1, blur: 0 }));
     y.push(defective ? 1 : 0);
   }
   return { images, y };
