@@ -88,7 +88,17 @@ export function createAgent(config: AgentConfig, deps: { log: Logger; registry?:
   // Health after the outbox (its windows go there) and before the pipelines (which report to
   // it), so stop flushes the last partial window after the pipelines drained.
   const health = lifecycle.add(
-    new HealthMonitor({ windowMs: config.health.windowMs, keepWindows: config.health.keepWindows, sink: outbox, log: log.child({ component: 'health' }) }),
+    new HealthMonitor({
+      windowMs: config.health.windowMs,
+      keepWindows: config.health.keepWindows,
+      sink: outbox,
+      log: log.child({ component: 'health' }),
+      // Process CPU for the hub's cost per 1,000 inferences (issue #4); process.* stays here.
+      cpuTimeMs: () => {
+        const u = process.cpuUsage();
+        return (u.user + u.system) / 1000;
+      },
+    }),
   );
   const probation = lifecycle.add(
     new Probation({ health, thresholds: config.health.probation, checkMs: config.health.checkMs, log: log.child({ component: 'probation' }) }),

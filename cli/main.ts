@@ -24,6 +24,8 @@ operators (talk to a running hub: --hub <url> --token <t>, or --data <hub data d
   model baseline --manifest <m> --data <f>       build a manifest's drift reference bins (local)
   rollout create <name>@<version> --target <sel> staged rollout (waves, bake, health gates)
   rollout list|status|pause|resume|abort|approve [<id>] [--json]
+  feedback <inference-id>=<label>... [--device <id>]  ground truth for past inferences
+  kpis [--model <m>] [--since 24h] [--json]     accuracy, latency, uptime, cost per model version
   drift [--model <m>@<v>] [--since 24h] [--json] drift findings per model version, scope, feature
   alerts [--state open] [--json]                 drift alerts; alerts ack|resolve <id>
 
@@ -68,6 +70,10 @@ async function main(argv: string[]): Promise<void> {
       return operator(() => import('./commands/devices.ts'), argv.slice(1));
     case 'rollout':
       return operator(() => import('./commands/rollout.ts'), argv.slice(1));
+    case 'feedback':
+      return operator(() => import('./commands/feedback.ts'), argv.slice(1));
+    case 'kpis':
+      return operator(() => import('./commands/kpis.ts'), argv.slice(1));
     case 'drift':
       return operator(() => import('./commands/drift.ts'), argv.slice(1));
     case 'alerts':

@@ -10,6 +10,7 @@ import { z } from 'zod';
 import { deepFreeze, loadConfig } from '../shared/config.ts';
 import { LOG_LEVELS } from '../shared/log.ts';
 import { MAX_PAYLOAD_BYTES, NameSchema } from '../shared/protocol.ts';
+import { KpisConfigSchema } from './kpis/config.ts';
 import { AlertsConfigSchema } from './alerts/config.ts';
 import { DriftConfigSchema } from './drift/config.ts';
 import { timezoneProblem, windowExpressionProblem } from './rollouts/windows.ts';
@@ -130,6 +131,7 @@ export const HubConfigSchema = z.object({
         .default({}),
     })
     .prefault({}),
+  kpis: KpisConfigSchema.prefault({}),
   drift: DriftConfigSchema,
   alerts: AlertsConfigSchema,
   log: z.object({ level: z.enum(LOG_LEVELS).default('info') }).prefault({}),

@@ -34,8 +34,12 @@ import { DriftAggregator } from './drift/aggregator.ts';
 import { DriftApi } from './drift/api.ts';
 import { DriftMonitor } from './drift/monitor.ts';
 import { SampleStore } from './drift/samples.ts';
+import { FeedbackService } from './feedback/feedback.ts';
+import { MqttFeedback } from './feedback/mqtt-feedback.ts';
 import { loadHubConfig, type HubConfig } from './config.ts';
 import { Ingest } from './ingest/ingest.ts';
+import { KpiIndexer } from './kpis/indexer.ts';
+import { KpiService } from './kpis/service.ts';
 import { ArtifactStore } from './models/artifact-store.ts';
 import { ModelRegistry } from './models/registry.ts';
 import { KeyRing } from './models/signing-keys.ts';
@@ -55,6 +59,9 @@ export interface Hub extends Service {
   readonly registry: Registry;
   /** The rollout engine (tests call `tick()` after moving a fake clock). */
   readonly rollouts: RolloutEngine;
+  /** KPIs and their gauges (tests call `refreshGauges()`); `kpiIndex.idle()` waits for indexing. */
+  readonly kpis: KpiService;
+  readonly kpiIndex: KpiIndexer;
   /** Drift: `drift.tick()` tests due windows (tests move a fake clock first), `driftAggregator.idle()` waits for merging. */
   readonly drift: DriftMonitor;
   readonly driftAggregator: DriftAggregator;
@@ -139,6 +146,12 @@ export function createHub(config: HubConfig, deps: HubDeps): Promise<Hub> {
   ingest.onCommandResult((deviceId, result) => rollouts.onCommandResult(deviceId, result));
   ingest.onRecords((deviceId, records) => rollouts.onRecords(deviceId, records));
   ingest.onHello((hello) => rollouts.onHello(hello));
+  // Feedback and KPIs (issue #4): inference and health records feed the KPI index.
+  const kpiIndexer = new KpiIndexer({ store, log: log.child({ component: 'kpi-index' }), registry });
+  ingest.onRecords((deviceId, records) => kpiIndexer.onRecords(deviceId, records));
+  const feedback = new FeedbackService({ store, configLabels: config.kpis.labels, log: log.child({ component: 'feedback' }), registry, now });
+  const mqttFeedback = new MqttFeedback({ bus: broker, feedback, log: log.child({ component: 'feedback' }), registry, maxPayloadBytes: config.limits.maxPayloadBytes });
+  const kpis = new KpiService({ store, config: config.kpis, log: log.child({ component: 'kpis' }), registry, now });
   // Drift (issue #4): drift records → per-device window rows; windows tested → alerts → delivery.
   const driftAggregator = new DriftAggregator({
     store,
@@ -179,6 +192,8 @@ export function createHub(config: HubConfig, deps: HubDeps): Promise<Hub> {
     deviceAuth: new DeviceAuth(store, now),
     models,
     rollouts,
+    feedback,
+    kpis,
     drift: driftApi,
     maxManifestBytes: config.models.maxManifestBytes,
     registry,
@@ -195,6 +210,8 @@ export function createHub(config: HubConfig, deps: HubDeps): Promise<Hub> {
     store,
     registry,
     rollouts,
+    kpis,
+    kpiIndex: kpiIndexer,
     drift,
     driftAggregator,
     alerts,
@@ -246,10 +263,13 @@ export function createHub(config: HubConfig, deps: HubDeps): Promise<Hub> {
     ),
   );
   lifecycle.add(ingest);
+  // Subscribes on the bus before the broker listens, like ingest.
+  lifecycle.add(mqttFeedback);
   lifecycle.add(broker);
   lifecycle.add(models);
   // After the broker (it publishes commands), before the API (which creates rollouts).
   lifecycle.add(rollouts);
+  lifecycle.add(kpis);
   // After the broker: alerts are published on it, sample commands too.
   lifecycle.add(alertDelivery);
   lifecycle.add(step('alert-metrics', () => alerts.refreshMetrics()));

@@ -166,5 +166,12 @@ export const HealthWindowSchema = z.object({
   classCounts: z.array(z.number().int().nonnegative()).max(10_000),
   /** CONFIDENCE_BINS counts of top-1 confidence. */
   confidence: z.array(z.number().int().nonnegative()),
+  /**
+   * Process CPU time (user + system, ms, all threads) attributed to this window: the CPU used
+   * while the window was open, split between the versions open at the same time by their share
+   * of engine latency (agent/health/health-monitor.ts). Optional: older agents do not send it.
+   * The hub turns it into CPU-seconds per 1,000 inferences (hub/kpis/).
+   */
+  cpuMs: z.number().nonnegative().optional(),
 });
 export type HealthWindow = z.infer<typeof HealthWindowSchema>;

@@ -9,6 +9,14 @@
  * Counting is a few array increments on the hot path; the outbox write happens once per window.
  * `stop()` flushes the partial window, so the same (model, version, windowStart) can appear in
  * two records after a restart: consumers sum records, they never de-duplicate by window start.
+ *
+ * CPU accounting (`cpuMs`, issue #4 cost per 1,000 inferences): with a `cpuTimeMs` clock (process
+ * CPU, user + system, every thread: the inference workers included), the CPU used from the
+ * moment a window opens while none was open (or from the previous close) until the windows
+ * close is split between the windows closing together by their share of engine latency (by
+ * inference count when no latency was recorded). Idle stretches with no open window are not
+ * charged to any version. The figure includes the agent's own overhead (MQTT, SQLite, JSON):
+ * it is what serving costs on the device, not the model's FLOPs.
  */
 import { LogThrottle, type Logger } from '../../shared/log.ts';
 import type { Component } from '../../shared/lifecycle.ts';
@@ -44,6 +52,11 @@ export interface HealthMonitorOptions {
   log: Logger;
   /** Injected clock (epoch ms). */
   now?: () => number;
+  /**
+   * Cumulative process CPU time in ms (user + system), e.g. from process.cpuUsage() in the
+   * composition root. Without it windows carry no `cpuMs`.
+   */
+  cpuTimeMs?: () => number;
 }
 
 const DEFAULT_KEEP_WINDOWS = 30;
@@ -54,6 +67,8 @@ interface Series {
   version: string;
   /** The open window (undefined until the first record in it). */
   open: HealthWindow | undefined;
+  /** Engine latency summed over the open window (its weight in the CPU split). */
+  busyMs: number;
   closed: HealthWindow[];
 }
 
@@ -67,6 +82,8 @@ export class HealthMonitor implements Component, HealthRecorder {
   #timer: NodeJS.Timeout | undefined;
   #running = false;
   #latestStart = Number.NEGATIVE_INFINITY;
+  /** Process CPU (ms) when the CPU now being accumulated started to count; undefined when no window is open. */
+  #cpuMark: number | undefined;
 
   constructor(private readonly opts: HealthMonitorOptions) {
     if (!(opts.windowMs > 0)) throw new RangeError(`windowMs must be positive, got ${opts.windowMs}`);
@@ -102,14 +119,20 @@ export class HealthMonitor implements Component, HealthRecorder {
       this.#latestStart = start;
     }
     const s = this.#seriesFor(model, version);
-    if (s.open && s.open.windowStart !== start) this.#close(s);
-    const w = (s.open ??= this.#emptyWindow(model, version, start, obs.classes));
+    if (s.open && s.open.windowStart !== start) this.#closeAll([s]);
+    if (!s.open) {
+      if (this.opts.cpuTimeMs && this.#cpuMark === undefined) this.#cpuMark = this.opts.cpuTimeMs();
+      s.open = this.#emptyWindow(model, version, start, obs.classes);
+      s.busyMs = 0;
+    }
+    const w = s.open;
     if (!obs.ok) {
       w.errors++;
       return;
     }
     w.ok++;
     if (obs.latencyMs !== undefined) {
+      if (obs.latencyMs > 0) s.busyMs += obs.latencyMs;
       const b = latencyBucket(obs.latencyMs);
       w.latency[b] = (w.latency[b] as number) + 1;
     }
@@ -150,15 +173,39 @@ export class HealthMonitor implements Component, HealthRecorder {
 
   /** Closes open windows that start before `before`. */
   #closeWindows(before: number): void {
+    const closing: Series[] = [];
     for (const s of this.#series.values()) {
-      if (s.open && s.open.windowStart < before) this.#close(s);
+      if (s.open && s.open.windowStart < before) closing.push(s);
     }
+    if (closing.length) this.#closeAll(closing);
+  }
+
+  /** Closes these series' open windows, charging them the CPU used since the mark. */
+  #closeAll(closing: readonly Series[]): void {
+    const clock = this.opts.cpuTimeMs;
+    if (clock && this.#cpuMark !== undefined) {
+      const now = clock();
+      const used = Math.max(0, now - this.#cpuMark);
+      const weight = (s: Series): number => s.busyMs;
+      const count = (s: Series): number => (s.open ? s.open.ok + s.open.errors : 0);
+      const by = closing.reduce((a, s) => a + weight(s), 0) > 0 ? weight : count;
+      const total = closing.reduce((a, s) => a + by(s), 0);
+      for (const s of closing) {
+        if (s.open) s.open.cpuMs = Math.round((total > 0 ? (used * by(s)) / total : used / closing.length) * 1000) / 1000;
+      }
+      // Windows still open go on accumulating from here; with none open, idle CPU is not charged.
+      let stillOpen = false;
+      for (const s of this.#series.values()) if (s.open && !closing.includes(s)) stillOpen = true;
+      this.#cpuMark = stillOpen ? now : undefined;
+    }
+    for (const s of closing) this.#close(s);
   }
 
   #close(s: Series): void {
     const w = s.open;
     if (!w) return;
     s.open = undefined;
+    s.busyMs = 0;
     s.closed.push(w);
     if (s.closed.length > this.#keep) s.closed.splice(0, s.closed.length - this.#keep);
     const p = this.opts.sink.append(HEALTH_STREAM, HEALTH_KIND, { ...w }, w.windowStart + w.windowMs).catch((err: unknown) => {
@@ -172,7 +219,7 @@ export class HealthMonitor implements Component, HealthRecorder {
     const key = seriesKey(model, version);
     let s = this.#series.get(key);
     if (!s) {
-      s = { model, version, open: undefined, closed: [] };
+      s = { model, version, open: undefined, busyMs: 0, closed: [] };
       this.#series.set(key, s);
     }
     return s;

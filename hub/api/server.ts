@@ -20,6 +20,9 @@
  *   GET  /v1/rollouts/:id         status: state, waves, per-device states, gate results
  *   POST /v1/rollouts/:id/{pause,resume,abort,approve}   → 200 status; 409 when not allowed now
  *   GET  /v1/devices/:id/history  the device's append-only model history
+ *   POST /v1/feedback             ground truth for inference ids: {feedback: [{id, label, ts?, device?}]}
+ *                                 → 200 per-item outcomes (hub/feedback/feedback.ts)
+ *   GET  /v1/kpis                 KPIs per model version: ?model=&version=&from=&to=&window= (hub/kpis/)
  *   GET  /v1/drift, GET /v1/alerts[/:id], POST /v1/alerts/:id/{ack,resolve},
  *   POST /v1/samples/:deviceId (device auth), GET /v1/samples     drift and alerts (hub/drift/api.ts)
  */
@@ -33,6 +36,8 @@ import type { Logger } from '../../shared/log.ts';
 import { DeviceIdSchema, NameSchema } from '../../shared/protocol.ts';
 import type { DeviceAuth } from '../auth/devices.ts';
 import type { DriftApi } from '../drift/api.ts';
+import { FeedbackBatchSchema, type FeedbackService } from '../feedback/feedback.ts';
+import type { KpiService } from '../kpis/service.ts';
 import type { ApiAuth, Operator } from '../auth/operators.ts';
 import { hashToken, newSecret } from '../auth/tokens.ts';
 import { serveArtifact } from '../models/artifact-http.ts';
@@ -51,6 +56,9 @@ export interface ApiOptions {
   deviceAuth: DeviceAuth;
   models: ModelRegistry;
   rollouts: Pick<RolloutEngine, 'create' | 'list' | 'status' | 'act' | 'history'>;
+  /** Feedback and KPIs (issue #4); their routes answer 404 without them. */
+  feedback?: Pick<FeedbackService, 'submit'>;
+  kpis?: Pick<KpiService, 'parseQuery' | 'query'>;
   /** Drift, alerts and device samples (issue #4); their routes answer 404 without it. */
   drift?: DriftApi;
   /** Largest manifest accepted by POST /v1/models (bigger than maxBodyBytes: test vectors). */
@@ -170,6 +178,8 @@ export class ApiServer implements Component {
         auth: 'write',
         handler: async (_q, res, p) => sendJson(res, 200, await opts.rollouts.act(p.ids[0] ?? '', p.ids[1] as 'pause' | 'resume' | 'abort' | 'approve')),
       },
+      { method: 'POST', pattern: /^\/v1\/feedback$/, auth: 'write', handler: (req, res) => this.#feedback(req, res) },
+      { method: 'GET', pattern: /^\/v1\/kpis$/, auth: 'read', handler: (_q, res, p) => this.#kpis(res, p.query) },
       { method: 'GET', pattern: /^\/v1\/drift$/, auth: 'read', handler: (_q, res, p) => this.#drift.drift(res, p.query) },
       { method: 'GET', pattern: /^\/v1\/alerts$/, auth: 'read', handler: (_q, res, p) => this.#drift.alerts(res, p.query) },
       { method: 'GET', pattern: /^\/v1\/alerts\/([^/]+)$/, auth: 'read', handler: (_q, res, p) => this.#drift.alert(res, p.id ?? '') },
@@ -341,6 +351,19 @@ export class ApiServer implements Component {
     const records = await this.#o.store.queryTelemetry({ deviceId: q.device, stream: q.stream, kind: q.kind, after: q.after, limit: q.limit });
     const last = records[records.length - 1];
     sendJson(res, 200, { records, next: records.length === q.limit && last ? last.cursor : null });
+  }
+
+  async #feedback(req: IncomingMessage, res: ServerResponse): Promise<void> {
+    if (!this.#o.feedback) throw new EdgefleetError(ErrorCode.NOT_FOUND, 'feedback is not enabled on this hub');
+    const body = await readJson(req, FeedbackBatchSchema, this.#o.maxBodyBytes);
+    sendJson(res, 200, await this.#o.feedback.submit(body.feedback, 'http'));
+  }
+
+  async #kpis(res: ServerResponse, query: URLSearchParams): Promise<void> {
+    if (!this.#o.kpis) throw new EdgefleetError(ErrorCode.NOT_FOUND, 'KPIs are not enabled on this hub');
+    const q = this.#o.kpis.parseQuery(query);
+    const kpis = await this.#o.kpis.query(q);
+    sendJson(res, 200, { from: new Date(q.from).toISOString(), to: new Date(q.to).toISOString(), windowMs: q.windowMs, kpis });
   }
 
   async #fleet(res: ServerResponse): Promise<void> {

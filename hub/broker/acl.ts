@@ -5,8 +5,14 @@
  * `out/` (results) topics of devices and the hub's alert topic `edgefleet/v1/$hub/alerts`
  * (device ids cannot contain `$`, so no device owns that subtree). Pure functions: the broker
  * calls them, the tests read them.
+ *
+ * Ground truth (`<device>/feedback`, hub/feedback/mqtt-feedback.ts) may come from the device,
+ * from a sensor of that device (a gauge downstream that measures the true state), or from a
+ * consumer (an MES that learns at end-of-line test whether a part was really bad). Consumers
+ * read every device's results, so they may label any device's inferences; that is the only
+ * topic a consumer may publish to.
  */
-import { TOPIC_ROOT } from '../../shared/protocol.ts';
+import { DeviceIdSchema, TOPIC_ROOT } from '../../shared/protocol.ts';
 import type { PrincipalKind } from '../store/store.ts';
 
 export interface Identity {
@@ -18,6 +24,8 @@ export interface Identity {
 
 /** Topics only the hub publishes to (the hub's publishes bypass these checks). */
 const HUB_TO_AGENT = new Set(['ack', 'cmd']);
+/** Ground truth for a device's inferences. */
+const FEEDBACK = 'feedback';
 const ROOT = TOPIC_ROOT.split('/');
 /** Drift alerts the hub publishes (hub/alerts/delivery.ts ALERTS_TOPIC); consumers may read them. */
 export const HUB_ALERTS_TOPIC = `${TOPIC_ROOT}/$hub/alerts`;
@@ -36,13 +44,16 @@ export function publishRefusal(who: Identity, topic: string): string | undefined
   if (topic.includes('+') || topic.includes('#')) return 'wildcard in topic';
   const t = split(topic);
   if (!t) return 'outside the protocol tree';
-  if (who.kind === 'consumer') return 'consumers only subscribe';
+  const feedback = t.rest.length === 1 && t.rest[0] === FEEDBACK;
+  // A real device id only: not `$hub` (the hub's own subtree) nor an empty level.
+  if (who.kind === 'consumer') return feedback && DeviceIdSchema.safeParse(t.device).success ? undefined : 'consumers publish only <device>/feedback';
   if (who.kind === 'device') {
     if (t.device !== who.id) return "another device's subtree";
     if (t.rest.length === 1 && HUB_TO_AGENT.has(t.rest[0] as string)) return 'topic reserved for the hub';
     return undefined;
   }
   if (t.device !== who.deviceId) return "not the sensor's device";
+  if (feedback) return undefined;
   if (t.rest[0] !== 'in' || t.rest.length < 2 || t.rest.some((l) => l === '')) return 'sensors publish only to in/<input>';
   return undefined;
 }

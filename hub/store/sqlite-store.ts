@@ -16,9 +16,14 @@ import type { Logger } from '../../shared/log.ts';
 import { ModelRefSchema, StreamPositionSchema, type Hello, type TelemetryRecord } from '../../shared/protocol.ts';
 import type { HealthWindow } from '../../shared/updates.ts';
 import { MIGRATIONS, type Migration } from './migrations.ts';
+import * as kpis from './sqlite-kpis.ts';
 import * as drift from './sqlite-drift.ts';
 import * as rollouts from './sqlite-rollouts.ts';
 import type {
+  AccuracyBucket,
+  IndexedHealthWindow,
+  IndexedInference,
+  PresenceChange,
   ApiRole,
   DesiredModel,
   DeviceTransition,
@@ -274,15 +279,25 @@ export class SqliteHubStore implements HubStore {
     });
   }
 
-  markAllOffline(_at: number): Promise<void> {
+  markAllOffline(at: number): Promise<void> {
     return this.#run('mark offline', (db) => {
-      db.prepare('UPDATE principals SET online = 0 WHERE online = 1').run();
+      db.transaction(() => {
+        // For uptime (presence_log): a device the database still calls online lost the hub when
+        // the hub went away; its last contact is the best estimate of when.
+        db.prepare(
+          "INSERT INTO presence_log (device_id, ts, online) SELECT id, min(COALESCE(last_seen, ?), ?), 0 FROM principals WHERE online = 1 AND kind = 'device'",
+        ).run(at, at);
+        db.prepare('UPDATE principals SET online = 0 WHERE online = 1').run();
+      }).immediate();
     });
   }
 
   setOnline(id: string, online: boolean, at: number): Promise<void> {
     return this.#run('set online', (db) => {
-      db.prepare('UPDATE principals SET online = ?, last_seen = max(COALESCE(last_seen, 0), ?) WHERE id = ?').run(online ? 1 : 0, at, id);
+      db.transaction(() => {
+        kpis.logPresence(db, id, online, at);
+        db.prepare('UPDATE principals SET online = ?, last_seen = max(COALESCE(last_seen, 0), ?) WHERE id = ?').run(online ? 1 : 0, at, id);
+      }).immediate();
     });
   }
 
@@ -613,6 +628,42 @@ export class SqliteHubStore implements HubStore {
   }
   deliveries(alertId: string): Promise<DeliveryRecord[]> {
     return this.#run('deliveries', (db) => drift.deliveries(db, alertId));
+  }
+
+  // --- feedback and KPIs (sqlite-kpis.ts) ------------------------------------------------------
+
+  indexInferences(rows: readonly IndexedInference[]): Promise<void> {
+    return this.#run('index inferences', (db) => kpis.indexInferences(db, rows));
+  }
+  indexHealthWindows(rows: readonly IndexedHealthWindow[]): Promise<void> {
+    return this.#run('index health windows', (db) => kpis.indexHealthWindows(db, rows));
+  }
+  findInferences(keys: readonly { id: string; deviceId?: string }[]): Promise<IndexedInference[]> {
+    return this.#run('find inferences', (db) => kpis.findInferences(db, keys));
+  }
+  recordFeedback(items: readonly { deviceId: string; id: string; truth: string; at: number }[]): Promise<number> {
+    return this.#run('record feedback', (db) => kpis.recordFeedback(db, items));
+  }
+  accuracyBuckets(model: string, version: string, from: number, to: number, windowMs: number): Promise<AccuracyBucket[]> {
+    return this.#run('accuracy buckets', (db) => kpis.accuracyBuckets(db, model, version, from, to, windowMs));
+  }
+  confusion(model: string, version: string, from: number, to: number): Promise<{ truth: string; label: string; n: number }[]> {
+    return this.#run('confusion', (db) => kpis.confusion(db, model, version, from, to));
+  }
+  predictedLabels(model: string, version: string, from: number, to: number): Promise<{ label: string; n: number }[]> {
+    return this.#run('predicted labels', (db) => kpis.predictedLabels(db, model, version, from, to));
+  }
+  kpiHealthWindows(model: string, version: string, from: number, to: number): Promise<IndexedHealthWindow[]> {
+    return this.#run('kpi health windows', (db) => kpis.kpiHealthWindows(db, model, version, from, to));
+  }
+  modelVersionsSeen(from: number, to: number, model?: string): Promise<{ model: string; version: string }[]> {
+    return this.#run('model versions seen', (db) => kpis.modelVersionsSeen(db, from, to, model));
+  }
+  presenceChanges(deviceIds: readonly string[], from: number, to: number): Promise<PresenceChange[]> {
+    return this.#run('presence changes', (db) => kpis.presenceChanges(db, deviceIds, from, to));
+  }
+  pruneKpiData(before: number): Promise<{ inferences: number; healthWindows: number; presence: number }> {
+    return this.#run('prune kpi data', (db) => kpis.pruneKpiData(db, before));
   }
 }
 

@@ -320,6 +320,81 @@ export interface RolloutStore {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Feedback and KPIs (hub/feedback/, hub/kpis/; tables of migration 5)
+
+/** One inference the hub indexed from telemetry (kind `inference`), with its ground truth. */
+export interface IndexedInference {
+  deviceId: string;
+  /** The inference's correlation id (agent/pipeline.ts), unique per device. */
+  id: string;
+  model: string;
+  version: string;
+  /** Predicted (top-1) label and its confidence. */
+  label: string;
+  confidence: number;
+  /** Prediction time (epoch ms). */
+  ts: number;
+  truth?: string | null;
+  feedbackAt?: number | null;
+}
+
+/** One health window in columns (shared/updates.ts HealthWindow plus its device). */
+export interface IndexedHealthWindow {
+  deviceId: string;
+  model: string;
+  version: string;
+  windowStart: number;
+  windowMs: number;
+  ok: number;
+  errors: number;
+  latency: number[];
+  confidence: number[];
+  classCounts: number[];
+  cpuMs?: number;
+}
+
+/** Predictions of one model version in one window of prediction time. */
+export interface AccuracyBucket {
+  /** Start of the window (epoch ms, aligned to the window length). */
+  start: number;
+  predictions: number;
+  /** Sum of top-1 confidences of the predictions (mean = estimated accuracy). */
+  confidenceSum: number;
+  labelled: number;
+  correct: number;
+}
+
+export interface PresenceChange {
+  deviceId: string;
+  ts: number;
+  online: boolean;
+}
+
+export interface KpiStore {
+  /** Indexes inferences; an inference already indexed (device, id) keeps its first row. */
+  indexInferences(rows: readonly IndexedInference[]): Promise<void>;
+  indexHealthWindows(rows: readonly IndexedHealthWindow[]): Promise<void>;
+  /** Indexed inferences with these ids (any device when `deviceId` is not given). */
+  findInferences(keys: readonly { id: string; deviceId?: string }[]): Promise<IndexedInference[]>;
+  /** Sets the ground truth of indexed inferences; returns how many rows it changed. */
+  recordFeedback(items: readonly { deviceId: string; id: string; truth: string; at: number }[]): Promise<number>;
+  /** Accuracy buckets by PREDICTION time, ts in [from, to). */
+  accuracyBuckets(model: string, version: string, from: number, to: number, windowMs: number): Promise<AccuracyBucket[]>;
+  /** Labelled predictions counted by (truth, predicted), ts in [from, to). */
+  confusion(model: string, version: string, from: number, to: number): Promise<{ truth: string; label: string; n: number }[]>;
+  /** Predictions (indexed) counted by predicted label, ts in [from, to). */
+  predictedLabels(model: string, version: string, from: number, to: number): Promise<{ label: string; n: number }[]>;
+  /** Indexed health windows, windowStart in [from, to). */
+  kpiHealthWindows(model: string, version: string, from: number, to: number): Promise<IndexedHealthWindow[]>;
+  /** Model versions with health windows or indexed inferences in [from, to). */
+  modelVersionsSeen(from: number, to: number, model?: string): Promise<{ model: string; version: string }[]>;
+  /** For each device: its last presence change before `from` (the state at `from`) and every change in [from, to). */
+  presenceChanges(deviceIds: readonly string[], from: number, to: number): Promise<PresenceChange[]>;
+  /** Deletes index rows and presence changes older than `before` (keeping each device's state at `before`). */
+  pruneKpiData(before: number): Promise<{ inferences: number; healthWindows: number; presence: number }>;
+}
+
+// ---------------------------------------------------------------------------------------------
 // Drift and alerts (hub/drift/, hub/alerts/; tables of migration 4)
 
 /** One (model version, device, hub window) row of merged drift counts. */
@@ -499,7 +574,7 @@ export interface DriftStore {
   deliveries(alertId: string): Promise<DeliveryRecord[]>;
 }
 
-export interface HubStore extends Component, RolloutStore, DriftStore {
+export interface HubStore extends Component, RolloutStore, KpiStore, DriftStore {
   /** Rejects with CONFLICT when the id exists, NOT_FOUND when a sensor's device does not. */
   createPrincipal(p: NewPrincipal): Promise<void>;
   getCredentials(id: string): Promise<PrincipalCredentials | undefined>;

@@ -1,0 +1,79 @@
+/**
+ * `edgefleet feedback <id>=<label>... [--device <id>] [--file <json>] [--json]`: posts ground
+ * truth for inference ids to the hub (`POST /v1/feedback`, hub/feedback/feedback.ts) and prints
+ * what became of each item: matched, unknown id, ambiguous id, or a label the model does not
+ * have. Exit code 1 when any item was refused, so a script notices.
+ */
+import { readFile } from 'node:fs/promises';
+import { parseArgs } from 'node:util';
+import { z } from 'zod';
+import { EXIT, HUB_OPTIONS, HUB_OPTIONS_HELP, HubClient, UsageError, failure, resolveHub, type CliIo } from './http-client.ts';
+
+const USAGE = `usage: edgefleet feedback <inference-id>=<true-label>... [--device <id>] [--json]
+       edgefleet feedback --file <feedback.json> [--json]
+
+Posts ground-truth labels for inferences (by their correlation id) to the hub; realized
+accuracy and business cost (edgefleet kpis) are computed from them by prediction time.
+
+Options:
+  --device <id>    the device that made the inferences (needed when ids repeat across devices)
+  --file <path>    a JSON file: [{"id", "label", "ts"?, "device"?}, ...] or {"feedback": [...]}
+  --json           print the hub's answer as JSON
+${HUB_OPTIONS_HELP}
+`;
+
+const ResultSchema = z.object({
+  received: z.number(),
+  matched: z.number(),
+  unknown: z.number(),
+  ambiguous: z.number(),
+  invalidLabel: z.number(),
+  refused: z.array(z.object({ id: z.string(), label: z.string(), reason: z.string(), detail: z.string().optional() })),
+});
+
+/** Items from `id=label` arguments (the id may contain `=`; the label is after the last one). */
+export function parsePairs(pairs: readonly string[], device: string | undefined): { id: string; label: string; device?: string }[] {
+  return pairs.map((p) => {
+    const i = p.lastIndexOf('=');
+    if (i <= 0 || i === p.length - 1) throw new UsageError(`expected <inference-id>=<label>, got "${p}"`);
+    return { id: p.slice(0, i), label: p.slice(i + 1), ...(device ? { device } : {}) };
+  });
+}
+
+export async function run(argv: string[], io: CliIo): Promise<number> {
+  try {
+    const { values, positionals } = parseArgs({
+      args: argv,
+      options: { ...HUB_OPTIONS, json: { type: 'boolean' }, device: { type: 'string' }, file: { type: 'string' } },
+      allowPositionals: true,
+      strict: true,
+    });
+    if (values.help) {
+      io.out(USAGE);
+      return EXIT.OK;
+    }
+    let items: unknown[] = parsePairs(positionals, values.device);
+    if (values.file !== undefined) {
+      let raw: unknown;
+      try {
+        raw = JSON.parse(await readFile(values.file, 'utf8'));
+      } catch (err) {
+        throw new UsageError(`cannot read ${values.file}: ${(err as Error).message}`);
+      }
+      const list = Array.isArray(raw) ? raw : (raw as { feedback?: unknown } | null)?.feedback;
+      if (!Array.isArray(list)) throw new UsageError(`${values.file}: expected an array of feedback items or {"feedback": [...]}`);
+      items = [...items, ...(list as unknown[])];
+    }
+    if (items.length === 0) throw new UsageError('no feedback given');
+    const client = new HubClient(await resolveHub(values, io.env));
+    const r = await client.request('POST', '/v1/feedback', ResultSchema, { feedback: items });
+    if (values.json) io.out(`${JSON.stringify(r, null, 2)}\n`);
+    else {
+      io.out(`${r.matched} of ${r.received} matched; unknown ${r.unknown}, ambiguous ${r.ambiguous}, invalid label ${r.invalidLabel}\n`);
+      for (const x of r.refused) io.out(`  ${x.id}=${x.label}: ${x.reason}${x.detail ? ` (${x.detail})` : ''}\n`);
+    }
+    return r.matched === r.received ? EXIT.OK : EXIT.ERROR;
+  } catch (err) {
+    return failure(io, 'feedback', err, USAGE);
+  }
+}
