@@ -9,11 +9,13 @@
  * Back-pressure: at most `queueMax` samples wait in total; beyond that `infer` rejects at once
  * with OVERLOADED and the caller decides what to drop.
  * Pipelining: under load a busy worker also gets a second, full batch queued behind the one it
- * runs (PIPELINE_DEPTH), so it never waits for the main thread between runs.
+ * runs (`pipelineDepth`), so it never waits for the main thread between runs; only while the
+ * workers leave the main thread a core of its own, by default.
  * Faults: a worker that dies fails only the batches it holds, running and queued (INFERENCE),
  * is respawned with backoff, reloads every model and serves again. The pool never terminates a worker that may
  * be inside ORT: with onnxruntime-node 1.30 that aborts the whole process (see #terminateAll).
  */
+import { availableParallelism } from 'node:os';
 import type { Worker } from 'node:worker_threads';
 import { Counter, Gauge, Histogram, type Registry } from 'prom-client';
 import { Backoff } from '../../shared/backoff.ts';
@@ -47,6 +49,13 @@ export interface WorkerPoolOptions {
   maxBatch?: number;
   /** Longest a sample waits for a fuller batch while a worker is free. Default 2. */
   maxWaitMs?: number;
+  /**
+   * Batches per worker: 2 queues a full batch behind the running one (pipelining), 1 does not.
+   * Default 2 while the workers leave the main thread a core of its own (workers < available
+   * cores), else 1: workers that never pause would take the main thread's core too, and its
+   * event-loop delay doubled in a test with 2 workers on 2 cores (BENCHMARKS.md, issue #5).
+   */
+  pipelineDepth?: 1 | 2;
   /** Samples waiting, over all models, before `infer` rejects with OVERLOADED. Default 1000. */
   queueMax?: number;
   /** How long `stop()` lets accepted work finish. Default 5000. */
@@ -125,10 +134,10 @@ const STATES: Record<LifecycleState, readonly LifecycleState[]> = {
 const DTYPES: readonly InputDtype[] = ['float32', 'uint8', 'int8'];
 
 /**
- * Batches a worker holds at once: the one it runs and one queued behind it, so under load it
- * starts the next run as soon as one ends instead of idling through the round trip to the main
- * thread and back (two thread wake-ups, ~60 µs here; issue #5). Two, not more: a dying worker
- * fails at most these two batches, and a stop waits for at most one extra run.
+ * Most batches a worker holds at once: the one it runs and one queued behind it, so under load
+ * it starts the next run as soon as one ends instead of idling through the round trip to the
+ * main thread and back (two thread wake-ups, ~60 µs here; issue #5). Two, not more: a dying
+ * worker fails at most these two batches, and a stop waits for at most one extra run.
  */
 const PIPELINE_DEPTH = 2;
 
@@ -170,12 +179,14 @@ export class WorkerPoolEngine implements InferenceEngine {
       if (!Number.isFinite(x) || x < min) throw new EdgefleetError(ErrorCode.BAD_CONFIG, `runtime: ${what} must be ≥ ${min}, got ${x}`);
       return x;
     };
+    const workers = int(opts.workers, 1, 1, 'workers');
     this.#o = {
       log: opts.log,
-      workers: int(opts.workers, 1, 1, 'workers'),
+      workers,
       intraOpThreads: int(opts.intraOpThreads, 1, 1, 'intraOpThreads'),
       maxBatch: int(opts.maxBatch, 16, 1, 'maxBatch'),
       maxWaitMs: int(opts.maxWaitMs, 2, 0, 'maxWaitMs'),
+      pipelineDepth: Math.min(PIPELINE_DEPTH, int(opts.pipelineDepth, workers < availableParallelism() ? PIPELINE_DEPTH : 1, 1, 'pipelineDepth')) as 1 | 2,
       queueMax: int(opts.queueMax, 1000, 1, 'queueMax'),
       stopTimeoutMs: int(opts.stopTimeoutMs, 5000, 0, 'stopTimeoutMs'),
       startTimeoutMs: int(opts.startTimeoutMs, 30_000, 1, 'startTimeoutMs'),
@@ -509,7 +520,7 @@ export class WorkerPoolEngine implements InferenceEngine {
     let nextDeadline = Infinity;
     // Pass 0 feeds idle workers; pass 1 queues a second batch behind a running one (pipelining),
     // but only a full batch, so light load batches and waits exactly as without pipelining.
-    for (let depth = 0; depth < PIPELINE_DEPTH; depth++) {
+    for (let depth = 0; depth < this.#o.pipelineDepth; depth++) {
       for (const slot of this.#slots) {
         if (!slot.alive || !slot.ready || slot.batches !== depth) continue;
         let best: ModelEntry | undefined;

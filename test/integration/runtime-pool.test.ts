@@ -93,6 +93,21 @@ async function metricValue(registry: Registry, name: string, labels: Record<stri
   return v?.value ?? 0;
 }
 
+/** One worker, batches of 4, each run held 150 ms, `crashWorkerForTest(0, 'exit')` allowed. */
+const CRASHABLE: Partial<WorkerPoolOptions> = {
+  workers: 1,
+  maxBatch: 4,
+  testHooks: { runDelayMs: 150, exit: true },
+  respawnBackoff: { initialMs: 20, maxMs: 100, factor: 2, jitter: 0 },
+};
+
+function outcome(p: Promise<InferResult>): Promise<{ ok: true; r: InferResult } | { ok: false; err: unknown }> {
+  return p.then(
+    (r) => ({ ok: true as const, r }),
+    (err: unknown) => ({ ok: false as const, err }),
+  );
+}
+
 void describe('WorkerPoolEngine', { concurrency: false }, () => {
   void test('load reports the model metadata and refuses what it cannot serve', async () => {
     const { engine } = await startEngine();
@@ -234,20 +249,10 @@ void describe('WorkerPoolEngine', { concurrency: false }, () => {
   });
 
   void test('a killed worker fails only its in-flight batch; the engine respawns it and serves', async () => {
-    const { engine, registry } = await startEngine({
-      workers: 1,
-      maxBatch: 4,
-      testHooks: { runDelayMs: 150, exit: true },
-      respawnBackoff: { initialMs: 20, maxMs: 100, factor: 2, jitter: 0 },
-    });
+    const { engine, registry } = await startEngine(CRASHABLE);
     await engine.load('linear@1', paths.linear!);
     await engine.load('u8@1', paths.u8!);
-    const outcomes = Array.from({ length: 6 }, (_, i) =>
-      engine.infer('linear@1', { data: sample(300 + i), dims: [1, 8] }).then(
-        (r) => ({ ok: true as const, r }),
-        (err: unknown) => ({ ok: false as const, err }),
-      ),
-    );
+    const outcomes = Array.from({ length: 6 }, (_, i) => outcome(engine.infer('linear@1', { data: sample(300 + i), dims: [1, 8] })));
     while (engine.stats().inFlight === 0) await sleep(2);
     assert.equal(engine.stats().inFlight, 4, 'first batch of 4 is in flight');
     await engine.crashWorkerForTest(0, 'exit'); // process.exit(1) inside the worker
@@ -272,7 +277,7 @@ void describe('WorkerPoolEngine', { concurrency: false }, () => {
   });
 
   void test('pipelining: a busy worker holds a second full batch, and no result crosses to another sample or model', async () => {
-    const { engine, registry } = await startEngine({ workers: 1, maxBatch: 4, maxWaitMs: 50, testHooks: { runDelayMs: 60 } });
+    const { engine, registry } = await startEngine({ workers: 1, maxBatch: 4, maxWaitMs: 50, pipelineDepth: 2, testHooks: { runDelayMs: 60 } });
     await engine.load('linear@1', paths.linear!);
     await engine.load('u8@1', paths.u8!);
     // 12 float samples and 8 uint8 ones, interleaved: full batches of both models queue up.
@@ -310,19 +315,9 @@ void describe('WorkerPoolEngine', { concurrency: false }, () => {
   });
 
   void test('pipelining: a worker that dies with a batch queued behind its run fails both; the pool recovers', async () => {
-    const { engine, registry } = await startEngine({
-      workers: 1,
-      maxBatch: 4,
-      testHooks: { runDelayMs: 150, exit: true },
-      respawnBackoff: { initialMs: 20, maxMs: 100, factor: 2, jitter: 0 },
-    });
+    const { engine, registry } = await startEngine({ ...CRASHABLE, pipelineDepth: 2 });
     await engine.load('linear@1', paths.linear!);
-    const outcomes = Array.from({ length: 10 }, (_, i) =>
-      engine.infer('linear@1', { data: sample(900 + i), dims: [1, 8] }).then(
-        (r) => ({ ok: true as const, r }),
-        (err: unknown) => ({ ok: false as const, err }),
-      ),
-    );
+    const outcomes = Array.from({ length: 10 }, (_, i) => outcome(engine.infer('linear@1', { data: sample(900 + i), dims: [1, 8] })));
     for (let t0 = Date.now(); engine.stats().inFlight < 8; await sleep(2)) {
       assert.ok(Date.now() - t0 < 10_000, `two batches never reached the worker (inFlight ${engine.stats().inFlight})`);
     }
