@@ -7,6 +7,10 @@
  * Rollouts: ingest hands the rollout engine command results, newly stored model/health records
  * and hellos; the engine answers with commands on the bus.
  *
+ * Feedback and KPIs: ingest hands the KPI indexer newly stored inference and health records;
+ * ground truth comes in through the API and MQTT feedback (hub/feedback/); the KPI service
+ * answers queries and keeps Prometheus gauges (hub/kpis/).
+ *
  * Drift: ingest hands the drift aggregator newly stored drift records (merged per device and
  * window); the drift monitor tests closed windows and hands reports to the alert manager, whose
  * events go out through alert delivery (MQTT topic, webhooks, retraining hook).

@@ -262,11 +262,14 @@ describe('feedback and KPIs on a hub with raw MQTT devices', () => {
     // QoS 1: the broker acknowledges after the hub's handler has stored the feedback.
     await sensor.publishAsync('edgefleet/v1/d1/feedback', JSON.stringify({ feedback: [{ id: 'a4', label: 'ok' }] }), { qos: 1 });
     await mes.publishAsync('edgefleet/v1/d1/feedback', JSON.stringify({ v: 1, feedback: [{ id: 'b3', label: 'ok' }, { id: 'nope', label: 'ok' }] }), { qos: 1 });
+    // The device itself may label its own inferences.
+    await ctx.clients[0]!.publishAsync('edgefleet/v1/d1/feedback', JSON.stringify({ feedback: [{ id: 'b4', label: 'defect' }] }), { qos: 1 });
     // The topic's device scopes the ids: `dup` is unambiguous on d2's topic.
     await mes.publishAsync('edgefleet/v1/d2/feedback', JSON.stringify({ feedback: [{ id: 'dup', label: 'ok' }] }), { qos: 1 });
     const rows = await hub.store.findInferences([
       { id: 'a4', deviceId: 'd1' },
       { id: 'b3', deviceId: 'd1' },
+      { id: 'b4', deviceId: 'd1' },
       { id: 'dup', deviceId: 'd2' },
       { id: 'dup', deviceId: 'd1' },
     ]);
@@ -275,6 +278,7 @@ describe('feedback and KPIs on a hub with raw MQTT devices', () => {
       [
         ['d1', 'a4', 'ok'],
         ['d1', 'b3', 'ok'],
+        ['d1', 'b4', 'defect'],
         ['d2', 'dup', 'ok'],
         ['d1', 'dup', null],
       ],
