@@ -197,57 +197,6 @@ export const MIGRATIONS: readonly Migration[] = [
     `,
   },
   {
-    version: 5,
-    name: 'feedback and KPIs: inference index with ground truth, health window index, presence log',
-    sql: `
-      -- One row per inference the hub was told about (telemetry kind \`inference\`), kept for
-      -- kpis.retentionDays: enough to match ground truth posted later by inference id and to
-      -- key accuracy by PREDICTION time (ts). truth/feedback_at are set by feedback; a later
-      -- feedback for the same inference replaces the earlier one (a correction), so accuracy is
-      -- always recomputed from rows and never double counts.
-      CREATE TABLE inference_index (
-        device_id   TEXT NOT NULL,
-        id          TEXT NOT NULL,
-        model       TEXT NOT NULL,
-        version     TEXT NOT NULL,
-        label       TEXT NOT NULL,
-        confidence  REAL NOT NULL,
-        ts          INTEGER NOT NULL,
-        truth       TEXT,
-        feedback_at INTEGER,
-        PRIMARY KEY (device_id, id)
-      ) WITHOUT ROWID;
-      CREATE INDEX inference_index_by_id ON inference_index(id);
-      CREATE INDEX inference_index_by_model ON inference_index(model, version, ts);
-
-      -- Health windows (telemetry kind \`health\`) in columns, so KPI queries by model version and
-      -- time use an index instead of parsing every stored health record. Filled from records
-      -- stored for the first time, so each window is counted once.
-      CREATE TABLE kpi_health (
-        device_id    TEXT NOT NULL,
-        model        TEXT NOT NULL,
-        version      TEXT NOT NULL,
-        window_start INTEGER NOT NULL,
-        window_ms    INTEGER NOT NULL,
-        ok           INTEGER NOT NULL,
-        errors       INTEGER NOT NULL,
-        latency      TEXT NOT NULL,
-        confidence   TEXT NOT NULL,
-        class_counts TEXT NOT NULL,
-        cpu_ms       REAL
-      );
-      CREATE INDEX kpi_health_by_model ON kpi_health(model, version, window_start);
-
-      -- Presence transitions of devices (setOnline), for uptime over a period.
-      CREATE TABLE presence_log (
-        device_id TEXT NOT NULL,
-        ts        INTEGER NOT NULL,
-        online    INTEGER NOT NULL
-      );
-      CREATE INDEX presence_log_by_device ON presence_log(device_id, ts);
-    `,
-  },
-  {
     version: 4,
     name: 'drift and alerts: summary ids, device window aggregates, window reports and findings, alerts, alert deliveries',
     sql: `
@@ -356,6 +305,57 @@ export const MIGRATIONS: readonly Migration[] = [
       );
       CREATE INDEX alert_deliveries_due ON alert_deliveries(state, next_at);
       CREATE INDEX alert_deliveries_by_alert ON alert_deliveries(alert_id);
+    `,
+  },
+  {
+    version: 5,
+    name: 'feedback and KPIs: inference index with ground truth, health window index, presence log',
+    sql: `
+      -- One row per inference the hub was told about (telemetry kind \`inference\`), kept for
+      -- kpis.retentionDays: enough to match ground truth posted later by inference id and to
+      -- key accuracy by PREDICTION time (ts). truth/feedback_at are set by feedback; a later
+      -- feedback for the same inference replaces the earlier one (a correction), so accuracy is
+      -- always recomputed from rows and never double counts.
+      CREATE TABLE inference_index (
+        device_id   TEXT NOT NULL,
+        id          TEXT NOT NULL,
+        model       TEXT NOT NULL,
+        version     TEXT NOT NULL,
+        label       TEXT NOT NULL,
+        confidence  REAL NOT NULL,
+        ts          INTEGER NOT NULL,
+        truth       TEXT,
+        feedback_at INTEGER,
+        PRIMARY KEY (device_id, id)
+      ) WITHOUT ROWID;
+      CREATE INDEX inference_index_by_id ON inference_index(id);
+      CREATE INDEX inference_index_by_model ON inference_index(model, version, ts);
+
+      -- Health windows (telemetry kind \`health\`) in columns, so KPI queries by model version and
+      -- time use an index instead of parsing every stored health record. Filled from records
+      -- stored for the first time, so each window is counted once.
+      CREATE TABLE kpi_health (
+        device_id    TEXT NOT NULL,
+        model        TEXT NOT NULL,
+        version      TEXT NOT NULL,
+        window_start INTEGER NOT NULL,
+        window_ms    INTEGER NOT NULL,
+        ok           INTEGER NOT NULL,
+        errors       INTEGER NOT NULL,
+        latency      TEXT NOT NULL,
+        confidence   TEXT NOT NULL,
+        class_counts TEXT NOT NULL,
+        cpu_ms       REAL
+      );
+      CREATE INDEX kpi_health_by_model ON kpi_health(model, version, window_start);
+
+      -- Presence transitions of devices (setOnline), for uptime over a period.
+      CREATE TABLE presence_log (
+        device_id TEXT NOT NULL,
+        ts        INTEGER NOT NULL,
+        online    INTEGER NOT NULL
+      );
+      CREATE INDEX presence_log_by_device ON presence_log(device_id, ts);
     `,
   },
 ];
