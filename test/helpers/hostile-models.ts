@@ -12,41 +12,7 @@
  */
 import { writeFile } from 'node:fs/promises';
 import protobuf from 'protobufjs';
-
-const ONNX_SUBSET = `
-syntax = "proto2";
-package onnx;
-message OperatorSetIdProto { optional string domain = 1; optional int64 version = 2; }
-message AttributeProto { optional string name = 1; optional int64 i = 3; optional int32 type = 20; }
-message NodeProto {
-  repeated string input = 1; repeated string output = 2; optional string name = 3;
-  optional string op_type = 4; repeated AttributeProto attribute = 5; optional string domain = 7;
-}
-message TensorProto {
-  repeated int64 dims = 1; optional int32 data_type = 2; optional string name = 8; optional bytes raw_data = 9;
-}
-message TensorShapeProto {
-  message Dimension { oneof value { int64 dim_value = 1; string dim_param = 2; } }
-  repeated Dimension dim = 1;
-}
-message TypeProto {
-  message Tensor { optional int32 elem_type = 1; optional TensorShapeProto shape = 2; }
-  oneof value { Tensor tensor_type = 1; }
-}
-message ValueInfoProto { optional string name = 1; optional TypeProto type = 2; }
-message GraphProto {
-  repeated NodeProto node = 1; optional string name = 2; repeated TensorProto initializer = 5;
-  repeated ValueInfoProto input = 11; repeated ValueInfoProto output = 12;
-}
-message FunctionProto {
-  optional string name = 1; repeated string input = 4; repeated string output = 5;
-  repeated NodeProto node = 7; repeated OperatorSetIdProto opset_import = 9; optional string domain = 10;
-}
-message ModelProto {
-  optional int64 ir_version = 1; optional string producer_name = 2; optional GraphProto graph = 7;
-  repeated OperatorSetIdProto opset_import = 8; repeated FunctionProto functions = 25;
-}
-`;
+import { ONNX_SUBSET } from './tiny-model.ts';
 
 const FLOAT = 1;
 const INT64 = 7;

@@ -7,7 +7,8 @@ import { mulberry32 } from '../../scripts/lib/rng.ts';
 import { writeFile } from 'node:fs/promises';
 import protobuf from 'protobufjs';
 
-const ONNX_SUBSET = `
+/** The onnx.proto subset the test models are written with (also hostile-models.ts: model-local functions). */
+export const ONNX_SUBSET = `
 syntax = "proto2";
 package onnx;
 message OperatorSetIdProto { optional string domain = 1; optional int64 version = 2; }
@@ -35,9 +36,13 @@ message GraphProto {
   repeated NodeProto node = 1; optional string name = 2; repeated TensorProto initializer = 5;
   repeated ValueInfoProto input = 11; repeated ValueInfoProto output = 12;
 }
+message FunctionProto {
+  optional string name = 1; repeated string input = 4; repeated string output = 5;
+  repeated NodeProto node = 7; repeated OperatorSetIdProto opset_import = 9; optional string domain = 10;
+}
 message ModelProto {
   optional int64 ir_version = 1; optional string producer_name = 2; optional GraphProto graph = 7;
-  repeated OperatorSetIdProto opset_import = 8;
+  repeated OperatorSetIdProto opset_import = 8; repeated FunctionProto functions = 25;
 }
 `;
 
