@@ -215,6 +215,19 @@ describe('agent model updater', () => {
     assert.equal(load.failed.length, 0, `failed inferences: ${load.failed.join(',')}`);
   });
 
+  test('a release whose model fails its manifest test vectors on this device is refused in the validator; the old model keeps serving', async () => {
+    // What a canary sees when a model passed at the hub but computes differently here (e.g. int8
+    // kernels on another CPU): the signed manifest's expected outputs do not match.
+    const wrong = { ...fp32, testVectors: fp32.testVectors.map((tv) => ({ ...tv, expected: tv.expected.map((v) => v + 1) })) };
+    const rel = signedRelease(server.key, wrong, fp32Bytes, { counter: 450, version: '4.5.0' });
+    server.add(fp32Bytes);
+    await expectRejected(rel, 'validate', /BAD_MODEL/);
+    const failed = agent.updater!.modelState().find((s) => s.name === 'machine-state')!.failed.find((f) => f.version === '4.5.0');
+    assert.equal(failed?.phase, 'validate');
+    assert.match(failed?.message ?? '', /test vector/);
+    assert.equal(load.failed.length, 0, `failed inferences: ${load.failed.join(',')}`);
+  });
+
   test('model.rollback swaps back to the previous version and refuses the rolled-back one', async () => {
     const notActive = await agent.updater!.rollback({ name: 'machine-state', version: '9.9.9', reason: 'x' });
     assert.equal(notActive.state, 'not_active');
