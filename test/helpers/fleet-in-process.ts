@@ -60,11 +60,12 @@ export class InProcessFleet {
     return c;
   }
 
-  async telemetry(deviceId: string): Promise<TelemetryRow[]> {
+  /** Every record the hub stored for a device, or those of one stream (e.g. `inference`). */
+  async telemetry(deviceId: string, stream?: string): Promise<TelemetryRow[]> {
     const rows: TelemetryRow[] = [];
     let after: number | undefined;
     for (;;) {
-      const page = await this.hub.store.queryTelemetry({ deviceId, after, limit: 1000 });
+      const page = await this.hub.store.queryTelemetry({ deviceId, stream, after, limit: 1000 });
       rows.push(...page);
       if (page.length < 1000) return rows;
       after = page[page.length - 1]!.cursor;

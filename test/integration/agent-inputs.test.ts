@@ -106,8 +106,8 @@ void describe('agent inputs', () => {
       assert.ok(r.image && r.image['brightness']! > 0 && r.image['brightness']! < 1, 'image stats in the result');
     }
     assert.ok(correct / 40 >= 0.9, `accuracy ${correct}/40`);
-    await until(async () => (await fleet.telemetry(DEV)).filter((t) => t.body['pipeline'] === 'camera').length >= 40, 20_000, 'camera telemetry at the hub');
-    const rows = (await fleet.telemetry(DEV)).filter((t) => t.body['pipeline'] === 'camera');
+    await until(async () => (await fleet.telemetry(DEV, 'inference')).filter((t) => t.body['pipeline'] === 'camera').length >= 40, 20_000, 'camera telemetry at the hub');
+    const rows = (await fleet.telemetry(DEV, 'inference')).filter((t) => t.body['pipeline'] === 'camera');
     assert.equal(new Set(rows.map((r) => r.body['id'])).size, 40, 'each frame once');
     for (const r of rows) {
       const img = r.body['image'] as Record<string, number>;
@@ -287,7 +287,7 @@ void describe('overload', () => {
     const dropped = await metric(busy, 'edgefleet_agent_input_dropped_total', { pipeline: 'vibration', reason: 'overload' });
     assert.ok(dropped > 0, 'the burst overflowed the queue of 2');
     await until(async () => (await fleet.telemetry('busy-box')).some((t) => t.body['id'] === `burst-${n - 1}`), 10_000, 'the newest reading reached the hub');
-    const served = (await fleet.telemetry('busy-box')).filter((t) => t.body['pipeline'] === 'vibration').length;
+    const served = (await fleet.telemetry('busy-box', 'inference')).filter((t) => t.body['pipeline'] === 'vibration').length;
     assert.equal(served, n - dropped, 'every reading not dropped was inferred and stored once');
     assert.equal(await metric(busy, 'edgefleet_agent_stream_queued', { pipeline: 'vibration' }), 0);
   });
