@@ -227,8 +227,21 @@ describe('staged rollouts, hub and ten agents as processes', () => {
   });
 
   it('probation: a slow release the hub gate would let through is rolled back by the agent on its own', async () => {
-    await push('slow', '1.5.0');
     const target = agents.find((a) => a.id === 'line-01')!;
+    // Probation compares with the replaced version's last windows (health.keepWindows, 30 × 1 s
+    // here). Right after the previous test those hold the fleet-wide install storm (ten validator
+    // children on two cores: p95 ~26 ms instead of ~5 ms), so let the device serve 1.4.0 in a
+    // steady state for that long first.
+    const steadyFrom = Date.now();
+    await until(
+      async () => {
+        const page = await hubApi<{ records: { body: { version?: string; windowStart?: number } }[] }>(hub, 'GET', `/v1/telemetry?device=${target.id}&stream=health&limit=1000`);
+        return page.records.filter((r) => r.body.version === '1.4.0' && (r.body.windowStart ?? 0) >= steadyFrom).length >= 30;
+      },
+      90_000,
+      '30 steady health windows of 1.4.0',
+    );
+    await push('slow', '1.5.0');
     const created = await hubApi<RolloutStatus>(hub, 'POST', '/v1/rollouts', {
       model: 'machine-state',
       version: '1.5.0',
