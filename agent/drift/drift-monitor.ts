@@ -33,6 +33,7 @@ import { alignWindow, DRIFT_KIND, DRIFT_STREAM, DriftAccumulator, type Classific
 import type { ImageStats } from '../preprocess/image.ts';
 import { DEFAULT_CONFIDENCE_PH, DEFAULT_FEATURE_PH, PageHinkley, PageHinkleyParamsSchema } from './page-hinkley.ts';
 import { SampleCommandArgsSchema, SampleConfigSchema, sampleBody, SampleRing, uploadSample, type SampleInput, type UploadTarget } from './sample-ring.ts';
+import { WindowTimer } from '../health/window-timer.ts';
 
 export const DRIFT_SAMPLE_COMMAND = 'drift.sample';
 export const DRIFT_WARNING_KIND = 'drift_warning';
@@ -147,12 +148,12 @@ export class DriftMonitor implements Component, DriftRecorder {
   readonly #throttle = new LogThrottle(10_000);
   readonly #metrics: ReturnType<typeof createDriftMetrics> | undefined;
   #created = 0;
-  #timer: NodeJS.Timeout | undefined;
-  #running = false;
+  readonly #timer: WindowTimer;
 
   constructor(opts: DriftMonitorOptions) {
     this.#o = opts;
     this.#now = opts.now ?? Date.now;
+    this.#timer = new WindowTimer({ windowMs: () => this.windowMs, now: this.#now, onTick: () => this.tick() });
     this.#metrics = opts.registry ? createDriftMetrics(opts.registry) : undefined;
   }
 
@@ -161,16 +162,13 @@ export class DriftMonitor implements Component, DriftRecorder {
   }
 
   start(): Promise<void> {
-    this.#running = true;
-    this.#schedule();
+    this.#timer.start();
     return Promise.resolve();
   }
 
   /** Flushes every partial window and waits for the records to be committed (or refused). */
   async stop(): Promise<void> {
-    this.#running = false;
-    if (this.#timer) clearTimeout(this.#timer);
-    this.#timer = undefined;
+    this.#timer.stop();
     for (const s of this.#byKey.values()) this.#flush(s);
     await Promise.allSettled([...this.#pending]);
   }
@@ -369,18 +367,6 @@ export class DriftMonitor implements Component, DriftRecorder {
   #track(p: Promise<unknown>): void {
     this.#pending.add(p);
     void p.finally(() => this.#pending.delete(p));
-  }
-
-  #schedule(): void {
-    if (!this.#running) return;
-    const now = this.#now();
-    // Just past the next boundary, so the window being closed has really ended.
-    const delay = this.windowMs - (now % this.windowMs) + 5;
-    this.#timer = setTimeout(() => {
-      this.tick();
-      this.#schedule();
-    }, delay);
-    this.#timer.unref();
   }
 }
 

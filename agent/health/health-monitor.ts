@@ -22,6 +22,7 @@ import { LogThrottle, type Logger } from '../../shared/log.ts';
 import type { Component } from '../../shared/lifecycle.ts';
 import { addHealth, confidenceBin, emptyTotals, latencyBucket, type HealthTotals } from '../../shared/health.ts';
 import { HEALTH_KIND, HEALTH_STREAM, type HealthWindow } from '../../shared/updates.ts';
+import { WindowTimer } from './window-timer.ts';
 
 /** One inference as the pipeline saw it. */
 export interface HealthObservation {
@@ -79,8 +80,7 @@ export class HealthMonitor implements Component, HealthRecorder {
   readonly #keep: number;
   readonly #throttle = new LogThrottle(10_000);
   readonly #pending = new Set<Promise<unknown>>();
-  #timer: NodeJS.Timeout | undefined;
-  #running = false;
+  readonly #timer: WindowTimer;
   #latestStart = Number.NEGATIVE_INFINITY;
   /** Process CPU (ms) when the CPU now being accumulated started to count; undefined when no window is open. */
   #cpuMark: number | undefined;
@@ -88,6 +88,7 @@ export class HealthMonitor implements Component, HealthRecorder {
   constructor(private readonly opts: HealthMonitorOptions) {
     if (!(opts.windowMs > 0)) throw new RangeError(`windowMs must be positive, got ${opts.windowMs}`);
     this.#now = opts.now ?? Date.now;
+    this.#timer = new WindowTimer({ windowMs: () => this.opts.windowMs, now: this.#now, onTick: () => this.tick() });
     this.#keep = opts.keepWindows ?? DEFAULT_KEEP_WINDOWS;
   }
 
@@ -96,16 +97,13 @@ export class HealthMonitor implements Component, HealthRecorder {
   }
 
   start(): Promise<void> {
-    this.#running = true;
-    this.#schedule();
+    this.#timer.start();
     return Promise.resolve();
   }
 
   /** Flushes the partial window and waits for its records to be committed (or refused). */
   async stop(): Promise<void> {
-    this.#running = false;
-    if (this.#timer) clearTimeout(this.#timer);
-    this.#timer = undefined;
+    this.#timer.stop();
     this.#closeWindows(Number.POSITIVE_INFINITY);
     await Promise.allSettled([...this.#pending]);
   }
@@ -228,18 +226,6 @@ export class HealthMonitor implements Component, HealthRecorder {
   #emptyWindow(model: string, version: string, windowStart: number, classes: number): HealthWindow {
     const t = emptyTotals(Math.min(Math.max(0, classes), MAX_CLASSES));
     return { model, version, windowStart, windowMs: this.opts.windowMs, ok: 0, errors: 0, latency: t.latency, classCounts: t.classCounts, confidence: t.confidence };
-  }
-
-  #schedule(): void {
-    if (!this.#running) return;
-    const now = this.#now();
-    // Just past the next boundary, so the window being closed has really ended.
-    const delay = this.opts.windowMs - (now % this.opts.windowMs) + 5;
-    this.#timer = setTimeout(() => {
-      this.tick();
-      this.#schedule();
-    }, delay);
-    this.#timer.unref();
   }
 }
 
