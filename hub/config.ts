@@ -3,13 +3,14 @@
  * environment overrides `EDGEFLEET_HUB__<PATH>` (e.g. EDGEFLEET_HUB__MQTT__PORT=1884) derived
  * from the schema, explicit overrides (CLI flags) last, every problem reported at once as one
  * BAD_CONFIG error, then frozen (shared/config.ts). Relative paths (dataDir, trusted key
- * files) resolve against the config file's directory.
+ * files, TLS files) resolve against the config file's directory.
  */
 import { dirname, resolve } from 'node:path';
 import { z } from 'zod';
 import { deepFreeze, loadConfig } from '../shared/config.ts';
 import { LOG_LEVELS } from '../shared/log.ts';
 import { MAX_PAYLOAD_BYTES, NameSchema } from '../shared/protocol.ts';
+import { ClientCertModeSchema } from '../shared/tls.ts';
 import { KpisConfigSchema } from './kpis/config.ts';
 import { AlertsConfigSchema } from './alerts/config.ts';
 import { DriftConfigSchema } from './drift/config.ts';
@@ -37,6 +38,31 @@ export const HubConfigSchema = z.object({
       maxBodyBytes: z.number().int().min(1024).max(64 * 1024 * 1024).default(1024 * 1024),
       /** Serve /metrics without a bearer token (for scrapers that cannot send one). */
       publicMetrics: z.boolean().default(false),
+    })
+    .prefault({}),
+  /**
+   * TLS for both listeners (issue #6; README "TLS"): with certFile and keyFile MQTT is mqtts
+   * and the API is HTTPS. clientCerts asks clients for a certificate signed by caFile: 'optional'
+   * lets clients without one in (a presented certificate must still verify), 'required' refuses
+   * the handshake without one. A verified certificate's CN must equal the MQTT client id (and,
+   * on the API, the device id of device credentials); the token is still required: the
+   * certificate binds the identity, the token proves it, either alone is not enough.
+   * Relative paths resolve against the config file.
+   */
+  tls: z
+    .object({
+      certFile: z.string().min(1).optional(),
+      keyFile: z.string().min(1).optional(),
+      caFile: z.string().min(1).optional(),
+      clientCerts: ClientCertModeSchema.default('none'),
+      /** The API's own mode, e.g. 'optional' when operators' browsers and CLIs have no certificate; default: clientCerts. */
+      httpClientCerts: ClientCertModeSchema.optional(),
+    })
+    .superRefine((t, ctx) => {
+      if (!!t.certFile !== !!t.keyFile) ctx.addIssue({ code: 'custom', path: [t.certFile ? 'keyFile' : 'certFile'], message: 'tls.certFile and tls.keyFile go together' });
+      const asks = t.clientCerts !== 'none' || (t.httpClientCerts ?? 'none') !== 'none';
+      if (asks && !t.caFile) ctx.addIssue({ code: 'custom', path: ['caFile'], message: 'client certificates need tls.caFile (the CA that signs them)' });
+      if (asks && !t.certFile) ctx.addIssue({ code: 'custom', path: ['certFile'], message: 'client certificates need TLS: set tls.certFile and tls.keyFile' });
     })
     .prefault({}),
   store: z
@@ -67,6 +93,18 @@ export const HubConfigSchema = z.object({
        * stalled reader delays delivery to everyone sharing the broker's concurrency slots.
        */
       drainTimeoutMs: z.number().int().min(100).max(120_000).default(5000),
+      /** Longest topic (bytes) in a publish, will or subscription; protocol topics stay under 200. */
+      maxTopicBytes: z.number().int().min(64).max(65_535).default(512),
+      /**
+       * QoS 2 publishes one connection may leave unreleased (no PUBREL yet). aedes keeps each in
+       * memory until released; past this the connection is cut. The protocol itself uses QoS 1.
+       */
+      maxInflight: z.number().int().min(1).max(65_535).default(64),
+      /**
+       * New MQTT connections per second from one address (burst: two seconds' worth). A whole
+       * fleet behind one NAT reconnecting after a hub restart must fit: raise it for large sites.
+       */
+      maxConnectsPerSecondPerIp: z.number().int().min(1).max(100_000).default(100),
     })
     .prefault({}),
   models: z
@@ -146,5 +184,7 @@ export function loadHubConfig(opts: { file?: string; overrides?: Record<string, 
   const cfg = loadConfig(HubConfigSchema, { file: opts.file, overrides: opts.overrides, env: opts.env ?? {}, envPrefix: ENV_PREFIX });
   const base = opts.file ? dirname(resolve(opts.file)) : process.cwd();
   const signing = { ...cfg.models.signing, trustedKeyFiles: cfg.models.signing.trustedKeyFiles.map((f) => resolve(base, f)) };
-  return deepFreeze({ ...cfg, dataDir: resolve(base, cfg.dataDir), models: { ...cfg.models, signing } });
+  const file = (f: string | undefined): string | undefined => (f === undefined ? undefined : resolve(base, f));
+  const tls = { ...cfg.tls, certFile: file(cfg.tls.certFile), keyFile: file(cfg.tls.keyFile), caFile: file(cfg.tls.caFile) };
+  return deepFreeze({ ...cfg, dataDir: resolve(base, cfg.dataDir), tls, models: { ...cfg.models, signing } });
 }
