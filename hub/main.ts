@@ -30,6 +30,8 @@ import { createLogger, LOG_LEVELS, type Logger } from '../shared/log.ts';
 import { runService, type Service } from '../shared/service.ts';
 import { ApiServer } from './api/server.ts';
 import { DeviceAuth } from './auth/devices.ts';
+import { AuditLog } from './auth/audit.ts';
+import { SecurityService } from './auth/security.ts';
 import { ApiAuth, ensureAdminToken } from './auth/operators.ts';
 import { EmbeddedBroker } from './broker/broker.ts';
 import { AlertManager } from './alerts/alerts.ts';
@@ -72,6 +74,8 @@ export interface Hub extends Service {
   /** Alerts (lifecycle) and their delivery (`alertDelivery.flush()` attempts due webhooks now). */
   readonly alerts: AlertManager;
   readonly alertDelivery: AlertDelivery;
+  /** The HTTP API (test/unit/openapi.test.ts reads its route table). */
+  readonly api: ApiServer;
   /** Bound ports: valid after start() (configured 0 → the port the OS chose). */
   readonly mqttPort: number;
   readonly httpPort: number;
@@ -115,6 +119,9 @@ export function createHub(config: HubConfig, deps: HubDeps): Promise<Hub> {
     maxPayloadBytes: config.limits.maxPayloadBytes,
     maxTopicDepth: config.limits.maxTopicDepth,
     drainTimeoutMs: config.limits.drainTimeoutMs,
+    maxTopicBytes: config.limits.maxTopicBytes,
+    maxInflight: config.limits.maxInflight,
+    maxConnectsPerSecondPerIp: config.limits.maxConnectsPerSecondPerIp,
     store,
     log: log.child({ component: 'broker' }),
     registry,
@@ -186,14 +193,27 @@ export function createHub(config: HubConfig, deps: HubDeps): Promise<Hub> {
     maxSampleItems: config.drift.samples.maxItems,
     log: log.child({ component: 'drift' }),
   });
+  // Security (issue #6): operator tokens, enrollment, revocation, audit. A revocation evicts
+  // the verification caches and disconnects a connected client at once.
+  const apiAuth = new ApiAuth(store, now);
+  const deviceAuth = new DeviceAuth(store, now);
+  const security = new SecurityService({ store, log: log.child({ component: 'security' }), now });
+  security.onPrincipalRevoked((id) => {
+    deviceAuth.forget(id);
+    broker.disconnect(id, 'revoked');
+  });
+  security.onOperatorTokenRevoked((tokenId) => apiAuth.forget(tokenId));
+  const audit = new AuditLog(store, log.child({ component: 'audit' }), registry);
   const api = new ApiServer({
     host: config.http.host,
     port: config.http.port,
     maxBodyBytes: config.http.maxBodyBytes,
     publicMetrics: config.http.publicMetrics,
     store,
-    auth: new ApiAuth(store, now),
-    deviceAuth: new DeviceAuth(store, now),
+    auth: apiAuth,
+    deviceAuth,
+    security,
+    audit,
     models,
     rollouts,
     feedback,
@@ -220,6 +240,7 @@ export function createHub(config: HubConfig, deps: HubDeps): Promise<Hub> {
     driftAggregator,
     alerts,
     alertDelivery,
+    api,
     get mqttPort() {
       return broker.port;
     },

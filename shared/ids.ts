@@ -15,3 +15,12 @@ export const NameSchema = z.string().regex(/^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/, 
 
 export const ModelRefSchema = z.object({ name: NameSchema, version: z.string().min(1).max(64) });
 export type ModelRef = z.infer<typeof ModelRefSchema>;
+
+/** Device groups (rollout targets, enrollment scope, maintenance windows). */
+export const GroupSchema = z.string().regex(/^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/, 'group: 1-64 of [A-Za-z0-9._-]');
+
+const LabelKeySchema = z.string().regex(/^[A-Za-z0-9][A-Za-z0-9._/-]{0,62}$/, 'label key: 1-63 of [A-Za-z0-9._/-]');
+/** Device labels (rollout selectors): at most 32 short key/value pairs. */
+export const LabelsSchema = z
+  .record(LabelKeySchema, z.string().max(256))
+  .refine((l) => Object.keys(l).length <= 32, 'at most 32 labels');

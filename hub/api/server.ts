@@ -2,7 +2,10 @@
  * The hub's HTTP JSON API on node:http (no framework): operator bearer-token auth, zod-validated
  * bodies and queries, one error shape. Routes:
  *   GET  /healthz                 liveness, no auth
+ *   GET  /, /ui/, /ui/<file>      the operator dashboard's static files, no auth (hub/ui/static.ts)
+ *   GET  /v1/whoami               the caller's token name and role (the dashboard hides what it may not do)
  *   GET  /metrics                 Prometheus text of the hub registry
+ *   GET  /openapi.json            the OpenAPI 3.1 document of this API, no auth (hub/api/openapi.ts)
  *   POST /v1/devices              register a device or sensor → 201 {id, kind, token} (token shown once)
  *   GET  /v1/devices              list devices and sensors with state and counters
  *   GET  /v1/devices/:id          one, with stream positions and per-(stream, epoch) stats
@@ -34,17 +37,23 @@ import { EdgefleetError, ErrorCode } from '../../shared/errors.ts';
 import type { Component } from '../../shared/lifecycle.ts';
 import type { Logger } from '../../shared/log.ts';
 import { DeviceIdSchema, NameSchema } from '../../shared/protocol.ts';
+import { DashboardAssets } from '../ui/static.ts';
+import { GroupSchema, LabelsSchema } from '../../shared/ids.ts';
 import type { DeviceAuth } from '../auth/devices.ts';
 import type { DriftApi } from '../drift/api.ts';
 import { FeedbackBatchSchema, type FeedbackService } from '../feedback/feedback.ts';
 import type { KpiService } from '../kpis/service.ts';
 import type { ApiAuth, Operator } from '../auth/operators.ts';
+import type { AuditLog } from '../auth/audit.ts';
+import { allows, type Role } from '../auth/roles.ts';
+import type { SecurityService } from '../auth/security.ts';
 import { hashToken, newSecret } from '../auth/tokens.ts';
 import { serveArtifact } from '../models/artifact-http.ts';
 import { storedRelease, type ModelRegistry } from '../models/registry.ts';
 import type { RolloutEngine } from '../rollouts/engine.ts';
 import type { DeviceRecord, HubStore, ModelRecord } from '../store/store.ts';
 import { drainBounded, readJson, sendError, sendJson } from './http.ts';
+import { buildOpenApiDocument } from './openapi.ts';
 
 export interface ApiOptions {
   host: string;
@@ -54,6 +63,10 @@ export interface ApiOptions {
   store: HubStore;
   auth: ApiAuth;
   deviceAuth: DeviceAuth;
+  /** Operator tokens, enrollment, revocation (hub/auth/security.ts). */
+  security: SecurityService;
+  /** Every operator action and enrollment is recorded here. */
+  audit: AuditLog;
   models: ModelRegistry;
   rollouts: Pick<RolloutEngine, 'create' | 'list' | 'status' | 'act' | 'history'>;
   /** Feedback and KPIs (issue #4); their routes answer 404 without them. */
@@ -73,11 +86,7 @@ export interface ApiOptions {
 /** How much of a refused request's body is read and dropped before the connection is cut. */
 const REFUSED_BODY_DRAIN_BYTES = 64 * 1024 * 1024;
 
-const LabelKeySchema = z.string().regex(/^[A-Za-z0-9][A-Za-z0-9._/-]{0,62}$/, 'label key: 1-63 of [A-Za-z0-9._/-]');
-export const GroupSchema = z.string().regex(/^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/, 'group: 1-64 of [A-Za-z0-9._-]');
-export const LabelsSchema = z
-  .record(LabelKeySchema, z.string().max(256))
-  .refine((l) => Object.keys(l).length <= 32, 'at most 32 labels');
+export { GroupSchema, LabelsSchema };
 
 export const CreateDeviceSchema = z
   .strictObject({
@@ -93,7 +102,7 @@ export const CreateDeviceSchema = z
     if (b.kind !== 'sensor' && b.device) ctx.addIssue({ code: 'custom', path: ['device'], message: 'only sensors belong to a device' });
   });
 
-const TelemetryQuerySchema = z.strictObject({
+export const TelemetryQuerySchema = z.strictObject({
   device: DeviceIdSchema.optional(),
   stream: NameSchema.optional(),
   kind: NameSchema.optional(),
@@ -136,18 +145,49 @@ export function modelView(m: ModelRecord): Record<string, unknown> {
   };
 }
 
-const ModelAnnounceSchema = z.strictObject({ manifest: z.unknown() });
+/** The manifest itself is checked by ModelRegistry.announce (shared/manifest.ts ManifestSchema). */
+export const ModelAnnounceSchema = z.strictObject({ manifest: z.unknown() });
+
+const isoTime = z.string().refine((v) => Number.isFinite(Date.parse(v)), 'an ISO 8601 time');
+export const AuditQuerySchema = z.strictObject({
+  since: isoTime.optional(),
+  until: isoTime.optional(),
+  actor: z.string().max(128).optional(),
+  action: z.string().max(64).optional(),
+  outcome: z.enum(['ok', 'denied', 'failed']).optional(),
+  /** Paging: entries with ids below this (the `next` of the previous page). */
+  before: z.coerce.number().int().positive().optional(),
+  limit: z.coerce.number().int().min(1).max(1000).default(100),
+});
+
+function requireOp(op: Operator | undefined): Operator {
+  if (!op) throw new EdgefleetError(ErrorCode.UNAUTHORIZED, 'a valid bearer token is required');
+  return op;
+}
 
 type Handler = (
   req: IncomingMessage,
   res: ServerResponse,
-  params: { id?: string; ids: string[]; query: URLSearchParams; op: Operator | undefined; device: string | undefined },
+  params: {
+    id?: string;
+    ids: string[];
+    query: URLSearchParams;
+    op: Operator | undefined;
+    device: string | undefined;
+    /** Adds facts (ids, names; never secrets) to this request's audit entry. */
+    note: (details: Record<string, unknown>) => void;
+  },
 ) => Promise<void>;
 interface Route {
   method: string;
   pattern: RegExp;
-  /** read/write: operator token; device: `Bearer <deviceId>:<token>` of a registered device. */
-  auth: 'none' | 'read' | 'write' | 'device';
+  /**
+   * viewer/operator/admin: an operator token with at least that role (hub/auth/roles.ts);
+   * device: `Bearer <deviceId>:<token>` of a registered, unrevoked device.
+   */
+  auth: 'none' | Role | 'device';
+  /** Audit action name; every route that changes something has one (and is audited). */
+  action?: string;
   handler: Handler;
 }
 
@@ -156,43 +196,59 @@ export class ApiServer implements Component {
   readonly #o: ApiOptions;
   readonly #routes: Route[];
   readonly #now: () => number;
+  readonly #ui = new DashboardAssets();
   #server: Server | undefined;
   #port = 0;
+  #openapiText: string | undefined;
 
   constructor(opts: ApiOptions) {
     this.#o = opts;
     this.#now = opts.now ?? Date.now;
     this.#routes = [
       { method: 'GET', pattern: /^\/healthz$/, auth: 'none', handler: (_q, res) => this.#healthz(res) },
-      { method: 'GET', pattern: /^\/metrics$/, auth: opts.publicMetrics ? 'none' : 'read', handler: (_q, res) => this.#metrics(res) },
-      { method: 'POST', pattern: /^\/v1\/devices$/, auth: 'write', handler: (req, res) => this.#createDevice(req, res) },
-      { method: 'GET', pattern: /^\/v1\/devices$/, auth: 'read', handler: (_q, res) => this.#listDevices(res) },
-      { method: 'GET', pattern: /^\/v1\/devices\/([^/]+)$/, auth: 'read', handler: (_q, res, p) => this.#getDevice(res, p.id ?? '') },
-      { method: 'GET', pattern: /^\/v1\/devices\/([^/]+)\/history$/, auth: 'read', handler: (_q, res, p) => this.#deviceHistory(res, p.id ?? '') },
-      { method: 'POST', pattern: /^\/v1\/rollouts$/, auth: 'write', handler: (req, res) => this.#createRollout(req, res) },
-      { method: 'GET', pattern: /^\/v1\/rollouts$/, auth: 'read', handler: async (_q, res) => sendJson(res, 200, { rollouts: await opts.rollouts.list() }) },
-      { method: 'GET', pattern: /^\/v1\/rollouts\/([^/]+)$/, auth: 'read', handler: async (_q, res, p) => sendJson(res, 200, await opts.rollouts.status(p.id ?? '')) },
+      { method: 'GET', pattern: /^\/(?:ui)?$/, auth: 'none', handler: (_q, res) => this.#ui.redirect(res) },
+      { method: 'GET', pattern: /^\/ui\/([^/]*)$/, auth: 'none', handler: (req, res, p) => this.#ui.serve(req, res, p.id ?? '') },
+      { method: 'GET', pattern: /^\/v1\/whoami$/, auth: 'viewer', handler: (_q, res, p) => Promise.resolve(sendJson(res, 200, { name: p.op?.name, role: p.op?.role })) },
+      { method: 'GET', pattern: /^\/metrics$/, auth: opts.publicMetrics ? 'none' : 'viewer', handler: (_q, res) => this.#metrics(res) },
+      { method: 'GET', pattern: /^\/openapi\.json$/, auth: 'none', handler: (_q, res) => this.#openapi(res) },
+      { method: 'POST', pattern: /^\/v1\/devices$/, auth: 'admin', action: 'device.create', handler: (req, res) => this.#createDevice(req, res) },
+      { method: 'GET', pattern: /^\/v1\/devices$/, auth: 'viewer', handler: (_q, res) => this.#listDevices(res) },
+      { method: 'GET', pattern: /^\/v1\/devices\/([^/]+)$/, auth: 'viewer', handler: (_q, res, p) => this.#getDevice(res, p.id ?? '') },
+      { method: 'POST', pattern: /^\/v1\/devices\/([^/]+)\/revoke$/, auth: 'admin', action: 'device.revoke', handler: async (_q, res, p) => sendJson(res, 200, await opts.security.revokePrincipal(p.id ?? '')) },
+      { method: 'POST', pattern: /^\/v1\/tokens$/, auth: 'admin', action: 'token.create', handler: (req, res, p) => this.#createToken(req, res, p.op, p.note) },
+      { method: 'GET', pattern: /^\/v1\/tokens$/, auth: 'admin', handler: async (_q, res) => sendJson(res, 200, { tokens: await opts.security.listOperatorTokens() }) },
+      { method: 'POST', pattern: /^\/v1\/tokens\/([^/]+)\/revoke$/, auth: 'admin', action: 'token.revoke', handler: async (_q, res, p) => sendJson(res, 200, await opts.security.revokeOperatorToken(p.id ?? '')) },
+      { method: 'POST', pattern: /^\/v1\/enrollment-tokens$/, auth: 'admin', action: 'enrollment-token.create', handler: (req, res, p) => this.#createEnrollmentToken(req, res, p.op, p.note) },
+      { method: 'GET', pattern: /^\/v1\/enrollment-tokens$/, auth: 'admin', handler: async (_q, res) => sendJson(res, 200, { tokens: await opts.security.listEnrollmentTokens() }) },
+      { method: 'POST', pattern: /^\/v1\/enrollment-tokens\/([^/]+)\/revoke$/, auth: 'admin', action: 'enrollment-token.revoke', handler: async (_q, res, p) => sendJson(res, 200, await opts.security.revokeEnrollmentToken(p.id ?? '')) },
+      { method: 'POST', pattern: /^\/v1\/enroll$/, auth: 'none', action: 'device.enroll', handler: (req, res, p) => this.#enroll(req, res, p.note) },
+      { method: 'GET', pattern: /^\/v1\/audit$/, auth: 'admin', handler: (_q, res, p) => this.#auditQuery(res, p.query) },
+      { method: 'GET', pattern: /^\/v1\/devices\/([^/]+)\/history$/, auth: 'viewer', handler: (_q, res, p) => this.#deviceHistory(res, p.id ?? '') },
+      { method: 'POST', pattern: /^\/v1\/rollouts$/, auth: 'operator', action: 'rollout.create', handler: (req, res) => this.#createRollout(req, res) },
+      { method: 'GET', pattern: /^\/v1\/rollouts$/, auth: 'viewer', handler: async (_q, res) => sendJson(res, 200, { rollouts: await opts.rollouts.list() }) },
+      { method: 'GET', pattern: /^\/v1\/rollouts\/([^/]+)$/, auth: 'viewer', handler: async (_q, res, p) => sendJson(res, 200, await opts.rollouts.status(p.id ?? '')) },
       {
         method: 'POST',
         pattern: /^\/v1\/rollouts\/([^/]+)\/(pause|resume|abort|approve)$/,
-        auth: 'write',
+        auth: 'operator',
+        action: 'rollout.act',
         handler: async (_q, res, p) => sendJson(res, 200, await opts.rollouts.act(p.ids[0] ?? '', p.ids[1] as 'pause' | 'resume' | 'abort' | 'approve')),
       },
-      { method: 'POST', pattern: /^\/v1\/feedback$/, auth: 'write', handler: (req, res) => this.#feedback(req, res) },
-      { method: 'GET', pattern: /^\/v1\/kpis$/, auth: 'read', handler: (_q, res, p) => this.#kpis(res, p.query) },
-      { method: 'GET', pattern: /^\/v1\/drift$/, auth: 'read', handler: (_q, res, p) => this.#drift.drift(res, p.query) },
-      { method: 'GET', pattern: /^\/v1\/alerts$/, auth: 'read', handler: (_q, res, p) => this.#drift.alerts(res, p.query) },
-      { method: 'GET', pattern: /^\/v1\/alerts\/([^/]+)$/, auth: 'read', handler: (_q, res, p) => this.#drift.alert(res, p.id ?? '') },
-      { method: 'POST', pattern: /^\/v1\/alerts\/([^/]+)\/(ack|resolve)$/, auth: 'write', handler: (_q, res, p) => this.#drift.act(res, p.ids[0] ?? '', p.ids[1] ?? '', p.op?.name ?? 'operator') },
+      { method: 'POST', pattern: /^\/v1\/feedback$/, auth: 'operator', action: 'feedback.submit', handler: (req, res) => this.#feedback(req, res) },
+      { method: 'GET', pattern: /^\/v1\/kpis$/, auth: 'viewer', handler: (_q, res, p) => this.#kpis(res, p.query) },
+      { method: 'GET', pattern: /^\/v1\/drift$/, auth: 'viewer', handler: (_q, res, p) => this.#drift.drift(res, p.query) },
+      { method: 'GET', pattern: /^\/v1\/alerts$/, auth: 'viewer', handler: (_q, res, p) => this.#drift.alerts(res, p.query) },
+      { method: 'GET', pattern: /^\/v1\/alerts\/([^/]+)$/, auth: 'viewer', handler: (_q, res, p) => this.#drift.alert(res, p.id ?? '') },
+      { method: 'POST', pattern: /^\/v1\/alerts\/([^/]+)\/(ack|resolve)$/, auth: 'operator', action: 'alert.act', handler: (_q, res, p) => this.#drift.act(res, p.ids[0] ?? '', p.ids[1] ?? '', p.op?.name ?? 'operator') },
       { method: 'POST', pattern: /^\/v1\/samples\/([^/]+)$/, auth: 'device', handler: (req, res, p) => this.#drift.upload(req, res, p.id ?? '', p.device ?? '') },
-      { method: 'GET', pattern: /^\/v1\/samples$/, auth: 'read', handler: (_q, res, p) => this.#drift.samples(res, p.query) },
-      { method: 'GET', pattern: /^\/v1\/telemetry$/, auth: 'read', handler: (_q, res, p) => this.#telemetry(res, p.query) },
-      { method: 'GET', pattern: /^\/v1\/fleet$/, auth: 'read', handler: (_q, res) => this.#fleet(res) },
-      { method: 'GET', pattern: /^\/v1\/keys$/, auth: 'read', handler: (_q, res) => this.#keys(res) },
-      { method: 'POST', pattern: /^\/v1\/models$/, auth: 'write', handler: (req, res) => this.#announceModel(req, res) },
-      { method: 'GET', pattern: /^\/v1\/models$/, auth: 'read', handler: (_q, res) => this.#listModels(res) },
-      { method: 'GET', pattern: /^\/v1\/models\/([^/]+)\/([^/]+)$/, auth: 'read', handler: (_q, res, p) => this.#getModel(res, p.ids) },
-      { method: 'PUT', pattern: /^\/v1\/models\/([^/]+)\/([^/]+)\/artifact$/, auth: 'write', handler: (req, res, p) => this.#uploadArtifact(req, res, p.ids) },
+      { method: 'GET', pattern: /^\/v1\/samples$/, auth: 'viewer', handler: (_q, res, p) => this.#drift.samples(res, p.query) },
+      { method: 'GET', pattern: /^\/v1\/telemetry$/, auth: 'viewer', handler: (_q, res, p) => this.#telemetry(res, p.query) },
+      { method: 'GET', pattern: /^\/v1\/fleet$/, auth: 'viewer', handler: (_q, res) => this.#fleet(res) },
+      { method: 'GET', pattern: /^\/v1\/keys$/, auth: 'viewer', handler: (_q, res) => this.#keys(res) },
+      { method: 'POST', pattern: /^\/v1\/models$/, auth: 'operator', action: 'model.announce', handler: (req, res) => this.#announceModel(req, res) },
+      { method: 'GET', pattern: /^\/v1\/models$/, auth: 'viewer', handler: (_q, res) => this.#listModels(res) },
+      { method: 'GET', pattern: /^\/v1\/models\/([^/]+)\/([^/]+)$/, auth: 'viewer', handler: (_q, res, p) => this.#getModel(res, p.ids) },
+      { method: 'PUT', pattern: /^\/v1\/models\/([^/]+)\/([^/]+)\/artifact$/, auth: 'operator', action: 'model.upload', handler: (req, res, p) => this.#uploadArtifact(req, res, p.ids) },
       { method: 'GET', pattern: /^\/v1\/artifacts\/([^/]+)$/, auth: 'device', handler: (req, res, p) => this.#artifact(req, res, p.id ?? '') },
       { method: 'HEAD', pattern: /^\/v1\/artifacts\/([^/]+)$/, auth: 'device', handler: (req, res, p) => this.#artifact(req, res, p.id ?? '') },
     ];
@@ -200,6 +256,11 @@ export class ApiServer implements Component {
 
   get port(): number {
     return this.#port;
+  }
+
+  /** Method, path pattern and auth of every route, read-only: test/unit/openapi.test.ts holds hub/api/openapi.ts to it. */
+  get routes(): readonly { method: string; pattern: RegExp; auth: string }[] {
+    return this.#routes.map(({ method, pattern, auth }) => ({ method, pattern, auth }));
   }
 
   get #drift(): DriftApi {
@@ -249,6 +310,9 @@ export class ApiServer implements Component {
 
   async #handle(req: IncomingMessage, res: ServerResponse): Promise<void> {
     const t0 = performance.now();
+    // Filled in as the request is understood; written to the audit log at the end when the
+    // route changes something (`action`), whatever the outcome.
+    const audit: { action?: string; op?: Operator; target?: string; details: Record<string, unknown>; err?: EdgefleetError } = { details: {} };
     try {
       const url = new URL(req.url ?? '/', 'http://hub');
       const allowed: string[] = [];
@@ -257,6 +321,14 @@ export class ApiServer implements Component {
         if (!m) continue;
         allowed.push(r.method);
         if (r.method !== req.method) continue;
+        audit.action = r.action;
+        let ids: string[];
+        try {
+          ids = m.slice(1).map((x) => decodeURIComponent(x));
+        } catch {
+          throw new EdgefleetError(ErrorCode.BAD_INPUT, 'malformed path');
+        }
+        if (ids.length) audit.target = ids.join('/').slice(0, 256);
         let op: Operator | undefined;
         let device: string | undefined;
         if (r.auth === 'device') {
@@ -265,15 +337,11 @@ export class ApiServer implements Component {
         } else if (r.auth !== 'none') {
           op = await this.#o.auth.authenticate(req.headers.authorization);
           if (!op) throw new EdgefleetError(ErrorCode.UNAUTHORIZED, 'a valid bearer token is required');
-          if (r.auth === 'write' && op.role === 'viewer') throw new EdgefleetError(ErrorCode.FORBIDDEN, 'this token may only read');
+          audit.op = op;
+          if (!allows(op.role, r.auth)) throw new EdgefleetError(ErrorCode.FORBIDDEN, `this needs the ${r.auth} role; the token is ${op.role}`);
         }
-        let ids: string[];
-        try {
-          ids = m.slice(1).map((x) => decodeURIComponent(x));
-        } catch {
-          throw new EdgefleetError(ErrorCode.BAD_INPUT, 'malformed path');
-        }
-        await r.handler(req, res, { id: ids[0], ids, query: url.searchParams, op, device });
+        const note = (d: Record<string, unknown>): void => void Object.assign(audit.details, d);
+        await r.handler(req, res, { id: ids[0], ids, query: url.searchParams, op, device, note });
         return;
       }
       if (allowed.length) {
@@ -287,15 +355,87 @@ export class ApiServer implements Component {
       // read the error; past the bound, cutting the connection beats reading it all.
       if (!req.complete) drainBounded(req, REFUSED_BODY_DRAIN_BYTES);
       const e = sendError(res, err);
+      audit.err = e;
       const level = e.code === ErrorCode.INTERNAL || e.code === ErrorCode.STORAGE ? 'error' : 'debug';
       this.#o.log[level]({ err: e, method: req.method, url: req.url?.slice(0, 256) }, 'api request failed');
     } finally {
       this.#o.log.trace({ method: req.method, url: req.url?.slice(0, 256), status: res.statusCode, ms: Math.round(performance.now() - t0) }, 'api request');
+      if (audit.action) await this.#audit(req, res.statusCode, audit);
     }
+  }
+
+  async #audit(req: IncomingMessage, status: number, a: { action?: string; op?: Operator; target?: string; details: Record<string, unknown>; err?: EdgefleetError }): Promise<void> {
+    const denied = status === 401 || status === 403;
+    const errDetails = a.err?.details && typeof a.err.details === 'object' ? (a.err.details as Record<string, unknown>) : {};
+    await this.#o.audit.record({
+      ts: this.#now(),
+      actor: a.op?.name ?? (typeof a.details.actor === 'string' ? a.details.actor : 'anonymous'),
+      actorId: a.op?.tokenId ?? null,
+      role: a.op?.role ?? null,
+      action: a.action ?? 'unknown',
+      target: a.target ?? null,
+      outcome: denied ? 'denied' : status < 400 ? 'ok' : 'failed',
+      status,
+      remote: req.socket.remoteAddress ?? null,
+      details: { ...a.details, ...(a.err ? { error: a.err.message.slice(0, 256), ...errDetails } : {}) },
+    });
+  }
+
+  async #createToken(req: IncomingMessage, res: ServerResponse, op: Operator | undefined, note: (d: Record<string, unknown>) => void): Promise<void> {
+    const body = await readJson(req, z.unknown(), this.#o.maxBodyBytes);
+    const t = await this.#o.security.createOperatorToken(requireOp(op), body);
+    note({ tokenId: t.id, name: t.name, role: t.role });
+    sendJson(res, 201, t, { 'cache-control': 'no-store' });
+  }
+
+  async #createEnrollmentToken(req: IncomingMessage, res: ServerResponse, op: Operator | undefined, note: (d: Record<string, unknown>) => void): Promise<void> {
+    const body = await readJson(req, z.unknown(), this.#o.maxBodyBytes);
+    const t = await this.#o.security.createEnrollmentToken(requireOp(op), body);
+    note({ tokenId: t.id, group: t.group, maxUses: t.maxUses, expiresAt: t.expiresAt });
+    sendJson(res, 201, t, { 'cache-control': 'no-store' });
+  }
+
+  async #enroll(req: IncomingMessage, res: ServerResponse, note: (d: Record<string, unknown>) => void): Promise<void> {
+    const body = await readJson(req, z.unknown(), this.#o.maxBodyBytes);
+    const claimed = (body as { id?: unknown } | null)?.id;
+    const id = typeof claimed === 'string' ? claimed.slice(0, 64) : undefined;
+    note({ actor: 'enrollment', ...(id ? { device: id } : {}) });
+    const out = await this.#o.security.enroll(body, req.socket.remoteAddress ?? 'unknown');
+    note({ actor: `enrollment:${out.tokenId}`, device: out.id, group: out.group });
+    // The device's credential exists in plaintext only in this response.
+    sendJson(res, 201, { id: out.id, kind: 'device', group: out.group, token: out.token }, { 'cache-control': 'no-store' });
+  }
+
+  async #auditQuery(res: ServerResponse, query: URLSearchParams): Promise<void> {
+    const parsed = AuditQuerySchema.safeParse(Object.fromEntries(query));
+    if (!parsed.success) throw new EdgefleetError(ErrorCode.BAD_INPUT, formatIssues(parsed.error));
+    const q = parsed.data;
+    const entries = await this.#o.audit.query({
+      since: q.since === undefined ? undefined : Date.parse(q.since),
+      until: q.until === undefined ? undefined : Date.parse(q.until),
+      actor: q.actor,
+      action: q.action,
+      outcome: q.outcome,
+      before: q.before,
+      limit: q.limit,
+    });
+    const last = entries[entries.length - 1];
+    sendJson(res, 200, {
+      entries: entries.map((e) => ({ ...e, at: new Date(e.ts).toISOString() })),
+      next: entries.length === q.limit && last ? last.id : null,
+    });
   }
 
   #healthz(res: ServerResponse): Promise<void> {
     sendJson(res, 200, { ok: true });
+    return Promise.resolve();
+  }
+
+  #openapi(res: ServerResponse): Promise<void> {
+    // Built on first request (tens of ms of zod → JSON Schema), then kept for this server's life.
+    this.#openapiText ??= JSON.stringify(buildOpenApiDocument());
+    res.writeHead(200, { 'content-type': 'application/json; charset=utf-8', 'content-length': Buffer.byteLength(this.#openapiText) });
+    res.end(this.#openapiText);
     return Promise.resolve();
   }
 

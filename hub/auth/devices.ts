@@ -3,7 +3,8 @@
  * with the same credentials the device uses for MQTT, checked against the stored scrypt hash.
  * Unknown ids are verified against a dummy hash so timing does not reveal which ids exist.
  * A verified pair is remembered for a minute under its SHA-256: a resumed download is many
- * Range requests, each would otherwise pay a scrypt.
+ * Range requests, each would otherwise pay a scrypt. Revocation evicts the device's entries
+ * (`forget`), so the cache never outlives a revocation.
  */
 import { createHash } from 'node:crypto';
 import { DeviceIdSchema } from '../../shared/protocol.ts';
@@ -23,6 +24,11 @@ export class DeviceAuth {
     this.#verifier = new PrincipalVerifier(store);
   }
 
+  /** Drops cached verifications of a revoked device: its next request is checked again (and refused). */
+  forget(deviceId: string): void {
+    for (const [k, v] of this.#cache) if (v.deviceId === deviceId) this.#cache.delete(k);
+  }
+
   /** The device id when the header carries valid device credentials, else undefined. */
   async authenticate(authorization: string | undefined): Promise<string | undefined> {
     const m = /^Bearer\s+([^:\s]+):(\S+)\s*$/i.exec(authorization ?? '');
@@ -34,7 +40,7 @@ export class DeviceAuth {
     const hit = this.#cache.get(key);
     if (hit && hit.until > this.now()) return hit.deviceId;
     const creds = await this.#verifier.verify(id, token);
-    if (creds?.kind !== 'device') return undefined;
+    if (creds?.kind !== 'device' || creds.revokedAt !== null) return undefined;
     if (this.#cache.size > 10_000) this.#cache.clear();
     this.#cache.set(key, { deviceId: id, until: this.now() + this.cacheMs });
     return id;

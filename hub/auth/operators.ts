@@ -33,6 +33,11 @@ export class ApiAuth {
     private readonly cacheMs = 60_000,
   ) {}
 
+  /** Drops cached verifications of a revoked token, so revocation takes effect at once. */
+  forget(tokenId: string): void {
+    for (const [k, v] of this.#cache) if (v.op.tokenId === tokenId) this.#cache.delete(k);
+  }
+
   async authenticate(authorization: string | undefined): Promise<Operator | undefined> {
     const m = /^Bearer\s+(\S+)\s*$/i.exec(authorization ?? '');
     if (!m) return undefined;
@@ -43,7 +48,7 @@ export class ApiAuth {
     const parts = splitApiToken(token);
     if (!parts) return undefined;
     const rec = await this.store.getApiToken(parts.id);
-    if (!rec || !(await verifyToken(parts.secret, rec.token))) return undefined;
+    if (!rec || rec.revokedAt || !(await verifyToken(parts.secret, rec.token))) return undefined;
     const op = { tokenId: rec.id, name: rec.name, role: rec.role };
     if (this.#cache.size > 1000) this.#cache.clear();
     this.#cache.set(key, { op, until: this.now() + this.cacheMs });

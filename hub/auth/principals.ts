@@ -12,7 +12,7 @@ export class PrincipalVerifier {
 
   constructor(private readonly store: HubStore) {}
 
-  /** The principal's credentials when `token` is its token, else undefined. */
+  /** The principal's credentials when `token` is its token, else undefined. Revoked principals are returned (with `revokedAt`) so callers can say why they refuse. */
   async verify(id: string, token: string): Promise<PrincipalCredentials | undefined> {
     const creds = await this.store.getCredentials(id);
     this.#dummy ??= hashToken(newSecret());

@@ -10,13 +10,20 @@
  *   authorizeSubscribe ACL; refused filters get SUBACK 128.
  *   authorizeForward   delivery-time check, so retained messages never cross devices.
  * Plus a short drainTimeout (one stalled reader must not stall everyone) and a topic depth cap.
+ * TLS (hub config `tls`, issue #6): mqtts on a node:tls server; the packet guard wraps the
+ * TLSSocket like a plain one. With client certificates, a verified certificate's CN must equal
+ * the client id (refused `cert_cn_mismatch`); the token is still checked: the certificate binds
+ * the identity, the token proves it. Certificates that fail the handshake (wrong CA, expired, none
+ * when required) and plain MQTT on the TLS port are counted in edgefleet_hub_mqtt_tls_refused_total.
  */
 import { createServer, type Server, type Socket } from 'node:net';
+import { createServer as createTlsServer, TLSSocket } from 'node:tls';
 import { Aedes, type AedesPublishPacket, type Client, type ConnectPacket, type PublishPacket, type Subscription } from 'aedes';
 import { Counter, Gauge, type Registry } from 'prom-client';
 import { EdgefleetError, ErrorCode, toEdgefleetError } from '../../shared/errors.ts';
 import type { Component } from '../../shared/lifecycle.ts';
 import { LogThrottle, type Logger } from '../../shared/log.ts';
+import { closeUnverifiedPeers, peerCertificate, readTlsFiles, serverTlsOptions, type ClientCertMode, type TlsFiles } from '../../shared/tls.ts';
 import { PrincipalVerifier } from '../auth/principals.ts';
 import type { HubStore } from '../store/store.ts';
 import { guardConnection } from './packet-guard.ts';
@@ -29,6 +36,14 @@ export interface BrokerOptions {
   maxPayloadBytes: number;
   maxTopicDepth: number;
   drainTimeoutMs: number;
+  /** mqtts when certFile and keyFile are set (read at start); clientCerts as in hub config `tls`. */
+  tls?: TlsFiles & { clientCerts: ClientCertMode };
+  /** QoS 2 PUBLISHes one connection may leave unreleased (no PUBREL yet) before it is cut. */
+  maxInflight?: number;
+  /** New connections accepted per second from one remote address (a token bucket, burst = 2 s worth). */
+  maxConnectsPerSecondPerIp?: number;
+  /** Longest topic (bytes) accepted in a publish, a will or a subscription filter. */
+  maxTopicBytes?: number;
   store: HubStore;
   log: Logger;
   registry: Registry;
@@ -48,6 +63,7 @@ interface BrokerMetrics {
   subscribeRefused: Counter<'reason'>;
   forwardBlocked: Counter;
   clientErrors: Counter;
+  tlsRefused: Counter<'reason'>;
 }
 
 export class EmbeddedBroker implements Component, MessageBus {
@@ -63,12 +79,16 @@ export class EmbeddedBroker implements Component, MessageBus {
   #aedes: Aedes | undefined;
   #server: Server | undefined;
   readonly #sockets = new Set<Socket>();
+  /** The TLS socket under each connection aedes handles (client.conn is the packet guard's Duplex). */
+  readonly #tlsPeers = new WeakMap<object, TLSSocket>();
   #port = 0;
 
   readonly #verifier: PrincipalVerifier;
+  readonly #connectRate: RateBuckets;
 
   constructor(opts: BrokerOptions) {
     this.#opts = opts;
+    this.#connectRate = new RateBuckets(opts.maxConnectsPerSecondPerIp ?? 100, opts.now ?? Date.now);
     this.#verifier = new PrincipalVerifier(opts.store);
     this.#log = opts.log;
     this.#now = opts.now ?? Date.now;
@@ -76,13 +96,13 @@ export class EmbeddedBroker implements Component, MessageBus {
     this.#metrics = {
       connectRefused: new Counter({
         name: 'edgefleet_hub_mqtt_connect_refused_total',
-        help: 'MQTT connections refused, by reason (bad_credentials, client_id_mismatch, will_not_allowed, unavailable).',
+        help: 'MQTT connections refused, by reason (bad_credentials, revoked, client_id_mismatch, will_not_allowed, topic_too_long, rate, unavailable).',
         labelNames: ['reason'],
         registers,
       }),
       publishRefused: new Counter({
         name: 'edgefleet_hub_mqtt_publish_refused_total',
-        help: 'MQTT publishes refused (the client is disconnected), by reason (acl, too_large, packet_too_large, unknown_client).',
+        help: 'MQTT publishes refused (the client is disconnected), by reason (acl, too_large, topic_too_long, packet_too_large, inflight, unknown_client).',
         labelNames: ['reason'],
         registers,
       }),
@@ -98,6 +118,12 @@ export class EmbeddedBroker implements Component, MessageBus {
         registers,
       }),
       clientErrors: new Counter({ name: 'edgefleet_hub_mqtt_client_errors_total', help: 'Client and connection errors seen by the broker.', registers }),
+      tlsRefused: new Counter({
+        name: 'edgefleet_hub_mqtt_tls_refused_total',
+        help: 'TLS connections refused before MQTT, by reason (handshake: no/untrusted/expired certificate or not TLS at all; unverified_cert: a bad certificate in optional mode).',
+        labelNames: ['reason'],
+        registers,
+      }),
     };
     const connected = (): number => this.#aedes?.connectedClients ?? 0;
     new Gauge({
@@ -155,22 +181,40 @@ export class EmbeddedBroker implements Component, MessageBus {
   async start(signal: AbortSignal): Promise<void> {
     const aedes = this.#aedes;
     if (!aedes) throw new EdgefleetError(ErrorCode.ILLEGAL_STATE, 'broker was stopped');
+    // Read before anything listens: an unreadable certificate is a clear BAD_CONFIG at start.
+    const tlsFiles = this.#opts.tls;
+    const tls = tlsFiles?.certFile ? serverTlsOptions(readTlsFiles(tlsFiles, 'tls'), tlsFiles.clientCerts) : undefined;
     await aedes.listen();
 
-    const server = createServer((socket) => {
+    const onSocket = (socket: Socket): void => {
+      if (!this.#connectRate.take(socket.remoteAddress ?? '')) {
+        this.#metrics.connectRefused.inc({ reason: 'rate' });
+        this.#throttle.run(`rate:${socket.remoteAddress ?? ''}`, (suppressed) =>
+          this.#log.warn({ remote: socket.remoteAddress, suppressed }, 'mqtt connection rate exceeded; connection closed'),
+        );
+        socket.destroy();
+        return;
+      }
       this.#sockets.add(socket);
       socket.once('close', () => this.#sockets.delete(socket));
       // Room for the largest accepted payload plus a maximal topic and the headers.
       const maxPacket = this.#opts.maxPayloadBytes + 65_536 + 16;
-      aedes.handle(
-        guardConnection(socket, maxPacket, (declared) => {
-          this.#metrics.publishRefused.inc({ reason: 'packet_too_large' });
-          this.#throttle.run('packet_too_large', (suppressed) =>
-            this.#log.warn({ remote: socket.remoteAddress, declared, max: maxPacket, suppressed }, 'mqtt packet too large; connection closed'),
+      const maxInflight = this.#opts.maxInflight ?? 64;
+      this.#adopt(
+        aedes,
+        socket,
+        guardConnection(socket, { maxPacketBytes: maxPacket, maxInflight }, (v) => {
+          this.#metrics.publishRefused.inc({ reason: v.reason });
+          this.#throttle.run(v.reason, (suppressed) =>
+            this.#log.warn(
+              { remote: socket.remoteAddress, ...v, max: v.reason === 'inflight' ? maxInflight : maxPacket, suppressed },
+              v.reason === 'inflight' ? 'too many unreleased QoS 2 publishes; connection closed' : 'mqtt packet too large; connection closed',
+            ),
           );
         }),
       );
-    });
+    };
+    const server = tls ? this.#tlsServer(tls, onSocket) : createServer(onSocket);
     this.#server = server;
     try {
       await new Promise<void>((resolve, reject) => {
@@ -189,7 +233,28 @@ export class EmbeddedBroker implements Component, MessageBus {
     }
     const addr = server.address();
     this.#port = typeof addr === 'object' && addr ? addr.port : this.#opts.port;
-    this.#log.info({ host: this.#opts.host, port: this.#port }, 'mqtt listening');
+    this.#log.info({ host: this.#opts.host, port: this.#port, tls: !!tls, clientCerts: tls ? tlsFiles?.clientCerts : undefined }, 'mqtt listening');
+  }
+
+  #adopt(aedes: Aedes, socket: Socket, conn: Duplex): void {
+    if (socket instanceof TLSSocket) this.#tlsPeers.set(conn, socket);
+    aedes.handle(conn);
+  }
+
+  #tlsServer(options: ReturnType<typeof serverTlsOptions>, onSocket: (socket: Socket) => void): Server {
+    const server = createTlsServer(options, onSocket);
+    // Raw sockets from accept on: one still in its handshake would otherwise hold stop() open.
+    server.on('connection', (raw: Socket) => {
+      this.#sockets.add(raw);
+      raw.once('close', () => this.#sockets.delete(raw));
+    });
+    const refusedTls = (reason: string, detail: string, remote: string | undefined): void => {
+      this.#metrics.tlsRefused.inc({ reason });
+      this.#throttle.run(`tls:${reason}:${detail}`, (suppressed) => this.#log.warn({ remote, reason, detail, suppressed }, 'mqtt tls connection refused'));
+    };
+    server.on('tlsClientError', (err: Error & { code?: string }, socket: TLSSocket) => refusedTls('handshake', err.code ?? err.message, socket.remoteAddress));
+    closeUnverifiedPeers(server, this.#opts.tls?.clientCerts ?? 'none', (why) => refusedTls('unverified_cert', why, undefined));
+    return server;
   }
 
   async stop(): Promise<void> {
@@ -237,6 +302,15 @@ export class EmbeddedBroker implements Component, MessageBus {
     });
   }
 
+  /** Closes the connection of `clientId` if it is connected (revocation); its will, if any, goes out as for any lost connection. */
+  disconnect(clientId: string, reason: string): boolean {
+    const c = this.#clients()[clientId];
+    if (!c) return false;
+    this.#log.warn({ clientId, reason }, 'mqtt client disconnected by the hub');
+    c.close();
+    return true;
+  }
+
   isConnected(clientId: string): boolean {
     const c = this.#clients()[clientId];
     return !!c && c.connected && !c.closed;
@@ -272,6 +346,9 @@ export class EmbeddedBroker implements Component, MessageBus {
     };
     if (!username || !password || password.length === 0) throw refused('bad_credentials', CONNACK.BAD_USERNAME_OR_PASSWORD, 'username and password required');
     if (client.id !== username) throw refused('client_id_mismatch', CONNACK.IDENTIFIER_REJECTED, 'client id must equal the username');
+    const peer = peerCertificate(this.#tlsPeers.get(client.conn));
+    if (this.#opts.tls?.clientCerts === 'required' && !peer.verified) throw refused('cert_missing', CONNACK.NOT_AUTHORIZED, 'a verified client certificate is required');
+    if (peer.verified && peer.cn !== client.id) throw refused('cert_cn_mismatch', CONNACK.NOT_AUTHORIZED, 'the client certificate CN must equal the client id');
     const token = password.toString('utf8');
     let ok: boolean;
     let creds;
@@ -283,10 +360,11 @@ export class EmbeddedBroker implements Component, MessageBus {
       throw refused('unavailable', CONNACK.SERVER_UNAVAILABLE, 'server unavailable');
     }
     if (!creds || !ok) throw refused('bad_credentials', CONNACK.BAD_USERNAME_OR_PASSWORD, 'bad user name or password');
+    if (creds.revokedAt !== null) throw refused('revoked', CONNACK.NOT_AUTHORIZED, 'credentials revoked');
     const who: Identity = { id: creds.id, kind: creds.kind, deviceId: creds.deviceId };
     const will = this.#wills.get(client);
     if (will) {
-      const why = will.size > this.#opts.maxPayloadBytes ? 'will payload too large' : publishRefusal(who, will.topic);
+      const why = will.size > this.#opts.maxPayloadBytes ? 'will payload too large' : (this.#topicTooLong(will.topic) ?? publishRefusal(who, will.topic));
       if (why) throw refused('will_not_allowed', CONNACK.NOT_AUTHORIZED, `will topic refused: ${why}`);
     }
     this.#identities.set(client, who);
@@ -303,9 +381,10 @@ export class EmbeddedBroker implements Component, MessageBus {
     }
     const size = typeof packet.payload === 'string' ? Buffer.byteLength(packet.payload) : packet.payload.length;
     const tooLarge = size > this.#opts.maxPayloadBytes;
-    const aclRefusal = tooLarge ? undefined : publishRefusal(who, packet.topic);
+    const topicTooLong = this.#topicTooLong(packet.topic);
+    const aclRefusal = tooLarge ? undefined : (topicTooLong ?? publishRefusal(who, packet.topic));
     if (!tooLarge && !aclRefusal) return null;
-    const reason = tooLarge ? 'too_large' : 'acl';
+    const reason = tooLarge ? 'too_large' : topicTooLong ? 'topic_too_long' : 'acl';
     const detail = aclRefusal ?? `payload of ${size} bytes exceeds ${this.#opts.maxPayloadBytes}`;
     this.#metrics.publishRefused.inc({ reason });
     this.#throttle.run(`publish:${reason}:${who.id}`, (suppressed) =>
@@ -318,9 +397,15 @@ export class EmbeddedBroker implements Component, MessageBus {
     return new Error(`publish refused: ${detail}`);
   }
 
+  /** Why a topic or filter is too long, or undefined. (Depth is aedes' maxTopicLevels.) */
+  #topicTooLong(topic: string): string | undefined {
+    const max = this.#opts.maxTopicBytes ?? 512;
+    return Buffer.byteLength(topic) > max ? `topic longer than ${max} bytes` : undefined;
+  }
+
   #authorizeSubscribe(client: Client, sub: Subscription): Subscription | null {
     const who = this.#identities.get(client);
-    const why = who ? subscribeRefusal(who, sub.topic) : 'not authenticated';
+    const why = who ? (this.#topicTooLong(sub.topic) ?? subscribeRefusal(who, sub.topic)) : 'not authenticated';
     if (!why) return sub;
     this.#metrics.subscribeRefused.inc({ reason: who ? 'acl' : 'unknown_client' });
     this.#throttle.run(`subscribe:${who?.id ?? client.id}`, (suppressed) =>
@@ -334,5 +419,32 @@ export class EmbeddedBroker implements Component, MessageBus {
     if (who && mayReceive(who, packet.topic)) return packet;
     this.#metrics.forwardBlocked.inc();
     return null;
+  }
+}
+
+/**
+ * Token buckets per key (remote address): `perSecond` refill, burst of two seconds' worth. The
+ * map is swept when it grows, so a scan from many addresses cannot grow it without bound.
+ */
+export class RateBuckets {
+  readonly #buckets = new Map<string, { tokens: number; at: number }>();
+  constructor(
+    private readonly perSecond: number,
+    private readonly now: () => number,
+  ) {}
+
+  take(key: string): boolean {
+    const t = this.now();
+    const burst = this.perSecond * 2;
+    if (this.#buckets.size > 10_000) {
+      for (const [k, b] of this.#buckets) if (b.tokens + ((t - b.at) / 1000) * this.perSecond >= burst) this.#buckets.delete(k);
+    }
+    const b = this.#buckets.get(key) ?? { tokens: burst, at: t };
+    b.tokens = Math.min(burst, b.tokens + ((t - b.at) / 1000) * this.perSecond);
+    b.at = t;
+    this.#buckets.set(key, b);
+    if (b.tokens < 1) return false;
+    b.tokens -= 1;
+    return true;
   }
 }

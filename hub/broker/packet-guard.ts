@@ -8,14 +8,37 @@
 import { Duplex } from 'node:stream';
 import type { Socket } from 'node:net';
 
-/** Tracks MQTT packet boundaries in a byte stream: type byte, remaining length (varint), body. */
+/** Why a connection is cut: a packet declared too large (or a malformed length), or too many QoS 2 publishes awaiting PUBREL. */
+export type GuardViolation = { reason: 'packet_too_large'; declared: number } | { reason: 'inflight'; pending: number };
+
+const PUBLISH = 3;
+const PUBREL = 6;
+
+/**
+ * Tracks MQTT packet boundaries in a byte stream: type byte, remaining length (varint), body.
+ * Also counts incoming QoS 2 PUBLISHes not yet released by a PUBREL: aedes keeps each one in
+ * memory until then, so a client that never releases (or floods one reused packet id) could
+ * otherwise hold up to 65,535 full-size payloads. Past `maxInflight` the connection is cut.
+ */
 export class FrameSizeGuard {
   #skip = 0;
   #inLength = false;
   #len = 0;
   #mult = 1;
   #lenBytes = 0;
-  constructor(private readonly maxPacketBytes: number) {}
+  #pendingQos2 = 0;
+  constructor(
+    private readonly maxPacketBytes: number,
+    private readonly maxInflight = Number.POSITIVE_INFINITY,
+  ) {}
+
+  /** Returns the violation when the stream breaks a limit, else undefined. */
+  check(chunk: Buffer): GuardViolation | undefined {
+    const declared = this.feed(chunk);
+    if (declared !== undefined) return { reason: 'packet_too_large', declared };
+    if (this.#pendingQos2 > this.maxInflight) return { reason: 'inflight', pending: this.#pendingQos2 };
+    return undefined;
+  }
 
   /** Returns the offending declared length when a packet is too large (or malformed), else undefined. */
   feed(chunk: Buffer): number | undefined {
@@ -29,6 +52,9 @@ export class FrameSizeGuard {
       }
       const b = chunk[i++] as number;
       if (!this.#inLength) {
+        const type = b >> 4;
+        if (type === PUBLISH && ((b >> 1) & 3) === 2) this.#pendingQos2++;
+        else if (type === PUBREL && this.#pendingQos2 > 0) this.#pendingQos2--;
         this.#inLength = true;
         this.#len = 0;
         this.#mult = 1;
@@ -54,8 +80,8 @@ export class FrameSizeGuard {
  * A Duplex over the socket that passes bytes through unchanged and destroys the connection on
  * an oversized packet. Backpressure is kept both ways, so aedes' drainTimeout still works.
  */
-export function guardConnection(socket: Socket, maxPacketBytes: number, onOversize: (declared: number) => void): Duplex {
-  const guard = new FrameSizeGuard(maxPacketBytes);
+export function guardConnection(socket: Socket, limits: { maxPacketBytes: number; maxInflight: number }, onViolation: (v: GuardViolation) => void): Duplex {
+  const guard = new FrameSizeGuard(limits.maxPacketBytes, limits.maxInflight);
   const conn = new Duplex({
     read() {
       socket.resume();
@@ -73,9 +99,9 @@ export function guardConnection(socket: Socket, maxPacketBytes: number, onOversi
     },
   });
   socket.on('data', (chunk: Buffer) => {
-    const bad = guard.feed(chunk);
+    const bad = guard.check(chunk);
     if (bad !== undefined) {
-      onOversize(bad);
+      onViolation(bad);
       socket.destroy();
       conn.destroy();
       return;

@@ -358,4 +358,52 @@ export const MIGRATIONS: readonly Migration[] = [
       CREATE INDEX presence_log_by_device ON presence_log(device_id, ts);
     `,
   },
+  {
+    version: 6,
+    name: 'security: revocation, enrollment tokens, operator audit log',
+    sql: `
+      -- Revoked principals keep their row (history, audit, the id stays taken) and can never
+      -- authenticate again; revocation is not undone, a replacement device gets a new id.
+      ALTER TABLE principals ADD COLUMN revoked_at INTEGER;
+      -- The enrollment token a device registered itself with (NULL: added by an operator).
+      ALTER TABLE principals ADD COLUMN enrolled_by TEXT;
+      ALTER TABLE api_tokens ADD COLUMN revoked_at INTEGER;
+      ALTER TABLE api_tokens ADD COLUMN created_by TEXT;
+
+      -- Per group: lets up to max_uses new devices register themselves until expires_at. The
+      -- secret is stored as a scrypt hash like every other token.
+      CREATE TABLE enrollment_tokens (
+        id         TEXT PRIMARY KEY,
+        grp        TEXT NOT NULL,
+        labels     TEXT NOT NULL DEFAULT '{}',
+        token_kdf  TEXT NOT NULL,
+        token_salt BLOB NOT NULL,
+        token_hash BLOB NOT NULL,
+        max_uses   INTEGER NOT NULL CHECK (max_uses >= 1),
+        uses       INTEGER NOT NULL DEFAULT 0,
+        expires_at INTEGER NOT NULL,
+        created_at INTEGER NOT NULL,
+        created_by TEXT NOT NULL,
+        revoked_at INTEGER
+      );
+
+      -- Append-only: every operator action (allowed, denied or failed) and every enrollment.
+      CREATE TABLE audit_log (
+        id       INTEGER PRIMARY KEY AUTOINCREMENT,
+        ts       INTEGER NOT NULL,
+        actor    TEXT NOT NULL,
+        actor_id TEXT,
+        role     TEXT,
+        action   TEXT NOT NULL,
+        target   TEXT,
+        outcome  TEXT NOT NULL CHECK (outcome IN ('ok', 'denied', 'failed')),
+        status   INTEGER,
+        remote   TEXT,
+        details  TEXT NOT NULL DEFAULT '{}'
+      );
+      CREATE INDEX audit_log_by_ts ON audit_log(ts);
+      CREATE INDEX audit_log_by_actor ON audit_log(actor, ts);
+      CREATE TRIGGER audit_log_no_update BEFORE UPDATE ON audit_log BEGIN SELECT RAISE(ABORT, 'audit log is append-only'); END;
+    `,
+  },
 ];

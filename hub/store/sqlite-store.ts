@@ -19,6 +19,7 @@ import { MIGRATIONS, type Migration } from './migrations.ts';
 import * as kpis from './sqlite-kpis.ts';
 import * as drift from './sqlite-drift.ts';
 import * as rollouts from './sqlite-rollouts.ts';
+import * as security from './sqlite-security.ts';
 import type {
   AccuracyBucket,
   IndexedHealthWindow,
@@ -36,6 +37,11 @@ import type {
   RolloutRecord,
   RolloutState,
   ApiTokenRecord,
+  AuditEntry,
+  AuditQuery,
+  AuditRecord,
+  EnrollRefusal,
+  EnrollmentTokenRecord,
   DeviceRecord,
   FleetTotals,
   HubStore,
@@ -92,6 +98,8 @@ interface PrincipalRow {
   boot_epoch: number | null;
   models: string;
   streams: string;
+  revoked_at: number | null;
+  enrolled_by: string | null;
 }
 interface ApiTokenRow {
   id: string;
@@ -101,6 +109,8 @@ interface ApiTokenRow {
   token_salt: Buffer;
   token_hash: Buffer;
   created_at: number;
+  created_by: string | null;
+  revoked_at: number | null;
 }
 interface ModelRow {
   name: string;
@@ -229,8 +239,8 @@ export class SqliteHubStore implements HubStore {
 
   getCredentials(id: string): Promise<PrincipalCredentials | undefined> {
     return this.#run('get credentials', (db) => {
-      const r = db.prepare('SELECT id, kind, device_id, token_kdf, token_salt, token_hash FROM principals WHERE id = ?').get(id) as PrincipalRow | undefined;
-      return r && { id: r.id, kind: r.kind, deviceId: r.device_id, token: { kdf: r.token_kdf, salt: r.token_salt, hash: r.token_hash } };
+      const r = db.prepare('SELECT id, kind, device_id, token_kdf, token_salt, token_hash, revoked_at FROM principals WHERE id = ?').get(id) as PrincipalRow | undefined;
+      return r && { id: r.id, kind: r.kind, deviceId: r.device_id, token: { kdf: r.token_kdf, salt: r.token_salt, hash: r.token_hash }, revokedAt: r.revoked_at };
     });
   }
 
@@ -239,6 +249,8 @@ export class SqliteHubStore implements HubStore {
     return {
       id: r.id,
       kind: r.kind,
+      revokedAt: r.revoked_at,
+      enrolledBy: r.enrolled_by,
       group: r.grp,
       labels: parseStored(LabelsSchema, r.labels, {}),
       deviceId: r.device_id,
@@ -424,7 +436,7 @@ export class SqliteHubStore implements HubStore {
 
   createApiToken(t: ApiTokenRecord): Promise<void> {
     return this.#run('create api token', (db) => {
-      db.prepare('INSERT INTO api_tokens (id, name, role, token_kdf, token_salt, token_hash, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)').run(
+      db.prepare('INSERT INTO api_tokens (id, name, role, token_kdf, token_salt, token_hash, created_at, created_by) VALUES (?, ?, ?, ?, ?, ?, ?, ?)').run(
         t.id,
         t.name,
         t.role,
@@ -432,12 +444,21 @@ export class SqliteHubStore implements HubStore {
         t.token.salt,
         t.token.hash,
         t.createdAt,
+        t.createdBy ?? null,
       );
     });
   }
 
   #toApiToken(r: ApiTokenRow): ApiTokenRecord {
-    return { id: r.id, name: r.name, role: r.role, token: { kdf: r.token_kdf, salt: r.token_salt, hash: r.token_hash }, createdAt: r.created_at };
+    return {
+      id: r.id,
+      name: r.name,
+      role: r.role,
+      token: { kdf: r.token_kdf, salt: r.token_salt, hash: r.token_hash },
+      createdAt: r.created_at,
+      ...(r.created_by === null ? {} : { createdBy: r.created_by }),
+      revokedAt: r.revoked_at,
+    };
   }
 
   getApiToken(id: string): Promise<ApiTokenRecord | undefined> {
@@ -459,6 +480,48 @@ export class SqliteHubStore implements HubStore {
     return this.#run('delete api token', (db) => {
       db.prepare('DELETE FROM api_tokens WHERE id = ?').run(id);
     });
+  }
+
+  // --- revocation, enrollment, audit (sqlite-security.ts) ------------------------------------
+
+  revokePrincipal(id: string, at: number): Promise<{ id: string; kind: PrincipalKind; revokedAt: number } | undefined> {
+    return this.#run('revoke principal', (db) => security.revokePrincipal(db, id, at));
+  }
+
+  listApiTokens(): Promise<ApiTokenRecord[]> {
+    return this.#run('list api tokens', (db) => (db.prepare('SELECT * FROM api_tokens ORDER BY created_at, id').all() as ApiTokenRow[]).map((r) => this.#toApiToken(r)));
+  }
+
+  revokeApiToken(id: string, at: number): Promise<boolean> {
+    return this.#run('revoke api token', (db) => security.revokeApiToken(db, id, at));
+  }
+
+  createEnrollmentToken(t: EnrollmentTokenRecord): Promise<void> {
+    return this.#run('create enrollment token', (db) => security.createEnrollmentToken(db, t));
+  }
+
+  getEnrollmentToken(id: string): Promise<EnrollmentTokenRecord | undefined> {
+    return this.#run('get enrollment token', (db) => security.getEnrollmentToken(db, id));
+  }
+
+  listEnrollmentTokens(): Promise<EnrollmentTokenRecord[]> {
+    return this.#run('list enrollment tokens', (db) => security.listEnrollmentTokens(db));
+  }
+
+  revokeEnrollmentToken(id: string, at: number): Promise<boolean> {
+    return this.#run('revoke enrollment token', (db) => security.revokeEnrollmentToken(db, id, at));
+  }
+
+  enrollPrincipal(tokenId: string, p: Omit<NewPrincipal, 'group' | 'kind'>): Promise<{ group: string } | { refused: EnrollRefusal }> {
+    return this.#run('enroll principal', (db) => security.enrollPrincipal(db, tokenId, p));
+  }
+
+  appendAudit(e: AuditEntry): Promise<void> {
+    return this.#run('append audit', (db) => security.appendAudit(db, e));
+  }
+
+  queryAudit(q: AuditQuery): Promise<AuditRecord[]> {
+    return this.#run('query audit', (db) => security.queryAudit(db, q));
   }
 
   putPendingUpload(p: PendingUpload): Promise<void> {

@@ -32,6 +32,8 @@ export interface PrincipalCredentials {
   kind: PrincipalKind;
   deviceId: string | null;
   token: TokenHash;
+  /** Set once the principal is revoked: it never authenticates again. */
+  revokedAt: number | null;
 }
 
 export interface StreamPosition {
@@ -57,6 +59,9 @@ export interface DeviceCounters {
 export interface DeviceRecord {
   id: string;
   kind: PrincipalKind;
+  revokedAt: number | null;
+  /** The enrollment token it registered itself with; null when an operator added it. */
+  enrolledBy: string | null;
   group: string;
   labels: Record<string, string>;
   deviceId: string | null;
@@ -114,6 +119,80 @@ export interface ApiTokenRecord {
   role: ApiRole;
   token: TokenHash;
   createdAt: number;
+  /** The operator who created it (audit actor), absent for the bootstrap admin token. */
+  createdBy?: string;
+  revokedAt?: number | null;
+}
+
+export interface EnrollmentTokenRecord {
+  id: string;
+  group: string;
+  labels: Record<string, string>;
+  token: TokenHash;
+  maxUses: number;
+  uses: number;
+  expiresAt: number;
+  createdAt: number;
+  createdBy: string;
+  revokedAt: number | null;
+}
+
+export type AuditOutcome = 'ok' | 'denied' | 'failed';
+
+export interface AuditEntry {
+  ts: number;
+  /** Operator token name, `enrollment:<tokenId>`, or `anonymous` for a request without valid credentials. */
+  actor: string;
+  actorId: string | null;
+  role: string | null;
+  /** e.g. rollout.create, device.revoke, token.create, device.enroll. */
+  action: string;
+  target: string | null;
+  outcome: AuditOutcome;
+  status: number | null;
+  remote: string | null;
+  /** Never secrets. */
+  details: Record<string, unknown>;
+}
+
+export interface AuditRecord extends AuditEntry {
+  id: number;
+}
+
+export interface AuditQuery {
+  since?: number;
+  until?: number;
+  actor?: string;
+  action?: string;
+  outcome?: AuditOutcome;
+  /** Entries with ids below this (paging newest first). */
+  before?: number;
+  limit: number;
+}
+
+/** Why an enrollment was refused: the token is unknown, used up, expired or revoked. */
+export type EnrollRefusal = 'unknown' | 'used_up' | 'expired' | 'revoked';
+
+/** Revocation, self-enrollment and the operator audit log (migration 6, sqlite-security.ts). */
+export interface SecurityStore {
+  /** Marks the principal revoked (idempotent: keeps the first time); undefined when it does not exist. */
+  revokePrincipal(id: string, at: number): Promise<{ id: string; kind: PrincipalKind; revokedAt: number } | undefined>;
+  listApiTokens(): Promise<ApiTokenRecord[]>;
+  /** Marks an operator token revoked; false when it does not exist. */
+  revokeApiToken(id: string, at: number): Promise<boolean>;
+  createEnrollmentToken(t: EnrollmentTokenRecord): Promise<void>;
+  getEnrollmentToken(id: string): Promise<EnrollmentTokenRecord | undefined>;
+  listEnrollmentTokens(): Promise<EnrollmentTokenRecord[]>;
+  revokeEnrollmentToken(id: string, at: number): Promise<boolean>;
+  /**
+   * In one transaction: re-checks the (already verified) enrollment token is still usable at
+   * `p.createdAt`, creates the principal in the token's group and counts the use. Returns the
+   * refusal instead when the token cannot be used; rejects CONFLICT when the id exists.
+   */
+  enrollPrincipal(tokenId: string, p: Omit<NewPrincipal, 'group' | 'kind'>): Promise<{ group: string } | { refused: EnrollRefusal }>;
+  appendAudit(e: AuditEntry): Promise<void>;
+  /** Newest first. */
+  queryAudit(q: AuditQuery): Promise<AuditRecord[]>;
 }
 
 export interface FleetTotals {
@@ -574,7 +653,7 @@ export interface DriftStore {
   deliveries(alertId: string): Promise<DeliveryRecord[]>;
 }
 
-export interface HubStore extends Component, RolloutStore, KpiStore, DriftStore {
+export interface HubStore extends Component, RolloutStore, KpiStore, DriftStore, SecurityStore {
   /** Rejects with CONFLICT when the id exists, NOT_FOUND when a sensor's device does not. */
   createPrincipal(p: NewPrincipal): Promise<void>;
   getCredentials(id: string): Promise<PrincipalCredentials | undefined>;

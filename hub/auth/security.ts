@@ -1,0 +1,213 @@
+/**
+ * Credentials that operators manage: operator API tokens with roles, per-group enrollment
+ * tokens that let new devices register themselves (zero-touch), and revocation that takes
+ * effect at once. Revocation marks the store row first (so no new connection or request can
+ * authenticate), then drops the verification caches and tells listeners (the broker
+ * disconnects a connected client), so the window between "revoked" and "out" is one event
+ * loop turn, not a cache lifetime.
+ *
+ * Token formats: operator `<16 hex id>.<secret>` (auth/tokens.ts), enrollment
+ * `enr_<16 hex id>.<secret>`; secrets are 256 random bits, stored as scrypt hashes, shown once.
+ *
+ * Enrollment attempts with a wrong token cost the hub a scrypt each; failures are limited per
+ * remote address (a sliding minute) so nobody can turn the endpoint into a CPU sink.
+ */
+import { randomBytes } from 'node:crypto';
+import { z } from 'zod';
+import { EdgefleetError, ErrorCode } from '../../shared/errors.ts';
+import type { Logger } from '../../shared/log.ts';
+import { formatIssues } from '../../shared/codec.ts';
+import { DeviceIdSchema, GroupSchema, LabelsSchema } from '../../shared/ids.ts';
+import { enrollmentRefusal } from '../store/sqlite-security.ts';
+import type { ApiTokenRecord, EnrollmentTokenRecord, HubStore } from '../store/store.ts';
+import type { Operator } from './operators.ts';
+import { ROLES } from './roles.ts';
+import { hashToken, newApiToken, newSecret, verifyToken } from './tokens.ts';
+
+
+export const CreateOperatorTokenSchema = z.strictObject({
+  name: z.string().regex(/^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$/, 'name: 1-64 of [A-Za-z0-9._@-]'),
+  role: z.enum(ROLES as [string, ...string[]]).transform((r) => r as Operator['role']),
+});
+
+export const CreateEnrollmentTokenSchema = z.strictObject({
+  group: GroupSchema,
+  labels: LabelsSchema.default({}),
+  /** How many devices may register with it (1 = one-time). */
+  maxUses: z.number().int().min(1).max(100_000).default(1),
+  /** Lifetime in seconds (default a day, at most 30 days). */
+  ttlSeconds: z.number().int().min(60).max(30 * 86_400).default(86_400),
+});
+
+export const EnrollRequestSchema = z.strictObject({
+  token: z.string().min(1).max(256),
+  id: DeviceIdSchema,
+  labels: LabelsSchema.default({}),
+});
+
+const ENROLL_TOKEN = /^enr_([a-f0-9]{16})\.([A-Za-z0-9_-]{20,128})$/;
+
+export interface SecurityOptions {
+  store: HubStore;
+  log: Logger;
+  now?: () => number;
+  /** Failed enrollments allowed per remote address per minute before 429. */
+  maxEnrollFailuresPerMinute?: number;
+}
+
+export function operatorTokenView(t: ApiTokenRecord): Record<string, unknown> {
+  return {
+    id: t.id,
+    name: t.name,
+    role: t.role,
+    createdAt: new Date(t.createdAt).toISOString(),
+    createdBy: t.createdBy ?? null,
+    revokedAt: t.revokedAt ? new Date(t.revokedAt).toISOString() : null,
+  };
+}
+
+export function enrollmentTokenView(t: EnrollmentTokenRecord, now: number): Record<string, unknown> {
+  return {
+    id: t.id,
+    group: t.group,
+    labels: t.labels,
+    maxUses: t.maxUses,
+    uses: t.uses,
+    expiresAt: new Date(t.expiresAt).toISOString(),
+    createdAt: new Date(t.createdAt).toISOString(),
+    createdBy: t.createdBy,
+    revokedAt: t.revokedAt ? new Date(t.revokedAt).toISOString() : null,
+    usable: enrollmentRefusal(t, now) === undefined,
+  };
+}
+
+export class SecurityService {
+  readonly #o: SecurityOptions;
+  readonly #now: () => number;
+  readonly #revoked: ((id: string) => void)[] = [];
+  readonly #tokenRevoked: ((tokenId: string) => void)[] = [];
+  readonly #failures = new Map<string, { count: number; since: number }>();
+  #dummy: ReturnType<typeof hashToken> | undefined;
+
+  constructor(opts: SecurityOptions) {
+    this.#o = opts;
+    this.#now = opts.now ?? Date.now;
+  }
+
+  /** Called with the id of every revoked principal (broker disconnect, cache eviction). */
+  onPrincipalRevoked(listener: (id: string) => void): void {
+    this.#revoked.push(listener);
+  }
+
+  /** Called with the id of every revoked operator token (cache eviction). */
+  onOperatorTokenRevoked(listener: (tokenId: string) => void): void {
+    this.#tokenRevoked.push(listener);
+  }
+
+  async createOperatorToken(by: Operator, body: unknown): Promise<Record<string, unknown>> {
+    const b = parse(CreateOperatorTokenSchema, body);
+    const t = newApiToken();
+    const rec: ApiTokenRecord = { id: t.id, name: b.name, role: b.role, token: await hashToken(t.secret), createdAt: this.#now(), createdBy: by.name };
+    await this.#o.store.createApiToken(rec);
+    return { ...operatorTokenView(rec), token: t.token };
+  }
+
+  async listOperatorTokens(): Promise<Record<string, unknown>[]> {
+    return (await this.#o.store.listApiTokens()).map(operatorTokenView);
+  }
+
+  async revokeOperatorToken(id: string): Promise<Record<string, unknown>> {
+    if (!(await this.#o.store.revokeApiToken(id, this.#now()))) throw new EdgefleetError(ErrorCode.NOT_FOUND, `no operator token ${id}`);
+    for (const l of this.#tokenRevoked) l(id);
+    const rec = await this.#o.store.getApiToken(id);
+    return rec ? operatorTokenView(rec) : { id };
+  }
+
+  async createEnrollmentToken(by: Operator, body: unknown): Promise<Record<string, unknown>> {
+    const b = parse(CreateEnrollmentTokenSchema, body);
+    const id = randomBytes(8).toString('hex');
+    const secret = newSecret();
+    const now = this.#now();
+    const rec: EnrollmentTokenRecord = {
+      id,
+      group: b.group,
+      labels: b.labels,
+      token: await hashToken(secret),
+      maxUses: b.maxUses,
+      uses: 0,
+      expiresAt: now + b.ttlSeconds * 1000,
+      createdAt: now,
+      createdBy: by.name,
+      revokedAt: null,
+    };
+    await this.#o.store.createEnrollmentToken(rec);
+    return { ...enrollmentTokenView(rec, now), token: `enr_${id}.${secret}` };
+  }
+
+  async listEnrollmentTokens(): Promise<Record<string, unknown>[]> {
+    const now = this.#now();
+    return (await this.#o.store.listEnrollmentTokens()).map((t) => enrollmentTokenView(t, now));
+  }
+
+  async revokeEnrollmentToken(id: string): Promise<Record<string, unknown>> {
+    if (!(await this.#o.store.revokeEnrollmentToken(id, this.#now()))) throw new EdgefleetError(ErrorCode.NOT_FOUND, `no enrollment token ${id}`);
+    const rec = await this.#o.store.getEnrollmentToken(id);
+    return rec ? enrollmentTokenView(rec, this.#now()) : { id };
+  }
+
+  /**
+   * A device registers itself with an enrollment token and gets its own credential (shown
+   * once). Refusals are UNAUTHORIZED without saying which check failed (the audit log and the
+   * hub log say); a taken id is CONFLICT.
+   */
+  async enroll(body: unknown, remote: string): Promise<{ id: string; group: string; token: string; tokenId: string }> {
+    this.#checkFailureBudget(remote);
+    const b = parse(EnrollRequestSchema, body);
+    const m = ENROLL_TOKEN.exec(b.token);
+    const rec = m ? await this.#o.store.getEnrollmentToken(m[1] as string) : undefined;
+    this.#dummy ??= hashToken(newSecret());
+    // Verify against a dummy hash for unknown ids, so timing does not reveal which ids exist.
+    const ok = await verifyToken(m ? (m[2] as string) : b.token, rec ? rec.token : await this.#dummy);
+    const refusedEarly = !m || !rec || !ok ? 'unknown' : enrollmentRefusal(rec, this.#now());
+    if (refusedEarly) throw this.#refuse(remote, refusedEarly, m?.[1]);
+    const secret = newSecret();
+    const out = await this.#o.store.enrollPrincipal(rec!.id, { id: b.id, labels: b.labels, token: await hashToken(secret), createdAt: this.#now() });
+    if ('refused' in out) throw this.#refuse(remote, out.refused, rec!.id);
+    this.#o.log.info({ id: b.id, group: out.group, enrollmentToken: rec!.id }, 'device enrolled');
+    return { id: b.id, group: out.group, token: secret, tokenId: rec!.id };
+  }
+
+  /** Revokes a device, sensor or consumer: refused from now on, disconnected at once. */
+  async revokePrincipal(id: string): Promise<{ id: string; kind: string; revokedAt: string }> {
+    const r = await this.#o.store.revokePrincipal(id, this.#now());
+    if (!r) throw new EdgefleetError(ErrorCode.NOT_FOUND, `no device, sensor or consumer ${id}`);
+    for (const l of this.#revoked) l(id);
+    this.#o.log.warn({ id, kind: r.kind }, 'principal revoked');
+    return { id: r.id, kind: r.kind, revokedAt: new Date(r.revokedAt).toISOString() };
+  }
+
+  #checkFailureBudget(remote: string): void {
+    const max = this.#o.maxEnrollFailuresPerMinute ?? 20;
+    const f = this.#failures.get(remote);
+    if (f && this.#now() - f.since < 60_000 && f.count >= max) {
+      throw new EdgefleetError(ErrorCode.OVERLOADED, 'too many failed enrollments from this address; retry in a minute', { details: { retryAfterSeconds: 60 } });
+    }
+  }
+
+  #refuse(remote: string, why: string, tokenId: string | undefined): EdgefleetError {
+    const now = this.#now();
+    const f = this.#failures.get(remote);
+    if (!f || now - f.since >= 60_000) {
+      if (this.#failures.size > 10_000) this.#failures.clear();
+      this.#failures.set(remote, { count: 1, since: now });
+    } else f.count++;
+    this.#o.log.warn({ remote, why, enrollmentToken: tokenId }, 'enrollment refused');
+    return new EdgefleetError(ErrorCode.UNAUTHORIZED, 'enrollment token is not valid (unknown, used up, expired or revoked)', { details: { why, tokenId } });
+  }
+}
+
+function parse<S extends z.ZodType>(schema: S, body: unknown): z.infer<S> {
+  const r = schema.safeParse(body);
+  if (!r.success) throw new EdgefleetError(ErrorCode.BAD_INPUT, formatIssues(r.error));
+  return r.data;
+}
