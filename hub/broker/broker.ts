@@ -17,6 +17,7 @@
  * when required) and plain MQTT on the TLS port are counted in edgefleet_hub_mqtt_tls_refused_total.
  */
 import { createServer, type Server, type Socket } from 'node:net';
+import type { Duplex } from 'node:stream';
 import { createServer as createTlsServer, TLSSocket } from 'node:tls';
 import { Aedes, type AedesPublishPacket, type Client, type ConnectPacket, type PublishPacket, type Subscription } from 'aedes';
 import { Counter, Gauge, type Registry } from 'prom-client';
