@@ -366,7 +366,7 @@ export class ApiServer implements Component {
 
   async #audit(req: IncomingMessage, status: number, a: { action?: string; op?: Operator; target?: string; details: Record<string, unknown>; err?: EdgefleetError }): Promise<void> {
     const denied = status === 401 || status === 403;
-    const errDetails = a.err?.details && typeof a.err.details === 'object' ? (a.err.details as Record<string, unknown>) : {};
+    const errDetails = a.err?.details && typeof a.err.details === 'object' ? a.err.details : {};
     await this.#o.audit.record({
       ts: this.#now(),
       actor: a.op?.name ?? (typeof a.details.actor === 'string' ? a.details.actor : 'anonymous'),
