@@ -31,7 +31,7 @@ const TimeSchema = z.union([
     .transform((s) => Date.parse(s)),
 ]);
 
-const DriftQuerySchema = z.strictObject({
+export const DriftQuerySchema = z.strictObject({
   model: z.string().max(64).optional(),
   version: z.string().max(64).optional(),
   scope: z.enum(['fleet', 'group', 'device']).optional(),
@@ -42,14 +42,14 @@ const DriftQuerySchema = z.strictObject({
   limit: z.coerce.number().int().min(1).max(5000).default(200),
 });
 
-const AlertQuerySchema = z.strictObject({
+export const AlertQuerySchema = z.strictObject({
   state: z.enum(['open', 'acknowledged', 'resolved']).optional(),
   model: z.string().max(64).optional(),
   version: z.string().max(64).optional(),
   limit: z.coerce.number().int().min(1).max(5000).default(500),
 });
 
-const SampleQuerySchema = z.strictObject({ device: DeviceIdSchema.optional() });
+export const SampleQuerySchema = z.strictObject({ device: DeviceIdSchema.optional() });
 
 function parseQuery<S extends z.ZodType>(schema: S, query: URLSearchParams): z.infer<S> {
   const p = schema.safeParse(Object.fromEntries(query));

@@ -1,0 +1,462 @@
+/**
+ * The OpenAPI 3.1 document of the hub's HTTP API (issue #7), served at GET /openapi.json and
+ * committed as docs/openapi.json (`npm run openapi` regenerates it).
+ *
+ * One declarative list of operations (`apiOperations()`), generated into JSON Schema by zod 4's
+ * own `z.toJSONSchema`. Request bodies and queries are the VERY zod schemas the server validates
+ * with, imported from where they live, so the document cannot drift from validation; replies use
+ * hub/api/schemas.ts. test/unit/openapi.test.ts holds the document to the server: every route of
+ * ApiServer has exactly one operation here and every operation a route, the document is
+ * structurally valid, documented `required` fields equal the zod schemas', live replies match,
+ * and docs/openapi.json is current.
+ *
+ * Adding a route (e.g. the lead's /v1/tokens): one entry in `apiOperations()`, e.g.
+ *     { method: 'POST', path: '/v1/tokens/{id}/revoke', operationId: 'revokeToken', tags: ['tokens'],
+ *       summary: 'Revoke an operator token at once', auth: 'admin', errors: [404],
+ *       responses: { 200: { description: 'The revoked token', schema: TokenSchema } } },
+ * with `body:` / `query:` set to the zod schema the handler parses; then `npm run openapi`.
+ * Path parameters are written `{name}` and described in PATH_PARAMS (add the name if new).
+ *
+ * Why things are as they are:
+ * - The operations are built inside a function, not at module level: hub/api/server.ts imports
+ *   this module (to serve the document) and this module imports server.ts's schemas, an ES
+ *   module cycle that is harmless only while neither side touches the other at load time.
+ * - Requests are converted with `io: 'input'` (defaults are optional to send, coerced query
+ *   numbers), replies with `io: 'output'` (what the hub actually sends). A schema used on both
+ *   sides (the release manifest) therefore gets two components: `Manifest` and `StoredManifest`.
+ * - zod refinements (`superRefine`, `refine`) have no JSON Schema form: the document states the
+ *   shape, the server still enforces the cross-field rules (e.g. a sensor needs `device`).
+ * - Operator roles are not expressible in an HTTP bearer scheme: each operation carries
+ *   `x-edgefleet-role` (viewer < operator < admin) and says it in its description.
+ */
+import { z } from 'zod';
+import { ManifestSchema } from '../../shared/manifest.ts';
+import { AlertQuerySchema, DriftQuerySchema, SampleQuerySchema } from '../drift/api.ts';
+import { SampleUploadSchema } from '../drift/samples.ts';
+import { FeedbackBatchSchema } from '../feedback/feedback.ts';
+import { KpiQuerySchema } from '../kpis/service.ts';
+import { RolloutSpecSchema } from '../rollouts/spec.ts';
+import * as S from './schemas.ts';
+import { CreateDeviceSchema, ModelAnnounceSchema, TelemetryQuerySchema } from './server.ts';
+
+export type HttpMethod = 'GET' | 'HEAD' | 'POST' | 'PUT' | 'DELETE' | 'PATCH';
+/** Who may call: nobody in particular, an operator token of at least that role, or a device. */
+export type OperationAuth = 'none' | 'viewer' | 'operator' | 'admin' | 'device';
+
+export interface ReplySpec {
+  description: string;
+  /** A JSON reply; omitted for replies without a body. */
+  schema?: z.ZodType;
+  /** A non-JSON reply: media type → JSON Schema of the body. */
+  raw?: Record<string, Record<string, unknown>>;
+}
+
+export interface Operation {
+  method: HttpMethod;
+  /** Path template with `{param}`s, e.g. `/v1/devices/{id}`. */
+  path: string;
+  operationId: string;
+  summary: string;
+  description?: string;
+  tags: string[];
+  auth: OperationAuth;
+  /** The zod schema the handler parses the query string with (a z.object). */
+  query?: z.ZodObject;
+  /** The zod schema the handler parses the JSON body with. */
+  body?: z.ZodType;
+  /** A non-JSON body (the raw artifact). */
+  rawBody?: { mediaType: string; description: string };
+  /** Success replies by status. */
+  responses: Record<number, ReplySpec>;
+  /** Error statuses beyond those implied by auth, query and body (401, 403, 400, 413). */
+  errors?: number[];
+}
+
+export type OpenApiDocument = Record<string, unknown> & {
+  openapi: string;
+  paths: Record<string, Record<string, Record<string, unknown>>>;
+  components: { schemas: Record<string, unknown>; securitySchemes: Record<string, unknown> };
+};
+
+/** Path parameters by name: the server matches each as one path segment (`[^/]+`). */
+const PATH_PARAMS: Record<string, { description: string; schema: Record<string, unknown> }> = {
+  id: { description: 'The resource id', schema: { type: 'string' } },
+  deviceId: { description: 'The uploading device; must be the authenticated device', schema: { type: 'string' } },
+  name: { description: 'Model name', schema: { type: 'string' } },
+  version: { description: 'Model version (semver)', schema: { type: 'string' } },
+  sha256: { description: 'The artifact sha256 (lowercase hex)', schema: { type: 'string', pattern: '^[0-9a-f]{64}$' } },
+};
+
+const ROLE_NOTE: Record<OperationAuth, string> = {
+  none: 'No authentication.',
+  viewer: 'Operator token, any role (viewer, operator, admin).',
+  operator: 'Operator token with role operator or admin.',
+  admin: 'Operator token with role admin.',
+  device: 'Device credentials: `Authorization: Bearer <deviceId>:<token>`.',
+};
+
+const ERROR_TEXT: Record<number, string> = {
+  400: 'Malformed or invalid input (`BAD_INPUT`, `BAD_MANIFEST`)',
+  401: 'Missing or invalid credentials (`UNAUTHORIZED`)',
+  403: 'Authenticated, but not allowed (`FORBIDDEN`)',
+  404: 'No such resource, or the feature is disabled on this hub (`NOT_FOUND`)',
+  409: 'Conflicts with the current state (`CONFLICT`, `ILLEGAL_STATE`)',
+  413: 'Body too large (`PAYLOAD_TOO_LARGE`)',
+  422: 'The model does not load or does not match its manifest (`BAD_MODEL`)',
+  507: 'Storage failure (`STORAGE`)',
+};
+
+const json = (description: string, schema: z.ZodType): ReplySpec => ({ description, schema });
+
+/** Every operation of the HTTP API, in the order of ApiServer's route table. */
+export function apiOperations(): Operation[] {
+  return [
+    { method: 'GET', path: '/healthz', operationId: 'healthz', summary: 'Liveness', tags: ['meta'], auth: 'none', responses: { 200: json('The hub is up', S.HealthzSchema) } },
+    {
+      method: 'GET',
+      path: '/metrics',
+      operationId: 'metrics',
+      summary: 'Prometheus metrics of the hub',
+      description: 'Needs no token when the hub runs with `http.publicMetrics: true`.',
+      tags: ['meta'],
+      auth: 'viewer',
+      responses: { 200: { description: 'Prometheus text exposition format', raw: { 'text/plain': { type: 'string' } } } },
+    },
+    {
+      method: 'GET',
+      path: '/openapi.json',
+      operationId: 'openapi',
+      summary: 'This document',
+      tags: ['meta'],
+      auth: 'none',
+      responses: { 200: { description: 'The OpenAPI 3.1 document of the API', raw: { 'application/json': { type: 'object' } } } },
+    },
+    {
+      method: 'POST',
+      path: '/v1/devices',
+      operationId: 'createDevice',
+      summary: 'Register a device, sensor or consumer',
+      description: 'The reply holds the principal\'s MQTT/HTTP token; it is shown only here (`cache-control: no-store`). A sensor names the device whose inputs it feeds.',
+      tags: ['devices'],
+      auth: 'admin',
+      body: CreateDeviceSchema,
+      errors: [409],
+      responses: { 201: json('Registered', S.CreatedPrincipalSchema) },
+    },
+    { method: 'GET', path: '/v1/devices', operationId: 'listDevices', summary: 'Devices, sensors and consumers with state and counters', tags: ['devices'], auth: 'viewer', responses: { 200: json('All principals', S.DeviceListSchema) } },
+    {
+      method: 'GET',
+      path: '/v1/devices/{id}',
+      operationId: 'getDevice',
+      summary: 'One device with stream positions and per-(stream, epoch) stats',
+      tags: ['devices'],
+      auth: 'viewer',
+      errors: [404],
+      responses: { 200: json('The device', S.DeviceDetailSchema) },
+    },
+    { method: 'GET', path: '/v1/devices/{id}/history', operationId: 'getDeviceHistory', summary: "The device's append-only model history", tags: ['devices'], auth: 'viewer', responses: { 200: json('History, oldest first', S.DeviceHistorySchema) } },
+    {
+      method: 'POST',
+      path: '/v1/rollouts',
+      operationId: 'createRollout',
+      summary: 'Start a staged rollout of a release',
+      tags: ['rollouts'],
+      auth: 'operator',
+      body: RolloutSpecSchema,
+      errors: [404],
+      responses: { 201: json('Created; `Location` names it', S.RolloutStatusSchema) },
+    },
+    { method: 'GET', path: '/v1/rollouts', operationId: 'listRollouts', summary: 'Rollouts, newest first, with counts', tags: ['rollouts'], auth: 'viewer', responses: { 200: json('Rollouts', S.RolloutListSchema) } },
+    {
+      method: 'GET',
+      path: '/v1/rollouts/{id}',
+      operationId: 'getRollout',
+      summary: 'Rollout status: state, waves, per-device states, gate results',
+      tags: ['rollouts'],
+      auth: 'viewer',
+      errors: [404],
+      responses: { 200: json('The rollout', S.RolloutStatusSchema) },
+    },
+    {
+      method: 'POST',
+      path: '/v1/rollouts/{id}/{action}',
+      operationId: 'actOnRollout',
+      summary: 'Pause, resume, abort or approve the next wave',
+      tags: ['rollouts'],
+      auth: 'operator',
+      errors: [404, 409],
+      responses: { 200: json('The rollout after the action', S.RolloutStatusSchema) },
+    },
+    {
+      method: 'POST',
+      path: '/v1/feedback',
+      operationId: 'submitFeedback',
+      summary: 'Ground-truth labels for inference ids',
+      tags: ['feedback'],
+      auth: 'operator',
+      body: FeedbackBatchSchema,
+      errors: [404],
+      responses: { 200: json('Outcome per item', S.FeedbackResultSchema) },
+    },
+    {
+      method: 'GET',
+      path: '/v1/kpis',
+      operationId: 'getKpis',
+      summary: 'KPIs per model version: accuracy, latency, error rate, uptime, CPU, cost',
+      description: '`from`/`to`: epoch ms or ISO 8601 (default: the last 24 h); `window`: accuracy window in ms (default 1 h).',
+      tags: ['kpis'],
+      auth: 'viewer',
+      query: KpiQuerySchema,
+      errors: [404],
+      responses: { 200: json('KPIs', S.KpisSchema) },
+    },
+    {
+      method: 'GET',
+      path: '/v1/drift',
+      operationId: 'getDrift',
+      summary: 'Tested drift windows and findings per model version, scope and feature',
+      tags: ['drift'],
+      auth: 'viewer',
+      query: DriftQuerySchema,
+      errors: [404],
+      responses: { 200: json('Windows and findings', S.DriftSchema) },
+    },
+    { method: 'GET', path: '/v1/alerts', operationId: 'listAlerts', summary: 'Drift alerts, newest first', tags: ['alerts'], auth: 'viewer', query: AlertQuerySchema, errors: [404], responses: { 200: json('Alerts', S.AlertListSchema) } },
+    { method: 'GET', path: '/v1/alerts/{id}', operationId: 'getAlert', summary: 'One alert with its webhook deliveries', tags: ['alerts'], auth: 'viewer', errors: [404], responses: { 200: json('The alert', S.AlertDetailSchema) } },
+    {
+      method: 'POST',
+      path: '/v1/alerts/{id}/{action}',
+      operationId: 'actOnAlert',
+      summary: 'Acknowledge or resolve an alert',
+      tags: ['alerts'],
+      auth: 'operator',
+      errors: [404, 409],
+      responses: { 200: json('The alert after the action', S.AlertSchema) },
+    },
+    {
+      method: 'POST',
+      path: '/v1/samples/{deviceId}',
+      operationId: 'uploadSample',
+      summary: "A device's input sample, after a `drift.sample` command",
+      tags: ['samples'],
+      auth: 'device',
+      body: SampleUploadSchema,
+      errors: [404],
+      responses: { 201: json('Stored', S.SampleStoredSchema) },
+    },
+    { method: 'GET', path: '/v1/samples', operationId: 'listSamples', summary: 'Stored input samples, newest first', tags: ['samples'], auth: 'viewer', query: SampleQuerySchema, errors: [404], responses: { 200: json('Samples', S.SampleListSchema) } },
+    {
+      method: 'GET',
+      path: '/v1/telemetry',
+      operationId: 'listTelemetry',
+      summary: 'Stored telemetry records, paged by cursor',
+      tags: ['telemetry'],
+      auth: 'viewer',
+      query: TelemetryQuerySchema,
+      responses: { 200: json('A page of records; pass `next` as `after`', S.TelemetryPageSchema) },
+    },
+    { method: 'GET', path: '/v1/fleet', operationId: 'getFleet', summary: 'Fleet totals and records/s over the last minute', tags: ['telemetry'], auth: 'viewer', responses: { 200: json('Totals', S.FleetSchema) } },
+    { method: 'GET', path: '/v1/keys', operationId: 'listSigningKeys', summary: 'Public keys that sign model releases (agents trust these)', tags: ['models'], auth: 'viewer', responses: { 200: json('Keys', S.KeysSchema) } },
+    {
+      method: 'POST',
+      path: '/v1/models',
+      operationId: 'announceModel',
+      summary: 'Announce a release by its manifest; PUT its artifact next',
+      tags: ['models'],
+      auth: 'operator',
+      body: ModelAnnounceSchema.extend({ manifest: ManifestSchema }),
+      errors: [409],
+      responses: { 202: json('Accepted; `upload` (and `Location`) say where to PUT the artifact', S.AnnouncedModelSchema) },
+    },
+    { method: 'GET', path: '/v1/models', operationId: 'listModels', summary: 'Released model versions, newest first', tags: ['models'], auth: 'viewer', responses: { 200: json('Releases', S.ModelListSchema) } },
+    {
+      method: 'GET',
+      path: '/v1/models/{name}/{version}',
+      operationId: 'getModel',
+      summary: 'A release: manifest and signed release envelope',
+      tags: ['models'],
+      auth: 'viewer',
+      errors: [404],
+      responses: { 200: json('The release', S.ModelDetailSchema) },
+    },
+    {
+      method: 'PUT',
+      path: '/v1/models/{name}/{version}/artifact',
+      operationId: 'uploadModelArtifact',
+      summary: 'Upload the announced ONNX artifact (streamed); the hub checks, probes, signs and stores it',
+      tags: ['models'],
+      auth: 'operator',
+      rawBody: { mediaType: 'application/octet-stream', description: 'The raw ONNX bytes; size and sha256 must match the announced manifest' },
+      errors: [400, 404, 409, 413, 422],
+      responses: { 201: json('Released; `Location` names it', S.ReleasedModelSchema) },
+    },
+    {
+      method: 'GET',
+      path: '/v1/artifacts/{sha256}',
+      operationId: 'downloadArtifact',
+      summary: 'Artifact bytes for devices, with Range / If-Range / If-None-Match',
+      tags: ['artifacts'],
+      auth: 'device',
+      errors: [404],
+      responses: {
+        200: { description: 'The whole artifact', raw: { 'application/octet-stream': {} } },
+        206: { description: 'The requested byte range (`Content-Range`)', raw: { 'application/octet-stream': {} } },
+        304: { description: 'Not modified (the ETag is the sha256)' },
+        416: { description: 'Range not satisfiable' },
+      },
+    },
+    {
+      method: 'HEAD',
+      path: '/v1/artifacts/{sha256}',
+      operationId: 'headArtifact',
+      summary: 'Artifact headers (size, ETag) without the bytes',
+      tags: ['artifacts'],
+      auth: 'device',
+      errors: [404],
+      responses: { 200: { description: 'Headers of the whole artifact' } },
+    },
+  ];
+}
+
+/** Path parameters with a fixed set of values (the route regex alternatives). */
+const ENUM_PARAMS: Record<string, Record<string, string[]>> = {
+  '/v1/rollouts/{id}/{action}': { action: ['pause', 'resume', 'abort', 'approve'] },
+  '/v1/alerts/{id}/{action}': { action: ['ack', 'resolve'] },
+};
+
+/** `{name}`s of a path template, in order. */
+export function pathParams(path: string): string[] {
+  return [...path.matchAll(/\{([^}]+)\}/g)].map((m) => m[1] as string);
+}
+
+/**
+ * Drops what only adds noise for a reader: the ±MAX_SAFE_INTEGER bounds zod puts on every
+ * `.int()`, and the long regex beside `format: date-time` (the format says it).
+ */
+function tidy(ctx: { jsonSchema: Record<string, unknown> }): void {
+  const j = ctx.jsonSchema;
+  if (j.minimum === Number.MIN_SAFE_INTEGER) delete j.minimum;
+  if (j.maximum === Number.MAX_SAFE_INTEGER) delete j.maximum;
+  if (j.format === 'date-time') delete j.pattern;
+}
+
+/** Components a conversion pass produced, without the per-document keys OpenAPI does not want. */
+function convertRegistry(registry: z.core.$ZodRegistry<{ id: string }>, io: 'input' | 'output'): Record<string, unknown> {
+  const out = z.toJSONSchema(registry, { io, uri: (id) => `#/components/schemas/${id}`, unrepresentable: 'any', override: tidy });
+  const schemas: Record<string, unknown> = {};
+  for (const [id, s] of Object.entries(out.schemas)) {
+    const { $schema: _schema, $id: _id, ...rest } = s as Record<string, unknown>;
+    schemas[id] = rest;
+  }
+  return schemas;
+}
+
+const cap = (s: string): string => s.charAt(0).toUpperCase() + s.slice(1);
+
+/** Builds the whole document from `apiOperations()`; deterministic (docs/openapi.json is compared byte for byte). */
+export function buildOpenApiDocument(operations: Operation[] = apiOperations()): OpenApiDocument {
+  const requests = z.registry<{ id: string }>();
+  const replies = z.registry<{ id: string }>();
+  // Named components first, so nested uses become $refs rather than copies.
+  requests.add(ManifestSchema, { id: 'Manifest' });
+  const named: [z.ZodType, string][] = [
+    [S.ErrorReplySchema, 'Error'],
+    [S.DeviceSchema, 'Device'],
+    [S.ModelSchema, 'Model'],
+    [S.RolloutStatusSchema, 'RolloutStatus'],
+    [S.AlertSchema, 'Alert'],
+    [ManifestSchema, 'StoredManifest'],
+  ];
+  for (const [schema, id] of named) replies.add(schema, { id });
+  const refOf = (registry: typeof requests, schema: z.ZodType, fallback: string): { $ref: string } => {
+    let id = registry.get(schema)?.id;
+    if (id === undefined) {
+      id = fallback;
+      registry.add(schema, { id });
+    }
+    return { $ref: `#/components/schemas/${id}` };
+  };
+
+  const paths: OpenApiDocument['paths'] = {};
+  for (const op of operations) {
+    const o: Record<string, unknown> = {
+      operationId: op.operationId,
+      summary: op.summary,
+      description: [op.description, ROLE_NOTE[op.auth]].filter(Boolean).join('\n\n'),
+      tags: op.tags,
+    };
+    if (op.auth === 'none') o.security = [];
+    else if (op.auth === 'device') o.security = [{ deviceToken: [] }];
+    else o.security = [{ operatorToken: [] }];
+    o['x-edgefleet-role'] = op.auth;
+
+    const parameters: Record<string, unknown>[] = pathParams(op.path).map((name) => {
+      const values = ENUM_PARAMS[op.path]?.[name];
+      const p = PATH_PARAMS[name];
+      if (!values && !p) throw new Error(`openapi: path parameter {${name}} of ${op.path} is not described in PATH_PARAMS`);
+      return { name, in: 'path', required: true, description: p?.description ?? `One of ${values?.join(', ')}`, schema: values ? { type: 'string', enum: values } : p?.schema };
+    });
+    if (op.query) {
+      const q = z.toJSONSchema(op.query, { io: 'input', unrepresentable: 'any', override: tidy }) as { properties?: Record<string, unknown>; required?: string[] };
+      for (const [name, schema] of Object.entries(q.properties ?? {})) {
+        parameters.push({ name, in: 'query', required: (q.required ?? []).includes(name), schema });
+      }
+    }
+    if (parameters.length) o.parameters = parameters;
+
+    if (op.body) o.requestBody = { required: true, content: { 'application/json': { schema: refOf(requests, op.body, `${cap(op.operationId)}Request`) } } };
+    else if (op.rawBody) o.requestBody = { required: true, description: op.rawBody.description, content: { [op.rawBody.mediaType]: {} } };
+
+    const responses: Record<string, unknown> = {};
+    for (const [status, r] of Object.entries(op.responses)) {
+      const content = r.schema ? { 'application/json': { schema: refOf(replies, r.schema, `${cap(op.operationId)}Reply`) } } : r.raw ? Object.fromEntries(Object.entries(r.raw).map(([t, schema]) => [t, Object.keys(schema).length ? { schema } : {}])) : undefined;
+      responses[status] = { description: r.description, ...(content ? { content } : {}) };
+    }
+    const errors = new Set(op.errors ?? []);
+    if (op.auth !== 'none') errors.add(401);
+    if (op.auth === 'operator' || op.auth === 'admin' || op.auth === 'device') errors.add(403);
+    if (op.query || op.body) errors.add(400);
+    if (op.body || op.rawBody) errors.add(413);
+    for (const status of [...errors].sort((a, b) => a - b)) {
+      responses[status] = { description: ERROR_TEXT[status] ?? 'Error', content: { 'application/json': { schema: { $ref: '#/components/schemas/Error' } } } };
+    }
+    o.responses = responses;
+
+    const item = (paths[op.path] ??= {});
+    const method = op.method.toLowerCase();
+    if (item[method]) throw new Error(`openapi: ${op.method} ${op.path} is listed twice`);
+    item[method] = o;
+  }
+
+  const requestSchemas = convertRegistry(requests, 'input');
+  const replySchemas = convertRegistry(replies, 'output');
+  for (const id of Object.keys(requestSchemas)) if (id in replySchemas) throw new Error(`openapi: component ${id} is both a request and a reply schema`);
+  const schemas = Object.fromEntries(Object.entries({ ...requestSchemas, ...replySchemas }).sort(([a], [b]) => a.localeCompare(b)));
+
+  const tags = [...new Set(operations.flatMap((op) => op.tags))].sort().map((name) => ({ name }));
+  return {
+    openapi: '3.1.0',
+    info: {
+      title: 'edgefleet hub API',
+      version: '1',
+      description:
+        'HTTP API of the edgefleet hub: device registry, telemetry, model releases, staged rollouts, feedback and KPIs, drift and alerts. ' +
+        'Errors are `{ "error": { "code", "message" } }` with the status of the code. Generated from the zod schemas the server validates with (hub/api/openapi.ts).',
+      license: { name: 'Apache-2.0', identifier: 'Apache-2.0' },
+    },
+    tags,
+    paths,
+    components: {
+      schemas,
+      securitySchemes: {
+        operatorToken: { type: 'http', scheme: 'bearer', bearerFormat: '<tokenId>.<secret>', description: 'Operator API token; its role (viewer, operator, admin) decides what it may do.' },
+        deviceToken: { type: 'http', scheme: 'bearer', bearerFormat: '<deviceId>:<token>', description: 'A registered device\'s id and token (the token from POST /v1/devices).' },
+      },
+    },
+  };
+}
+
+/** The committed form of the document (docs/openapi.json). */
+export function formatOpenApi(doc: OpenApiDocument): string {
+  return `${JSON.stringify(doc, null, 2)}\n`;
+}
