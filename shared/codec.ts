@@ -1,9 +1,37 @@
 /**
- * Decoding of untrusted payloads: size limit, JSON, then a zod schema. Returns a result
- * instead of throwing so hot paths can count and log without try/catch noise.
+ * Decoding of untrusted payloads: size limit, JSON, a nesting depth limit, then a zod schema.
+ * Returns a result instead of throwing so hot paths can count and log without try/catch noise.
+ *
+ * Why a depth limit: JSON.parse builds a value nested 100k deep from a 200 kB payload without
+ * complaint, schemas pass it where they take anything (record bodies, command args), and the
+ * receiver's next recursive step (JSON.stringify into the store, canonicalJson) then throws a
+ * RangeError: the fuzz suite (test/fuzz/schemas.fuzz.test.ts) found a telemetry batch the hub
+ * acked as a store failure forever. Protocol messages nest under 16 levels.
  */
 import type { z } from 'zod';
 import { EdgefleetError, ErrorCode } from './errors.ts';
+
+/** Deepest nesting of arrays and objects accepted in an untrusted JSON payload. */
+export const MAX_JSON_DEPTH = 64;
+
+/** True when `value` nests arrays/objects deeper than `limit`; iterative, so it cannot overflow. */
+export function nestedDeeperThan(value: unknown, limit: number): boolean {
+  if (typeof value !== 'object' || value === null) return false;
+  const stack: unknown[] = [value];
+  const depths: number[] = [1];
+  while (stack.length) {
+    const v = stack.pop() as object;
+    const d = depths.pop() as number;
+    if (d > limit) return true;
+    for (const x of Array.isArray(v) ? (v as unknown[]) : Object.values(v)) {
+      if (typeof x === 'object' && x !== null) {
+        stack.push(x);
+        depths.push(d + 1);
+      }
+    }
+  }
+  return false;
+}
 
 export type Decoded<T> = { ok: true; value: T } | { ok: false; error: EdgefleetError };
 
@@ -17,6 +45,9 @@ export function decodeJson<S extends z.ZodType>(schema: S, payload: Buffer | str
     raw = JSON.parse(typeof payload === 'string' ? payload : payload.toString('utf8'));
   } catch (err) {
     return { ok: false, error: new EdgefleetError(ErrorCode.BAD_PAYLOAD, `malformed JSON: ${(err as Error).message}`) };
+  }
+  if (nestedDeeperThan(raw, MAX_JSON_DEPTH)) {
+    return { ok: false, error: new EdgefleetError(ErrorCode.BAD_PAYLOAD, `JSON nested deeper than ${MAX_JSON_DEPTH} levels`) };
   }
   const parsed = schema.safeParse(raw);
   if (!parsed.success) {
