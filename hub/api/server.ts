@@ -1,6 +1,8 @@
 /**
  * The hub's HTTP JSON API on node:http (no framework): operator bearer-token auth, zod-validated
- * bodies and queries, one error shape. Routes:
+ * bodies and queries, one error shape. HTTPS with hub config `tls` (issue #6); on device routes
+ * a verified client certificate's CN must equal the device id of the bearer credentials (401).
+ * Routes:
  *   GET  /healthz                 liveness, no auth
  *   GET  /, /ui/, /ui/<file>      the operator dashboard's static files, no auth (hub/ui/static.ts)
  *   GET  /v1/whoami               the caller's token name and role (the dashboard hides what it may not do)
@@ -30,6 +32,7 @@
  *   POST /v1/samples/:deviceId (device auth), GET /v1/samples     drift and alerts (hub/drift/api.ts)
  */
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import { createServer as createHttpsServer } from 'node:https';
 import type { Registry } from 'prom-client';
 import { z } from 'zod';
 import { formatIssues } from '../../shared/codec.ts';
@@ -37,6 +40,7 @@ import { EdgefleetError, ErrorCode } from '../../shared/errors.ts';
 import type { Component } from '../../shared/lifecycle.ts';
 import type { Logger } from '../../shared/log.ts';
 import { DeviceIdSchema, NameSchema } from '../../shared/protocol.ts';
+import { closeUnverifiedPeers, peerCertificate, readTlsFiles, serverTlsOptions, type ClientCertMode, type TlsFiles } from '../../shared/tls.ts';
 import { DashboardAssets } from '../ui/static.ts';
 import { GroupSchema, LabelsSchema } from '../../shared/ids.ts';
 import type { DeviceAuth } from '../auth/devices.ts';
@@ -60,6 +64,8 @@ export interface ApiOptions {
   port: number;
   maxBodyBytes: number;
   publicMetrics: boolean;
+  /** HTTPS when certFile and keyFile are set (read at start); clientCerts as in hub config `tls`. */
+  tls?: TlsFiles & { clientCerts: ClientCertMode };
   store: HubStore;
   auth: ApiAuth;
   deviceAuth: DeviceAuth;
@@ -118,6 +124,8 @@ export function deviceView(d: DeviceRecord): Record<string, unknown> {
     group: d.group,
     labels: d.labels,
     ...(d.deviceId ? { device: d.deviceId } : {}),
+    revokedAt: d.revokedAt === null ? null : new Date(d.revokedAt).toISOString(),
+    enrolledBy: d.enrolledBy,
     online: d.online,
     lastSeen: d.lastSeen === null ? null : new Date(d.lastSeen).toISOString(),
     createdAt: new Date(d.createdAt).toISOString(),
@@ -269,7 +277,10 @@ export class ApiServer implements Component {
   }
 
   async start(signal: AbortSignal): Promise<void> {
-    const server = createServer((req, res) => void this.#handle(req, res));
+    const tls = this.#o.tls?.certFile ? this.#o.tls : undefined;
+    const onRequest = (req: IncomingMessage, res: ServerResponse): void => void this.#handle(req, res);
+    const server = tls ? createHttpsServer(serverTlsOptions(readTlsFiles(tls, 'tls'), tls.clientCerts), onRequest) : createServer(onRequest);
+    if (tls) closeUnverifiedPeers(server, tls.clientCerts, (why) => this.#o.log.debug({ why }, 'https connection with an unverified client certificate closed'));
     server.headersTimeout = 10_000;
     // No deadline for a whole request: a model artifact upload (up to models.maxArtifactBytes)
     // over a slow link takes minutes. A socket idle this long is closed instead, which still
@@ -334,6 +345,8 @@ export class ApiServer implements Component {
         if (r.auth === 'device') {
           device = await this.#o.deviceAuth.authenticate(req.headers.authorization);
           if (!device) throw new EdgefleetError(ErrorCode.UNAUTHORIZED, 'device credentials are required: Bearer <deviceId>:<token>');
+          const peer = peerCertificate(req.socket);
+          if (peer.verified && peer.cn !== device) throw new EdgefleetError(ErrorCode.UNAUTHORIZED, 'the client certificate CN must equal the device id');
         } else if (r.auth !== 'none') {
           op = await this.#o.auth.authenticate(req.headers.authorization);
           if (!op) throw new EdgefleetError(ErrorCode.UNAUTHORIZED, 'a valid bearer token is required');
