@@ -10,11 +10,12 @@
  * structurally valid, documented `required` fields equal the zod schemas', live replies match,
  * and docs/openapi.json is current.
  *
- * Adding a route (e.g. the lead's /v1/tokens): one entry in `apiOperations()`, e.g.
- *     { method: 'POST', path: '/v1/tokens/{id}/revoke', operationId: 'revokeToken', tags: ['tokens'],
+ * Adding a route: one entry in `apiOperations()` (the test names routes that have none), e.g.
+ *     { method: 'POST', path: '/v1/tokens/{id}/revoke', operationId: 'revokeOperatorToken', tags: ['security'],
  *       summary: 'Revoke an operator token at once', auth: 'admin', errors: [404],
- *       responses: { 200: { description: 'The revoked token', schema: TokenSchema } } },
- * with `body:` / `query:` set to the zod schema the handler parses; then `npm run openapi`.
+ *       responses: { 200: json('Revoked', S.OperatorTokenSchema) } },
+ * with `body:` / `query:` set to the zod schema the handler (or the service it calls) parses,
+ * a reply schema in hub/api/schemas.ts, then `npm run openapi` and commit docs/openapi.json.
  * Path parameters are written `{name}` and described in PATH_PARAMS (add the name if new).
  *
  * Why things are as they are:
@@ -31,13 +32,14 @@
  */
 import { z } from 'zod';
 import { ManifestSchema } from '../../shared/manifest.ts';
+import { CreateEnrollmentTokenSchema, CreateOperatorTokenSchema, EnrollRequestSchema } from '../auth/security.ts';
 import { AlertQuerySchema, DriftQuerySchema, SampleQuerySchema } from '../drift/api.ts';
 import { SampleUploadSchema } from '../drift/samples.ts';
 import { FeedbackBatchSchema } from '../feedback/feedback.ts';
 import { KpiQuerySchema } from '../kpis/service.ts';
 import { RolloutSpecSchema } from '../rollouts/spec.ts';
 import * as S from './schemas.ts';
-import { CreateDeviceSchema, ModelAnnounceSchema, TelemetryQuerySchema } from './server.ts';
+import { AuditQuerySchema, CreateDeviceSchema, ModelAnnounceSchema, TelemetryQuerySchema } from './server.ts';
 
 export type HttpMethod = 'GET' | 'HEAD' | 'POST' | 'PUT' | 'DELETE' | 'PATCH';
 /** Who may call: nobody in particular, an operator token of at least that role, or a device. */
@@ -102,6 +104,7 @@ const ERROR_TEXT: Record<number, string> = {
   404: 'No such resource, or the feature is disabled on this hub (`NOT_FOUND`)',
   409: 'Conflicts with the current state (`CONFLICT`, `ILLEGAL_STATE`)',
   413: 'Body too large (`PAYLOAD_TOO_LARGE`)',
+  429: 'Too many requests; retry later (`OVERLOADED`)',
   422: 'The model does not load or does not match its manifest (`BAD_MODEL`)',
   507: 'Storage failure (`STORAGE`)',
 };
@@ -153,6 +156,85 @@ export function apiOperations(): Operation[] {
       auth: 'viewer',
       errors: [404],
       responses: { 200: json('The device', S.DeviceDetailSchema) },
+    },
+    {
+      method: 'POST',
+      path: '/v1/devices/{id}/revoke',
+      operationId: 'revokeDevice',
+      summary: 'Revoke a device, sensor or consumer: refused from now on, disconnected at once',
+      tags: ['security'],
+      auth: 'admin',
+      errors: [404],
+      responses: { 200: json('Revoked', S.RevokedPrincipalSchema) },
+    },
+    { method: 'GET', path: '/v1/whoami', operationId: 'whoami', summary: "The caller's token name and role", tags: ['security'], auth: 'viewer', responses: { 200: json('The caller', S.WhoamiSchema) } },
+    {
+      method: 'POST',
+      path: '/v1/tokens',
+      operationId: 'createOperatorToken',
+      summary: 'Create an operator API token with a role',
+      description: 'The reply holds the token; it is shown only here (`cache-control: no-store`).',
+      tags: ['security'],
+      auth: 'admin',
+      body: CreateOperatorTokenSchema,
+      errors: [409],
+      responses: { 201: json('Created', S.CreatedOperatorTokenSchema) },
+    },
+    { method: 'GET', path: '/v1/tokens', operationId: 'listOperatorTokens', summary: 'Operator tokens (never their secrets)', tags: ['security'], auth: 'admin', responses: { 200: json('Tokens', S.OperatorTokenListSchema) } },
+    {
+      method: 'POST',
+      path: '/v1/tokens/{id}/revoke',
+      operationId: 'revokeOperatorToken',
+      summary: 'Revoke an operator token at once',
+      tags: ['security'],
+      auth: 'admin',
+      errors: [404],
+      responses: { 200: json('Revoked', S.OperatorTokenSchema) },
+    },
+    {
+      method: 'POST',
+      path: '/v1/enrollment-tokens',
+      operationId: 'createEnrollmentToken',
+      summary: 'Create an enrollment token that lets new devices of a group register themselves',
+      description: 'One-time by default (`maxUses`), expiring (`ttlSeconds`). The reply holds the token; it is shown only here.',
+      tags: ['security'],
+      auth: 'admin',
+      body: CreateEnrollmentTokenSchema,
+      responses: { 201: json('Created', S.CreatedEnrollmentTokenSchema) },
+    },
+    { method: 'GET', path: '/v1/enrollment-tokens', operationId: 'listEnrollmentTokens', summary: 'Enrollment tokens with uses and state (never their secrets)', tags: ['security'], auth: 'admin', responses: { 200: json('Tokens', S.EnrollmentTokenListSchema) } },
+    {
+      method: 'POST',
+      path: '/v1/enrollment-tokens/{id}/revoke',
+      operationId: 'revokeEnrollmentToken',
+      summary: 'Revoke an enrollment token',
+      tags: ['security'],
+      auth: 'admin',
+      errors: [404],
+      responses: { 200: json('Revoked', S.EnrollmentTokenSchema) },
+    },
+    {
+      method: 'POST',
+      path: '/v1/enroll',
+      operationId: 'enroll',
+      summary: 'A new device registers itself with an enrollment token and gets its own credential',
+      description: 'Any refusal of the token is 401 without saying why; repeated failures from one address are 429 for a minute. The reply holds the device token; it is shown only here.',
+      tags: ['security'],
+      auth: 'none',
+      body: EnrollRequestSchema,
+      errors: [401, 409, 429],
+      responses: { 201: json('Registered', S.CreatedPrincipalSchema) },
+    },
+    {
+      method: 'GET',
+      path: '/v1/audit',
+      operationId: 'queryAudit',
+      summary: 'The audit log of operator actions, enrollments and revocations, newest first',
+      description: '`since`/`until`: ISO 8601 times; page with `before` = the previous page\'s `next`.',
+      tags: ['security'],
+      auth: 'admin',
+      query: AuditQuerySchema,
+      responses: { 200: json('A page of entries', S.AuditPageSchema) },
     },
     { method: 'GET', path: '/v1/devices/{id}/history', operationId: 'getDeviceHistory', summary: "The device's append-only model history", tags: ['devices'], auth: 'viewer', responses: { 200: json('History, oldest first', S.DeviceHistorySchema) } },
     {

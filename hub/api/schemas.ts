@@ -47,6 +47,10 @@ export const DeviceSchema = z.object({
   labels: z.record(z.string(), z.string()),
   /** Sensors only: the device whose inputs they feed. */
   device: z.string().optional(),
+  /** Set once revoked: the principal never authenticates again. */
+  revokedAt: IsoTime.nullable(),
+  /** The enrollment token it registered itself with; null when an operator registered it. */
+  enrolledBy: z.string().nullable(),
   online: z.boolean(),
   lastSeen: IsoTime.nullable(),
   createdAt: IsoTime,
@@ -114,6 +118,70 @@ export const FleetSchema = z.object({
   devices: z.object({ total: z.number().int(), online: z.number().int() }),
   sensors: z.object({ total: z.number().int(), online: z.number().int() }),
   records: z.object({ stored: z.number().int(), perSecondLastMinute: z.number() }),
+});
+
+// ---- security: operator tokens, enrollment, revocation, audit (issue #6) ----------------------
+
+const RoleSchema = z.enum(['viewer', 'operator', 'admin']);
+
+/** GET /v1/whoami: the caller's token. */
+export const WhoamiSchema = z.object({ name: z.string(), role: RoleSchema });
+
+/** hub/auth/security.ts operatorTokenView. */
+export const OperatorTokenSchema = z.object({
+  id: z.string(),
+  name: z.string(),
+  role: RoleSchema,
+  createdAt: IsoTime,
+  /** The operator who created it; null for the bootstrap admin token. */
+  createdBy: z.string().nullable(),
+  revokedAt: IsoTime.nullable(),
+});
+export const OperatorTokenListSchema = z.object({ tokens: z.array(OperatorTokenSchema) });
+/** POST /v1/tokens: the only reply that ever holds the token (`<id>.<secret>`). */
+export const CreatedOperatorTokenSchema = OperatorTokenSchema.extend({ token: z.string() });
+
+/** hub/auth/security.ts enrollmentTokenView. */
+export const EnrollmentTokenSchema = z.object({
+  id: z.string(),
+  group: z.string(),
+  labels: z.record(z.string(), z.string()),
+  maxUses: z.number().int(),
+  uses: z.number().int(),
+  expiresAt: IsoTime,
+  createdAt: IsoTime,
+  createdBy: z.string(),
+  revokedAt: IsoTime.nullable(),
+  /** Not revoked, not expired, uses left. */
+  usable: z.boolean(),
+});
+export const EnrollmentTokenListSchema = z.object({ tokens: z.array(EnrollmentTokenSchema) });
+/** POST /v1/enrollment-tokens: the only reply that ever holds the token (`enr_<id>.<secret>`). */
+export const CreatedEnrollmentTokenSchema = EnrollmentTokenSchema.extend({ token: z.string() });
+
+export const RevokedPrincipalSchema = z.object({ id: z.string(), kind: z.enum(['device', 'sensor', 'consumer']), revokedAt: IsoTime });
+
+export const AuditPageSchema = z.object({
+  entries: z.array(
+    z.object({
+      id: z.number().int(),
+      ts: z.number().int(),
+      at: IsoTime,
+      /** Operator token name, `enrollment:<tokenId>`, or `anonymous`. */
+      actor: z.string(),
+      actorId: z.string().nullable(),
+      role: z.string().nullable(),
+      action: z.string(),
+      target: z.string().nullable(),
+      outcome: z.enum(['ok', 'denied', 'failed']),
+      status: z.number().int().nullable(),
+      remote: z.string().nullable(),
+      /** Never secrets. */
+      details: AnyObject,
+    }),
+  ),
+  /** Pass as `before` for the next (older) page; null on the last page. */
+  next: z.number().int().nullable(),
 });
 
 // ---- models ----------------------------------------------------------------------------------

@@ -19,7 +19,8 @@ import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { z } from 'zod';
 import { apiOperations, buildOpenApiDocument, formatOpenApi, pathParams, type OpenApiDocument } from '../../hub/api/openapi.ts';
-import { CreateDeviceSchema, TelemetryQuerySchema } from '../../hub/api/server.ts';
+import { AuditQuerySchema, CreateDeviceSchema, TelemetryQuerySchema } from '../../hub/api/server.ts';
+import { CreateEnrollmentTokenSchema, CreateOperatorTokenSchema, EnrollRequestSchema } from '../../hub/auth/security.ts';
 import { SampleUploadSchema } from '../../hub/drift/samples.ts';
 import { FeedbackBatchSchema } from '../../hub/feedback/feedback.ts';
 import { KpiQuerySchema } from '../../hub/kpis/service.ts';
@@ -274,6 +275,10 @@ describe('OpenAPI document', () => {
     assert.equal(ops.get('uploadSample')?.body, SampleUploadSchema);
     assert.equal(ops.get('listTelemetry')?.query, TelemetryQuerySchema);
     assert.equal(ops.get('getKpis')?.query, KpiQuerySchema);
+    assert.equal(ops.get('queryAudit')?.query, AuditQuerySchema);
+    assert.equal(ops.get('createOperatorToken')?.body, CreateOperatorTokenSchema);
+    assert.equal(ops.get('createEnrollmentToken')?.body, CreateEnrollmentTokenSchema);
+    assert.equal(ops.get('enroll')?.body, EnrollRequestSchema);
 
     for (const o of ops.values()) {
       if (o.body instanceof z.ZodObject) {
@@ -322,6 +327,12 @@ describe('OpenAPI document', () => {
       ['announceModel', { manifest: { ...manifest, version: 'latest' } }, false],
       ['announceModel', { manifest, extra: 1 }, false],
       ['announceModel', {}, false],
+      ['createOperatorToken', { name: 'ci@line-1', role: 'viewer' }, true],
+      ['createOperatorToken', { name: 'ci', role: 'root' }, false],
+      ['createEnrollmentToken', { group: 'line-1', maxUses: 10 }, true],
+      ['createEnrollmentToken', { group: 'line-1', ttlSeconds: 5 }, false],
+      ['enroll', { token: 'enr_x', id: 'cam-9' }, true],
+      ['enroll', { id: 'cam-9' }, false],
     ];
     for (const [operationId, body, ok] of samples) {
       const zodSchema = ops.get(operationId)?.body;
@@ -388,5 +399,20 @@ describe('OpenAPI document', () => {
     await call('getDrift', '/v1/drift', { auth: admin, expect: 200 });
     await call('listAlerts', '/v1/alerts', { auth: admin, expect: 200 });
     await call('getAlert', '/v1/alerts/nope', { auth: admin, expect: 404 });
+
+    // Security routes (issue #6): tokens, enrollment, revocation, audit.
+    await call('whoami', '/v1/whoami', { auth: admin, expect: 200 });
+    const viewer = (await call('createOperatorToken', '/v1/tokens', { auth: admin, body: { name: 'dash', role: 'viewer' }, expect: 201 })) as { id: string; token: string };
+    await call('createDevice', '/v1/devices', { auth: viewer.token, body: { id: 'gw-3' }, expect: 403 });
+    await call('listOperatorTokens', '/v1/tokens', { auth: admin, expect: 200 });
+    await call('revokeOperatorToken', `/v1/tokens/${viewer.id}/revoke`, { auth: admin, expect: 200 });
+    const enr = (await call('createEnrollmentToken', '/v1/enrollment-tokens', { auth: admin, body: { group: 'line-1' }, expect: 201 })) as { id: string; token: string };
+    await call('enroll', '/v1/enroll', { body: { token: enr.token, id: 'cam-9' }, expect: 201 });
+    await call('enroll', '/v1/enroll', { body: { token: enr.token, id: 'cam-10' }, expect: 401 });
+    await call('listEnrollmentTokens', '/v1/enrollment-tokens', { auth: admin, expect: 200 });
+    await call('revokeEnrollmentToken', `/v1/enrollment-tokens/${enr.id}/revoke`, { auth: admin, expect: 200 });
+    await call('revokeDevice', '/v1/devices/cam-9/revoke', { auth: admin, expect: 200 });
+    const audit = (await call('queryAudit', '/v1/audit?limit=50', { auth: admin, expect: 200 })) as { entries: unknown[] };
+    assert.ok(audit.entries.length > 0);
   });
 });
