@@ -359,6 +359,17 @@ export const DriftSchema = z.object({
       })
       .catchall(z.unknown()),
   ),
+  /** With `series=fleet`: per tested window, oldest first, each numeric feature's fleet mean and its shift in reference SDs. */
+  series: z
+    .array(
+      z.object({
+        windowStart: IsoTime,
+        windowMs: z.number().int(),
+        devices: z.number().int(),
+        features: z.record(z.string(), z.object({ n: z.number().int(), mean: z.number().nullable(), shiftSd: z.number().nullable() })),
+      }),
+    )
+    .optional(),
 });
 
 /** hub/alerts/alerts.ts alertView. */
