@@ -171,6 +171,13 @@ function samplePaths(path: string, params: Json[]): string[] {
   return out;
 }
 
+/** The demo tabular model's manifest and ONNX bytes (models/, generated when missing). */
+async function demoModel(): Promise<{ manifest: Json; bytes: Buffer }> {
+  const dir = join(REPO_ROOT, 'models');
+  await makeModels({ outDir: dir });
+  return { manifest: JSON.parse(readFileSync(join(dir, 'machine-state.manifest.json'), 'utf8')) as Json, bytes: readFileSync(join(dir, 'machine-state.onnx')) };
+}
+
 describe('OpenAPI document', () => {
   let hub: Hub;
   let root: string;
@@ -297,8 +304,7 @@ describe('OpenAPI document', () => {
       }
     }
 
-    await makeModels({ outDir: join(REPO_ROOT, 'models') });
-    const manifest = JSON.parse(readFileSync(join(REPO_ROOT, 'models', 'machine-state.manifest.json'), 'utf8')) as Json;
+    const { manifest } = await demoModel();
     const rollout = { model: 'machine-state', version: '1.0.0', target: { group: 'line-1' } };
     const samples: [operationId: string, body: unknown, ok: boolean][] = [
       ['createDevice', { id: 'cam-1' }, true],
@@ -354,18 +360,24 @@ describe('OpenAPI document', () => {
     assert.ok(committed === formatOpenApi(doc), 'docs/openapi.json is stale: run `npm run openapi` and commit it');
 
     /** Calls the live hub and checks the reply against the operation's documented reply for that status. */
-    const call = async (operationId: string, path: string, opts: { auth?: string; body?: unknown; expect: number }): Promise<unknown> => {
+    const call = async (operationId: string, path: string, opts: { auth?: string; body?: unknown; raw?: Buffer; expect: number }): Promise<unknown> => {
       const { method, op } = findOp(operationId);
+      const contentType = opts.raw ? 'application/octet-stream' : opts.body !== undefined ? 'application/json' : undefined;
       const r = await fetch(`${hub.httpUrl}${path}`, {
         method,
-        headers: { ...(opts.auth ? { authorization: `Bearer ${opts.auth}` } : {}), ...(opts.body !== undefined ? { 'content-type': 'application/json' } : {}) },
-        body: opts.body === undefined ? undefined : JSON.stringify(opts.body),
+        headers: { ...(opts.auth ? { authorization: `Bearer ${opts.auth}` } : {}), ...(contentType ? { 'content-type': contentType } : {}) },
+        body: opts.raw ?? (opts.body === undefined ? undefined : JSON.stringify(opts.body)),
       });
-      const text = await r.text();
+      const bytes = Buffer.from(await r.arrayBuffer());
+      const text = bytes.toString('utf8');
       assert.equal(r.status, opts.expect, `${operationId} ${path}: ${text.slice(0, 300)}`);
       const documented = op.responses[String(r.status)];
       assert.ok(documented, `${operationId}: status ${r.status} is not documented`);
-      const schema = (documented.content as Record<string, { schema?: Json }> | undefined)?.['application/json']?.schema;
+      const content = (documented.content as Record<string, { schema?: Json }> | undefined) ?? {};
+      const mediaType = (r.headers.get('content-type') ?? '').split(';')[0]!.trim();
+      assert.ok(mediaType in content, `${operationId} ${r.status}: ${mediaType} is not a documented media type (${Object.keys(content).join(', ')})`);
+      if (mediaType !== 'application/json') return bytes;
+      const schema = content[mediaType]?.schema;
       assert.ok(schema, `${operationId} ${r.status}: no JSON schema documented`);
       const value = JSON.parse(text) as unknown;
       const errs = validate(schema, value);
@@ -399,6 +411,25 @@ describe('OpenAPI document', () => {
     await call('getDrift', '/v1/drift', { auth: admin, expect: 200 });
     await call('listAlerts', '/v1/alerts', { auth: admin, expect: 200 });
     await call('getAlert', '/v1/alerts/nope', { auth: admin, expect: 404 });
+    await call('metrics', '/metrics', { auth: admin, expect: 200 });
+
+    // A release and a rollout of it, so the model and rollout replies are checked with content.
+    const { manifest, bytes } = await demoModel();
+    const version = manifest.version as string;
+    const sha = (manifest.artifact as { sha256: string }).sha256;
+    await call('announceModel', '/v1/models', { auth: admin, body: { manifest }, expect: 202 });
+    await call('uploadModelArtifact', `/v1/models/machine-state/${version}/artifact`, { auth: admin, raw: bytes, expect: 201 });
+    const models = (await call('listModels', '/v1/models', { auth: admin, expect: 200 })) as { models: unknown[] };
+    assert.equal(models.models.length, 1);
+    await call('getModel', `/v1/models/machine-state/${version}`, { auth: admin, expect: 200 });
+    const artifact = await call('downloadArtifact', `/v1/artifacts/${sha}`, { auth: `gw-1:${created.token}`, expect: 200 });
+    assert.equal((artifact as Buffer).length, bytes.length);
+    const rollout = (await call('createRollout', '/v1/rollouts', { auth: admin, body: { model: 'machine-state', version, target: { devices: ['gw-1'] } }, expect: 201 })) as { id: string };
+    await call('getRollout', `/v1/rollouts/${rollout.id}`, { auth: admin, expect: 200 });
+    await call('actOnRollout', `/v1/rollouts/${rollout.id}/pause`, { auth: admin, expect: 200 });
+    await call('actOnRollout', `/v1/rollouts/${rollout.id}/approve`, { auth: admin, expect: 409 });
+    const rollouts = (await call('listRollouts', '/v1/rollouts', { auth: admin, expect: 200 })) as { rollouts: unknown[] };
+    assert.equal(rollouts.rollouts.length, 1);
 
     // Security routes (issue #6): tokens, enrollment, revocation, audit.
     await call('whoami', '/v1/whoami', { auth: admin, expect: 200 });
