@@ -3,9 +3,8 @@
  * `edgefleet alerts ack|resolve <id>`: drift alerts over the hub's HTTP API (GET /v1/alerts,
  * POST /v1/alerts/<id>/{ack,resolve}).
  */
-import { parseArgs } from 'node:util';
 import { z } from 'zod';
-import { EXIT, HUB_OPTIONS, HUB_OPTIONS_HELP, HubClient, UsageError, failure, resolveHub, type CliIo } from './http-client.ts';
+import { HUB_OPTIONS_HELP, UsageError, runCommand, runSubcommands, type CliIo } from '../command.ts';
 
 const USAGE = `usage: edgefleet alerts [--state open|acknowledged|resolved] [--json]
        edgefleet alerts ack|resolve <id> [--json]
@@ -41,36 +40,21 @@ export function alertsPath(f: { state?: string }): string {
 
 const line = (a: Alert): string => `${a.id}  ${a.state.padEnd(12)} ${a.openedAt ?? ''}  ${a.message}${a.resolvedBy ? `  [resolved by ${a.resolvedBy}]` : ''}`;
 
-export async function run(argv: string[], io: CliIo): Promise<number> {
-  const sub = argv[0] === 'ack' || argv[0] === 'resolve' ? argv[0] : undefined;
-  try {
-    const { values, positionals } = parseArgs({
-      args: sub ? argv.slice(1) : argv,
-      options: { ...HUB_OPTIONS, json: { type: 'boolean' }, ...(sub ? {} : { state: { type: 'string' } }) },
-      allowPositionals: true,
-      strict: true,
+function list(argv: string[], io: CliIo): Promise<number> {
+  return runCommand(argv, io, { name: 'alerts', usage: USAGE, options: { state: { type: 'string' } } }, async ({ values, hub, show }) => {
+    const { alerts } = await (await hub()).request('GET', alertsPath(values), ListSchema);
+    show(alerts, () => (alerts.length === 0 ? 'no alerts\n' : `${alerts.map(line).join('\n')}\n`));
+  });
+}
+
+function change(sub: 'ack' | 'resolve'): (argv: string[], io: CliIo) => Promise<number> {
+  return (argv, io) =>
+    runCommand(argv, io, { name: `alerts ${sub}`, usage: USAGE, positionals: { min: 1, what: 'an alert id' } }, async ({ positionals, hub, show }) => {
+      const a = await (await hub()).request('POST', `/v1/alerts/${encodeURIComponent(positionals[0] ?? '')}/${sub}`, AlertSchema);
+      show(a, () => `${line(a)}\n`);
     });
-    if (values.help) {
-      io.out(USAGE);
-      return EXIT.OK;
-    }
-    if (sub) {
-      const id = positionals[0];
-      if (positionals.length !== 1 || !id) throw new UsageError('expected one alert id');
-      const client = new HubClient(await resolveHub(values, io.env));
-      const a = await client.request('POST', `/v1/alerts/${encodeURIComponent(id)}/${sub}`, AlertSchema);
-      io.out(values.json ? `${JSON.stringify(a, null, 2)}\n` : `${line(a)}\n`);
-      return EXIT.OK;
-    }
-    if (positionals.length) throw new UsageError(`unknown alerts command '${positionals.join(' ')}'`);
-    const path = alertsPath({ state: (values as { state?: string }).state });
-    const client = new HubClient(await resolveHub(values, io.env));
-    const { alerts } = await client.request('GET', path, ListSchema);
-    if (values.json) io.out(`${JSON.stringify(alerts, null, 2)}\n`);
-    else if (alerts.length === 0) io.out('no alerts\n');
-    else io.out(`${alerts.map(line).join('\n')}\n`);
-    return EXIT.OK;
-  } catch (err) {
-    return failure(io, `alerts${sub ? ` ${sub}` : ''}`, err, USAGE);
-  }
+}
+
+export function run(argv: string[], io: CliIo): Promise<number> {
+  return runSubcommands(argv, io, { name: 'alerts', usage: USAGE, commands: { ack: change('ack'), resolve: change('resolve') }, fallback: list });
 }

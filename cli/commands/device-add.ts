@@ -2,9 +2,9 @@
  * `edgefleet device add <id> [--group <g>] [--label k=v]... [--json]`: registers a device at
  * the hub and prints its MQTT token, which exists in plaintext only in this output.
  */
-import { parseArgs } from 'node:util';
 import { z } from 'zod';
-import { EXIT, HUB_OPTIONS, HUB_OPTIONS_HELP, HubClient, UsageError, failure, parseLabels, resolveHub, type CliIo } from './http-client.ts';
+import { HUB_OPTIONS_HELP, runCommand, type CliIo } from '../command.ts';
+import { parseLabels } from './http-client.ts';
 
 const USAGE = `usage: edgefleet device add <id> [--group <group>] [--label key=value]... [--json]
 
@@ -20,32 +20,22 @@ ${HUB_OPTIONS_HELP}
 
 const CreatedSchema = z.object({ id: z.string(), kind: z.string(), group: z.string(), token: z.string() });
 
-export async function run(argv: string[], io: CliIo): Promise<number> {
-  try {
-    const { values, positionals } = parseArgs({
-      args: argv,
-      options: { ...HUB_OPTIONS, group: { type: 'string' }, label: { type: 'string', multiple: true }, json: { type: 'boolean' } },
-      allowPositionals: true,
-      strict: true,
-    });
-    if (values.help) {
-      io.out(USAGE);
-      return EXIT.OK;
-    }
-    if (positionals.length !== 1) throw new UsageError(positionals.length ? `one device id expected, got ${positionals.join(' ')}` : 'a device id is required');
+export function run(argv: string[], io: CliIo): Promise<number> {
+  const spec = {
+    name: 'device add',
+    usage: USAGE,
+    options: { group: { type: 'string' }, label: { type: 'string', multiple: true } },
+    positionals: { min: 1, what: 'a device id' },
+  } as const;
+  return runCommand(argv, io, spec, async ({ values, positionals, hub, show }) => {
     const labels = parseLabels(values.label);
-    const client = new HubClient(await resolveHub(values, io.env));
-    const created = await client.request('POST', '/v1/devices', CreatedSchema, { id: positionals[0], kind: 'device', group: values.group, labels });
-    if (values.json) io.out(`${JSON.stringify(created)}\n`);
-    else {
-      io.out(
+    const created = await (await hub()).request('POST', '/v1/devices', CreatedSchema, { id: positionals[0], kind: 'device', group: values.group, labels });
+    show(
+      created,
+      () =>
         `device ${created.id} registered (group ${created.group})\n` +
-          `token (shown only now; store it with the device):\n  ${created.token}\n` +
-          `agent config: hub.token, or EDGEFLEET_AGENT__HUB__TOKEN=${created.token}\n`,
-      );
-    }
-    return EXIT.OK;
-  } catch (err) {
-    return failure(io, 'device add', err, USAGE);
-  }
+        `token (shown only now; store it with the device):\n  ${created.token}\n` +
+        `agent config: hub.token, or EDGEFLEET_AGENT__HUB__TOKEN=${created.token}\n`,
+    );
+  });
 }

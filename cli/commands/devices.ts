@@ -3,9 +3,8 @@
  * presence, last contact, group, labels, running models, and telemetry counters (stored,
  * duplicates, gaps, backlog the agent reported).
  */
-import { parseArgs } from 'node:util';
 import { z } from 'zod';
-import { EXIT, HUB_OPTIONS, HUB_OPTIONS_HELP, HubClient, UsageError, failure, resolveHub, type CliIo } from './http-client.ts';
+import { HUB_OPTIONS_HELP, runCommand, table, type CliIo } from '../command.ts';
 
 const USAGE = `usage: edgefleet devices [--json]
 
@@ -40,44 +39,29 @@ function ago(iso: string | null, now: number): string {
   return `${Math.floor(s / 86_400)}d ago`;
 }
 
-/** Plain text table, columns padded to their widest cell. */
+/** Plain text table, one line per device or sensor. */
 export function formatTable(devices: DeviceRow[], now: number): string {
-  const head = ['ID', 'KIND', 'ONLINE', 'LAST SEEN', 'GROUP', 'LABELS', 'MODELS', 'STORED', 'DUPES', 'GAPS', 'BACKLOG'];
-  const rows = devices.map((d) => [
-    d.id,
-    d.kind === 'sensor' && d.device ? `sensor→${d.device}` : d.kind,
-    d.online ? 'yes' : 'no',
-    ago(d.lastSeen, now),
-    d.group,
-    Object.entries(d.labels)
-      .map(([k, v]) => `${k}=${v}`)
-      .join(',') || '-',
-    d.models.map((m) => `${m.name}@${m.version}`).join(',') || '-',
-    String(d.counters.stored),
-    String(d.counters.duplicates),
-    String(d.counters.gaps),
-    String(d.counters.backlog),
-  ]);
-  const widths = head.map((h, i) => Math.max(h.length, ...rows.map((r) => (r[i] ?? '').length)));
-  const line = (cells: string[]): string => cells.map((c, i) => c.padEnd(widths[i] ?? 0)).join('  ').trimEnd();
-  return `${[line(head), ...rows.map(line)].join('\n')}\n`;
+  return table(devices, {
+    ID: (d) => d.id,
+    KIND: (d) => (d.kind === 'sensor' && d.device ? `sensor→${d.device}` : d.kind),
+    ONLINE: (d) => (d.online ? 'yes' : 'no'),
+    'LAST SEEN': (d) => ago(d.lastSeen, now),
+    GROUP: (d) => d.group,
+    LABELS: (d) =>
+      Object.entries(d.labels)
+        .map(([k, v]) => `${k}=${v}`)
+        .join(',') || '-',
+    MODELS: (d) => d.models.map((m) => `${m.name}@${m.version}`).join(',') || '-',
+    STORED: (d) => String(d.counters.stored),
+    DUPES: (d) => String(d.counters.duplicates),
+    GAPS: (d) => String(d.counters.gaps),
+    BACKLOG: (d) => String(d.counters.backlog),
+  });
 }
 
-export async function run(argv: string[], io: CliIo): Promise<number> {
-  try {
-    const { values, positionals } = parseArgs({ args: argv, options: { ...HUB_OPTIONS, json: { type: 'boolean' } }, allowPositionals: true, strict: true });
-    if (values.help) {
-      io.out(USAGE);
-      return EXIT.OK;
-    }
-    if (positionals.length) throw new UsageError(`unexpected argument ${positionals.join(' ')}`);
-    const client = new HubClient(await resolveHub(values, io.env));
-    const list = await client.request('GET', '/v1/devices', ListSchema);
-    if (values.json) io.out(`${JSON.stringify(list.devices, null, 2)}\n`);
-    else if (list.devices.length === 0) io.out('no devices registered (add one with: edgefleet device add <id>)\n');
-    else io.out(formatTable(list.devices, Date.now()));
-    return EXIT.OK;
-  } catch (err) {
-    return failure(io, 'devices', err, USAGE);
-  }
+export function run(argv: string[], io: CliIo): Promise<number> {
+  return runCommand(argv, io, { name: 'devices', usage: USAGE }, async ({ hub, show }) => {
+    const { devices } = await (await hub()).request('GET', '/v1/devices', ListSchema);
+    show(devices, () => (devices.length === 0 ? 'no devices registered (add one with: edgefleet device add <id>)\n' : formatTable(devices, Date.now())));
+  });
 }

@@ -4,9 +4,8 @@
  * with their headlines, and each finding per model version, scope, id and feature with its
  * effect told in words.
  */
-import { parseArgs } from 'node:util';
 import { z } from 'zod';
-import { EXIT, HUB_OPTIONS, HUB_OPTIONS_HELP, HubClient, UsageError, failure, resolveHub, type CliIo } from './http-client.ts';
+import { HUB_OPTIONS_HELP, UsageError, runCommand, type CliIo } from '../command.ts';
 import { parseDuration } from './rollout.ts';
 
 const USAGE = `usage: edgefleet drift [--model <name>@<version>] [--scope fleet|group|device] [--id <id>]
@@ -74,52 +73,33 @@ export function driftPath(f: DriftFlags, now: number): string {
   return `/v1/drift${s ? `?${s}` : ''}`;
 }
 
-export async function run(argv: string[], io: CliIo): Promise<number> {
-  try {
-    const { values, positionals } = parseArgs({
-      args: argv,
-      options: {
-        ...HUB_OPTIONS,
-        json: { type: 'boolean' },
-        model: { type: 'string' },
-        scope: { type: 'string' },
-        id: { type: 'string' },
-        feature: { type: 'string' },
-        since: { type: 'string' },
-        limit: { type: 'string' },
-      },
-      allowPositionals: true,
-      strict: true,
-    });
-    if (values.help) {
-      io.out(USAGE);
-      return EXIT.OK;
-    }
-    if (positionals.length) throw new UsageError(`unexpected argument ${positionals.join(' ')}`);
-    const path = driftPath(values, Date.now());
-    const client = new HubClient(await resolveHub(values, io.env));
-    const d = await client.request('GET', path, DriftSchema);
-    if (values.json) {
-      io.out(`${JSON.stringify(d, null, 2)}\n`);
-      return EXIT.OK;
-    }
-    if (d.windows.length === 0) {
-      io.out('no tested drift windows yet (windows are tested after they close, plus drift.graceMs)\n');
-      return EXIT.OK;
-    }
-    const lines: string[] = [];
-    for (const w of d.windows) {
-      const head = `${w.windowStart}  ${w.model}@${w.version}`;
-      if (w.skipped) lines.push(`${head}  not tested: ${w.skipped}`);
-      else lines.push(`${head}  ${w.devices ?? 0} device(s), ${w.tests ?? 0} tests${w.headlines?.length ? '' : ', no drift'}`, ...(w.headlines ?? []).map((h) => `    ${h}`));
-    }
-    if (d.findings.length) {
-      lines.push('', 'findings:');
-      for (const f of d.findings) lines.push(`  ${f.windowStart}  ${f.model}@${f.version}  ${f.scope}/${f.id}  ${f.message}`);
-    }
-    io.out(`${lines.join('\n')}\n`);
-    return EXIT.OK;
-  } catch (err) {
-    return failure(io, 'drift', err, USAGE);
+function formatDrift(d: z.infer<typeof DriftSchema>): string {
+  if (d.windows.length === 0) return 'no tested drift windows yet (windows are tested after they close, plus drift.graceMs)\n';
+  const lines: string[] = [];
+  for (const w of d.windows) {
+    const head = `${w.windowStart}  ${w.model}@${w.version}`;
+    if (w.skipped) lines.push(`${head}  not tested: ${w.skipped}`);
+    else lines.push(`${head}  ${w.devices ?? 0} device(s), ${w.tests ?? 0} tests${w.headlines?.length ? '' : ', no drift'}`, ...(w.headlines ?? []).map((h) => `    ${h}`));
   }
+  if (d.findings.length) {
+    lines.push('', 'findings:');
+    for (const f of d.findings) lines.push(`  ${f.windowStart}  ${f.model}@${f.version}  ${f.scope}/${f.id}  ${f.message}`);
+  }
+  return `${lines.join('\n')}\n`;
+}
+
+export function run(argv: string[], io: CliIo): Promise<number> {
+  const options = {
+    model: { type: 'string' },
+    scope: { type: 'string' },
+    id: { type: 'string' },
+    feature: { type: 'string' },
+    since: { type: 'string' },
+    limit: { type: 'string' },
+  } as const;
+  return runCommand(argv, io, { name: 'drift', usage: USAGE, options }, async ({ values, hub, show }) => {
+    const path = driftPath(values, Date.now());
+    const d = await (await hub()).request('GET', path, DriftSchema);
+    show(d, () => formatDrift(d));
+  });
 }

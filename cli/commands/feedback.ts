@@ -5,9 +5,8 @@
  * have. Exit code 1 when any item was refused, so a script notices.
  */
 import { readFile } from 'node:fs/promises';
-import { parseArgs } from 'node:util';
 import { z } from 'zod';
-import { EXIT, HUB_OPTIONS, HUB_OPTIONS_HELP, HubClient, UsageError, failure, resolveHub, type CliIo } from './http-client.ts';
+import { EXIT, HUB_OPTIONS_HELP, UsageError, runCommand, type CliIo } from '../command.ts';
 
 const USAGE = `usage: edgefleet feedback <inference-id>=<true-label>... [--device <id>] [--json]
        edgefleet feedback --file <feedback.json> [--json]
@@ -40,40 +39,30 @@ export function parsePairs(pairs: readonly string[], device: string | undefined)
   });
 }
 
-export async function run(argv: string[], io: CliIo): Promise<number> {
+async function readItems(file: string): Promise<unknown[]> {
+  let raw: unknown;
   try {
-    const { values, positionals } = parseArgs({
-      args: argv,
-      options: { ...HUB_OPTIONS, json: { type: 'boolean' }, device: { type: 'string' }, file: { type: 'string' } },
-      allowPositionals: true,
-      strict: true,
-    });
-    if (values.help) {
-      io.out(USAGE);
-      return EXIT.OK;
-    }
-    let items: unknown[] = parsePairs(positionals, values.device);
-    if (values.file !== undefined) {
-      let raw: unknown;
-      try {
-        raw = JSON.parse(await readFile(values.file, 'utf8'));
-      } catch (err) {
-        throw new UsageError(`cannot read ${values.file}: ${(err as Error).message}`);
-      }
-      const list = Array.isArray(raw) ? raw : (raw as { feedback?: unknown } | null)?.feedback;
-      if (!Array.isArray(list)) throw new UsageError(`${values.file}: expected an array of feedback items or {"feedback": [...]}`);
-      items = [...items, ...(list as unknown[])];
-    }
-    if (items.length === 0) throw new UsageError('no feedback given');
-    const client = new HubClient(await resolveHub(values, io.env));
-    const r = await client.request('POST', '/v1/feedback', ResultSchema, { feedback: items });
-    if (values.json) io.out(`${JSON.stringify(r, null, 2)}\n`);
-    else {
-      io.out(`${r.matched} of ${r.received} matched; unknown ${r.unknown}, ambiguous ${r.ambiguous}, invalid label ${r.invalidLabel}\n`);
-      for (const x of r.refused) io.out(`  ${x.id}=${x.label}: ${x.reason}${x.detail ? ` (${x.detail})` : ''}\n`);
-    }
-    return r.matched === r.received ? EXIT.OK : EXIT.ERROR;
+    raw = JSON.parse(await readFile(file, 'utf8'));
   } catch (err) {
-    return failure(io, 'feedback', err, USAGE);
+    throw new UsageError(`cannot read ${file}: ${(err as Error).message}`);
   }
+  const list = Array.isArray(raw) ? raw : (raw as { feedback?: unknown } | null)?.feedback;
+  if (!Array.isArray(list)) throw new UsageError(`${file}: expected an array of feedback items or {"feedback": [...]}`);
+  return list as unknown[];
+}
+
+export function run(argv: string[], io: CliIo): Promise<number> {
+  const spec = { name: 'feedback', usage: USAGE, options: { device: { type: 'string' }, file: { type: 'string' } }, positionals: { max: Infinity, what: '<inference-id>=<label>' } } as const;
+  return runCommand(argv, io, spec, async ({ values, positionals, hub, show }) => {
+    const items: unknown[] = [...parsePairs(positionals, values.device), ...(values.file === undefined ? [] : await readItems(values.file))];
+    if (items.length === 0) throw new UsageError('no feedback given');
+    const r = await (await hub()).request('POST', '/v1/feedback', ResultSchema, { feedback: items });
+    show(r, () =>
+      [
+        `${r.matched} of ${r.received} matched; unknown ${r.unknown}, ambiguous ${r.ambiguous}, invalid label ${r.invalidLabel}\n`,
+        ...r.refused.map((x) => `  ${x.id}=${x.label}: ${x.reason}${x.detail ? ` (${x.detail})` : ''}\n`),
+      ].join(''),
+    );
+    return r.matched === r.received ? EXIT.OK : EXIT.FAILED;
+  });
 }

@@ -1,7 +1,8 @@
 /**
  * How CLI commands reach the hub's HTTP API: where the hub is (`--hub`/`--token`, then
  * EDGEFLEET_HUB/EDGEFLEET_TOKEN, then the data directory's hub.json and admin.token), a small
- * JSON client over fetch, and the error → exit code mapping shared by the commands.
+ * JSON client over fetch, and the errors it throws. Exit codes and the command scaffolding live
+ * in ../command.ts, which builds on this file (not the other way round: no import cycle).
  */
 import { readFile } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
@@ -11,9 +12,9 @@ export interface CliIo {
   out: (s: string) => void;
   err: (s: string) => void;
   env: NodeJS.ProcessEnv;
+  /** The raw stderr stream for progress output (cli/progress.ts); absent in most tests. */
+  stderr?: { isTTY: boolean; write(s: string): void; columns?: number };
 }
-
-export const EXIT = { OK: 0, ERROR: 1, USAGE: 2 } as const;
 
 export const DEFAULT_DATA_DIR = '.data/hub';
 
@@ -119,20 +120,6 @@ export class HubClient {
     if (!parsed.success) throw new HubError(`unexpected answer from the hub for ${method} ${path}`, res.status, 'BAD_PAYLOAD');
     return parsed.data;
   }
-}
-
-/** Prints an error the way every command does and returns its exit code. */
-export function failure(io: CliIo, command: string, err: unknown, usage: string): number {
-  if (err instanceof UsageError || (err instanceof Error && 'code' in err && String((err as { code: unknown }).code).startsWith('ERR_PARSE_ARGS'))) {
-    io.err(`${command}: ${err.message}\n\n${usage}`);
-    return EXIT.USAGE;
-  }
-  if (err instanceof HubError) {
-    io.err(`${command}: ${err.code === 'UNAUTHORIZED' && err.status === 401 ? 'the hub refused the API token' : err.message}${err.status ? ` (HTTP ${err.status} ${err.code})` : ''}\n`);
-    return EXIT.ERROR;
-  }
-  io.err(`${command}: ${err instanceof Error ? err.message : String(err)}\n`);
-  return EXIT.ERROR;
 }
 
 /** `--label k=v` values → object; a malformed one is a usage error. */

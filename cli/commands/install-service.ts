@@ -11,7 +11,7 @@ import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { loadAgentConfig } from '../../agent/config.ts';
 import { loadHubConfig } from '../../hub/config.ts';
-import { EXIT, UsageError, failure, type CliIo } from './http-client.ts';
+import { EXIT, UsageError, failure, type CliIo } from '../command.ts';
 
 export type ServiceKind = 'agent' | 'hub';
 

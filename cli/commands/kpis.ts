@@ -5,9 +5,8 @@
  * uptime, CPU-seconds and business cost per 1,000 inferences. Accuracy is always printed with
  * its n: "0.91 (n=12, 0.62–0.98)" says how little 12 labels prove.
  */
-import { parseArgs } from 'node:util';
 import { z } from 'zod';
-import { EXIT, HUB_OPTIONS, HUB_OPTIONS_HELP, HubClient, UsageError, failure, resolveHub, type CliIo } from './http-client.ts';
+import { HUB_OPTIONS_HELP, UsageError, runCommand, table, type CliIo } from '../command.ts';
 import { parseDuration } from './rollout.ts';
 
 const USAGE = `usage: edgefleet kpis [--model <name>] [--version <v>] [--since <duration> | --from <time> --to <time>] [--json]
@@ -48,26 +47,19 @@ const pct = (x: number | null | undefined): string => (x === null || x === undef
 
 /** Plain text table, one line per model version. */
 export function formatKpis(kpis: readonly Kpi[]): string {
-  const head = ['MODEL', 'INFERENCES', 'DEVICES', 'ACCURACY (n, 95% CI)', 'EST.ACC', 'P50 MS', 'P95 MS', 'ERRORS', 'UPTIME', 'CPU-S/1K', 'COST/1K'];
-  const rows = kpis.map((k) => {
-    const r = k.accuracy.realized;
-    return [
-      `${k.model}@${k.version}`,
-      String(k.inferences),
-      String(k.devices),
-      r ? `${f(r.value, 3)} (n=${r.n}, ${f(r.ci95[0], 2)}-${f(r.ci95[1], 2)})` : 'no feedback',
-      f(k.accuracy.estimated?.value, 3),
-      f(k.latencyMs?.p50, 2),
-      f(k.latencyMs?.p95, 2),
-      pct(k.errorRate),
-      pct(k.uptime),
-      f(k.cpu?.secondsPer1000, 3),
-      k.cost ? f(k.cost.per1000, 2) : '-',
-    ];
+  return table(kpis, {
+    MODEL: (k) => `${k.model}@${k.version}`,
+    INFERENCES: (k) => String(k.inferences),
+    DEVICES: (k) => String(k.devices),
+    'ACCURACY (n, 95% CI)': ({ accuracy: { realized: r } }) => (r ? `${f(r.value, 3)} (n=${r.n}, ${f(r.ci95[0], 2)}-${f(r.ci95[1], 2)})` : 'no feedback'),
+    'EST.ACC': (k) => f(k.accuracy.estimated?.value, 3),
+    'P50 MS': (k) => f(k.latencyMs?.p50, 2),
+    'P95 MS': (k) => f(k.latencyMs?.p95, 2),
+    ERRORS: (k) => pct(k.errorRate),
+    UPTIME: (k) => pct(k.uptime),
+    'CPU-S/1K': (k) => f(k.cpu?.secondsPer1000, 3),
+    'COST/1K': (k) => (k.cost ? f(k.cost.per1000, 2) : '-'),
   });
-  const widths = head.map((h, i) => Math.max(h.length, ...rows.map((r) => (r[i] ?? '').length)));
-  const line = (cells: string[]): string => cells.map((c, i) => c.padEnd(widths[i] ?? 0)).join('  ').trimEnd();
-  return `${[line(head), ...rows.map(line)].join('\n')}\n`;
 }
 
 /** The query string for GET /v1/kpis from the flags. */
@@ -88,36 +80,18 @@ export function kpiQuery(values: { model?: string; version?: string; since?: str
   return s ? `?${s}` : '';
 }
 
-export async function run(argv: string[], io: CliIo): Promise<number> {
-  try {
-    const { values, positionals } = parseArgs({
-      args: argv,
-      options: {
-        ...HUB_OPTIONS,
-        json: { type: 'boolean' },
-        model: { type: 'string' },
-        version: { type: 'string' },
-        since: { type: 'string' },
-        from: { type: 'string' },
-        to: { type: 'string' },
-        window: { type: 'string' },
-      },
-      allowPositionals: true,
-      strict: true,
-    });
-    if (values.help) {
-      io.out(USAGE);
-      return EXIT.OK;
-    }
-    if (positionals.length) throw new UsageError(`unexpected argument ${positionals.join(' ')}`);
+export function run(argv: string[], io: CliIo): Promise<number> {
+  const options = {
+    model: { type: 'string' },
+    version: { type: 'string' },
+    since: { type: 'string' },
+    from: { type: 'string' },
+    to: { type: 'string' },
+    window: { type: 'string' },
+  } as const;
+  return runCommand(argv, io, { name: 'kpis', usage: USAGE, options }, async ({ values, hub, show }) => {
     const path = `/v1/kpis${kpiQuery(values, Date.now())}`;
-    const client = new HubClient(await resolveHub(values, io.env));
-    const answer = await client.request('GET', path, AnswerSchema);
-    if (values.json) io.out(`${JSON.stringify(answer, null, 2)}\n`);
-    else if (answer.kpis.length === 0) io.out(`no model version served between ${answer.from} and ${answer.to}\n`);
-    else io.out(`${answer.from} – ${answer.to}\n${formatKpis(answer.kpis)}`);
-    return EXIT.OK;
-  } catch (err) {
-    return failure(io, 'kpis', err, USAGE);
-  }
+    const answer = await (await hub()).request('GET', path, AnswerSchema);
+    show(answer, () => (answer.kpis.length === 0 ? `no model version served between ${answer.from} and ${answer.to}\n` : `${answer.from} – ${answer.to}\n${formatKpis(answer.kpis)}`));
+  });
 }

@@ -26,7 +26,7 @@ import { preprocessImage } from '../../agent/preprocess/image.ts';
 import { classify } from '../../agent/preprocess/postprocess.ts';
 import { preprocessTabular, ReadingSchema } from '../../agent/preprocess/tabular.ts';
 import { referenceBins, roundSig } from '../../scripts/lib/models.ts';
-import { EXIT, failure, UsageError, type CliIo } from './http-client.ts';
+import { EXIT, failure, UsageError, type CliIo } from '../command.ts';
 
 const USAGE = `usage: edgefleet model baseline --manifest <m.json> --data <file.jsonl> [--out <m2.json>]
                                 [--bins 10] [--features a,b,...] [--class-rates] [--json]

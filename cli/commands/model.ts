@@ -7,12 +7,12 @@
 import { createReadStream } from 'node:fs';
 import { readFile, stat } from 'node:fs/promises';
 import { Readable, Transform } from 'node:stream';
-import { parseArgs } from 'node:util';
 import { z } from 'zod';
 import { formatIssues } from '../../shared/codec.ts';
 import { sha256File } from '../../shared/files.ts';
 import { ManifestSchema } from '../../shared/manifest.ts';
-import { EXIT, HUB_OPTIONS, HUB_OPTIONS_HELP, HubClient, HubError, UsageError, failure, resolveHub, type CliIo, type HubTarget } from './http-client.ts';
+import { HUB_OPTIONS_HELP, UsageError, humanBytes as human, parseRef, runCommand, runSubcommands, table, type CliIo } from '../command.ts';
+import { HubError, type HubTarget } from './http-client.ts';
 
 const USAGE = `usage: edgefleet model push <file.onnx> --manifest <manifest.json> [--json]
        edgefleet model list [--json]
@@ -52,13 +52,6 @@ const ErrorBodySchema = z.object({ error: z.object({ code: z.string(), message: 
 
 /** Uploads can take long (big file, slow link, and the hub loads the model before answering). */
 const UPLOAD_TIMEOUT_MS = 30 * 60_000;
-
-function human(bytes: number): string {
-  if (bytes < 1024) return `${bytes} B`;
-  if (bytes < 1024 ** 2) return `${(bytes / 1024).toFixed(1)} KiB`;
-  if (bytes < 1024 ** 3) return `${(bytes / 1024 ** 2).toFixed(1)} MiB`;
-  return `${(bytes / 1024 ** 3).toFixed(2)} GiB`;
-}
 
 /** PUTs a file as the raw request body, streamed; progress to stderr when stdout is a TTY. */
 async function putFile(target: HubTarget, path: string, file: string, size: number, progress: boolean): Promise<unknown> {
@@ -109,71 +102,61 @@ async function putFile(target: HubTarget, path: string, file: string, size: numb
   return json;
 }
 
-async function push(positionals: string[], values: { manifest?: string; json?: boolean; hub?: string; token?: string; data?: string }, io: CliIo): Promise<number> {
-  if (positionals.length !== 1) throw new UsageError(positionals.length ? `one model file expected, got ${positionals.join(' ')}` : 'a model file is required');
-  if (!values.manifest) throw new UsageError('--manifest <file> is required');
-  const file = positionals[0] as string;
-  let raw: unknown;
-  try {
-    raw = JSON.parse(await readFile(values.manifest, 'utf8'));
-  } catch (err) {
-    throw new Error(`cannot read manifest ${values.manifest}: ${(err as Error).message}`, { cause: err });
-  }
-  const parsed = ManifestSchema.safeParse(raw);
-  if (!parsed.success) throw new Error(`manifest ${values.manifest} is not valid: ${formatIssues(parsed.error)}`);
-  const m = parsed.data;
-  let size: number;
-  try {
-    size = (await stat(file)).size;
-  } catch (err) {
-    throw new Error(`cannot read ${file}: ${(err as Error).message}`, { cause: err });
-  }
-  if (size !== m.artifact.size) throw new Error(`${file} has ${size} bytes, the manifest says ${m.artifact.size}`);
-  const sha = await sha256File(file);
-  if (sha !== m.artifact.sha256) throw new Error(`${file} has sha256 ${sha}, the manifest says ${m.artifact.sha256}`);
+function push(argv: string[], io: CliIo): Promise<number> {
+  const spec = { name: 'model push', usage: USAGE, options: { manifest: { type: 'string' } }, positionals: { min: 1, what: 'a model file' } } as const;
+  return runCommand(argv, io, spec, async ({ values, positionals, target, hub, show }) => {
+    if (!values.manifest) throw new UsageError('--manifest <file> is required');
+    const file = positionals[0] as string;
+    let raw: unknown;
+    try {
+      raw = JSON.parse(await readFile(values.manifest, 'utf8'));
+    } catch (err) {
+      throw new Error(`cannot read manifest ${values.manifest}: ${(err as Error).message}`, { cause: err });
+    }
+    const parsed = ManifestSchema.safeParse(raw);
+    if (!parsed.success) throw new Error(`manifest ${values.manifest} is not valid: ${formatIssues(parsed.error)}`);
+    const m = parsed.data;
+    let size: number;
+    try {
+      size = (await stat(file)).size;
+    } catch (err) {
+      throw new Error(`cannot read ${file}: ${(err as Error).message}`, { cause: err });
+    }
+    if (size !== m.artifact.size) throw new Error(`${file} has ${size} bytes, the manifest says ${m.artifact.size}`);
+    const sha = await sha256File(file);
+    if (sha !== m.artifact.sha256) throw new Error(`${file} has sha256 ${sha}, the manifest says ${m.artifact.sha256}`);
 
-  const target = await resolveHub(values, io.env);
-  const client = new HubClient(target, 60_000);
-  // Sent as read, not as parsed: the hub validates it again and signs what it parsed.
-  const announced = await client.request('POST', '/v1/models', AnnouncedSchema, { manifest: raw });
-  const progress = !values.json && process.stdout.isTTY === true;
-  const released = ModelSchema.safeParse(await putFile(target, announced.upload.path, file, size, progress));
-  if (!released.success) throw new HubError('unexpected answer from the hub for the artifact upload', 201, 'BAD_PAYLOAD');
-  const r = released.data;
-  if (values.json) io.out(`${JSON.stringify(r)}\n`);
-  else io.out(`released ${r.name}@${r.version}: counter ${r.counter}, ${human(r.size)}, sha256 ${r.sha256.slice(0, 12)}…, signed by key ${r.keyId}\n`);
-  return EXIT.OK;
+    // Sent as read, not as parsed: the hub validates it again and signs what it parsed.
+    const announced = await (await hub(60_000)).request('POST', '/v1/models', AnnouncedSchema, { manifest: raw });
+    const progress = !values.json && process.stdout.isTTY === true;
+    const released = ModelSchema.safeParse(await putFile(await target(), announced.upload.path, file, size, progress));
+    if (!released.success) throw new HubError('unexpected answer from the hub for the artifact upload', 201, 'BAD_PAYLOAD');
+    const r = released.data;
+    show(r, () => `released ${r.name}@${r.version}: counter ${r.counter}, ${human(r.size)}, sha256 ${r.sha256.slice(0, 12)}…, signed by key ${r.keyId}\n`);
+  });
 }
 
 export function formatModels(models: ModelRow[]): string {
-  const head = ['NAME', 'VERSION', 'COUNTER', 'QUANT', 'SIZE', 'SHA256', 'KEY', 'CREATED'];
-  const rows = models.map((m) => [m.name, m.version, String(m.counter), m.quantization ?? '-', human(m.size), m.sha256.slice(0, 12), m.keyId, m.createdAt]);
-  const widths = head.map((h, i) => Math.max(h.length, ...rows.map((r) => (r[i] ?? '').length)));
-  const line = (cells: string[]): string => cells.map((c, i) => c.padEnd(widths[i] ?? 0)).join('  ').trimEnd();
-  return `${[line(head), ...rows.map(line)].join('\n')}\n`;
+  return table(models, {
+    NAME: (m) => m.name,
+    VERSION: (m) => m.version,
+    COUNTER: (m) => String(m.counter),
+    QUANT: (m) => m.quantization ?? '-',
+    SIZE: (m) => human(m.size),
+    SHA256: (m) => m.sha256.slice(0, 12),
+    KEY: (m) => m.keyId,
+    CREATED: (m) => m.createdAt,
+  });
 }
 
-async function list(positionals: string[], values: { json?: boolean; hub?: string; token?: string; data?: string }, io: CliIo): Promise<number> {
-  if (positionals.length) throw new UsageError(`unexpected argument ${positionals.join(' ')}`);
-  const client = new HubClient(await resolveHub(values, io.env));
-  const { models } = await client.request('GET', '/v1/models', ListSchema);
-  if (values.json) io.out(`${JSON.stringify(models, null, 2)}\n`);
-  else if (models.length === 0) io.out('no models released (push one with: edgefleet model push <file.onnx> --manifest <m.json>)\n');
-  else io.out(formatModels(models));
-  return EXIT.OK;
+function list(argv: string[], io: CliIo): Promise<number> {
+  return runCommand(argv, io, { name: 'model list', usage: USAGE }, async ({ hub, show }) => {
+    const { models } = await (await hub()).request('GET', '/v1/models', ListSchema);
+    show(models, () => (models.length === 0 ? 'no models released (push one with: edgefleet model push <file.onnx> --manifest <m.json>)\n' : formatModels(models)));
+  });
 }
 
-async function show(positionals: string[], values: { json?: boolean; hub?: string; token?: string; data?: string }, io: CliIo): Promise<number> {
-  const ref = positionals[0];
-  const at = ref?.lastIndexOf('@') ?? -1;
-  if (positionals.length !== 1 || !ref || at <= 0 || at === ref.length - 1) throw new UsageError('expected one <name>@<version>');
-  const [name, version] = [ref.slice(0, at), ref.slice(at + 1)];
-  const client = new HubClient(await resolveHub(values, io.env));
-  const m = await client.request('GET', `/v1/models/${encodeURIComponent(name)}/${encodeURIComponent(version)}`, ShowSchema);
-  if (values.json) {
-    io.out(`${JSON.stringify(m, null, 2)}\n`);
-    return EXIT.OK;
-  }
+function formatShow(m: z.infer<typeof ShowSchema>): string {
   const man = m.manifest;
   const dims = (s: (number | string)[]): string => `[${s.join(', ')}]`;
   const lines = [
@@ -189,38 +172,17 @@ async function show(positionals: string[], values: { json?: boolean; hub?: strin
     `  test vectors ${man.testVectors.length}`,
     ...(man.evaluation ? [`  evaluation   ${(man.evaluation.accuracy * 100).toFixed(2)}% on ${man.evaluation.samples} (${man.evaluation.dataset})`] : []),
   ];
-  io.out(`${lines.join('\n')}\n`);
-  return EXIT.OK;
+  return `${lines.join('\n')}\n`;
 }
 
-export async function run(argv: string[], io: CliIo): Promise<number> {
-  const [sub, ...rest] = argv;
-  try {
-    if (sub === undefined || sub === '--help' || sub === '-h' || sub === 'help') {
-      io.out(USAGE);
-      return sub === undefined ? EXIT.USAGE : EXIT.OK;
-    }
-    const { values, positionals } = parseArgs({
-      args: rest,
-      options: { ...HUB_OPTIONS, json: { type: 'boolean' }, ...(sub === 'push' ? { manifest: { type: 'string' } } : {}) },
-      allowPositionals: true,
-      strict: true,
-    });
-    if (values.help) {
-      io.out(USAGE);
-      return EXIT.OK;
-    }
-    switch (sub) {
-      case 'push':
-        return await push(positionals, values as typeof values & { manifest?: string }, io);
-      case 'list':
-        return await list(positionals, values, io);
-      case 'show':
-        return await show(positionals, values, io);
-      default:
-        throw new UsageError(`unknown model command '${sub}'`);
-    }
-  } catch (err) {
-    return failure(io, `model${sub && ['push', 'list', 'show'].includes(sub) ? ` ${sub}` : ''}`, err, USAGE);
-  }
+function show(argv: string[], io: CliIo): Promise<number> {
+  return runCommand(argv, io, { name: 'model show', usage: USAGE, positionals: { min: 1, what: '<name>@<version>' } }, async ({ positionals, hub, show }) => {
+    const { name, version } = parseRef(positionals[0]);
+    const m = await (await hub()).request('GET', `/v1/models/${encodeURIComponent(name)}/${encodeURIComponent(version)}`, ShowSchema);
+    show(m, () => formatShow(m));
+  });
+}
+
+export function run(argv: string[], io: CliIo): Promise<number> {
+  return runSubcommands(argv, io, { name: 'model', usage: USAGE, commands: { push, list, show } });
 }

@@ -4,9 +4,8 @@
  * API (hub/api/server.ts). Flags map one to one onto the POST /v1/rollouts body; the hub
  * validates it again and fills the defaults, so this file only parses what the shell gives it.
  */
-import { parseArgs } from 'node:util';
 import { z } from 'zod';
-import { EXIT, HUB_OPTIONS, HUB_OPTIONS_HELP, HubClient, UsageError, failure, resolveHub, type CliIo } from './http-client.ts';
+import { HUB_OPTIONS_HELP, UsageError, parseRef, runCommand, runSubcommands, table, type CliIo } from '../command.ts';
 
 const USAGE = `usage: edgefleet rollout create <name>@<version> --target <selector> [options]
        edgefleet rollout list [--json]
@@ -38,6 +37,7 @@ ${HUB_OPTIONS_HELP}
 `;
 
 const HISTORY_USAGE = `usage: edgefleet devices history <id> [--json]
+       edgefleet device history <id> [--json]
 
 The device's append-only model history: assigned, command sent, installed, rejected,
 rolled back, probation passed, with times and details.
@@ -139,9 +139,8 @@ interface CreateFlags {
 
 /** The POST /v1/rollouts body for `rollout create`. */
 export function createBody(ref: string | undefined, f: CreateFlags): Record<string, unknown> {
-  const at = ref?.lastIndexOf('@') ?? -1;
-  if (!ref || at <= 0 || at === ref.length - 1) throw new UsageError('expected one <name>@<version>');
-  const body: Record<string, unknown> = { model: ref.slice(0, at), version: ref.slice(at + 1), target: parseTarget(f.target ?? []) };
+  const { name, version } = parseRef(ref);
+  const body: Record<string, unknown> = { model: name, version, target: parseTarget(f.target ?? []) };
   if (f.waves !== undefined) body.waves = parseWaves(f.waves);
   if (f.bake !== undefined) body.bakeMs = parseDuration(f.bake, '--bake');
   if (f.success !== undefined) body.successThreshold = parseNumber(f.success, '--success');
@@ -154,20 +153,19 @@ export function createBody(ref: string | undefined, f: CreateFlags): Record<stri
   return body;
 }
 
-function table(head: string[], rows: string[][]): string {
-  const widths = head.map((h, i) => Math.max(h.length, ...rows.map((r) => (r[i] ?? '').length)));
-  const line = (cells: string[]): string => cells.map((c, i) => c.padEnd(widths[i] ?? 0)).join('  ').trimEnd();
-  return `${[line(head), ...rows.map(line)].join('\n')}\n`;
-}
-
 const countsText = (c: Status['counts']): string =>
   `${c.succeeded}/${c.total} ok${c.failed ? `, ${c.failed} failed` : ''}${c.rolled_back ? `, ${c.rolled_back} rolled back` : ''}${c.dispatched ? `, ${c.dispatched} installing` : ''}${c.pending ? `, ${c.pending} pending` : ''}`;
 
 export function formatList(rollouts: Status[]): string {
-  return table(
-    ['ID', 'MODEL', 'STATE', 'PHASE', 'WAVE', 'DEVICES', 'CREATED'],
-    rollouts.map((r) => [r.id, `${r.model}@${r.version}`, r.state, r.phase, `${r.currentWave + 1}/${r.waves.length}`, countsText(r.counts), r.createdAt]),
-  );
+  return table(rollouts, {
+    ID: (r) => r.id,
+    MODEL: (r) => `${r.model}@${r.version}`,
+    STATE: (r) => r.state,
+    PHASE: (r) => r.phase,
+    WAVE: (r) => `${r.currentWave + 1}/${r.waves.length}`,
+    DEVICES: (r) => countsText(r.counts),
+    CREATED: (r) => r.createdAt,
+  });
 }
 
 export function formatStatus(s: Status): string {
@@ -186,102 +184,68 @@ export function formatStatus(s: Status): string {
   return `${lines.join('\n')}\n`;
 }
 
-export async function run(argv: string[], io: CliIo): Promise<number> {
-  const [sub, ...rest] = argv;
-  try {
-    if (sub === undefined || sub === '--help' || sub === '-h' || sub === 'help') {
-      io.out(USAGE);
-      return sub === undefined ? EXIT.USAGE : EXIT.OK;
-    }
-    const { values, positionals } = parseArgs({
-      args: rest,
-      options: {
-        ...HUB_OPTIONS,
-        json: { type: 'boolean' },
-        ...(sub === 'create'
-          ? {
-              target: { type: 'string', multiple: true },
-              waves: { type: 'string' },
-              bake: { type: 'string' },
-              success: { type: 'string' },
-              abort: { type: 'string' },
-              'min-sample': { type: 'string' },
-              'max-concurrent': { type: 'string' },
-              'on-breach': { type: 'string' },
-              approval: { type: 'string' },
-              probation: { type: 'string' },
-            }
-          : {}),
-      },
-      allowPositionals: true,
-      strict: true,
+const CREATE_OPTIONS = {
+  target: { type: 'string', multiple: true },
+  waves: { type: 'string' },
+  bake: { type: 'string' },
+  success: { type: 'string' },
+  abort: { type: 'string' },
+  'min-sample': { type: 'string' },
+  'max-concurrent': { type: 'string' },
+  'on-breach': { type: 'string' },
+  approval: { type: 'string' },
+  probation: { type: 'string' },
+} as const;
+
+function create(argv: string[], io: CliIo): Promise<number> {
+  const spec = { name: 'rollout create', usage: USAGE, options: CREATE_OPTIONS, positionals: { min: 1, what: '<name>@<version>' } } as const;
+  return runCommand(argv, io, spec, async ({ values, positionals, hub, show }) => {
+    const body = createBody(positionals[0], values);
+    const s = await (await hub()).request('POST', '/v1/rollouts', StatusSchema, body);
+    show(s, () => formatStatus(s));
+  });
+}
+
+function list(argv: string[], io: CliIo): Promise<number> {
+  return runCommand(argv, io, { name: 'rollout list', usage: USAGE }, async ({ hub, show }) => {
+    const { rollouts } = await (await hub()).request('GET', '/v1/rollouts', ListSchema);
+    show(rollouts, () => (rollouts.length === 0 ? 'no rollouts (start one with: edgefleet rollout create <name>@<version> --target group=<g>)\n' : formatList(rollouts)));
+  });
+}
+
+/** `status <id>` (GET) and the actions on one rollout (POST .../<action>). */
+function one(sub: 'status' | 'pause' | 'resume' | 'abort' | 'approve'): (argv: string[], io: CliIo) => Promise<number> {
+  return (argv, io) =>
+    runCommand(argv, io, { name: `rollout ${sub}`, usage: USAGE, positionals: { min: 1, what: 'a rollout id' } }, async ({ positionals, hub, show }) => {
+      const client = await hub();
+      const path = `/v1/rollouts/${encodeURIComponent(positionals[0] ?? '')}`;
+      const s = sub === 'status' ? await client.request('GET', path, StatusSchema) : await client.request('POST', `${path}/${sub}`, StatusSchema);
+      show(s, () => formatStatus(s));
     });
-    if (values.help) {
-      io.out(USAGE);
-      return EXIT.OK;
-    }
-    const print = (s: Status): void => io.out(values.json ? `${JSON.stringify(s, null, 2)}\n` : formatStatus(s));
-    switch (sub) {
-      case 'create': {
-        if (positionals.length !== 1) throw new UsageError('expected one <name>@<version>');
-        const body = createBody(positionals[0], values as CreateFlags);
-        const client = new HubClient(await resolveHub(values, io.env));
-        print(await client.request('POST', '/v1/rollouts', StatusSchema, body));
-        return EXIT.OK;
-      }
-      case 'list': {
-        if (positionals.length) throw new UsageError(`unexpected argument ${positionals.join(' ')}`);
-        const client = new HubClient(await resolveHub(values, io.env));
-        const { rollouts } = await client.request('GET', '/v1/rollouts', ListSchema);
-        if (values.json) io.out(`${JSON.stringify(rollouts, null, 2)}\n`);
-        else if (rollouts.length === 0) io.out('no rollouts (start one with: edgefleet rollout create <name>@<version> --target group=<g>)\n');
-        else io.out(formatList(rollouts));
-        return EXIT.OK;
-      }
-      case 'status':
-      case 'pause':
-      case 'resume':
-      case 'abort':
-      case 'approve': {
-        const id = positionals[0];
-        if (positionals.length !== 1 || !id) throw new UsageError('expected one rollout id');
-        const client = new HubClient(await resolveHub(values, io.env));
-        const path = `/v1/rollouts/${encodeURIComponent(id)}`;
-        print(sub === 'status' ? await client.request('GET', path, StatusSchema) : await client.request('POST', `${path}/${sub}`, StatusSchema));
-        return EXIT.OK;
-      }
-      default:
-        throw new UsageError(`unknown rollout command '${sub}'`);
-    }
-  } catch (err) {
-    return failure(io, `rollout${sub && ['create', 'list', 'status', 'pause', 'resume', 'abort', 'approve'].includes(sub) ? ` ${sub}` : ''}`, err, USAGE);
-  }
+}
+
+export function run(argv: string[], io: CliIo): Promise<number> {
+  return runSubcommands(argv, io, {
+    name: 'rollout',
+    usage: USAGE,
+    commands: { create, list, status: one('status'), pause: one('pause'), resume: one('resume'), abort: one('abort'), approve: one('approve') },
+  });
+}
+
+function formatHistory(history: z.infer<typeof HistorySchema>['history']): string {
+  const detail = (d: Record<string, unknown>): string =>
+    Object.entries(d)
+      .filter(([, v]) => v !== null && typeof v !== 'object')
+      .map(([k, v]) => `${k}=${String(v as string | number | boolean)}`)
+      .join(' ');
+  return table(history, { TIME: (e) => e.at, EVENT: (e) => e.event, MODEL: (e) => (e.name ? `${e.name}@${e.version ?? '?'}` : '-'), DETAILS: (e) => detail(e.details) });
 }
 
 /** `edgefleet devices history <id> [--json]` (also `device history`). */
-export async function runHistory(argv: string[], io: CliIo): Promise<number> {
-  try {
-    const { values, positionals } = parseArgs({ args: argv, options: { ...HUB_OPTIONS, json: { type: 'boolean' } }, allowPositionals: true, strict: true });
-    if (values.help) {
-      io.out(HISTORY_USAGE);
-      return EXIT.OK;
-    }
-    const id = positionals[0];
-    if (positionals.length !== 1 || !id) throw new UsageError('expected one device id');
-    const client = new HubClient(await resolveHub(values, io.env));
-    const h = await client.request('GET', `/v1/devices/${encodeURIComponent(id)}/history`, HistorySchema);
-    if (values.json) io.out(`${JSON.stringify(h.history, null, 2)}\n`);
-    else if (h.history.length === 0) io.out(`no model history for ${id}\n`);
-    else {
-      const detail = (d: Record<string, unknown>): string =>
-        Object.entries(d)
-          .filter(([, v]) => v !== null && typeof v !== 'object')
-          .map(([k, v]) => `${k}=${String(v as string | number | boolean)}`)
-          .join(' ');
-      io.out(table(['TIME', 'EVENT', 'MODEL', 'DETAILS'], h.history.map((e) => [e.at, e.event, e.name ? `${e.name}@${e.version ?? '?'}` : '-', detail(e.details)])));
-    }
-    return EXIT.OK;
-  } catch (err) {
-    return failure(io, 'devices history', err, HISTORY_USAGE);
-  }
+export function runHistory(argv: string[], io: CliIo): Promise<number> {
+  return runCommand(argv, io, { name: 'devices history', usage: HISTORY_USAGE, positionals: { min: 1, what: 'a device id' } }, async ({ positionals, hub, show }) => {
+    const id = positionals[0] ?? '';
+    const h = await (await hub()).request('GET', `/v1/devices/${encodeURIComponent(id)}/history`, HistorySchema);
+    show(h.history, () => (h.history.length === 0 ? `no model history for ${id}\n` : formatHistory(h.history)));
+  });
 }

@@ -252,10 +252,10 @@ describe('hub HTTP API and operator CLI', () => {
     c = cli();
     assert.equal(await devicesCmd(['--bogus'], c.io), 2);
     c = cli();
-    assert.equal(await devicesCmd(['--hub', hub.httpUrl, '--token', 'wrong'], c.io), 1);
+    assert.equal(await devicesCmd(['--hub', hub.httpUrl, '--token', 'wrong'], c.io), 4, 'exit 4: not authorized');
     assert.match(c.err(), /refused the API token/);
     c = cli();
-    assert.equal(await devicesCmd(['--data', join(dir, 'missing')], c.io), 1);
+    assert.equal(await devicesCmd(['--data', join(dir, 'missing')], c.io), 3, 'exit 3: hub unreachable');
     assert.match(c.err(), /no hub found/);
     c = cli();
     assert.equal(await devicesCmd(['--help'], c.io), 0);
