@@ -11,6 +11,7 @@ import { ProbationThresholdsSchema } from './health/probation.ts';
 import { DriftConfigSchema } from './drift/drift-monitor.ts';
 import { LOG_LEVELS } from '../shared/log.ts';
 import { DeviceIdSchema, NameSchema } from '../shared/protocol.ts';
+import { ClientTlsSchema } from '../shared/tls.ts';
 
 export const ENV_PREFIX = 'EDGEFLEET_AGENT';
 
@@ -119,7 +120,20 @@ export const AgentConfigSchema = z
     dataDir: z.string().min(1),
     hub: z.object({
       url: z.string().regex(/^mqtts?:\/\/[^/]+$/, 'hub.url: mqtt://host:port or mqtts://host:port'),
-      token: z.string().min(8),
+      /**
+       * The device's credential. Optional when the agent enrolls itself: then it comes from
+       * `<dataDir>/credentials.json`, written at the first start by enrollment (agent/enroll.ts).
+       */
+      token: z.string().min(8).optional(),
+      /**
+       * Zero-touch enrollment: a group's enrollment token (`enr_...`, from `edgefleet enroll-token
+       * create`), inline or in a file (relative to the config file). Used once, when no token is
+       * configured and no credentials.json exists yet; needs hub.httpUrl.
+       */
+      enrollment: z
+        .object({ token: z.string().min(8).max(256).optional(), tokenFile: z.string().min(1).optional() })
+        .refine((e) => (e.token === undefined) !== (e.tokenFile === undefined), 'hub.enrollment: exactly one of token and tokenFile')
+        .optional(),
       keepaliveSeconds: z.number().int().min(5).max(3600).default(30),
       backoff: BackoffSchema.prefault({}),
       batchSize: z.number().int().min(1).max(2000).default(500),
@@ -130,6 +144,8 @@ export const AgentConfigSchema = z
        * Required for model installs: an install command without it fails with BAD_CONFIG.
        */
       httpUrl: z.string().regex(/^https?:\/\/[^/]+$/, 'hub.httpUrl: http(s)://host:port').optional(),
+      /** CA, client certificate and key for mqtts:// and https:// (README "TLS"); relative to the config file. */
+      tls: ClientTlsSchema.prefault({}),
     }),
     /** Who this device is, for releases that target a group or labels (issue #3). */
     identity: z
@@ -249,6 +265,7 @@ export const AgentConfigSchema = z
       if (folders.has(p.input.path)) ctx.addIssue({ code: 'custom', path: ['pipelines', i, 'input', 'path'], message: `two pipelines watch ${p.input.path}` });
       folders.add(p.input.path);
     }
+    if (c.hub.enrollment && !c.hub.httpUrl) ctx.addIssue({ code: 'custom', path: ['hub', 'httpUrl'], message: 'hub.enrollment needs hub.httpUrl (enrollment is an HTTPS request)' });
   });
 export type AgentConfig = z.infer<typeof AgentConfigSchema>;
 
@@ -259,6 +276,10 @@ export function loadAgentConfig(opts: { file?: string; env?: NodeJS.ProcessEnv; 
   return Object.freeze({
     ...cfg,
     dataDir: resolve(base, cfg.dataDir),
+    hub: Object.freeze({
+      ...cfg.hub,
+      ...(cfg.hub.enrollment?.tokenFile ? { enrollment: Object.freeze({ tokenFile: resolve(base, cfg.hub.enrollment.tokenFile) }) } : {}),
+      tls: Object.freeze(Object.fromEntries(Object.entries(cfg.hub.tls).map(([k, v]) => [k, k === 'servername' ? v : resolve(base, v)]))) }),
     updates: Object.freeze({
       ...cfg.updates,
       dir: resolve(base, cfg.updates.dir ?? join(cfg.dataDir, 'models')),

@@ -12,8 +12,10 @@ import { Lifecycle, type Component } from '../shared/lifecycle.ts';
 import { createLogger, type Logger } from '../shared/log.ts';
 import type { ModelRef } from '../shared/protocol.ts';
 import { runService } from '../shared/service.ts';
+import { clientTlsOptions, hasClientTls, tlsFetch } from '../shared/tls.ts';
 import { INSTALL_COMMAND, ROLLBACK_COMMAND } from '../shared/updates.ts';
 import { loadAgentConfig, type AgentConfig, type PipelineConfig } from './config.ts';
+import { ensureCredentials } from './enroll.ts';
 import { DRIFT_SAMPLE_COMMAND, DriftMonitor } from './drift/drift-monitor.ts';
 import { HealthMonitor } from './health/health-monitor.ts';
 import { Probation } from './health/probation.ts';
@@ -63,6 +65,13 @@ export function createAgent(config: AgentConfig, deps: { log: Logger; registry?:
   // Process-wide and idempotent: no libvips cache, one thread per image, no document loaders.
   configureSharp();
   const lifecycle = new Lifecycle(log);
+  // hub.tls (issue #6), read once here (BAD_CONFIG when unreadable): mqtts, artifact downloads
+  // and sample uploads over https all use it.
+  const hubTls = hasClientTls(config.hub.tls) ? clientTlsOptions(config.hub.tls, 'hub.tls') : undefined;
+  const hubFetch = hubTls ? tlsFetch(hubTls) : undefined;
+  // Set in the config or by enrollment before this (agent/enroll.ts ensureCredentials).
+  const hubToken = config.hub.token;
+  if (!hubToken) throw new EdgefleetError(ErrorCode.BAD_CONFIG, 'no hub credential: set hub.token or enroll first (hub.enrollment)');
 
   const outbox = lifecycle.add(
     new Outbox({
@@ -110,7 +119,7 @@ export function createAgent(config: AgentConfig, deps: { log: Logger; registry?:
       config: config.drift,
       sink: outbox,
       instance: () => String(outbox.epoch),
-      upload: { hubHttpUrl: config.hub.httpUrl, deviceId: config.deviceId, token: config.hub.token },
+      upload: { hubHttpUrl: config.hub.httpUrl, deviceId: config.deviceId, token: hubToken, fetch: hubFetch },
       log: log.child({ component: 'drift' }),
       registry,
     }),
@@ -124,7 +133,8 @@ export function createAgent(config: AgentConfig, deps: { log: Logger; registry?:
         new ModelUpdater({
           identity: { deviceId: config.deviceId, group: config.identity.group, labels: config.identity.labels },
           hubHttpUrl: config.hub.httpUrl,
-          hubToken: config.hub.token,
+          hubToken,
+          fetch: hubFetch,
           dir: config.updates.dir ?? join(config.dataDir, 'models'),
           trustedKeys: loadTrustedKeys(config.updates.trustedKeys),
           probationMs: config.updates.probationMs,
@@ -146,7 +156,8 @@ export function createAgent(config: AgentConfig, deps: { log: Logger; registry?:
     new HubLink({
       deviceId: config.deviceId,
       url: config.hub.url,
-      token: config.hub.token,
+      token: hubToken,
+      tls: hubTls,
       keepaliveSeconds: config.hub.keepaliveSeconds,
       backoff: config.hub.backoff,
       outbox,
@@ -363,7 +374,9 @@ export async function runAgent(argv: string[]): Promise<void> {
     name: 'agent',
     log,
     start: async (signal) => {
-      const agent = createAgent(config, { log, registry });
+      const hubTls = hasClientTls(config.hub.tls) ? clientTlsOptions(config.hub.tls, 'hub.tls') : undefined;
+      const ready = await ensureCredentials(config, { log: log.child({ component: 'enroll' }), signal, fetch: hubTls ? tlsFetch(hubTls) : undefined });
+      const agent = createAgent(ready, { log, registry });
       try {
         await agent.start(signal);
       } catch (err) {

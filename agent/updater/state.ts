@@ -50,10 +50,10 @@ export async function fsyncPath(path: string): Promise<void> {
   }
 }
 
-/** Writes `text` to `path` atomically and durably. */
-export async function writeFileDurable(path: string, dir: string, text: string): Promise<void> {
+/** Writes `text` to `path` atomically and durably (mode 0600 for secrets). */
+export async function writeFileDurable(path: string, dir: string, text: string, mode = 0o644): Promise<void> {
   const tmp = `${path}.tmp`;
-  const fh = await open(tmp, 'w', 0o644);
+  const fh = await open(tmp, 'w', mode);
   try {
     await fh.writeFile(text);
     await fh.sync();

@@ -9,7 +9,8 @@ import { deepMerge } from '../../shared/config.ts';
 export function writeAgentConfig(opts: {
   dir: string;
   deviceId: string;
-  token: string;
+  /** Omitted: the agent enrolls itself (pass hub.enrollment and hub.httpUrl in `extra`). */
+  token?: string;
   mqttUrl: string;
   modelsDir: string;
   /** Deep-merged over the defaults, e.g. { runtime: { workers: 2 } }. */
@@ -19,7 +20,7 @@ export function writeAgentConfig(opts: {
   const config = deepMerge({
     deviceId: opts.deviceId,
     dataDir: join(opts.dir, 'data'),
-    hub: { url: opts.mqttUrl, token: opts.token, backoff: { initialMs: 200, maxMs: 5000 } },
+    hub: { url: opts.mqttUrl, ...(opts.token === undefined ? {} : { token: opts.token }), backoff: { initialMs: 200, maxMs: 5000 } },
     http: { host: '127.0.0.1', port: 0 },
     models: [{ manifest: join(opts.modelsDir, 'machine-state.manifest.json') }],
     pipelines: [{ name: 'vibration', model: 'machine-state', input: { type: 'mqtt' } }],

@@ -53,7 +53,7 @@ export interface AgentProcess {
 }
 
 /** Writes the agent's config (once per dir; rewriting is harmless) and returns its path. */
-export function agentConfig(opts: { dir: string; deviceId: string; token: string; mqttUrl: string; extra?: Record<string, unknown> }): string {
+export function agentConfig(opts: { dir: string; deviceId: string; token?: string; mqttUrl: string; extra?: Record<string, unknown> }): string {
   return writeAgentConfig({ ...opts, modelsDir: MODELS_DIR, extra: { log: { level: 'info' }, ...opts.extra } });
 }
 
