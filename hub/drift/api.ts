@@ -3,7 +3,9 @@
  * so the server file only lists the routes):
  *   GET  /v1/drift?model=&version=&scope=&id=&feature=&from=&to=&limit=
  *        tested windows (devices, tests, headlines) and findings per model version, scope
- *        (fleet, group, device), id and feature, each with its effect in words
+ *        (fleet, group, device), id and feature, each with its effect in words;
+ *        `&series=fleet` (with model and version) adds the time series the dashboard charts:
+ *        per tested window, each numeric feature's fleet mean, raw and in reference SDs
  *   GET  /v1/alerts?state=&model=&version=    alerts, newest first
  *   GET  /v1/alerts/:id                       one alert with its webhook deliveries (the delivery log)
  *   POST /v1/alerts/:id/{ack,resolve}         lifecycle; 409 when the alert is not in a state that allows it
@@ -15,10 +17,12 @@ import { z } from 'zod';
 import { formatIssues } from '../../shared/codec.ts';
 import { EdgefleetError, ErrorCode } from '../../shared/errors.ts';
 import type { Logger } from '../../shared/log.ts';
+import { ManifestSchema, type ReferenceBins } from '../../shared/manifest.ts';
 import { DeviceIdSchema } from '../../shared/protocol.ts';
 import { alertView, type AlertManager } from '../alerts/alerts.ts';
 import { readJson, sendJson } from '../api/http.ts';
-import type { HubStore } from '../store/store.ts';
+import type { DriftReportRow, HubStore } from '../store/store.ts';
+import { decodeAggregate } from './aggregator.ts';
 import type { SampleStore } from './samples.ts';
 import { SampleUploadSchema } from './samples.ts';
 
@@ -40,6 +44,8 @@ export const DriftQuerySchema = z.strictObject({
   from: TimeSchema.optional(),
   to: TimeSchema.optional(),
   limit: z.coerce.number().int().min(1).max(5000).default(200),
+  /** Adds `series`: fleet means per tested window (needs model and version). */
+  series: z.enum(['fleet']).optional(),
 });
 
 export const AlertQuerySchema = z.strictObject({
@@ -81,7 +87,13 @@ export class DriftApi {
     const q = parseQuery(DriftQuerySchema, query);
     const reports = await this.o.store.driftReports({ model: q.model, version: q.version, from: q.from, to: q.to, limit: q.limit });
     const findings = await this.o.store.driftFindings({ model: q.model, version: q.version, scope: q.scope, scopeId: q.id, feature: q.feature, from: q.from, to: q.to, limit: q.limit });
+    let series: unknown[] | undefined;
+    if (q.series) {
+      if (q.model === undefined || q.version === undefined) throw new EdgefleetError(ErrorCode.BAD_INPUT, 'series needs model and version');
+      series = await this.#series(q.model, q.version, reports, q.feature);
+    }
     sendJson(res, 200, {
+      ...(series ? { series } : {}),
       windows: reports.map((r) => {
         const rep = parseJson(r.report);
         return {
@@ -113,6 +125,48 @@ export class DriftApi {
         };
       }),
     });
+  }
+
+  /**
+   * Oldest first, one point per tested window: each numeric feature's mean over the fleet's
+   * finite readings (from the stored per-device moments, so it is exact), and its distance from
+   * the release's reference mean in reference SDs (null without a reference).
+   */
+  async #series(model: string, version: string, reports: readonly DriftReportRow[], feature: string | undefined): Promise<unknown[]> {
+    const refs = new Map<string, ReferenceBins>();
+    const rec = await this.o.store.getModel(model, version);
+    const manifest = rec ? ManifestSchema.safeParse(parseJson(rec.manifest)) : undefined;
+    for (const f of (manifest?.success ? manifest.data.drift?.features : undefined) ?? []) refs.set(f.name, f);
+    const out: unknown[] = [];
+    for (const r of [...reports].reverse()) {
+      if (r.skipped !== null) continue;
+      const sums = new Map<string, { n: number; sum: number }>();
+      let devices = 0;
+      for (const row of await this.o.store.driftDeviceWindows(model, version, r.windowStart)) {
+        let agg;
+        try {
+          agg = decodeAggregate(row.aggregate);
+        } catch {
+          continue; // damaged row: the monitor logs it when it tests the window
+        }
+        devices++;
+        for (const f of agg.numeric) {
+          if (feature !== undefined && f.name !== feature) continue;
+          const acc = sums.get(f.name) ?? { n: 0, sum: 0 };
+          acc.n += f.counts.reduce((a, b) => a + b, 0);
+          acc.sum += f.sum;
+          sums.set(f.name, acc);
+        }
+      }
+      const features: Record<string, { n: number; mean: number | null; shiftSd: number | null }> = {};
+      for (const [name, { n, sum }] of sums) {
+        const mean = n > 0 ? sum / n : null;
+        const ref = refs.get(name);
+        features[name] = { n, mean, shiftSd: mean !== null && ref && ref.std > 0 ? (mean - ref.mean) / ref.std : null };
+      }
+      out.push({ windowStart: new Date(r.windowStart).toISOString(), windowMs: r.windowMs, devices, features });
+    }
+    return out;
   }
 
   async alerts(res: ServerResponse, query: URLSearchParams): Promise<void> {
