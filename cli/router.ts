@@ -38,6 +38,14 @@ operators (talk to a running hub: --hub <url> --token <t>, or --data <hub data d
   drift [--model <m>@<v>] [--since 24h] [--json] drift findings per model version, scope, feature
   alerts [--state open] [--json]                 drift alerts; alerts ack|resolve <id>
 
+security (admin token)
+  token create <name> --role viewer|operator|admin   an operator API token; printed once
+  token list | token revoke <id>                 operator tokens; revocation is immediate
+  enroll-token create --group <g> [--max-uses n] [--ttl 24h]   zero-touch enrollment token
+  enroll-token list | enroll-token revoke <id>   enrollment tokens and their uses
+  device revoke <id>                             disconnect a device, sensor or consumer for good
+  audit [--since 24h] [--actor a] [--action x] [--json]   who did what, when, with what outcome
+
 Every command takes --help; listing and status commands take --json (stdout is then JSON only).
 Long operations (model push, rollout watch) draw progress on stderr when it is a terminal
 (--progress forces plain progress lines, --json turns it off).
@@ -92,6 +100,10 @@ export const ROUTES: readonly Route[] = [
   },
   { words: ['device', 'add'], load: async () => (await import('./commands/device-add.ts')).run },
   { words: ['device', 'history'], load: history },
+  { words: ['device', 'revoke'], load: async () => (await import('./commands/security.ts')).runDeviceRevoke },
+  { words: ['token'], load: async () => (await import('./commands/security.ts')).runToken },
+  { words: ['enroll-token'], load: async () => (await import('./commands/security.ts')).runEnrollToken },
+  { words: ['audit'], load: async () => (await import('./commands/security.ts')).runAudit },
   { words: ['devices', 'history'], load: history },
   { words: ['sensor', 'add'], load: async () => (await import('./commands/sensor-add.ts')).run },
   { words: ['devices'], load: async () => (await import('./commands/devices.ts')).run },
