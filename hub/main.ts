@@ -119,6 +119,7 @@ export function createHub(config: HubConfig, deps: HubDeps): Promise<Hub> {
     maxPayloadBytes: config.limits.maxPayloadBytes,
     maxTopicDepth: config.limits.maxTopicDepth,
     drainTimeoutMs: config.limits.drainTimeoutMs,
+    tls: config.tls,
     maxTopicBytes: config.limits.maxTopicBytes,
     maxInflight: config.limits.maxInflight,
     maxConnectsPerSecondPerIp: config.limits.maxConnectsPerSecondPerIp,
@@ -209,6 +210,7 @@ export function createHub(config: HubConfig, deps: HubDeps): Promise<Hub> {
     port: config.http.port,
     maxBodyBytes: config.http.maxBodyBytes,
     publicMetrics: config.http.publicMetrics,
+    tls: { ...config.tls, clientCerts: config.tls.httpClientCerts ?? config.tls.clientCerts },
     store,
     auth: apiAuth,
     deviceAuth,
@@ -248,10 +250,10 @@ export function createHub(config: HubConfig, deps: HubDeps): Promise<Hub> {
       return api.port;
     },
     get mqttUrl() {
-      return `mqtt://${urlHost(config.mqtt.host)}:${broker.port}`;
+      return `${config.tls.certFile ? 'mqtts' : 'mqtt'}://${urlHost(config.mqtt.host)}:${broker.port}`;
     },
     get httpUrl() {
-      return `http://${urlHost(config.http.host)}:${api.port}`;
+      return `${config.tls.certFile ? 'https' : 'http'}://${urlHost(config.http.host)}:${api.port}`;
     },
     get adminToken() {
       if (adminToken === undefined) throw new EdgefleetError(ErrorCode.ILLEGAL_STATE, 'the hub has not started');

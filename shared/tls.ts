@@ -11,13 +11,20 @@
  *
  * Client certificate modes: 'none' (no certificate asked for), 'optional' (asked for; a
  * connection that presents one that does not verify is closed, so a bad certificate never
- * degrades to "no certificate"), 'required' (no verified certificate, no handshake).
+ * degrades to "no certificate"), 'required' (no verified certificate, no connection).
+ * Verification runs in OpenSSL either way, but the verdict is enforced here, on
+ * 'secureConnection' before any application byte is read, rather than with node's
+ * rejectUnauthorized: node destroys such a socket silently (no event, no reason: _tls_wrap.js
+ * onServerSocketSecure), and an operator whose devices cannot connect needs to see "expired"
+ * versus "untrusted CA". The client sees the same thing in both cases: the connection closes
+ * right after the handshake (only a missing certificate would have got an alert of its own).
  */
 import { X509Certificate, createPrivateKey } from 'node:crypto';
+import type { EventEmitter } from 'node:events';
 import { readFileSync } from 'node:fs';
 import { Agent as HttpsAgent, request as httpsRequest } from 'node:https';
 import { Readable } from 'node:stream';
-import { TLSSocket, type ConnectionOptions, type Server as TlsServer, type TlsOptions } from 'node:tls';
+import { TLSSocket, type ConnectionOptions, type TlsOptions } from 'node:tls';
 import { z } from 'zod';
 import { EdgefleetError, ErrorCode } from './errors.ts';
 
@@ -56,14 +63,16 @@ function readPem(file: string, setting: string, check: (pem: Buffer) => void): B
 
 /**
  * Reads and parses the configured files (`prefix` names the settings in errors, e.g. `tls`).
- * A certificate that has expired or is not yet valid is refused here too: better a clear start
- * error than every client failing its handshake.
+ * With `checkValidity` (the hub's server certificate) one that has expired or is not yet valid
+ * is refused too: better a clear start error than every client failing its handshake. The agent
+ * does not check: it must keep inferring offline even when its certificate has run out.
  */
-export function readTlsFiles(files: TlsFiles, prefix: string, now: () => number = Date.now): TlsMaterial {
+export function readTlsFiles(files: TlsFiles, prefix: string, opts: { checkValidity?: boolean; now?: () => number } = {}): TlsMaterial {
   const out: TlsMaterial = {};
   const checkCert = (pem: Buffer): void => {
     const c = new X509Certificate(pem);
-    const t = now();
+    if (opts.checkValidity === false) return;
+    const t = (opts.now ?? Date.now)();
     if (Date.parse(c.validTo) < t) throw new Error(`expired on ${c.validTo}`);
     if (Date.parse(c.validFrom) > t) throw new Error(`not valid before ${c.validFrom}`);
   };
@@ -83,7 +92,8 @@ export function serverTlsOptions(m: TlsMaterial, clientCerts: ClientCertMode): T
     key: m.key,
     ...(clientCerts !== 'none' ? { ca: m.ca } : {}),
     requestCert: clientCerts !== 'none',
-    rejectUnauthorized: clientCerts === 'required',
+    // Enforced in enforceClientCerts, which can say why (see the module header).
+    rejectUnauthorized: false,
     minVersion: 'TLSv1.2',
     handshakeTimeout: HANDSHAKE_TIMEOUT_MS,
   };
@@ -112,39 +122,86 @@ export function peerCertificate(socket: unknown): PeerCertificate {
     presented,
     verified,
     cn: typeof raw === 'string' ? raw : undefined,
-    error: presented && !verified ? String(err instanceof Error ? err.message : (err ?? 'unverified')) : undefined,
+    error: presented && !verified ? String(err instanceof Error ? ((err as Error & { code?: string }).code ?? err.message) : (err ?? 'unverified')) : undefined,
   };
 }
 
+/** Why a client certificate was refused, as a bounded metric label. */
+export type CertRefusal = 'cert_missing' | 'cert_expired' | 'cert_not_yet_valid' | 'cert_untrusted' | 'cert_invalid';
+
+export function certRefusal(p: PeerCertificate, clientCerts: ClientCertMode): CertRefusal | undefined {
+  if (clientCerts === 'none' || p.verified) return undefined;
+  if (!p.presented) return clientCerts === 'required' ? 'cert_missing' : undefined;
+  switch (p.error) {
+    case 'CERT_HAS_EXPIRED':
+      return 'cert_expired';
+    case 'CERT_NOT_YET_VALID':
+      return 'cert_not_yet_valid';
+    case 'UNABLE_TO_GET_ISSUER_CERT':
+    case 'UNABLE_TO_GET_ISSUER_CERT_LOCALLY':
+    case 'UNABLE_TO_VERIFY_LEAF_SIGNATURE':
+    case 'DEPTH_ZERO_SELF_SIGNED_CERT':
+    case 'SELF_SIGNED_CERT_IN_CHAIN':
+    case 'CERT_SIGNATURE_FAILURE':
+      return 'cert_untrusted';
+    default:
+      return 'cert_invalid';
+  }
+}
+
 /**
- * In 'optional' mode the handshake accepts any certificate (rejectUnauthorized false, so
- * clients without one get in); this closes connections whose certificate did not verify, the
- * same outcome 'required' gives. `onRefused` gets openssl's reason (for a counter).
+ * Closes connections whose client certificate the mode refuses ('required': none or unverified;
+ * 'optional': presented but unverified), before the listener's own handler sees them (prepended).
+ * `onRefused` gets the label and openssl's code (for a counter and a log line). `server` is a tls
+ * or https server (typed as an emitter: http and https servers share one variable type).
  */
-export function closeUnverifiedPeers(server: TlsServer, clientCerts: ClientCertMode, onRefused: (reason: string) => void): void {
-  if (clientCerts !== 'optional') return;
-  server.on('secureConnection', (socket: TLSSocket) => {
+export function enforceClientCerts(server: EventEmitter, clientCerts: ClientCertMode, onRefused: (reason: CertRefusal, detail: string, socket: TLSSocket) => void): void {
+  if (clientCerts === 'none') return;
+  server.prependListener('secureConnection', (socket: TLSSocket) => {
     const p = peerCertificate(socket);
-    if (p.presented && !p.verified) {
-      onRefused(p.error ?? 'unverified');
-      socket.destroy();
-    }
+    const reason = certRefusal(p, clientCerts);
+    if (!reason) return;
+    onRefused(reason, p.error ?? 'no certificate', socket);
+    socket.destroy();
   });
 }
 
 // --- client side (agent) ----------------------------------------------------------------------
 
-export interface ClientTlsFiles {
-  caFile?: string;
-  certFile?: string;
-  keyFile?: string;
-  /** Name checked against the server certificate (and sent as SNI) instead of the URL's host. */
+/** The agent's `hub.tls`: used by mqtts:// and https:// hub URLs. */
+export const ClientTlsSchema = z
+  .object({
+    /** CA that signed the hub's certificate (default: the system's trusted CAs). */
+    caFile: z.string().min(1).optional(),
+    /** Client certificate (CN = the device id) and its key, for hubs that ask for one. */
+    certFile: z.string().min(1).optional(),
+    keyFile: z.string().min(1).optional(),
+    /** Name checked against the server certificate (and sent as SNI) instead of the URL's host. */
+    servername: z.string().min(1).max(253).optional(),
+  })
+  .superRefine((t, ctx) => {
+    if (!!t.certFile !== !!t.keyFile) ctx.addIssue({ code: 'custom', path: [t.certFile ? 'keyFile' : 'certFile'], message: 'certFile and keyFile go together' });
+  });
+export type ClientTlsFiles = z.infer<typeof ClientTlsSchema>;
+
+/** True when any TLS setting is given (else the defaults of node and mqtt.js apply as they are). */
+export function hasClientTls(files: ClientTlsFiles): boolean {
+  return !!(files.caFile ?? files.certFile ?? files.keyFile ?? files.servername);
+}
+
+/** What the agent's mqtts and https connections add to tls.connect (fits mqtt.js options too). */
+export interface ClientTls {
+  ca?: Buffer;
+  cert?: Buffer;
+  key?: Buffer;
   servername?: string;
+  /** Always true: a hub whose certificate does not verify is never talked to. */
+  rejectUnauthorized: true;
 }
 
 /** tls.connect options for the agent's mqtts and https connections; server certificates are always verified. */
-export function clientTlsOptions(files: ClientTlsFiles, prefix: string): ConnectionOptions {
-  const m = readTlsFiles(files, prefix);
+export function clientTlsOptions(files: ClientTlsFiles, prefix: string): ClientTls {
+  const m = readTlsFiles(files, prefix, { checkValidity: false });
   return {
     ...(m.ca ? { ca: m.ca } : {}),
     ...(m.cert ? { cert: m.cert } : {}),
@@ -188,7 +245,7 @@ export function tlsFetch(tls: ConnectionOptions): FetchLike {
           resolve(new Response(body, { status, statusText: res.statusMessage, headers }));
         } catch (err) {
           res.destroy();
-          reject(err);
+          reject(err instanceof Error ? err : new Error(String(err)));
         }
       });
       req.once('error', reject);

@@ -12,6 +12,7 @@
  */
 import { z } from 'zod';
 import { EdgefleetError, ErrorCode } from '../../shared/errors.ts';
+import type { FetchLike } from '../../shared/tls.ts';
 
 /** What the pipeline hands over: the InferRequest shape, reduced to the input itself. */
 export type SampleInput = { kind: 'json'; body: unknown } | { kind: 'image'; bytes: Buffer };
@@ -150,6 +151,8 @@ export interface UploadTarget {
   deviceId: string;
   token: string;
   timeoutMs?: number;
+  /** https with the agent's hub.tls (shared/tls.ts tlsFetch); default: global fetch. */
+  fetch?: FetchLike;
 }
 
 /** POSTs the body to `<hub>/v1/samples/<deviceId>` with device credentials; resolves with the HTTP status. */
@@ -158,7 +161,7 @@ export async function uploadSample(target: UploadTarget, body: SampleUploadBody)
   const payload = JSON.stringify(body);
   let res: Response;
   try {
-    res = await fetch(`${target.hubHttpUrl}/v1/samples/${encodeURIComponent(target.deviceId)}`, {
+    res = await (target.fetch ?? fetch)(`${target.hubHttpUrl}/v1/samples/${encodeURIComponent(target.deviceId)}`, {
       method: 'POST',
       headers: { 'content-type': 'application/json', authorization: `Bearer ${target.deviceId}:${target.token}` },
       body: payload,

@@ -41,6 +41,7 @@ import {
   type Status,
   type TelemetryBatch,
 } from '../../shared/protocol.ts';
+import type { ClientTls } from '../../shared/tls.ts';
 import type { ModelSlot } from '../../shared/updates.ts';
 import type { Outbox } from '../outbox/outbox.ts';
 
@@ -80,6 +81,8 @@ export interface HubLinkOptions {
   registry?: Registry;
   /** Random source for backoff jitter (tests). */
   random?: () => number;
+  /** For mqtts:// URLs: CA, client certificate and key, servername (shared/tls.ts clientTlsOptions). */
+  tls?: ClientTls;
 }
 
 export type CommandHandler = (cmd: Command) => Promise<unknown>;
@@ -135,7 +138,7 @@ interface LinkMetrics {
   commands: Counter<'outcome'>;
 }
 
-type ResolvedOptions = Required<Omit<HubLinkOptions, 'registry' | 'random' | 'modelState'>> & Pick<HubLinkOptions, 'modelState'>;
+type ResolvedOptions = Required<Omit<HubLinkOptions, 'registry' | 'random' | 'modelState' | 'tls'>> & Pick<HubLinkOptions, 'modelState' | 'tls'>;
 
 export class HubLink extends EventEmitter<HubLinkEvents> implements Component {
   readonly name = 'hub-link';
@@ -203,6 +206,7 @@ export class HubLink extends EventEmitter<HubLinkEvents> implements Component {
       stopTimeoutMs: opts.stopTimeoutMs ?? 2000,
       commandMemory: opts.commandMemory ?? 1000,
       log: opts.log,
+      tls: opts.tls,
     };
     this.#log = opts.log;
     this.#backoff = new Backoff(opts.backoff, opts.random);
@@ -249,6 +253,8 @@ export class HubLink extends EventEmitter<HubLinkEvents> implements Component {
       queueQoSZero: false,
       resubscribe: false,
       will: this.#will(),
+      // Server certificates are always verified (ClientTls.rejectUnauthorized is true, as mqtt.js' default).
+      ...this.#o.tls,
     };
     const client = connect(this.#o.url, options);
     this.#client = client;

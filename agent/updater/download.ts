@@ -19,6 +19,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { Backoff, type BackoffOptions } from '../../shared/backoff.ts';
 import { EdgefleetError, ErrorCode } from '../../shared/errors.ts';
 import type { Logger } from '../../shared/log.ts';
+import type { FetchLike } from '../../shared/tls.ts';
 
 export interface DownloadRequest {
   url: string;
@@ -37,6 +38,8 @@ export interface DownloadOptions {
   signal?: AbortSignal;
   /** Bytes received (for the download counter). */
   onBytes?: (n: number) => void;
+  /** https with the agent's hub.tls (CA, client certificate): shared/tls.ts tlsFetch. Default: global fetch. */
+  fetch?: FetchLike;
 }
 
 /** A failure of the artifact itself (not of the transport): retrying cannot help. */
@@ -80,7 +83,7 @@ async function attempt(req: DownloadRequest, o: DownloadOptions): Promise<void> 
   try {
     const headers: Record<string, string> = { authorization: req.authorization };
     if (have > 0) Object.assign(headers, { range: `bytes=${have}-`, 'if-range': `"${req.sha256}"` });
-    const res = await fetch(req.url, { headers, signal: ac.signal, redirect: 'error' });
+    const res = await (o.fetch ?? fetch)(req.url, { headers, signal: ac.signal, redirect: 'error' });
     let start: number;
     if (res.status === 206) {
       const m = /^bytes (\d+)-(\d+)\/(\d+|\*)$/.exec(res.headers.get('content-range') ?? '');

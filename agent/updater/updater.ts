@@ -45,6 +45,7 @@ import {
 import { probeModel, type ProbeLimits } from '../../shared/validate/model-probe.ts';
 import type { BackoffOptions } from '../../shared/backoff.ts';
 import { openLocalModel, readManifest, type LocalModel } from '../models/local-models.ts';
+import type { FetchLike } from '../../shared/tls.ts';
 import { ArtifactMismatch, downloadArtifact } from './download.ts';
 import { fsyncPath, loadState, saveState, versionDirName, withFailed, type SlotState, type UpdaterState } from './state.ts';
 import { verifyInstall, type Identity } from './verify.ts';
@@ -76,6 +77,8 @@ export interface UpdaterOptions {
   /** http(s)://host:port of the hub API; undefined = installs fail with BAD_CONFIG. */
   hubHttpUrl: string | undefined;
   hubToken: string;
+  /** https with the agent's hub.tls (shared/tls.ts tlsFetch); default: global fetch. */
+  fetch?: FetchLike;
   dir: string;
   trustedKeys: readonly TrustedKey[];
   probationMs: number;
@@ -298,7 +301,7 @@ export class ModelUpdater implements Component {
       try {
         await downloadArtifact(
           { url: `${this.#o.hubHttpUrl}${args.artifactPath}`, authorization: `Bearer ${this.#o.identity.deviceId}:${this.#o.hubToken}`, path: part, sha256: m.artifact.sha256, size: m.artifact.size },
-          { ...this.#o.download, log: this.#log, signal: this.#abort.signal, onBytes: (n) => this.#metrics?.bytes.inc(n) },
+          { ...this.#o.download, fetch: this.#o.fetch, log: this.#log, signal: this.#abort.signal, onBytes: (n) => this.#metrics?.bytes.inc(n) },
         );
       } catch (err) {
         const e = toEdgefleetError(err);

@@ -40,7 +40,7 @@ import { EdgefleetError, ErrorCode } from '../../shared/errors.ts';
 import type { Component } from '../../shared/lifecycle.ts';
 import type { Logger } from '../../shared/log.ts';
 import { DeviceIdSchema, NameSchema } from '../../shared/protocol.ts';
-import { closeUnverifiedPeers, peerCertificate, readTlsFiles, serverTlsOptions, type ClientCertMode, type TlsFiles } from '../../shared/tls.ts';
+import { enforceClientCerts, peerCertificate, readTlsFiles, serverTlsOptions, type ClientCertMode, type TlsFiles } from '../../shared/tls.ts';
 import { DashboardAssets } from '../ui/static.ts';
 import { GroupSchema, LabelsSchema } from '../../shared/ids.ts';
 import type { DeviceAuth } from '../auth/devices.ts';
@@ -280,7 +280,7 @@ export class ApiServer implements Component {
     const tls = this.#o.tls?.certFile ? this.#o.tls : undefined;
     const onRequest = (req: IncomingMessage, res: ServerResponse): void => void this.#handle(req, res);
     const server = tls ? createHttpsServer(serverTlsOptions(readTlsFiles(tls, 'tls'), tls.clientCerts), onRequest) : createServer(onRequest);
-    if (tls) closeUnverifiedPeers(server, tls.clientCerts, (why) => this.#o.log.debug({ why }, 'https connection with an unverified client certificate closed'));
+    if (tls) enforceClientCerts(server, tls.clientCerts, (reason, detail) => this.#o.log.debug({ reason, detail }, 'https client certificate refused; connection closed'));
     server.headersTimeout = 10_000;
     // No deadline for a whole request: a model artifact upload (up to models.maxArtifactBytes)
     // over a slow link takes minutes. A socket idle this long is closed instead, which still

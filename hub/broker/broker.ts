@@ -13,8 +13,9 @@
  * TLS (hub config `tls`, issue #6): mqtts on a node:tls server; the packet guard wraps the
  * TLSSocket like a plain one. With client certificates, a verified certificate's CN must equal
  * the client id (refused `cert_cn_mismatch`); the token is still checked: the certificate binds
- * the identity, the token proves it. Certificates that fail the handshake (wrong CA, expired, none
- * when required) and plain MQTT on the TLS port are counted in edgefleet_hub_mqtt_tls_refused_total.
+ * the identity, the token proves it. Refused client certificates (cert_missing, cert_expired,
+ * cert_untrusted, ...: shared/tls.ts) and failed handshakes (plain MQTT on the TLS port, a client
+ * that does not trust the hub) are counted in edgefleet_hub_mqtt_tls_refused_total{reason}.
  */
 import { createServer, type Server, type Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
@@ -24,7 +25,7 @@ import { Counter, Gauge, type Registry } from 'prom-client';
 import { EdgefleetError, ErrorCode, toEdgefleetError } from '../../shared/errors.ts';
 import type { Component } from '../../shared/lifecycle.ts';
 import { LogThrottle, type Logger } from '../../shared/log.ts';
-import { closeUnverifiedPeers, peerCertificate, readTlsFiles, serverTlsOptions, type ClientCertMode, type TlsFiles } from '../../shared/tls.ts';
+import { enforceClientCerts, peerCertificate, readTlsFiles, serverTlsOptions, type ClientCertMode, type TlsFiles } from '../../shared/tls.ts';
 import { PrincipalVerifier } from '../auth/principals.ts';
 import type { HubStore } from '../store/store.ts';
 import { guardConnection } from './packet-guard.ts';
@@ -121,7 +122,7 @@ export class EmbeddedBroker implements Component, MessageBus {
       clientErrors: new Counter({ name: 'edgefleet_hub_mqtt_client_errors_total', help: 'Client and connection errors seen by the broker.', registers }),
       tlsRefused: new Counter({
         name: 'edgefleet_hub_mqtt_tls_refused_total',
-        help: 'TLS connections refused before MQTT, by reason (handshake: no/untrusted/expired certificate or not TLS at all; unverified_cert: a bad certificate in optional mode).',
+        help: 'TLS connections refused before MQTT, by reason (cert_missing, cert_expired, cert_not_yet_valid, cert_untrusted, cert_invalid; handshake: failed before that, e.g. not TLS at all).',
         labelNames: ['reason'],
         registers,
       }),
@@ -238,6 +239,10 @@ export class EmbeddedBroker implements Component, MessageBus {
   }
 
   #adopt(aedes: Aedes, socket: Socket, conn: Duplex): void {
+    if (socket.destroyed) {
+      conn.destroy(); // refused by enforceClientCerts (it runs first)
+      return;
+    }
     if (socket instanceof TLSSocket) this.#tlsPeers.set(conn, socket);
     aedes.handle(conn);
   }
@@ -254,7 +259,7 @@ export class EmbeddedBroker implements Component, MessageBus {
       this.#throttle.run(`tls:${reason}:${detail}`, (suppressed) => this.#log.warn({ remote, reason, detail, suppressed }, 'mqtt tls connection refused'));
     };
     server.on('tlsClientError', (err: Error & { code?: string }, socket: TLSSocket) => refusedTls('handshake', err.code ?? err.message, socket.remoteAddress));
-    closeUnverifiedPeers(server, this.#opts.tls?.clientCerts ?? 'none', (why) => refusedTls('unverified_cert', why, undefined));
+    enforceClientCerts(server, this.#opts.tls?.clientCerts ?? 'none', (reason, detail, socket) => refusedTls(reason, detail, socket.remoteAddress));
     return server;
   }
 
