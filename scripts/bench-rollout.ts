@@ -16,7 +16,7 @@
  * throughput ceiling). Bake time is a policy choice that adds to any real rollout.
  */
 import { createHash } from 'node:crypto';
-import { mkdtemp, readFile, rm } from 'node:fs/promises';
+import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
@@ -68,7 +68,11 @@ async function main(): Promise<void> {
   const dir = await mkdtemp(join(tmpdir(), 'edgefleet-bench-rollout-'));
   const modelsDir = join(process.cwd(), 'models');
   await makeModels({ outDir: modelsDir });
-  const hub = await startHubProcess({ dataDir: join(dir, 'hub'), logFile: join(dir, 'hub.log') });
+  // Every simulated device connects from 127.0.0.1: lift the per-address connection rate limit
+  // (a real fleet connects from its own addresses, or a site NAT sized with this setting).
+  const configFile = join(dir, 'hub.json');
+  await writeFile(configFile, JSON.stringify({ limits: { maxConnectsPerSecondPerIp: 100_000 } }));
+  const hub = await startHubProcess({ dataDir: join(dir, 'hub'), logFile: join(dir, 'hub.log'), configFile });
   const devices: SimulatedDevice[] = [];
   try {
     const shipped = JSON.parse(await readFile(join(modelsDir, 'machine-state.manifest.json'), 'utf8')) as { version: string; artifact: { sha256: string } };
