@@ -70,7 +70,7 @@ async function main(): Promise<void> {
   await makeModels({ outDir: modelsDir });
   // Every simulated device connects from 127.0.0.1: lift the per-address connection rate limit
   // (a real fleet connects from its own addresses, or a site NAT sized with this setting).
-  const configFile = join(dir, 'hub.json');
+  const configFile = join(dir, 'hub-config.json');
   await writeFile(configFile, JSON.stringify({ limits: { maxConnectsPerSecondPerIp: 100_000 } }));
   const hub = await startHubProcess({ dataDir: join(dir, 'hub'), logFile: join(dir, 'hub.log'), configFile });
   const devices: SimulatedDevice[] = [];
