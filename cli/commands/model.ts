@@ -2,7 +2,8 @@
  * `edgefleet model push|list|show`: the hub's model registry from the command line.
  * push checks the manifest and the file locally first (schema, size, sha256), so the common
  * mistakes fail before any upload; then announces the manifest (POST /v1/models) and streams
- * the file (PUT .../artifact), showing bytes sent when stdout is a terminal.
+ * the file (PUT .../artifact) through a byte counter that draws progress on stderr
+ * (cli/progress.ts: a bar on a terminal, plain lines with --progress, nothing with --json).
  */
 import { createReadStream } from 'node:fs';
 import { readFile, stat } from 'node:fs/promises';
@@ -12,9 +13,10 @@ import { formatIssues } from '../../shared/codec.ts';
 import { sha256File } from '../../shared/files.ts';
 import { ManifestSchema } from '../../shared/manifest.ts';
 import { HUB_OPTIONS_HELP, UsageError, humanBytes as human, parseRef, runCommand, runSubcommands, table, type CliIo } from '../command.ts';
+import { Progress, bar, progressMode } from '../progress.ts';
 import { HubError, type HubTarget } from './http-client.ts';
 
-const USAGE = `usage: edgefleet model push <file.onnx> --manifest <manifest.json> [--json]
+const USAGE = `usage: edgefleet model push <file.onnx> --manifest <manifest.json> [--progress] [--json]
        edgefleet model list [--json]
        edgefleet model show <name>@<version> [--json]
 
@@ -26,6 +28,8 @@ show   one release: manifest summary, counter, signing key.
 
 Options:
   --manifest <file>    (push) the model's manifest
+  --progress           (push) upload progress on stderr even when it is not a terminal
+                       (a line per quarter); on a terminal a bar is drawn anyway
   --json               print the hub's answer as JSON
 ${HUB_OPTIONS_HELP}
 `;
@@ -53,28 +57,35 @@ const ErrorBodySchema = z.object({ error: z.object({ code: z.string(), message: 
 /** Uploads can take long (big file, slow link, and the hub loads the model before answering). */
 const UPLOAD_TIMEOUT_MS = 30 * 60_000;
 
-/** PUTs a file as the raw request body, streamed; progress to stderr when stdout is a TTY. */
-async function putFile(target: HubTarget, path: string, file: string, size: number, progress: boolean): Promise<unknown> {
+/**
+ * A pass-through that counts bytes: the live bar on a terminal, a line per quarter with
+ * --progress in a log, and a last line when the upload ends and the hub starts checking.
+ */
+export function uploadProgress(progress: Progress, size: number): Transform {
   let sent = 0;
-  let lastDraw = 0;
-  const draw = (final: boolean): void => {
-    const now = Date.now();
-    if (!progress || (!final && now - lastDraw < 100)) return;
-    lastDraw = now;
-    process.stderr.write(`\rsending ${human(sent)} / ${human(size)} (${Math.floor((sent / size) * 100)}%)${final ? '\n' : ''}`);
-  };
-  const counting = new Transform({
+  let quarter = 0;
+  const text = (): string => `uploading ${bar(size ? sent / size : 1)} ${Math.floor(size ? (sent / size) * 100 : 100)}%  ${human(sent)} / ${human(size)}`;
+  return new Transform({
     transform(chunk: Buffer, _enc, cb) {
       sent += chunk.length;
-      draw(false);
+      progress.update(text());
+      const q = size ? Math.floor((sent / size) * 4) : 4;
+      if (progress.mode === 'lines' && q > quarter && q < 4) progress.step(text());
+      quarter = Math.max(quarter, q);
       cb(null, chunk);
     },
     flush(cb) {
-      draw(true);
-      if (progress) process.stderr.write('checking the model at the hub...\n');
+      progress.update(text(), true);
+      progress.done();
+      progress.step(`uploaded ${human(sent)}; the hub is checking the model (test vectors in a sandbox)...`);
       cb();
     },
   });
+}
+
+/** PUTs a file as the raw request body, streamed through the progress counter. */
+async function putFile(target: HubTarget, path: string, file: string, size: number, progress: Progress): Promise<unknown> {
+  const counting = uploadProgress(progress, size);
   const body = Readable.toWeb(createReadStream(file).pipe(counting)) as ReadableStream<Uint8Array>;
   let res: Response;
   try {
@@ -103,7 +114,7 @@ async function putFile(target: HubTarget, path: string, file: string, size: numb
 }
 
 function push(argv: string[], io: CliIo): Promise<number> {
-  const spec = { name: 'model push', usage: USAGE, options: { manifest: { type: 'string' } }, positionals: { min: 1, what: 'a model file' } } as const;
+  const spec = { name: 'model push', usage: USAGE, options: { manifest: { type: 'string' }, progress: { type: 'boolean' } }, positionals: { min: 1, what: 'a model file' } } as const;
   return runCommand(argv, io, spec, async ({ values, positionals, target, hub, show }) => {
     if (!values.manifest) throw new UsageError('--manifest <file> is required');
     const file = positionals[0] as string;
@@ -128,7 +139,7 @@ function push(argv: string[], io: CliIo): Promise<number> {
 
     // Sent as read, not as parsed: the hub validates it again and signs what it parsed.
     const announced = await (await hub(60_000)).request('POST', '/v1/models', AnnouncedSchema, { manifest: raw });
-    const progress = !values.json && process.stdout.isTTY === true;
+    const progress = new Progress(io, progressMode(io, values));
     const released = ModelSchema.safeParse(await putFile(await target(), announced.upload.path, file, size, progress));
     if (!released.success) throw new HubError('unexpected answer from the hub for the artifact upload', 201, 'BAD_PAYLOAD');
     const r = released.data;

@@ -1,21 +1,29 @@
 /**
- * `edgefleet rollout create|list|status|pause|resume|abort|approve` and
+ * `edgefleet rollout create|list|status|pause|resume|abort|approve|watch` and
  * `edgefleet devices history <id>`: staged rollouts from the command line, over the hub's HTTP
  * API (hub/api/server.ts). Flags map one to one onto the POST /v1/rollouts body; the hub
  * validates it again and fills the defaults, so this file only parses what the shell gives it.
  */
+import { setTimeout as sleep } from 'node:timers/promises';
 import { z } from 'zod';
-import { HUB_OPTIONS_HELP, UsageError, parseRef, runCommand, runSubcommands, table, type CliIo } from '../command.ts';
+import { EXIT, HUB_OPTIONS_HELP, UsageError, exitCodeOf, parseRef, runCommand, runSubcommands, table, type CliIo } from '../command.ts';
+import { Progress, bar, progressMode } from '../progress.ts';
+import type { HubClient } from './http-client.ts';
 
 const USAGE = `usage: edgefleet rollout create <name>@<version> --target <selector> [options]
        edgefleet rollout list [--json]
        edgefleet rollout status <id> [--json]
        edgefleet rollout pause|resume|abort|approve <id> [--json]
+       edgefleet rollout watch <id> [--interval 2s] [--timeout <duration>] [--progress] [--json]
 
 create   starts a staged rollout of a released model to the devices the selector matches
          (devices registered later that match are included too).
 status   state, waves, device counts and behaviour gate results.
 approve  lets the next wave start (rollouts created with --approval each-wave).
+watch    polls the rollout until it ends, drawing wave progress on stderr (a terminal, or
+         --progress for a line per change), then prints its status. Exit 0 when it completed,
+         1 when it was rolled back or aborted (or --timeout passed), 3 when the hub stayed
+         unreachable.
 
 Selector (--target, repeatable; all given must match):
   devices=a,b,c        these device ids
@@ -224,11 +232,73 @@ function one(sub: 'status' | 'pause' | 'resume' | 'abort' | 'approve'): (argv: s
     });
 }
 
+/** One line for a rollout in progress: wave i of n, devices done of total, phase, last gate. */
+export function watchLine(s: Status): string {
+  const c = s.counts;
+  const done = c.succeeded + c.failed + c.rolled_back;
+  const gate = s.gates.at(-1);
+  const phase = s.phase === 'baking' && s.bake.until ? `baking until ${s.bake.until.slice(11, 19)}` : s.phase === 'ended' ? s.state : s.phase.replace('_', ' ');
+  return [
+    `${s.id} wave ${Math.min(s.currentWave + 1, s.waves.length)}/${s.waves.length} ${phase}`,
+    `${bar(c.total ? done / c.total : 0, 16)} ${done}/${c.total} devices done${c.failed + c.rolled_back ? ` (${c.failed} failed, ${c.rolled_back} rolled back)` : ''}${c.dispatched ? `, ${c.dispatched} installing` : ''}`,
+    ...(gate ? [`gate wave ${gate.wave + 1}: ${gate.verdict} → ${gate.action}`] : []),
+  ].join('  ');
+}
+
+const ENDED = new Set(['completed', 'aborted', 'rolled_back']);
+/** Polls that may fail in a row (hub restarting, a network blip) before watch gives up with exit 3. */
+const UNREACHABLE_POLLS = 5;
+
+async function poll(client: HubClient, path: string, misses: { n: number }): Promise<Status | undefined> {
+  try {
+    const s = await client.request('GET', path, StatusSchema);
+    misses.n = 0;
+    return s;
+  } catch (err) {
+    if (exitCodeOf(err) !== EXIT.UNREACHABLE || ++misses.n >= UNREACHABLE_POLLS) throw err;
+    return undefined;
+  }
+}
+
+function watch(argv: string[], io: CliIo): Promise<number> {
+  const options = { interval: { type: 'string' }, timeout: { type: 'string' }, progress: { type: 'boolean' } } as const;
+  return runCommand(argv, io, { name: 'rollout watch', usage: USAGE, options, positionals: { min: 1, what: 'a rollout id' } }, async ({ values, positionals, hub, show }) => {
+    const intervalMs = parseDuration(values.interval ?? '2s', '--interval');
+    if (intervalMs < 100) throw new UsageError('--interval must be at least 100ms');
+    const deadline = values.timeout === undefined ? Infinity : Date.now() + parseDuration(values.timeout, '--timeout');
+    const client = await hub();
+    const path = `/v1/rollouts/${encodeURIComponent(positionals[0] ?? '')}`;
+    const progress = new Progress(io, progressMode(io, values));
+    const misses = { n: 0 };
+    let milestone = '';
+    for (;;) {
+      const s = await poll(client, path, misses);
+      if (s) {
+        // A step per change of state, phase, wave or gate count; the live line for device counts.
+        const key = `${s.state}/${s.phase}/${s.currentWave}/${s.gates.length}`;
+        if (key !== milestone) progress.step(`${new Date().toISOString().slice(11, 19)} ${watchLine(s)}`);
+        else progress.update(watchLine(s));
+        milestone = key;
+        if (ENDED.has(s.state)) {
+          progress.done();
+          show(s, () => formatStatus(s));
+          return s.state === 'completed' ? EXIT.OK : EXIT.FAILED;
+        }
+      } else progress.update(`hub unreachable, retrying (${misses.n}/${UNREACHABLE_POLLS})`);
+      if (Date.now() + intervalMs > deadline) {
+        progress.done();
+        throw new Error(`rollout ${positionals[0]} is still ${s?.state ?? 'not ended'} after --timeout ${values.timeout}`);
+      }
+      await sleep(intervalMs);
+    }
+  });
+}
+
 export function run(argv: string[], io: CliIo): Promise<number> {
   return runSubcommands(argv, io, {
     name: 'rollout',
     usage: USAGE,
-    commands: { create, list, status: one('status'), pause: one('pause'), resume: one('resume'), abort: one('abort'), approve: one('approve') },
+    commands: { create, list, status: one('status'), pause: one('pause'), resume: one('resume'), abort: one('abort'), approve: one('approve'), watch },
   });
 }
 
