@@ -4,7 +4,7 @@
  */
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { z } from 'zod';
-import { formatIssues } from '../../shared/codec.ts';
+import { formatIssues, MAX_JSON_DEPTH, nestedDeeperThan } from '../../shared/codec.ts';
 import { EdgefleetError, ErrorCode, httpStatusOf, toEdgefleetError } from '../../shared/errors.ts';
 
 export function sendJson(res: ServerResponse, status: number, body: unknown, headers: Record<string, string> = {}): void {
@@ -73,6 +73,9 @@ export async function readJson<S extends z.ZodType>(req: IncomingMessage, schema
   } catch (err) {
     throw new EdgefleetError(ErrorCode.BAD_INPUT, `malformed JSON: ${(err as Error).message}`);
   }
+  // Schemas that take anything (sample items) would pass a 100k-deep value on to a recursive
+  // JSON.stringify, which overflows the stack: a 500 found by test/fuzz/http.fuzz.test.ts.
+  if (nestedDeeperThan(raw, MAX_JSON_DEPTH)) throw new EdgefleetError(ErrorCode.BAD_INPUT, `JSON nested deeper than ${MAX_JSON_DEPTH} levels`);
   const parsed = schema.safeParse(raw);
   if (!parsed.success) throw new EdgefleetError(ErrorCode.BAD_INPUT, formatIssues(parsed.error));
   return parsed.data;

@@ -1,12 +1,16 @@
 /**
  * Input samples devices upload for labelling after a `drift.sample` command (the retraining
  * hook): POST /v1/samples/<deviceId> with the device's own credentials, stored as one JSON file
- * `<dataDir>/samples/<deviceId>/<ts>.json` (written to a temp name and renamed, so a listed file
- * is always complete). Bodies are size-capped by drift.samples.maxBytes at the HTTP layer and
+ * `<dataDir>/samples/<deviceId>/<ts>.json` (written to a unique temp name, then hard-linked to the
+ * first free `<ts>[-n].json`: a listed file is always complete, and link(), unlike rename(), never
+ * replaces a file, so two uploads in the same millisecond keep both; with a shared temp name and
+ * rename, concurrent uploads failed with 500 and could overwrite each other, found by
+ * test/fuzz/http.fuzz.test.ts). Bodies are size-capped by drift.samples.maxBytes at the HTTP layer and
  * item-capped here. Files are the hand-off to a labelling tool; the hub does not read them back
  * except to list them.
  */
-import { mkdir, readdir, rename, stat, writeFile } from 'node:fs/promises';
+import { randomUUID } from 'node:crypto';
+import { link, mkdir, readdir, stat, unlink, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { z } from 'zod';
 import { DeviceIdSchema, NameSchema } from '../../shared/protocol.ts';
@@ -42,12 +46,21 @@ export class SampleStore {
     const dir = join(this.dir, deviceId);
     await mkdir(dir, { recursive: true });
     const ts = this.now();
-    let name = `${ts}.json`;
-    for (let i = 1; await exists(join(dir, name)); i++) name = `${ts}-${i}.json`;
-    const tmp = join(dir, `.${name}.tmp`);
+    const tmp = join(dir, `.${ts}-${randomUUID()}.tmp`);
     await writeFile(tmp, JSON.stringify({ deviceId, receivedAt: new Date(ts).toISOString(), ...body }));
-    await rename(tmp, join(dir, name));
-    return `${deviceId}/${name}`;
+    try {
+      for (let i = 0; ; i++) {
+        const name = i === 0 ? `${ts}.json` : `${ts}-${i}.json`;
+        try {
+          await link(tmp, join(dir, name));
+          return `${deviceId}/${name}`;
+        } catch (err) {
+          if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
+        }
+      }
+    } finally {
+      await unlink(tmp).catch(() => undefined);
+    }
   }
 
   /** Stored uploads, newest first, optionally of one device. */
@@ -67,9 +80,3 @@ export class SampleStore {
   }
 }
 
-async function exists(path: string): Promise<boolean> {
-  return stat(path).then(
-    () => true,
-    () => false,
-  );
-}

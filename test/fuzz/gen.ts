@@ -50,6 +50,13 @@ export class Outcomes {
     return this.#counts.get(kind) ?? 0;
   }
 
+  /** Total of the counters whose name matches. */
+  sumWhere(match: RegExp): number {
+    let n = 0;
+    for (const [k, v] of this.#counts) if (match.test(k)) n += v;
+    return n;
+  }
+
   /** `a=1 b=2`, sorted by name. */
   toString(): string {
     return [...this.#counts.entries()]
@@ -358,16 +365,17 @@ const TEXT_SNIPPETS = ['1e999', '-1e999', 'NaN', 'Infinity', '-0', '1e308', '"__
 
 /**
  * A mutated JSON (or YAML) text: byte mutations, or a literal spliced in that JSON.parse turns
- * into Infinity (1e999) or rejects, or a deep-nesting prefix.
+ * into Infinity (1e999) or rejects, or deep nesting (up to `maxDepth`: the YAML parser takes
+ * ~1.5 s to refuse 100k levels, which would eat a config fuzz budget).
  */
-export function mutateText(text: string, rng: Rng): string {
+export function mutateText(text: string, rng: Rng, maxDepth = 100_000): string {
   const r = rng.int(10);
   if (r < 5) return mutateBytes(Buffer.from(text), rng).toString('utf8');
   if (r < 8) {
     const at = rng.int(text.length + 1);
     return text.slice(0, at) + rng.pick(TEXT_SNIPPETS) + text.slice(at + rng.int(4));
   }
-  if (r < 9) return deepJsonText(rng.pick([100, 10_000, 100_000]), rng.next() < 0.5 ? 'array' : 'object');
+  if (r < 9) return deepJsonText(Math.min(maxDepth, rng.pick([100, 10_000, 100_000])), rng.next() < 0.5 ? 'array' : 'object');
   // replace a number literal with a huge or special one
   const nums = [...text.matchAll(/-?\d+(\.\d+)?([eE][-+]?\d+)?/g)];
   const m = nums.length ? rng.pick(nums) : undefined;
