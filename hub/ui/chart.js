@@ -20,6 +20,18 @@ export function niceTicks(lo, hi, n = 5) {
   return out;
 }
 
+const MIN = 60_000;
+const TIME_STEPS = [MIN, 5 * MIN, 15 * MIN, 30 * MIN, 60 * MIN, 120 * MIN, 360 * MIN, 720 * MIN, 1440 * MIN, 7 * 1440 * MIN];
+
+/** Round times in [t0, t1] (whole minutes, quarter hours, hours, days: local time for days), at most about `n`. */
+export function timeTicks(t0, t1, n = 6) {
+  const step = TIME_STEPS.find((st) => (t1 - t0) / st <= n) ?? TIME_STEPS[TIME_STEPS.length - 1];
+  const offset = step >= 1440 * MIN ? new Date(t0).getTimezoneOffset() * MIN : 0;
+  const out = [];
+  for (let t = Math.ceil((t0 - offset) / step) * step + offset; t <= t1; t += step) out.push(t);
+  return out;
+}
+
 function timeLabel(t, spanMs) {
   const d = new Date(t);
   const hm = d.toLocaleTimeString(undefined, { hour: '2-digit', minute: '2-digit' });
@@ -60,10 +72,10 @@ export function timeChart({ points, bands = [], markers = [], yLabel = '', zero 
     svg.append(s('text', { class: 'tick', x: PAD.left - 6, y: y(v) + 4, 'text-anchor': 'end' }, fmt(v)));
   }
   if (zero && y0 < 0 && y1 > 0) svg.append(s('line', { class: 'zero', x1: PAD.left, x2: W - PAD.right, y1: y(0), y2: y(0) }));
-  const xTicks = Math.min(6, Math.max(2, points.length));
-  for (let i = 0; i < xTicks; i++) {
-    const t = t0 + ((t1 - t0) * i) / (xTicks - 1);
-    svg.append(s('text', { class: 'tick', x: x(t), y: H - PAD.bottom + 16, 'text-anchor': i === 0 ? 'start' : i === xTicks - 1 ? 'end' : 'middle' }, timeLabel(t, t1 - t0)));
+  for (const t of timeTicks(t0, t1)) {
+    svg.append(s('line', { class: 'grid', x1: x(t), x2: x(t), y1: H - PAD.bottom, y2: H - PAD.bottom + 4 }));
+    const anchor = x(t) > W - PAD.right - 30 ? 'end' : x(t) < PAD.left + 30 ? 'start' : 'middle';
+    svg.append(s('text', { class: 'tick', x: x(t), y: H - PAD.bottom + 16, 'text-anchor': anchor }, timeLabel(t, t1 - t0)));
   }
   svg.append(s('line', { class: 'axis', x1: PAD.left, x2: PAD.left, y1: PAD.top, y2: H - PAD.bottom }));
   svg.append(s('line', { class: 'axis', x1: PAD.left, x2: W - PAD.right, y1: H - PAD.bottom, y2: H - PAD.bottom }));

@@ -11,6 +11,10 @@ import { actionButton, badge, fmtAgo, fmtNum, fmtTime, h, table } from './dom.js
 
 const ms = (iso) => new Date(iso).getTime();
 
+/** An alert's scope id is the group for device-scope alerts (they name their devices). */
+const alertScope = (a) => (a.scope === 'fleet' ? 'fleet' : a.scope === 'group' ? `group ${a.scopeId}` : `devices in ${a.scopeId}`);
+const findingScope = (f) => (f.scope === 'fleet' ? 'fleet' : `${f.scope} ${f.id}`);
+
 export function driftView(ctx, query) {
   const controls = h('div', { class: 'controls' });
   const chart = h('div', { class: 'panel chart-panel' });
@@ -97,7 +101,7 @@ export function driftView(ctx, query) {
       });
       const onFeature = mine.filter((a) => a.feature === feature);
       const bands = onFeature.map((a) => ({ from: ms(a.firstWindow), to: ms(a.lastWindow) + windowMs, class: `alert-${a.state}`, label: `${a.state}: ${a.message}` }));
-      const markers = (data.findings ?? []).filter((f) => f.feature === feature).map((f) => ({ t: ms(f.windowStart) + windowMs / 2, label: f.message ?? `${f.scope} ${f.id}` }));
+      const markers = (data.findings ?? []).filter((f) => f.feature === feature).map((f) => ({ t: ms(f.windowStart) + windowMs / 2, label: f.message ?? findingScope(f) }));
       chart.replaceChildren(
         h('h2', {}, `${feature} — fleet mean, in reference SDs`),
         points.length ? timeChart({ points, bands, markers, yLabel: 'shift (SD)', testid: 'drift-chart' }) : h('p', { class: 'empty' }, 'No tested window yet.'),
@@ -122,7 +126,7 @@ export function driftView(ctx, query) {
           { label: 'Alert', class: 'message', cell: (a) => a.message },
           { label: 'Model', cell: (a) => `${a.model}@${a.version}` },
           { label: 'Feature', cell: (a) => a.feature },
-          { label: 'Scope', cell: (a) => `${a.scope} ${a.scopeId}` },
+          { label: 'Scope', cell: alertScope },
           { label: 'Windows', class: 'num', cell: (a) => a.windows },
           { label: 'Opened', cell: (a) => h('span', { title: fmtTime(a.openedAt) }, fmtAgo(a.openedAt)) },
           {
@@ -142,7 +146,7 @@ export function driftView(ctx, query) {
       table(
         [
           { label: 'Window', cell: (f) => fmtTime(f.windowStart) },
-          { label: 'Scope', cell: (f) => `${f.scope} ${f.id}` },
+          { label: 'Scope', cell: findingScope },
           { label: 'Feature', cell: (f) => f.feature },
           { label: 'Finding', class: 'message', cell: (f) => f.message ?? '' },
         ],

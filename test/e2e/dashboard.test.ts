@@ -77,6 +77,14 @@ describe('dashboard in headless Chromium against a running fleet', { timeout: 15
     assert.equal(res.status, 201, await res.text());
   };
   const rolloutState = async (id: string): Promise<RolloutStatus> => fleet.api<RolloutStatus>('GET', `/v1/rollouts/${id}`);
+  /** Two waves (a canary, then the rest of the group), each baked 0.5 s. */
+  const fillRolloutForm = async (version: string): Promise<void> => {
+    await page.click('#nav a[data-view=rollouts]');
+    await page.selectOption('#ro-model', `machine-state@${version}`);
+    await page.fill('#ro-target', GROUP);
+    await page.fill('#ro-waves', '1, 100%');
+    await page.fill('#ro-bake', '0.5');
+  };
   const currentRolloutId = (): string => decodeURIComponent(/#\/rollouts\/([^/?]+)/.exec(page.url())?.[1] ?? '');
 
   before(async () => {
@@ -194,11 +202,7 @@ describe('dashboard in headless Chromium against a running fleet', { timeout: 15
   });
 
   it('a rollout started from the form advances wave by wave to completed, paused and resumed on the way', async () => {
-    await page.click('#nav a[data-view=rollouts]');
-    await page.selectOption('#ro-model', 'machine-state@1.1.0');
-    await page.fill('#ro-target', GROUP);
-    await page.fill('#ro-waves', '1, 100%');
-    await page.fill('#ro-bake', '0.5');
+    await fillRolloutForm('1.1.0');
     await step('rollout-form');
     await page.click('#rollout-form button[type=submit]');
     await page.getByRole('heading', { name: /Rollout of machine-state@1\.1\.0/ }).waitFor();
@@ -235,11 +239,7 @@ describe('dashboard in headless Chromium against a running fleet', { timeout: 15
   });
 
   it('a rollout waiting for approval of its second wave is aborted from its page', async () => {
-    await page.click('#nav a[data-view=rollouts]');
-    await page.selectOption('#ro-model', 'machine-state@1.2.0');
-    await page.fill('#ro-target', GROUP);
-    await page.fill('#ro-waves', '1, 100%');
-    await page.fill('#ro-bake', '0.5');
+    await fillRolloutForm('1.2.0');
     await page.check('#ro-approval');
     await page.click('#rollout-form button[type=submit]');
     await page.getByRole('heading', { name: /Rollout of machine-state@1\.2\.0/ }).waitFor();
