@@ -91,8 +91,13 @@ describe('hub rollouts', () => {
     assert.equal(healed.counts.succeeded, 12);
     assert.equal(offline.slots.get('m-waves')?.active?.version, v2.version);
     const history = await fx.history(offline.id);
+    // A hello that arrives while the command is out sends the same command id again by design
+    // (it may have been lost with the connection; the agent de-duplicates): on a loaded machine
+    // the device's second hello can beat its install. One command id, sent once or more.
+    const sent = history.filter((h) => h.event === 'command_sent');
+    assert.equal(new Set(sent.map((h) => h.details.id)).size, 1, JSON.stringify(sent));
     assert.deepEqual(
-      history.map((h) => h.event),
+      history.map((h) => h.event).filter((e, i, all) => !(e === 'command_sent' && all[i - 1] === 'command_sent')),
       ['assigned', 'command_sent', 'installed'],
     );
     // Every device: installed exactly once, though result, event and hello all reported it.
