@@ -65,22 +65,19 @@ type Attempt = { ok: true; client: MqttClient } | { ok: false; why: string; code
 /** One mqtt.js connection attempt (no reconnects); resolves with the client or why it failed. */
 function attempt(url: string, o: { id: string; token: string; caFile?: string; cert?: CertFiles }, clients: MqttClient[]): Promise<Attempt> {
   return new Promise((resolve) => {
-    void (async () => {
-      const tls = o.caFile || o.cert ? clientTlsOptions({ caFile: o.caFile, certFile: o.cert?.certFile, keyFile: o.cert?.keyFile }, 'test') : {};
-      const c = mqtt.connect(url, { clientId: o.id, username: o.id, password: o.token, protocolVersion: 4, reconnectPeriod: 0, connectTimeout: 5000, ...tls });
-      clients.push(c);
-      let done = false;
-      const finish = (r: Attempt): void => {
-        if (done) return;
-        done = true;
-        if (!r.ok) c.end(true);
-        resolve(r);
-      };
-      c.once('connect', () => finish({ ok: true, client: c }));
-      c.once('error', (err: Error & { code?: number | string }) => finish({ ok: false, why: err.message, code: err.code }));
-      c.once('close', () => finish({ ok: false, why: 'connection closed', code: undefined }));
-      await Promise.resolve();
-    })();
+    const tls = o.caFile || o.cert ? clientTlsOptions({ caFile: o.caFile, certFile: o.cert?.certFile, keyFile: o.cert?.keyFile }, 'test') : {};
+    const c = mqtt.connect(url, { clientId: o.id, username: o.id, password: o.token, protocolVersion: 4, reconnectPeriod: 0, connectTimeout: 5000, ...tls });
+    clients.push(c);
+    let done = false;
+    const finish = (r: Attempt): void => {
+      if (done) return;
+      done = true;
+      if (!r.ok) c.end(true);
+      resolve(r);
+    };
+    c.once('connect', () => finish({ ok: true, client: c }));
+    c.once('error', (err: Error & { code?: number | string }) => finish({ ok: false, why: err.message, code: err.code }));
+    c.once('close', () => finish({ ok: false, why: 'connection closed', code: undefined }));
   });
 }
 
