@@ -71,7 +71,7 @@ export class DashboardAssets {
     return [...this.#files.keys()].sort();
   }
 
-  /** GET/HEAD /ui/<name> (`''` is index.html). Throws NOT_FOUND for any other name. */
+  /** GET /ui/<name> (`''` is index.html). Throws NOT_FOUND for any other name. */
   serve(req: IncomingMessage, res: ServerResponse, name: string): Promise<void> {
     const asset = this.#files.get(name === '' ? 'index.html' : name);
     if (!asset) throw new EdgefleetError(ErrorCode.NOT_FOUND, `no dashboard file ${name.slice(0, 64)}`);
@@ -81,7 +81,7 @@ export class DashboardAssets {
       res.end();
     } else {
       res.writeHead(200, { ...headers, 'content-length': asset.body.length });
-      res.end(req.method === 'HEAD' ? undefined : asset.body);
+      res.end(asset.body);
     }
     return Promise.resolve();
   }
