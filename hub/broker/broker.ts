@@ -189,14 +189,6 @@ export class EmbeddedBroker implements Component, MessageBus {
     await aedes.listen();
 
     const onSocket = (socket: Socket): void => {
-      if (!this.#connectRate.take(socket.remoteAddress ?? '')) {
-        this.#metrics.connectRefused.inc({ reason: 'rate' });
-        this.#throttle.run(`rate:${socket.remoteAddress ?? ''}`, (suppressed) =>
-          this.#log.warn({ remote: socket.remoteAddress, suppressed }, 'mqtt connection rate exceeded; connection closed'),
-        );
-        socket.destroy();
-        return;
-      }
       this.#sockets.add(socket);
       socket.once('close', () => this.#sockets.delete(socket));
       // Room for the largest accepted payload plus a maximal topic and the headers.
@@ -216,7 +208,17 @@ export class EmbeddedBroker implements Component, MessageBus {
         }),
       );
     };
-    const server = tls ? this.#tlsServer(tls, onSocket) : createServer(onSocket);
+    const inner = tls ? this.#tlsServer(tls, onSocket) : undefined;
+    // One accept path: the connection rate is checked before a TLS handshake costs anything;
+    // admitted TLS connections go to a tls.Server that does not listen itself.
+    const server = createServer((raw) => {
+      if (!this.#admit(raw)) return;
+      if (!inner) return onSocket(raw);
+      // Tracked from accept on: one still in its handshake would otherwise hold stop() open.
+      this.#sockets.add(raw);
+      raw.once('close', () => this.#sockets.delete(raw));
+      inner.emit('connection', raw);
+    });
     this.#server = server;
     try {
       await new Promise<void>((resolve, reject) => {
@@ -247,13 +249,19 @@ export class EmbeddedBroker implements Component, MessageBus {
     aedes.handle(conn);
   }
 
+  /** Connection rate per remote address; a refused connection is closed at once. */
+  #admit(socket: Socket): boolean {
+    if (this.#connectRate.take(socket.remoteAddress ?? '')) return true;
+    this.#metrics.connectRefused.inc({ reason: 'rate' });
+    this.#throttle.run(`rate:${socket.remoteAddress ?? ''}`, (suppressed) =>
+      this.#log.warn({ remote: socket.remoteAddress, suppressed }, 'mqtt connection rate exceeded; connection closed'),
+    );
+    socket.destroy();
+    return false;
+  }
+
   #tlsServer(options: ReturnType<typeof serverTlsOptions>, onSocket: (socket: Socket) => void): Server {
     const server = createTlsServer(options, onSocket);
-    // Raw sockets from accept on: one still in its handshake would otherwise hold stop() open.
-    server.on('connection', (raw: Socket) => {
-      this.#sockets.add(raw);
-      raw.once('close', () => this.#sockets.delete(raw));
-    });
     const refusedTls = (reason: string, detail: string, remote: string | undefined): void => {
       this.#metrics.tlsRefused.inc({ reason });
       this.#throttle.run(`tls:${reason}:${detail}`, (suppressed) => this.#log.warn({ remote, reason, detail, suppressed }, 'mqtt tls connection refused'));

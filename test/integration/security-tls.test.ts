@@ -10,6 +10,7 @@ import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
+import { connect as tlsConnect } from 'node:tls';
 import mqtt, { type MqttClient } from 'mqtt';
 import { loadAgentConfig } from '../../agent/config.ts';
 import { createAgent, type Agent } from '../../agent/main.ts';
@@ -45,7 +46,7 @@ async function makePki(dir: string): Promise<Pki> {
   return { ca, otherCa, server, client };
 }
 
-async function startTlsHub(dataDir: string, pki: Pki, clientCerts: ClientCertMode, httpClientCerts?: ClientCertMode): Promise<Hub> {
+async function startTlsHub(dataDir: string, pki: Pki, clientCerts: ClientCertMode, httpClientCerts?: ClientCertMode, limits: Record<string, number> = {}): Promise<Hub> {
   const config = loadHubConfig({
     env: {},
     overrides: {
@@ -53,6 +54,7 @@ async function startTlsHub(dataDir: string, pki: Pki, clientCerts: ClientCertMod
       mqtt: { host: '127.0.0.1', port: 0 },
       http: { host: '127.0.0.1', port: 0 },
       tls: { certFile: pki.server.certFile, keyFile: pki.server.keyFile, caFile: pki.ca.certFile, clientCerts, httpClientCerts },
+      limits,
     },
   });
   const hub = await createHub(config, { log: silentLogger() });
@@ -281,6 +283,35 @@ describe('TLS modes and config', () => {
       assert.equal(await refusedTls(hub, 'cert_untrusted'), 1);
       assert.equal(await refusedTls(hub, 'cert_missing'), 0);
       row("clientCerts 'optional'", `no certificate: connected with the token; certificate from another CA: closed (${bad.ok ? '' : bad.why})`);
+    } finally {
+      assert.deepEqual(await hub.stop(), []);
+    }
+  });
+
+  test('the connection rate limit applies before the TLS handshake', async () => {
+    const hub = await startTlsHub(join(dir, 'hub-rate'), pki, 'optional', undefined, { maxConnectsPerSecondPerIp: 1 });
+    try {
+      const tls = clientTlsOptions({ caFile: pki.ca.certFile }, 'test');
+      const outcomes = await Promise.all(
+        Array.from({ length: 8 }, () =>
+          new Promise<string>((resolve) => {
+            const s = tlsConnect({ ...tls, host: '127.0.0.1', port: hub.mqttPort, servername: 'localhost' });
+            s.once('secureConnect', () => {
+              s.end(); // gracefully: the hub completes its side of the handshake
+              resolve('handshake');
+            });
+            s.once('error', (err: Error & { code?: string }) => resolve(err.code ?? err.message));
+          }),
+        ),
+      );
+      const refused = await counterValue(hub, 'edgefleet_hub_mqtt_connect_refused_total', { reason: 'rate' });
+      const handshakes = outcomes.filter((o) => o === 'handshake').length;
+      // Burst 2 (two seconds' worth); a slow machine may refill one more.
+      assert.ok(handshakes >= 1 && handshakes <= 4, outcomes.join(','));
+      assert.equal(refused, 8 - handshakes);
+      // Refused before TLS: no failed handshakes counted for them.
+      assert.equal(await refusedTls(hub, 'handshake'), 0);
+      row('connection flood over TLS', `${handshakes}/8 handshakes, ${refused} closed at accept (rate), 0 TLS handshakes spent on them`);
     } finally {
       assert.deepEqual(await hub.stop(), []);
     }
