@@ -6,8 +6,9 @@
 import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
-import { Registry, collectDefaultMetrics } from 'prom-client';
+import { Registry } from 'prom-client';
 import { EdgefleetError, ErrorCode } from '../shared/errors.ts';
+import { collectProcessMetrics } from '../shared/metrics.ts';
 import { Lifecycle, type Component } from '../shared/lifecycle.ts';
 import { createLogger, type Logger } from '../shared/log.ts';
 import type { ModelRef } from '../shared/protocol.ts';
@@ -369,7 +370,7 @@ export async function runAgent(argv: string[]): Promise<void> {
   const log = createLogger({ name: 'agent', level: config.log.level, base: { deviceId: config.deviceId } });
   const registry = new Registry();
   registry.setDefaultLabels({ device: config.deviceId });
-  collectDefaultMetrics({ register: registry, prefix: 'edgefleet_agent_' });
+  collectProcessMetrics(registry, 'agent');
   await runService({
     name: 'agent',
     log,

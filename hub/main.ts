@@ -23,8 +23,9 @@
 import { rm, writeFile, rename } from 'node:fs/promises';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
-import { collectDefaultMetrics, Registry } from 'prom-client';
+import { Registry } from 'prom-client';
 import { EdgefleetError, ErrorCode } from '../shared/errors.ts';
+import { collectProcessMetrics } from '../shared/metrics.ts';
 import { Lifecycle, type Component } from '../shared/lifecycle.ts';
 import { createLogger, LOG_LEVELS, type Logger } from '../shared/log.ts';
 import { runService, type Service } from '../shared/service.ts';
@@ -39,6 +40,7 @@ import { AlertDelivery } from './alerts/delivery.ts';
 import { DriftAggregator } from './drift/aggregator.ts';
 import { DriftApi } from './drift/api.ts';
 import { DriftMonitor } from './drift/monitor.ts';
+import { registerFleetMetrics } from './fleet-metrics.ts';
 import { SampleStore } from './drift/samples.ts';
 import { FeedbackService } from './feedback/feedback.ts';
 import { MqttFeedback } from './feedback/mqtt-feedback.ts';
@@ -129,6 +131,7 @@ export function createHub(config: HubConfig, deps: HubDeps): Promise<Hub> {
     now,
   });
   const ingest = new Ingest({ bus: broker, store, log: log.child({ component: 'ingest' }), registry, maxPayloadBytes: config.limits.maxPayloadBytes, now });
+  registerFleetMetrics({ registry, fleetTotals: () => store.fleetTotals(), log: log.child({ component: 'metrics' }) });
   const models = new ModelRegistry({
     store,
     keys: new KeyRing({
@@ -373,7 +376,7 @@ export async function runHub(argv: string[]): Promise<void> {
   }
   const log = createLogger({ name: 'hub', level: config.log.level });
   const registry = new Registry();
-  collectDefaultMetrics({ register: registry });
+  collectProcessMetrics(registry, 'hub');
   await runService({
     name: 'hub',
     log,

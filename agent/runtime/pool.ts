@@ -820,7 +820,7 @@ export class WorkerPoolEngine implements InferenceEngine {
   #createMetrics(registry: Registry): Metrics {
     const models = this.#models;
     new Gauge({
-      name: 'edgefleet_inference_queue_depth',
+      name: 'edgefleet_agent_inference_queue_depth',
       help: 'Samples waiting for an inference worker, by model.',
       labelNames: ['model'],
       registers: [registry],
@@ -831,27 +831,27 @@ export class WorkerPoolEngine implements InferenceEngine {
     });
     return {
       batchSize: new Histogram({
-        name: 'edgefleet_inference_batch_size',
+        name: 'edgefleet_agent_inference_batch_size',
         help: 'Samples per ORT run, by model.',
         labelNames: ['model'],
         buckets: [1, 2, 4, 8, 16, 32, 64, 128],
         registers: [registry],
       }),
       duration: new Histogram({
-        name: 'edgefleet_inference_duration_seconds',
+        name: 'edgefleet_agent_inference_duration_seconds',
         help: 'Time in session.run per batch, by model.',
         labelNames: ['model'],
         buckets: [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5],
         registers: [registry],
       }),
       rejections: new Counter({
-        name: 'edgefleet_inference_rejections_total',
+        name: 'edgefleet_agent_inference_rejections_total',
         help: 'Samples refused or failed, by reason (overloaded, bad_input, not_found, unavailable, inference).',
         labelNames: ['reason'],
         registers: [registry],
       }),
       restarts: new Counter({
-        name: 'edgefleet_inference_worker_restarts_total',
+        name: 'edgefleet_agent_inference_worker_restarts_total',
         help: 'Inference workers respawned after dying.',
         registers: [registry],
       }),

@@ -58,7 +58,8 @@ export class KpiService implements Component {
       accuracy: g('accuracy_ratio', 'Realized accuracy from ground-truth feedback, by prediction time'),
       accuracyLabelled: g('accuracy_labelled', 'Predictions with ground-truth feedback'),
       accuracyEstimated: g('accuracy_estimated_ratio', 'Estimated accuracy: mean top-1 confidence'),
-      latencyP95: g('latency_p95_ms', 'p95 engine latency in ms'),
+      // Prometheus base unit: seconds (the API's latencyMs stays in ms, as people read it).
+      latencyP95: g('latency_p95_seconds', 'p95 engine latency in seconds'),
       errorRate: g('error_rate_ratio', 'Inference error rate'),
       uptime: g('uptime_ratio', 'Mean online fraction of the devices serving the version'),
       cpu: g('cpu_seconds_per_1000_inferences', 'Process CPU seconds per 1,000 inferences'),
@@ -117,7 +118,7 @@ export class KpiService implements Component {
       set('accuracy', k.accuracy.realized?.value);
       set('accuracyLabelled', k.accuracy.labelled);
       set('accuracyEstimated', k.accuracy.estimated?.value);
-      set('latencyP95', k.latencyMs?.p95);
+      set('latencyP95', k.latencyMs ? k.latencyMs.p95 / 1000 : undefined);
       set('errorRate', k.errorRate);
       set('uptime', k.uptime);
       set('cpu', k.cpu?.secondsPer1000);

@@ -169,7 +169,7 @@ describe('fault: overload at 10× the sustainable rate', () => {
     // Overload: MQTT at FACTOR × sustainable, HTTP at 2 × sustainable (open loop, ≤ 256 outstanding).
     sensor = await connectSensor({ mqttUrl: hub!.mqttUrl, sensorId: SENSOR, token: sensorToken, reconnectPeriod: 0 });
     const ok0 = await metric('edgefleet_agent_inferences_total', { pipeline: PIPELINE, outcome: 'ok' });
-    const restarts0 = await metric('edgefleet_inference_worker_restarts_total');
+    const restarts0 = await metric('edgefleet_agent_inference_worker_restarts_total');
     const reconnects0 = await metric('edgefleet_agent_hub_reconnect_attempts_total');
     const rssStart = rssMb(pid);
     const rss: number[] = [];
@@ -248,7 +248,7 @@ describe('fault: overload at 10× the sustainable rate', () => {
     // No crash.
     assert.equal(agent.proc.child.exitCode, null, 'agent process alive');
     assert.equal(agent.proc.child.signalCode, null, 'agent process not killed');
-    assert.equal(await metric('edgefleet_inference_worker_restarts_total'), restarts0, 'no inference worker died');
+    assert.equal(await metric('edgefleet_agent_inference_worker_restarts_total'), restarts0, 'no inference worker died');
     assert.equal(await metric('edgefleet_agent_hub_reconnect_attempts_total'), reconnects0, 'the hub link never dropped');
     assert.ok((await agentHealth(port)).ok, 'healthz ok');
     // Really overloaded, at about the factor asked for.

@@ -252,6 +252,7 @@ describe('feedback and KPIs on a hub with raw MQTT devices', () => {
     assert.equal(gauge('cpu_seconds_per_1000_inferences'), 2);
     assert.ok(Math.abs(gauge('cost_per_1000_inferences') - 2000 / 3) < 1e-6);
     assert.ok(gauge('uptime_ratio') === 1);
+    assert.ok(gauge('latency_p95_seconds') > 0.019 && gauge('latency_p95_seconds') <= 0.02, 'p95 in seconds, not ms');
     assert.match(metrics, /edgefleet_hub_feedback_items_total\{result="unknown",source="http"\} 1/);
   });
 

@@ -166,9 +166,9 @@ void describe('WorkerPoolEngine', { concurrency: false }, () => {
       assertClose(r.outputs.probs!.data, ref.probs!, 1e-6, `sample ${i} probs`);
       assert.deepEqual(r.outputs.logits!.dims, [1, 3]);
     }
-    const hist = await registry.getSingleMetric('edgefleet_inference_batch_size')?.get();
-    const count = hist?.values.find((v) => (v as { metricName?: string }).metricName === 'edgefleet_inference_batch_size_count')?.value ?? 0;
-    const sum = hist?.values.find((v) => (v as { metricName?: string }).metricName === 'edgefleet_inference_batch_size_sum')?.value ?? 0;
+    const hist = await registry.getSingleMetric('edgefleet_agent_inference_batch_size')?.get();
+    const count = hist?.values.find((v) => (v as { metricName?: string }).metricName === 'edgefleet_agent_inference_batch_size_count')?.value ?? 0;
+    const sum = hist?.values.find((v) => (v as { metricName?: string }).metricName === 'edgefleet_agent_inference_batch_size_sum')?.value ?? 0;
     assert.equal(sum, 100, 'every sample ran exactly once');
     assert.ok(count < 100, 'fewer runs than samples');
     assert.deepEqual(engine.stats(), { queued: 0, inFlight: 0, workers: 2, restarts: 0, models: ['linear@1'] });
@@ -214,7 +214,7 @@ void describe('WorkerPoolEngine', { concurrency: false }, () => {
     for (const [key, data, dims] of bad) {
       await rejectsWith(engine.infer(key, { data: data as Float32Array, dims }), 'BAD_INPUT');
     }
-    assert.equal(await metricValue(registry, 'edgefleet_inference_rejections_total', { reason: 'bad_input' }), bad.length);
+    assert.equal(await metricValue(registry, 'edgefleet_agent_inference_rejections_total', { reason: 'bad_input' }), bad.length);
     await rejectsWith(engine.infer('nope@1', { data: new Float32Array(8), dims: [1, 8] }), 'NOT_FOUND');
     // Good samples mixed with bad ones are unaffected.
     const good = await engine.infer('linear@1', { data: sample(5), dims: [1, 8] });
@@ -242,7 +242,7 @@ void describe('WorkerPoolEngine', { concurrency: false }, () => {
     assert.equal(settled.filter((s) => s === 'overloaded').length, 32);
     assert.equal(settled.filter((s) => s === 'other').length, 0);
     assert.ok(firstOverloadMs < 25, `rejection was not immediate: ${firstOverloadMs} ms`);
-    assert.equal(await metricValue(registry, 'edgefleet_inference_rejections_total', { reason: 'overloaded' }), 32);
+    assert.equal(await metricValue(registry, 'edgefleet_agent_inference_rejections_total', { reason: 'overloaded' }), 32);
     const after = await engine.infer('linear@1', { data: sample(3), dims: [1, 8] });
     assert.equal(after.outputs.logits!.data.length, 3);
     assert.equal(engine.stats().queued, 0);
@@ -269,7 +269,7 @@ void describe('WorkerPoolEngine', { concurrency: false }, () => {
       assertClose(x.r.outputs.logits!.data, (await reference('linear', sample(300 + i), [1, 8])).logits!, 1e-5, `sample ${i}`);
     }
     assert.equal(engine.stats().restarts, 1);
-    assert.equal(await metricValue(registry, 'edgefleet_inference_worker_restarts_total'), 1);
+    assert.equal(await metricValue(registry, 'edgefleet_agent_inference_worker_restarts_total'), 1);
     // Both models were reloaded on the new worker.
     const u8 = await engine.infer('u8@1', { data: new Uint8Array(64).fill(9), dims: [1, 1, 4, 16] });
     assert.deepEqual(u8.outputs.logits!.dims, [1, 1, 4, 2]);
@@ -303,8 +303,8 @@ void describe('WorkerPoolEngine', { concurrency: false }, () => {
       for (const [name, want] of Object.entries(ref)) assertClose(r.outputs[name]!.data, want, 1e-5, `sample ${i} (${j.key}) ${name}`);
       assert.equal(r.batchSize, 4, `sample ${i} ran in a full batch`);
     }
-    const sums = (await registry.getSingleMetric('edgefleet_inference_batch_size')?.get())?.values.filter(
-      (v) => (v as { metricName?: string }).metricName === 'edgefleet_inference_batch_size_sum',
+    const sums = (await registry.getSingleMetric('edgefleet_agent_inference_batch_size')?.get())?.values.filter(
+      (v) => (v as { metricName?: string }).metricName === 'edgefleet_agent_inference_batch_size_sum',
     );
     assert.equal(
       sums?.reduce((n, v) => n + v.value, 0),
@@ -332,7 +332,7 @@ void describe('WorkerPoolEngine', { concurrency: false }, () => {
         assertClose(x.r.outputs.logits!.data, (await reference('linear', sample(900 + i), [1, 8])).logits!, 1e-5, `sample ${i}`);
       }
     }
-    assert.equal(await metricValue(registry, 'edgefleet_inference_rejections_total', { reason: 'inference' }), 8);
+    assert.equal(await metricValue(registry, 'edgefleet_agent_inference_rejections_total', { reason: 'inference' }), 8);
     // Recovered: full service, pipelining included, on the respawned worker.
     const again = await Promise.all(Array.from({ length: 12 }, (_, i) => engine.infer('linear@1', { data: sample(950 + i), dims: [1, 8] })));
     for (const [i, r] of again.entries()) {
