@@ -99,14 +99,21 @@ export class HubClient {
     private readonly timeoutMs = 10_000,
   ) {}
 
-  async request<S extends z.ZodType>(method: 'GET' | 'POST', path: string, schema: S, body?: unknown): Promise<z.infer<S>> {
+  request<S extends z.ZodType>(method: 'GET' | 'POST', path: string, schema: S, body?: unknown): Promise<z.infer<S>> {
+    const init =
+      body === undefined ? { method } : { method, headers: { 'content-type': 'application/json' }, body: JSON.stringify(body) };
+    return this.send(path, schema, init, this.timeoutMs);
+  }
+
+  /** Any request (e.g. a streamed PUT) with the token added; a non-2xx answer throws its HubError. */
+  async send<S extends z.ZodType>(path: string, schema: S, init: RequestInit & { headers?: Record<string, string> }, timeoutMs: number): Promise<z.infer<S>> {
+    const method = init.method ?? 'GET';
     let res: Response;
     try {
       res = await fetch(`${this.target.url}${path}`, {
-        method,
-        headers: { authorization: `Bearer ${this.target.token}`, ...(body === undefined ? {} : { 'content-type': 'application/json' }) },
-        body: body === undefined ? undefined : JSON.stringify(body),
-        signal: AbortSignal.timeout(this.timeoutMs),
+        ...init,
+        headers: { ...init.headers, authorization: `Bearer ${this.target.token}` },
+        signal: AbortSignal.timeout(timeoutMs),
       });
     } catch (err) {
       throw new HubError(`cannot reach the hub at ${this.target.url}: ${(err as Error).message}`, 0, 'UNAVAILABLE');

@@ -14,7 +14,7 @@ import { sha256File } from '../../shared/files.ts';
 import { ManifestSchema } from '../../shared/manifest.ts';
 import { HUB_OPTIONS_HELP, UsageError, humanBytes as human, parseRef, runCommand, runSubcommands, table, type CliIo } from '../command.ts';
 import { Progress, bar, progressMode } from '../progress.ts';
-import { HubError, type HubTarget } from './http-client.ts';
+import type { HubClient } from './http-client.ts';
 
 const USAGE = `usage: edgefleet model push <file.onnx> --manifest <manifest.json> [--progress] [--json]
        edgefleet model list [--json]
@@ -52,7 +52,6 @@ const ShowSchema = ModelSchema.extend({
   manifest: ManifestSchema,
   release: z.looseObject({ release: z.looseObject({ counter: z.number(), createdAt: z.string() }), signature: z.looseObject({ keyId: z.string(), alg: z.string() }) }),
 });
-const ErrorBodySchema = z.object({ error: z.object({ code: z.string(), message: z.string() }) });
 
 /** Uploads can take long (big file, slow link, and the hub loads the model before answering). */
 const UPLOAD_TIMEOUT_MS = 30 * 60_000;
@@ -84,38 +83,15 @@ export function uploadProgress(progress: Progress, size: number): Transform {
 }
 
 /** PUTs a file as the raw request body, streamed through the progress counter. */
-async function putFile(target: HubTarget, path: string, file: string, size: number, progress: Progress): Promise<unknown> {
-  const counting = uploadProgress(progress, size);
-  const body = Readable.toWeb(createReadStream(file).pipe(counting)) as ReadableStream<Uint8Array>;
-  let res: Response;
-  try {
-    res = await fetch(`${target.url}${path}`, {
-      method: 'PUT',
-      headers: { authorization: `Bearer ${target.token}`, 'content-type': 'application/octet-stream', 'content-length': String(size) },
-      body,
-      duplex: 'half',
-      signal: AbortSignal.timeout(UPLOAD_TIMEOUT_MS),
-    });
-  } catch (err) {
-    throw new HubError(`upload to ${target.url} failed: ${(err as Error).message}`, 0, 'UNAVAILABLE');
-  }
-  const text = await res.text();
-  let json: unknown;
-  try {
-    json = JSON.parse(text);
-  } catch {
-    json = undefined;
-  }
-  if (!res.ok) {
-    const e = ErrorBodySchema.safeParse(json);
-    throw e.success ? new HubError(e.data.error.message, res.status, e.data.error.code) : new HubError(`hub answered HTTP ${res.status}`, res.status, 'INTERNAL');
-  }
-  return json;
+function putFile(client: HubClient, path: string, file: string, size: number, progress: Progress): Promise<z.infer<typeof ModelSchema>> {
+  const body = Readable.toWeb(createReadStream(file).pipe(uploadProgress(progress, size))) as ReadableStream<Uint8Array>;
+  const init = { method: 'PUT', headers: { 'content-type': 'application/octet-stream', 'content-length': String(size) }, body, duplex: 'half' } as const;
+  return client.send(path, ModelSchema, init, UPLOAD_TIMEOUT_MS);
 }
 
 function push(argv: string[], io: CliIo): Promise<number> {
   const spec = { name: 'model push', usage: USAGE, options: { manifest: { type: 'string' }, progress: { type: 'boolean' } }, positionals: { min: 1, what: 'a model file' } } as const;
-  return runCommand(argv, io, spec, async ({ values, positionals, target, hub, show }) => {
+  return runCommand(argv, io, spec, async ({ values, positionals, hub, show }) => {
     if (!values.manifest) throw new UsageError('--manifest <file> is required');
     const file = positionals[0] as string;
     let raw: unknown;
@@ -138,11 +114,9 @@ function push(argv: string[], io: CliIo): Promise<number> {
     if (sha !== m.artifact.sha256) throw new Error(`${file} has sha256 ${sha}, the manifest says ${m.artifact.sha256}`);
 
     // Sent as read, not as parsed: the hub validates it again and signs what it parsed.
-    const announced = await (await hub(60_000)).request('POST', '/v1/models', AnnouncedSchema, { manifest: raw });
-    const progress = new Progress(io, progressMode(io, values));
-    const released = ModelSchema.safeParse(await putFile(await target(), announced.upload.path, file, size, progress));
-    if (!released.success) throw new HubError('unexpected answer from the hub for the artifact upload', 201, 'BAD_PAYLOAD');
-    const r = released.data;
+    const client = await hub(60_000);
+    const announced = await client.request('POST', '/v1/models', AnnouncedSchema, { manifest: raw });
+    const r = await putFile(client, announced.upload.path, file, size, new Progress(io, progressMode(io, values)));
     show(r, () => `released ${r.name}@${r.version}: counter ${r.counter}, ${human(r.size)}, sha256 ${r.sha256.slice(0, 12)}…, signed by key ${r.keyId}\n`);
   });
 }
