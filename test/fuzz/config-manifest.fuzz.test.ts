@@ -21,7 +21,10 @@ import { loadHubConfig } from '../../hub/config.ts';
 import { EdgefleetError, ErrorCode } from '../../shared/errors.ts';
 import { canonicalJson, generateSigningKey, signRelease, verifyRelease, type SignedRelease } from '../../shared/signing.ts';
 import { MODELS_DIR } from '../helpers/fleet-in-process.ts';
-import { fuzzBudgetMs, fuzzSeed, INTERESTING_STRINGS, jsonText, MemoryPeak, mutateJson, mutateText, Outcomes, randomJson, rngFor, summaryLine, type Rng } from './gen.ts';
+import { fuzzBudgetMs, fuzzRun, INTERESTING_STRINGS, jsonText, mutateJson, mutateText, randomJson, rngFor, summaryLine, type Rng } from './gen.ts';
+
+/** Default time budget of this file in `npm test` (FUZZ_SECONDS overrides). */
+const SECONDS = 8;
 
 const dir = mkdtempSync(join(tmpdir(), 'ef-fuzz-cfg-'));
 after(() => rmSync(dir, { recursive: true, force: true }));
@@ -113,12 +116,9 @@ function judgeThrow(err: unknown, code: ErrorCode): Verdict {
 }
 
 describe('fuzz: config files, manifests and signed releases', () => {
-  test('configs are valid or BAD_CONFIG, manifests valid or BAD_MANIFEST, altered releases never verify', async () => {
-    const seed = fuzzSeed();
+  test('configs are valid or BAD_CONFIG, manifests valid or BAD_MANIFEST, altered releases never verify', { timeout: fuzzBudgetMs(SECONDS) + 120_000 }, async () => {
+    const { seed, budget, out, mem } = fuzzRun(SECONDS);
     const rng = rngFor(seed);
-    const budget = fuzzBudgetMs(8);
-    const out = new Outcomes();
-    const mem = new MemoryPeak();
     const crashes: string[] = [];
     const key = generateSigningKey();
     const other = generateSigningKey();
@@ -155,36 +155,23 @@ describe('fuzz: config files, manifests and signed releases', () => {
       while (Date.now() - t0 < budget) {
         started = performance.now();
         const what = rng.int(8);
-        if (what < 2) {
+        if (what < 4) {
+          const hub = what < 2;
           const yaml = rng.next() < 0.5;
-          const file = join(dir, yaml ? 'hub.yaml' : 'hub.json');
-          const text = configText(rng, hubConfig, yaml);
+          const file = join(dir, `${hub ? 'hub' : 'agent'}.${yaml ? 'yaml' : 'json'}`);
+          const text = configText(rng, hub ? hubConfig : agentConfig, yaml);
           writeFileSync(file, text);
-          const env = envOverrides(rng, 'EDGEFLEET_HUB');
+          const env = envOverrides(rng, hub ? 'EDGEFLEET_HUB' : 'EDGEFLEET_AGENT');
           let v: Verdict = 'accepted';
           let error: unknown;
           try {
-            loadHubConfig({ file, env });
+            if (hub) loadHubConfig({ file, env });
+            else loadAgentConfig({ file, env });
           } catch (err) {
             error = err;
             v = judgeThrow(err, ErrorCode.BAD_CONFIG);
           }
-          record('hub_config', v, () => `${String(error)} env=${jsonText(env)} text=${text.slice(0, 300)}`);
-        } else if (what < 4) {
-          const yaml = rng.next() < 0.5;
-          const file = join(dir, yaml ? 'agent.yaml' : 'agent.json');
-          const text = configText(rng, agentConfig, yaml);
-          writeFileSync(file, text);
-          const env = envOverrides(rng, 'EDGEFLEET_AGENT');
-          let v: Verdict = 'accepted';
-          let error: unknown;
-          try {
-            loadAgentConfig({ file, env });
-          } catch (err) {
-            error = err;
-            v = judgeThrow(err, ErrorCode.BAD_CONFIG);
-          }
-          record('agent_config', v, () => `${String(error)} env=${jsonText(env)} text=${text.slice(0, 300)}`);
+          record(hub ? 'hub_config' : 'agent_config', v, () => `${String(error)} env=${jsonText(env)} text=${text.slice(0, 300)}`);
         } else if (what < 6) {
           const file = join(dir, 'model.manifest.json');
           const text = rng.next() < 0.6 ? jsonText(mutateJson(manifest, rng)) : mutateText(manifestText, rng);

@@ -106,6 +106,25 @@ export function summaryLine(name: string, fields: Record<string, string | number
   return line;
 }
 
+/** What every fuzz file starts with: the seed, its time budget, outcome counters, a memory sampler. */
+export function fuzzRun(defaultSeconds: number): { seed: number; budget: number; out: Outcomes; mem: MemoryPeak } {
+  return { seed: fuzzSeed(), budget: fuzzBudgetMs(defaultSeconds), out: new Outcomes(), mem: new MemoryPeak() };
+}
+
+/**
+ * Runs `workers` concurrent loops until `budgetMs` is spent; worker w gets its own generator
+ * derived from the seed, so each worker's input sequence is reproducible.
+ */
+export async function runWorkers(seed: number, budgetMs: number, workers: number, step: (rng: Rng, w: number) => Promise<void>): Promise<void> {
+  const t0 = Date.now();
+  await Promise.all(
+    Array.from({ length: workers }, async (_, w) => {
+      const rng = rngFor((seed + w * 0x9e3779b9) >>> 0);
+      while (Date.now() - t0 < budgetMs) await step(rng, w);
+    }),
+  );
+}
+
 // --- interesting values -----------------------------------------------------------------------
 
 export const INTERESTING_STRINGS: readonly string[] = [
@@ -192,7 +211,9 @@ export function interestingValue(rng: Rng): unknown {
     case 5:
       return 'x'.repeat(rng.pick([1000, 65_536, 200_000]));
     case 6:
-      return deepValue(rng.pick([50, 500, 2000]), rng.next() < 0.5 ? 'array' : 'object');
+      // Up to 3 of these can stack in one mutateJson: keep the sum well under JSON.stringify's
+      // recursion limit (~3,000-5,000 levels); deeper nesting is generated as text (deepJsonText).
+      return deepValue(rng.pick([40, 200, 700]), rng.next() < 0.5 ? 'array' : 'object');
     case 7:
       return JSON.parse('{"__proto__": {"polluted": true}, "constructor": {"prototype": {"polluted": true}}}') as unknown;
     case 8:
@@ -299,11 +320,13 @@ export function mutateJson<T>(sample: T, rng: Rng): unknown {
         break;
       case 3:
         if (Array.isArray(cur) && cur.length) {
-          const el: unknown = cur[rng.int(cur.length)];
+          const el = jsonText(cur[rng.int(cur.length)]);
           // Up to ~2 MB of JSON: past the 1 MB payload cap, bigger only costs generation time.
-          const grow = Math.min(rng.pick([1, 10, 3000]), Math.ceil(2_000_000 / (jsonText(el).length + 1)));
-          // the same element again (by reference: structuredClone overflows on deep values)
-          for (let i = 0; i < grow; i++) cur.push(el);
+          const grow = Math.min(rng.pick([1, 10, 3000]), Math.ceil(2_000_000 / (el.length + 1)));
+          // Copies, never the same reference: a later mutation through a shared node would
+          // multiply the document (a 60 s run spun for minutes stringifying gigabytes).
+          // (JSON, not structuredClone, which overflows on deep values.)
+          for (let i = 0; i < grow; i++) cur.push(JSON.parse(el));
         } else setSlot(s.parent, s.key, [cur]);
         break;
       case 4:

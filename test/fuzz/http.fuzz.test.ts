@@ -19,7 +19,10 @@ import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { MODELS_DIR } from '../helpers/fleet-in-process.ts';
 import { HealthPoller, healthy, startFuzzHub, type FuzzHub } from './fuzz-hub.ts';
-import { deepJsonText, fuzzBudgetMs, fuzzSeed, INTERESTING_STRINGS, jsonText, MemoryPeak, mutateBytes, mutateJson, mutateText, Outcomes, randomBytes, randomJson, rngFor, summaryLine, type Rng } from './gen.ts';
+import { deepJsonText, fuzzBudgetMs, fuzzRun, INTERESTING_STRINGS, jsonText, mutateBytes, mutateJson, mutateText, Outcomes, randomBytes, randomJson, runWorkers, summaryLine, type Rng } from './gen.ts';
+
+/** Default time budget of this file in `npm test` (FUZZ_SECONDS overrides). */
+const SECONDS = 10;
 
 const WORKERS = 4;
 const HANG_MS = 15_000;
@@ -280,18 +283,13 @@ describe('fuzz: hub HTTP API', () => {
     assert.equal(await post(body.replace('"items":[', `"items":[${deepJsonText(20_000, 'array')},`)), 400);
   });
 
-  test('every response is below 500, every handler refusal has the JSON error shape, nothing hangs', async () => {
-    const seed = fuzzSeed();
-    const budget = fuzzBudgetMs(10);
-    const out = new Outcomes();
+  test('every response is below 500, every handler refusal has the JSON error shape, nothing hangs', { timeout: fuzzBudgetMs(SECONDS) + 120_000 }, async () => {
+    const { seed, budget, out, mem } = fuzzRun(SECONDS);
     const byKind = new Outcomes();
-    const mem = new MemoryPeak();
     const health = new HealthPoller(fh.hub.httpUrl, 500);
     const violations: string[] = [];
-    const t0 = Date.now();
-    const worker = async (w: number): Promise<void> => {
-      const rng = rngFor((seed + w * 0x9e3779b9) >>> 0);
-      while (Date.now() - t0 < budget) {
+    try {
+      await runWorkers(seed, budget, WORKERS, async (rng) => {
         const { kind, req } = request(rng, ctx);
         const res = await send(fh.hub.httpPort, req, HANG_MS);
         out.inputs++;
@@ -299,10 +297,7 @@ describe('fuzz: hub HTTP API', () => {
         out.count(j.outcome);
         byKind.count(`${kind}:${j.outcome}`);
         if (j.violation && violations.length < 20) violations.push(`${kind} ${req.method} ${String(req.path).slice(0, 80)}: ${j.violation}`);
-      }
-    };
-    try {
-      await Promise.all(Array.from({ length: WORKERS }, (_, w) => worker(w)));
+      });
     } finally {
       await health.stop();
       mem.stop();

@@ -18,8 +18,11 @@ import mqtt, { type MqttClient } from 'mqtt';
 import { PROTOCOL_VERSION, topics, type TelemetryBatch } from '../../shared/protocol.ts';
 import { until } from '../helpers/fleet-in-process.ts';
 import { counterBy, counterTotal, HealthPoller, healthy, retainedHeapMB, startFuzzHub, type FuzzHub } from './fuzz-hub.ts';
-import { fuzzBudgetMs, fuzzSeed, INTERESTING_STRINGS, jsonText, MemoryPeak, mutateBytes, mutateJson, mutateText, Outcomes, randomBytes, rngFor, summaryLine, type Rng } from './gen.ts';
+import { fuzzBudgetMs, fuzzRun, INTERESTING_STRINGS, jsonText, mutateBytes, mutateJson, mutateText, Outcomes, randomBytes, runWorkers, summaryLine, type Rng } from './gen.ts';
 import { connectPacket, DISCONNECT, frame, idPacket, PINGREQ, probe, publishPacket, str, subscribePacket, unsubscribePacket, type ProbeResult } from './mqtt-wire.ts';
+
+/** Default time budget of this file in `npm test` (FUZZ_SECONDS overrides). */
+const SECONDS = 12;
 
 const WORKERS = 6;
 /** How long a probe waits for the hub to react after its last write before closing itself. */
@@ -290,35 +293,27 @@ describe('fuzz: raw MQTT packets against a live hub', () => {
     await fh?.stop();
   });
 
-  test('the hub survives, stays healthy, keeps serving a legitimate device, memory bounded', async () => {
-    const seed = fuzzSeed();
-    const budget = fuzzBudgetMs(12);
-    const out = new Outcomes();
+  test('the hub survives, stays healthy, keeps serving a legitimate device, memory bounded', { timeout: fuzzBudgetMs(SECONDS) + 120_000 }, async () => {
+    const { seed, budget, out, mem } = fuzzRun(SECONDS);
     const byScenario = new Outcomes();
-    const mem = new MemoryPeak();
     const heapBefore = retainedHeapMB();
     const health = new HealthPoller(fh.hub.httpUrl);
     legit.start();
     const ackedBefore = legit.acked;
     let connections = 0;
+    const samples = fuzzers.map((f) => payloadSamples(f.id));
 
-    const t0 = Date.now();
-    const worker = async (w: number): Promise<void> => {
-      const rng = rngFor((seed + w * 0x9e3779b9) >>> 0);
-      const me = fuzzers[w]!;
-      const samples = payloadSamples(me.id);
-      while (Date.now() - t0 < budget) {
-        const s = scenario(rng, me, samples);
+    try {
+      await runWorkers(seed, budget, WORKERS, async (rng, w) => {
+        const me = fuzzers[w]!;
+        const s = scenario(rng, me, samples[w]!);
         const r = await probe(fh.hub.mqttPort, s.chunks, { waitMs: WAIT_MS, afterConnack: s.afterConnack });
         connections++;
         out.inputs += s.inputs;
         const what = classify(s, r);
         out.count(what);
         byScenario.count(`${s.name}:${what}`);
-      }
-    };
-    try {
-      await Promise.all(Array.from({ length: WORKERS }, (_, w) => worker(w)));
+      });
     } finally {
       await health.stop();
     }

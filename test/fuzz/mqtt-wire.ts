@@ -125,6 +125,7 @@ export function probe(port: number, chunks: Buffer[], opts: { waitMs: number; af
       if (timer) clearTimeout(timer);
       timer = setTimeout(() => finish(false), ms);
     };
+    arm(opts.connackTimeoutMs ?? 5000); // a connect that never completes ends too
     const writeAll = async (list: Buffer[], thenWait: boolean): Promise<void> => {
       for (const c of list) {
         if (done || socket.destroyed) return;

@@ -33,7 +33,10 @@ import { AckSchema, CommandResultSchema, CommandSchema, HelloSchema, MAX_PAYLOAD
 import { generateSigningKey, signRelease, verifyRelease } from '../../shared/signing.ts';
 import { CONFIDENCE_BINS, HealthWindowSchema, InstallArgsSchema, LATENCY_EDGES_MS, ModelEventSchema, RollbackArgsSchema } from '../../shared/updates.ts';
 import { MODELS_DIR } from '../helpers/fleet-in-process.ts';
-import { deepJsonText, fuzzBudgetMs, fuzzSeed, jsonText, MemoryPeak, mutateBytes, mutateJson, mutateText, Outcomes, randomBytes, randomJson, rngFor, summaryLine, type Rng } from './gen.ts';
+import { deepJsonText, fuzzBudgetMs, fuzzRun, jsonText, mutateBytes, mutateJson, mutateText, randomBytes, randomJson, rngFor, summaryLine, type Rng } from './gen.ts';
+
+/** Default time budget of this file in `npm test` (FUZZ_SECONDS overrides). */
+const SECONDS = 8;
 
 const INPUT_CODES: ReadonlySet<string> = new Set([ErrorCode.BAD_PAYLOAD, ErrorCode.PAYLOAD_TOO_LARGE, ErrorCode.BAD_INPUT, ErrorCode.BAD_MANIFEST]);
 /** What the receiver's next step may refuse with: input errors, and a layout CONFLICT on merge. */
@@ -250,12 +253,9 @@ describe('fuzz: message schemas and decoders', () => {
     assert.equal(decodeJson(TelemetryBatchSchema, ok, MAX_PAYLOAD_BYTES).ok, true);
   });
 
-  test('every decoder accepts or refuses with an input error, never throws, never hangs', () => {
-    const seed = fuzzSeed();
+  test('every decoder accepts or refuses with an input error, never throws, never hangs', { timeout: fuzzBudgetMs(SECONDS) + 120_000 }, () => {
+    const { seed, budget, out, mem } = fuzzRun(SECONDS);
     const rng = rngFor(seed);
-    const budget = fuzzBudgetMs(8);
-    const mem = new MemoryPeak();
-    const out = new Outcomes();
     const perTarget = new Map<string, { accepted: number; refused: number }>();
     const crashes: string[] = [];
     let slowest = 0;
