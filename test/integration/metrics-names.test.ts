@@ -138,6 +138,7 @@ describe('Prometheus metric names', () => {
       for (const t of p.targets ?? []) {
         const ds = t.datasource ?? p.datasource;
         assert.ok(ds && ds.uid === '${DS_PROMETHEUS}', `panel ${p.id} target ${t.refId}: datasource \${DS_PROMETHEUS}`);
+        assert.ok(balanced(t.expr), `panel ${p.id} target ${t.refId}: unbalanced brackets or quotes in ${t.expr}`);
         const names = t.expr.match(/\bedgefleet_[a-z0-9_]+/g) ?? [];
         assert.ok(names.length > 0, `panel ${p.id} target ${t.refId} uses an edgefleet metric: ${t.expr}`);
         for (const n of names) {
@@ -167,6 +168,20 @@ interface Panel {
 interface Dashboard {
   panels: Panel[];
   templating: { list: { name: string; type: string; query?: string | { query?: string } }[] };
+}
+
+/** Brackets nest and close, quotes pair up: a loose syntax check of a PromQL expression. */
+function balanced(expr: string): boolean {
+  const stack: string[] = [];
+  const close: Record<string, string> = { ')': '(', '}': '{', ']': '[' };
+  let quoted = false;
+  for (const ch of expr) {
+    if (ch === '"') quoted = !quoted;
+    else if (quoted) continue;
+    else if ('({['.includes(ch)) stack.push(ch);
+    else if (ch in close && stack.pop() !== close[ch]) return false;
+  }
+  return !quoted && stack.length === 0;
 }
 
 function flatPanels(panels: readonly Panel[]): Panel[] {
