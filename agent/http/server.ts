@@ -45,7 +45,8 @@ export class AgentHttpServer implements Component {
         return;
       }
       if (req.method !== 'GET') {
-        res.writeHead(405, { allow: 'GET' }).end();
+        // The same JSON error shape as every other refusal (the fuzz suite found a bare 405).
+        res.writeHead(405, { allow: 'GET', 'content-type': 'application/json' }).end(JSON.stringify({ error: { code: 'BAD_INPUT', message: `method ${req.method ?? '?'} not allowed` } }));
         return;
       }
       if (path === '/healthz') {
