@@ -23,7 +23,7 @@ import type { z } from 'zod';
 import { fastReading } from '../../agent/pipeline.ts';
 import { preprocessTabular, ReadingSchema } from '../../agent/preprocess/tabular.ts';
 import { FeedbackBatchSchema } from '../../hub/feedback/feedback.ts';
-import { decodeJson, formatIssues, type Decoded } from '../../shared/codec.ts';
+import { decodeJson, formatIssues, MAX_JSON_DEPTH, nestedDeeperThan, type Decoded } from '../../shared/codec.ts';
 import { alignWindow, DriftSummarySchema, OUTPUT_BINS, type DriftSummary } from '../../shared/drift/summary.ts';
 import { addSummary, emptyAggregate } from '../../shared/drift/merge.ts';
 import { EdgefleetError, ErrorCode } from '../../shared/errors.ts';
@@ -33,7 +33,7 @@ import { AckSchema, CommandResultSchema, CommandSchema, HelloSchema, MAX_PAYLOAD
 import { generateSigningKey, signRelease, verifyRelease } from '../../shared/signing.ts';
 import { CONFIDENCE_BINS, HealthWindowSchema, InstallArgsSchema, LATENCY_EDGES_MS, ModelEventSchema, RollbackArgsSchema } from '../../shared/updates.ts';
 import { MODELS_DIR } from '../helpers/fleet-in-process.ts';
-import { deepJsonText, fuzzBudgetMs, fuzzRun, jsonText, mutateBytes, mutateJson, mutateText, randomBytes, randomJson, rngFor, summaryLine, type Rng } from './gen.ts';
+import { deepJsonText, deepValue, fuzzBudgetMs, fuzzRun, jsonText, mutateBytes, mutateJson, mutateText, randomBytes, randomJson, rngFor, summaryLine, type Rng } from './gen.ts';
 
 /** Default time budget of this file in `npm test` (FUZZ_SECONDS overrides). */
 const SECONDS = 8;
@@ -248,7 +248,10 @@ describe('fuzz: message schemas and decoders', () => {
     assert.equal(d.ok, false);
     assert.equal(d.ok ? undefined : d.error.code, ErrorCode.BAD_PAYLOAD);
     assert.match(d.ok ? '' : d.error.message, /nested deeper than 64/);
-    // 64 levels still pass.
+    // The limit is exact: 64 nested containers pass, 65 do not.
+    assert.equal(nestedDeeperThan(deepValue(MAX_JSON_DEPTH, 'object'), MAX_JSON_DEPTH), false);
+    assert.equal(nestedDeeperThan(deepValue(MAX_JSON_DEPTH + 1, 'array'), MAX_JSON_DEPTH), true);
+    // A protocol message with some nesting in a body still passes.
     const ok = jsonText(targets[0]!.samples[0]).replace('"body":{', `"body":{"deep":${deepJsonText(50, 'array')},`);
     assert.equal(decodeJson(TelemetryBatchSchema, ok, MAX_PAYLOAD_BYTES).ok, true);
   });
