@@ -361,6 +361,9 @@ describe('fuzz: raw MQTT packets against a live hub', () => {
     assert.ok(stored >= legit.acked, 'every acked batch of the legitimate device is stored');
     assert.ok(out.sumWhere(/closed_by_hub/) > 0, 'the hub closed some fuzz connections');
     assert.ok(badMessages > 0, 'mutated payloads were counted as bad messages');
+    // Integrity: fuzz devices named the victim in topics, payloads, client ids and wills, but
+    // nothing reached the victim's records (it never connected).
+    assert.equal((await fh.hub.store.queryTelemetry({ deviceId: 'victim-1', limit: 10 })).length, 0, 'telemetry stored for a device that never connected');
     // Bounded: what the run leaves behind on the heap (after a full GC) is small.
     assert.ok(heapAfter - heapBefore < 100, `retained heap grew ${heapAfter - heapBefore} MB (seed=${seed})`);
   });
