@@ -1,6 +1,6 @@
 /**
  * Fuzz (issue #6): the agent's own untrusted inputs on a live agent (real ORT worker, SQLite
- * outbox) connected to a live hub, for a time budget (FUZZ_SECONDS, default 5):
+ * outbox) connected to a live hub, for a time budget (FUZZ_SECONDS, default 4):
  *   - its local HTTP API, POST /v1/infer/<pipeline> with mutated and random JSON readings, image
  *     content types on a tabular pipeline, lying lengths, bad paths and queries (http-raw.ts
  *     contract: no 5xx, no hang, JSON error shape);
@@ -21,7 +21,7 @@ import { HANG_MS, judge, send, type RawRequest } from './http-raw.ts';
 import { fuzzBudgetMs, fuzzRun, INTERESTING_STRINGS, jsonText, mutateBytes, mutateJson, mutateText, Outcomes, randomBytes, randomJson, runWorkers, summaryLine, type Rng } from './gen.ts';
 
 /** Default time budget of this file in `npm test` (FUZZ_SECONDS overrides). */
-const SECONDS = 5;
+const SECONDS = 4;
 
 const READINGS: unknown[] = [
   { id: 'r-1', ts: 1_700_000_000_000, values: [3.5, 14, 4, 3.7, 2.2, 2, 1.7, 56] },

@@ -1,6 +1,6 @@
 /**
  * Fuzz (issue #6): the hub's HTTP API on a live hub, over raw TCP so requests can lie, for a
- * time budget (FUZZ_SECONDS, default 9). Mutated JSON bodies for every POST route (devices,
+ * time budget (FUZZ_SECONDS, default 8). Mutated JSON bodies for every POST route (devices,
  * tokens, enrollment, models announce, rollouts and their actions, feedback, alert actions,
  * device samples, revocations) and PUT artifact; bad content-length (larger or smaller than
  * sent, non-numeric, duplicated, huge), chunked bodies with bad chunk sizes, huge and many
@@ -22,7 +22,7 @@ import { HANG_MS, judge, send, type RawRequest } from './http-raw.ts';
 import { deepJsonText, fuzzBudgetMs, fuzzRun, INTERESTING_STRINGS, jsonText, mutateBytes, mutateJson, mutateText, Outcomes, randomBytes, randomJson, runWorkers, summaryLine, type Rng } from './gen.ts';
 
 /** Default time budget of this file in `npm test` (FUZZ_SECONDS overrides). */
-const SECONDS = 9;
+const SECONDS = 8;
 
 const WORKERS = 4;
 

@@ -1,6 +1,6 @@
 /**
  * Fuzz (issue #6): raw MQTT packets against a live hub (embedded aedes broker, SQLite, HTTP API)
- * for a time budget (FUZZ_SECONDS, default 10). Raw TCP sockets send malformed fixed headers and
+ * for a time budget (FUZZ_SECONDS, default 8). Raw TCP sockets send malformed fixed headers and
  * remaining lengths (5-byte varints, lengths larger or smaller than sent), CONNECT variants (bad
  * protocol names and levels, huge client ids, bad flags, bad credentials, wills with bad
  * topics), packets before CONNECT, and, as authenticated fuzz devices: 1000-level topics, topics
@@ -22,7 +22,7 @@ import { fuzzBudgetMs, fuzzRun, INTERESTING_STRINGS, jsonText, mutateBytes, muta
 import { connectPacket, DISCONNECT, frame, idPacket, PINGREQ, probe, publishPacket, str, subscribePacket, unsubscribePacket, type ProbeResult } from './mqtt-wire.ts';
 
 /** Default time budget of this file in `npm test` (FUZZ_SECONDS overrides). */
-const SECONDS = 10;
+const SECONDS = 8;
 
 const WORKERS = 6;
 /** How long a probe waits for the hub to react after its last write before closing itself. */

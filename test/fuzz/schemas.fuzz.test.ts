@@ -1,7 +1,7 @@
 /**
  * Fuzz (issue #6): every decoder the hub and the agent run on untrusted bytes, fed mutated valid
  * samples, mutated JSON text, random bytes, random JSON and deep nesting, for a time budget
- * (FUZZ_SECONDS, default 8). The contract: a decoder either accepts or refuses with an
+ * (FUZZ_SECONDS, default 7). The contract: a decoder either accepts or refuses with an
  * EdgefleetError of an input code (BAD_PAYLOAD, PAYLOAD_TOO_LARGE, BAD_INPUT); it never throws
  * anything else and never hangs. Accepted values also go through what the receiver does next
  * with them (the store's JSON.stringify of a record body, tabular preprocessing, drift merge,
@@ -36,7 +36,7 @@ import { MODELS_DIR } from '../helpers/fleet-in-process.ts';
 import { deepJsonText, deepValue, fuzzBudgetMs, fuzzRun, jsonText, mutateBytes, mutateJson, mutateText, randomBytes, randomJson, rngFor, summaryLine, type Rng } from './gen.ts';
 
 /** Default time budget of this file in `npm test` (FUZZ_SECONDS overrides). */
-const SECONDS = 8;
+const SECONDS = 7;
 
 const INPUT_CODES: ReadonlySet<string> = new Set([ErrorCode.BAD_PAYLOAD, ErrorCode.PAYLOAD_TOO_LARGE, ErrorCode.BAD_INPUT, ErrorCode.BAD_MANIFEST]);
 /** What the receiver's next step may refuse with: input errors, and a layout CONFLICT on merge. */
