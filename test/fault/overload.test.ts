@@ -64,18 +64,24 @@ interface Reply {
 
 const keepAlive = new HttpAgent({ keepAlive: true, maxSockets: 256 });
 
-function postFrame(port: number, body: Buffer): Promise<Reply> {
+/**
+ * One POST; a connection reset (a keep-alive socket the loaded agent closed as the client
+ * reused it: ECONNRESET, "socket hang up") resolves as status 0 so the storm counts it instead
+ * of failing on it. `fresh` uses a new connection (the recovery probes after idle seconds,
+ * when every pooled socket is at the agent's 5 s keep-alive timeout).
+ */
+function postFrame(port: number, body: Buffer, fresh = false): Promise<Reply> {
   const t0 = performance.now();
   return new Promise((resolve, reject) => {
     const req = request(
-      { host: '127.0.0.1', port, path: `/v1/infer/${PIPELINE}`, method: 'POST', agent: keepAlive, headers: { 'content-type': 'image/png', 'content-length': String(body.length) } },
+      { host: '127.0.0.1', port, path: `/v1/infer/${PIPELINE}`, method: 'POST', agent: fresh ? false : keepAlive, headers: { 'content-type': 'image/png', 'content-length': String(body.length) } },
       (res) => {
         res.resume();
         res.on('end', () => resolve({ status: res.statusCode ?? 0, retryAfter: res.headers['retry-after'], ms: performance.now() - t0 }));
         res.on('error', reject);
       },
     );
-    req.on('error', reject);
+    req.on('error', (err: NodeJS.ErrnoException) => (err.code === 'ECONNRESET' || err.code === 'EPIPE' ? resolve({ status: 0, retryAfter: undefined, ms: performance.now() - t0 }) : reject(err)));
     req.end(body);
   });
 }
@@ -225,10 +231,11 @@ describe('fault: overload at 10× the sustainable rate', () => {
     const droppedN = await dropped();
     const http429 = statuses.get(429) ?? 0;
     const http200 = statuses.get(200) ?? 0;
+    const httpReset = statuses.get(0) ?? 0;
 
     // Recovery: sequential requests after the storm, against the idle latency from before.
     const after: Reply[] = [];
-    for (let i = 0; i < 20; i++) after.push(await postFrame(port, frame(i)));
+    for (let i = 0; i < 20; i++) after.push(await postFrame(port, frame(i), true));
     const afterMs = median(after.map((r) => r.ms));
 
     const third = Math.floor(rss.length / 3);
@@ -239,7 +246,7 @@ describe('fault: overload at 10× the sustainable rate', () => {
     const recovered = after.every((r) => r.status === 200) && afterMs <= Math.max(3 * idleMs, idleMs + 25);
     const line =
       `overload: rate=${((sent / elapsedS) / sustainable).toFixed(1)}x (mqtt ${(sent / elapsedS).toFixed(0)}/s + http ${(httpSent / elapsedS).toFixed(0)}/s vs sustainable ${sustainable.toFixed(0)}/s) ` +
-      `duration=${elapsedS.toFixed(1)}s sent=${sent} inferred=${inferred} dropped=${droppedN} http_200=${http200} http_429=${http429} http_skipped=${httpSkipped} ` +
+      `duration=${elapsedS.toFixed(1)}s sent=${sent} inferred=${inferred} dropped=${droppedN} http_200=${http200} http_429=${http429} http_reset=${httpReset} http_skipped=${httpSkipped} ` +
       `rss_start=${rssStart.toFixed(0)}MB rss_peak=${peak.toFixed(0)}MB rss_mid_mean=${mean(middle).toFixed(0)}MB rss_last_mean=${mean(last).toFixed(0)}MB rss_end=${rssEnd.toFixed(0)}MB ` +
       `latency_idle=${idleMs.toFixed(1)}ms latency_after=${afterMs.toFixed(1)}ms recovered=${recovered ? 'yes' : 'no'}`;
     t.diagnostic(line);
@@ -262,7 +269,9 @@ describe('fault: overload at 10× the sustainable rate', () => {
     assert.equal(inferred + droppedN + (await rejected()), sent, 'every frame sent was inferred, dropped or rejected');
     assert.equal(await rejected(), 0, 'no frame rejected as bad input');
     // HTTP policy: 200 or 429 with Retry-After, every 429 counted.
-    assert.deepEqual([...statuses.keys()].filter((s) => s !== 200 && s !== 429), [], `statuses ${JSON.stringify([...statuses])}`);
+    assert.deepEqual([...statuses.keys()].filter((s) => s !== 200 && s !== 429 && s !== 0), [], `statuses ${JSON.stringify([...statuses])}`);
+    // Keep-alive sockets reset under the storm are counted, and rare (seen: 0 in most runs, ~30 of 7,000 on a loaded CI box).
+    assert.ok(httpReset <= Math.max(5, 0.01 * httpSent), `${httpReset} of ${httpSent} HTTP requests saw a connection reset`);
     assert.ok(http429 > 0, 'HTTP saw 429s');
     assert.equal(missingRetryAfter, 0, 'every 429 carries Retry-After');
     assert.equal(await metric('edgefleet_agent_http_rejected_total', { pipeline: PIPELINE }), http429, 'every 429 counted');
