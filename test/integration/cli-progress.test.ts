@@ -103,7 +103,10 @@ describe('CLI progress: rollout watch and model push', () => {
     // --progress without a terminal: plain lines, one per change, no control characters.
     assert.doesNotMatch(lines.stderr(), /[\r\x1b]/);
     const steps = lines.stderr().trimEnd().split('\n');
-    assert.ok(steps.length >= 4, lines.stderr());
+    // One line per change the poll saw: at least each wave baking and the end (a 100 ms poll on
+    // a loaded machine can miss the short dispatch phases between them).
+    assert.ok(steps.length >= 3, lines.stderr());
+    for (const want of [/wave 1\/2 baking/, /wave 2\/2 baking/, /wave 2\/2 completed/]) assert.ok(steps.some((l) => want.test(l)), `${String(want)} in\n${lines.stderr()}`);
     for (const l of steps) assert.match(l, new RegExp(`^\\d\\d:\\d\\d:\\d\\d ${created.id} wave [12]/2 `));
     assert.match(steps.at(-1) ?? '', /wave 2\/2 completed .* 3\/3 devices done/);
     // The answer on stdout: the final status, as text or JSON.
