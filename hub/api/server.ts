@@ -380,9 +380,11 @@ export class ApiServer implements Component {
   async #audit(req: IncomingMessage, status: number, a: { action?: string; op?: Operator; target?: string; details: Record<string, unknown>; err?: EdgefleetError }): Promise<void> {
     const denied = status === 401 || status === 403;
     const errDetails = a.err?.details && typeof a.err.details === 'object' ? a.err.details : {};
+    // Routes without an operator token (enrollment) name their actor through note({ actor }).
+    const { actor: noted, ...details } = a.details;
     await this.#o.audit.record({
       ts: this.#now(),
-      actor: a.op?.name ?? (typeof a.details.actor === 'string' ? a.details.actor : 'anonymous'),
+      actor: a.op?.name ?? (typeof noted === 'string' ? noted : 'anonymous'),
       actorId: a.op?.tokenId ?? null,
       role: a.op?.role ?? null,
       action: a.action ?? 'unknown',
@@ -390,7 +392,7 @@ export class ApiServer implements Component {
       outcome: denied ? 'denied' : status < 400 ? 'ok' : 'failed',
       status,
       remote: req.socket.remoteAddress ?? null,
-      details: { ...a.details, ...(a.err ? { error: a.err.message.slice(0, 256), ...errDetails } : {}) },
+      details: { ...details, ...(a.err ? { error: a.err.message.slice(0, 256), ...errDetails } : {}) },
     });
   }
 

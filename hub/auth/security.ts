@@ -168,13 +168,14 @@ export class SecurityService {
     this.#dummy ??= hashToken(newSecret());
     // Verify against a dummy hash for unknown ids, so timing does not reveal which ids exist.
     const ok = await verifyToken(m ? (m[2] as string) : b.token, rec ? rec.token : await this.#dummy);
-    const refusedEarly = !m || !rec || !ok ? 'unknown' : enrollmentRefusal(rec, this.#now());
-    if (refusedEarly) throw this.#refuse(remote, refusedEarly, m?.[1]);
+    if (!m || !rec || !ok) throw this.#refuse(remote, 'unknown', m?.[1]);
+    const early = enrollmentRefusal(rec, this.#now());
+    if (early) throw this.#refuse(remote, early, rec.id);
     const secret = newSecret();
-    const out = await this.#o.store.enrollPrincipal(rec!.id, { id: b.id, labels: b.labels, token: await hashToken(secret), createdAt: this.#now() });
-    if ('refused' in out) throw this.#refuse(remote, out.refused, rec!.id);
-    this.#o.log.info({ id: b.id, group: out.group, enrollmentToken: rec!.id }, 'device enrolled');
-    return { id: b.id, group: out.group, token: secret, tokenId: rec!.id };
+    const out = await this.#o.store.enrollPrincipal(rec.id, { id: b.id, labels: b.labels, token: await hashToken(secret), createdAt: this.#now() });
+    if ('refused' in out) throw this.#refuse(remote, out.refused, rec.id);
+    this.#o.log.info({ id: b.id, group: out.group, enrollmentToken: rec.id }, 'device enrolled');
+    return { id: b.id, group: out.group, token: secret, tokenId: rec.id };
   }
 
   /** Revokes a device, sensor or consumer: refused from now on, disconnected at once. */

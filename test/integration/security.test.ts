@@ -138,6 +138,10 @@ describe('security matrix', () => {
     assert.equal((await api(hub, 'POST', '/v1/enroll', undefined, { token: rv.json.token, id: 'dev-a' })).status, 409);
     assert.equal((await api(hub, 'POST', `/v1/enrollment-tokens/${String(rv.json.id)}/revoke`, hub.adminToken)).status, 200);
     assert.equal((await api(hub, 'POST', '/v1/enroll', undefined, { token: rv.json.token, id: 'rv-1' })).status, 401);
+    // Enrollments are audited under the token that allowed them; refusals as denied.
+    const audit = (await api(hub, 'GET', '/v1/audit?action=device.enroll&limit=100', hub.adminToken)).json.entries as { actor: string; outcome: string; target: string | null; details: Record<string, unknown> }[];
+    assert.ok(audit.some((e) => e.actor === `enrollment:${String(created.json.id)}` && e.outcome === 'ok' && e.details.device === 'new-1' && !('actor' in e.details)), JSON.stringify(audit[0]));
+    assert.ok(audit.some((e) => e.actor === 'enrollment' && e.outcome === 'denied' && e.details.device === 'new-2'));
     // Listing never shows secrets.
     const listed = await api(hub, 'GET', '/v1/enrollment-tokens', hub.adminToken);
     assert.ok(!JSON.stringify(listed.json).includes(enr.split('.')[1] as string));
