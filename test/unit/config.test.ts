@@ -67,4 +67,12 @@ describe('agent config', () => {
     assert.throws(() => loadAgentConfig({ file: write('broken.json', '{"deviceId": '), env: {} }), /not valid JSON/);
     assert.throws(() => loadAgentConfig({ file: write('list.yaml', '- a\n- b\n'), env: {} }), /must hold an object/);
   });
+
+  it('refuses a config file over 1 MiB before parsing it (the YAML parser took ~9 s and 1 GB for 1.6 MB)', () => {
+    const big = write('big.yaml', `${'# padding\n'.repeat(110_000)}deviceId: dev-1\n`);
+    // The size message (not a YAML error about the missing fields) shows it was refused unparsed.
+    assert.throws(() => loadAgentConfig({ file: big, env: {} }), (e: unknown) => e instanceof EdgefleetError && e.code === 'BAD_CONFIG' && /the limit is 1048576/.test(e.message));
+    const ok = write('padded.yaml', `${'# padding\n'.repeat(1000)}${JSON.stringify(minimal)}\n`);
+    assert.equal(loadAgentConfig({ file: ok, env: {} }).deviceId, 'dev-1');
+  });
 });
