@@ -105,6 +105,13 @@ export const HubConfigSchema = z.object({
        * fleet behind one NAT reconnecting after a hub restart must fit: raise it for large sites.
        */
       maxConnectsPerSecondPerIp: z.number().int().min(1).max(100_000).default(100),
+      /**
+       * Failed credential checks (MQTT CONNECT, API and device bearer tokens, enrollment) per
+       * address per minute. Each costs a scrypt; past the budget further checks from that address
+       * are refused at once until the minute ends (CONNACK 3, HTTP 429). Verified, cached API
+       * tokens keep working.
+       */
+      maxAuthFailuresPerMinutePerIp: z.number().int().min(1).max(1_000_000).default(60),
     })
     .prefault({}),
   models: z

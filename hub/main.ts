@@ -32,6 +32,7 @@ import { runService, type Service } from '../shared/service.ts';
 import { ApiServer } from './api/server.ts';
 import { DeviceAuth } from './auth/devices.ts';
 import { AuditLog } from './auth/audit.ts';
+import { AuthFailureLimiter } from './auth/failures.ts';
 import { SecurityService } from './auth/security.ts';
 import { ApiAuth, ensureAdminToken } from './auth/operators.ts';
 import { EmbeddedBroker } from './broker/broker.ts';
@@ -115,6 +116,8 @@ export function createHub(config: HubConfig, deps: HubDeps): Promise<Hub> {
     walLimitBytes: config.store.walLimitBytes,
     log: log.child({ component: 'store' }),
   });
+  // One failed-login budget per address for MQTT, the API and enrollment (each failure costs a scrypt).
+  const failures = new AuthFailureLimiter(config.limits.maxAuthFailuresPerMinutePerIp, now);
   const broker = new EmbeddedBroker({
     host: config.mqtt.host,
     port: config.mqtt.port,
@@ -125,6 +128,7 @@ export function createHub(config: HubConfig, deps: HubDeps): Promise<Hub> {
     maxTopicBytes: config.limits.maxTopicBytes,
     maxInflight: config.limits.maxInflight,
     maxConnectsPerSecondPerIp: config.limits.maxConnectsPerSecondPerIp,
+    failures,
     store,
     log: log.child({ component: 'broker' }),
     registry,
@@ -199,9 +203,9 @@ export function createHub(config: HubConfig, deps: HubDeps): Promise<Hub> {
   });
   // Security (issue #6): operator tokens, enrollment, revocation, audit. A revocation evicts
   // the verification caches and disconnects a connected client at once.
-  const apiAuth = new ApiAuth(store, now);
-  const deviceAuth = new DeviceAuth(store, now);
-  const security = new SecurityService({ store, log: log.child({ component: 'security' }), now });
+  const apiAuth = new ApiAuth(store, now, undefined, failures);
+  const deviceAuth = new DeviceAuth(store, now, undefined, failures);
+  const security = new SecurityService({ store, log: log.child({ component: 'security' }), now, failures });
   security.onPrincipalRevoked((id) => {
     deviceAuth.forget(id);
     broker.disconnect(id, 'revoked');

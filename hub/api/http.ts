@@ -18,7 +18,12 @@ export function sendError(res: ServerResponse, err: unknown): EdgefleetError {
   const e = toEdgefleetError(err);
   const status = httpStatusOf[e.code];
   const message = status >= 500 && e.code !== ErrorCode.STORAGE ? 'internal error' : e.message;
-  if (!res.headersSent) sendJson(res, status, { error: { code: e.code, message } }, e.code === ErrorCode.UNAUTHORIZED ? { 'www-authenticate': 'Bearer' } : {});
+  const retryAfter = e.details?.retryAfterSeconds;
+  const headers: Record<string, string> = {
+    ...(e.code === ErrorCode.UNAUTHORIZED ? { 'www-authenticate': 'Bearer' } : {}),
+    ...(e.code === ErrorCode.OVERLOADED && typeof retryAfter === 'number' ? { 'retry-after': String(retryAfter) } : {}),
+  };
+  if (!res.headersSent) sendJson(res, status, { error: { code: e.code, message } }, headers);
   else res.destroy();
   return e;
 }

@@ -343,12 +343,12 @@ export class ApiServer implements Component {
         let op: Operator | undefined;
         let device: string | undefined;
         if (r.auth === 'device') {
-          device = await this.#o.deviceAuth.authenticate(req.headers.authorization);
+          device = await this.#o.deviceAuth.authenticate(req.headers.authorization, req.socket.remoteAddress ?? '');
           if (!device) throw new EdgefleetError(ErrorCode.UNAUTHORIZED, 'device credentials are required: Bearer <deviceId>:<token>');
           const peer = peerCertificate(req.socket);
           if (peer.verified && peer.cn !== device) throw new EdgefleetError(ErrorCode.UNAUTHORIZED, 'the client certificate CN must equal the device id');
         } else if (r.auth !== 'none') {
-          op = await this.#o.auth.authenticate(req.headers.authorization);
+          op = await this.#o.auth.authenticate(req.headers.authorization, req.socket.remoteAddress ?? '');
           if (!op) throw new EdgefleetError(ErrorCode.UNAUTHORIZED, 'a valid bearer token is required');
           audit.op = op;
           if (!allows(op.role, r.auth)) throw new EdgefleetError(ErrorCode.FORBIDDEN, `this needs the ${r.auth} role; the token is ${op.role}`);

@@ -9,6 +9,7 @@
 import { createHash } from 'node:crypto';
 import { DeviceIdSchema } from '../../shared/protocol.ts';
 import type { HubStore } from '../store/store.ts';
+import { checkFailureBudget, type AuthFailureLimiter } from './failures.ts';
 import { PrincipalVerifier } from './principals.ts';
 
 export class DeviceAuth {
@@ -20,6 +21,8 @@ export class DeviceAuth {
     store: HubStore,
     private readonly now: () => number = Date.now,
     private readonly cacheMs = 60_000,
+    /** Failed checks per address; past its budget an uncached credential is refused (429) without a scrypt. */
+    private readonly failures?: AuthFailureLimiter,
   ) {
     this.#verifier = new PrincipalVerifier(store);
   }
@@ -30,7 +33,7 @@ export class DeviceAuth {
   }
 
   /** The device id when the header carries valid device credentials, else undefined. */
-  async authenticate(authorization: string | undefined): Promise<string | undefined> {
+  async authenticate(authorization: string | undefined, remote = ''): Promise<string | undefined> {
     const m = /^Bearer\s+([^:\s]+):(\S+)\s*$/i.exec(authorization ?? '');
     if (!m) return undefined;
     const id = m[1] as string;
@@ -39,8 +42,12 @@ export class DeviceAuth {
     const key = createHash('sha256').update(`${id}\u0000${token}`).digest('base64');
     const hit = this.#cache.get(key);
     if (hit && hit.until > this.now()) return hit.deviceId;
+    checkFailureBudget(this.failures, remote);
     const creds = await this.#verifier.verify(id, token);
-    if (creds?.kind !== 'device' || creds.revokedAt !== null) return undefined;
+    if (creds?.kind !== 'device' || creds.revokedAt !== null) {
+      this.failures?.fail(remote);
+      return undefined;
+    }
     if (this.#cache.size > 10_000) this.#cache.clear();
     this.#cache.set(key, { deviceId: id, until: this.now() + this.cacheMs });
     return id;

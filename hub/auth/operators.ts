@@ -10,6 +10,7 @@ import { readFile, rename, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Logger } from '../../shared/log.ts';
 import type { ApiRole, HubStore } from '../store/store.ts';
+import { checkFailureBudget, type AuthFailureLimiter } from './failures.ts';
 import { hashToken, newApiToken, splitApiToken, verifyToken } from './tokens.ts';
 
 export const ADMIN_TOKEN_FILE = 'admin.token';
@@ -31,6 +32,8 @@ export class ApiAuth {
     private readonly store: HubStore,
     private readonly now: () => number = Date.now,
     private readonly cacheMs = 60_000,
+    /** Failed checks per address; past its budget an uncached token is refused (429) without a scrypt. */
+    private readonly failures?: AuthFailureLimiter,
   ) {}
 
   /** Drops cached verifications of a revoked token, so revocation takes effect at once. */
@@ -38,17 +41,20 @@ export class ApiAuth {
     for (const [k, v] of this.#cache) if (v.op.tokenId === tokenId) this.#cache.delete(k);
   }
 
-  async authenticate(authorization: string | undefined): Promise<Operator | undefined> {
+  async authenticate(authorization: string | undefined, remote = ''): Promise<Operator | undefined> {
     const m = /^Bearer\s+(\S+)\s*$/i.exec(authorization ?? '');
     if (!m) return undefined;
     const token = m[1] as string;
     const key = createHash('sha256').update(token).digest('base64');
     const hit = this.#cache.get(key);
     if (hit && hit.until > this.now()) return hit.op;
+    checkFailureBudget(this.failures, remote);
     const parts = splitApiToken(token);
-    if (!parts) return undefined;
-    const rec = await this.store.getApiToken(parts.id);
-    if (!rec || rec.revokedAt || !(await verifyToken(parts.secret, rec.token))) return undefined;
+    const rec = parts ? await this.store.getApiToken(parts.id) : undefined;
+    if (!parts || !rec || rec.revokedAt || !(await verifyToken(parts.secret, rec.token))) {
+      this.failures?.fail(remote);
+      return undefined;
+    }
     const op = { tokenId: rec.id, name: rec.name, role: rec.role };
     if (this.#cache.size > 1000) this.#cache.clear();
     this.#cache.set(key, { op, until: this.now() + this.cacheMs });

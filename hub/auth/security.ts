@@ -9,8 +9,8 @@
  * Token formats: operator `<16 hex id>.<secret>` (auth/tokens.ts), enrollment
  * `enr_<16 hex id>.<secret>`; secrets are 256 random bits, stored as scrypt hashes, shown once.
  *
- * Enrollment attempts with a wrong token cost the hub a scrypt each; failures are limited per
- * remote address (a sliding minute) so nobody can turn the endpoint into a CPU sink.
+ * Enrollment attempts with a wrong token cost the hub a scrypt each; they count into the
+ * per-address failure budget shared with MQTT and the API (auth/failures.ts).
  */
 import { randomBytes } from 'node:crypto';
 import { z } from 'zod';
@@ -20,6 +20,7 @@ import { formatIssues } from '../../shared/codec.ts';
 import { DeviceIdSchema, GroupSchema, LabelsSchema } from '../../shared/ids.ts';
 import { enrollmentRefusal } from '../store/sqlite-security.ts';
 import type { ApiTokenRecord, EnrollmentTokenRecord, HubStore } from '../store/store.ts';
+import { checkFailureBudget, type AuthFailureLimiter } from './failures.ts';
 import type { Operator } from './operators.ts';
 import { ROLES } from './roles.ts';
 import { hashToken, newApiToken, newSecret, verifyToken } from './tokens.ts';
@@ -51,8 +52,8 @@ export interface SecurityOptions {
   store: HubStore;
   log: Logger;
   now?: () => number;
-  /** Failed enrollments allowed per remote address per minute before 429. */
-  maxEnrollFailuresPerMinute?: number;
+  /** Failed credential checks per address (shared with MQTT and the API): enrollment counts into it. */
+  failures: AuthFailureLimiter;
 }
 
 export function operatorTokenView(t: ApiTokenRecord): Record<string, unknown> {
@@ -86,7 +87,6 @@ export class SecurityService {
   readonly #now: () => number;
   readonly #revoked: ((id: string) => void)[] = [];
   readonly #tokenRevoked: ((tokenId: string) => void)[] = [];
-  readonly #failures = new Map<string, { count: number; since: number }>();
   #dummy: ReturnType<typeof hashToken> | undefined;
 
   constructor(opts: SecurityOptions) {
@@ -161,7 +161,7 @@ export class SecurityService {
    * hub log say); a taken id is CONFLICT.
    */
   async enroll(body: unknown, remote: string): Promise<{ id: string; group: string; token: string; tokenId: string }> {
-    this.#checkFailureBudget(remote);
+    checkFailureBudget(this.#o.failures, remote);
     const b = parse(EnrollRequestSchema, body);
     const m = ENROLL_TOKEN.exec(b.token);
     const rec = m ? await this.#o.store.getEnrollmentToken(m[1] as string) : undefined;
@@ -187,21 +187,8 @@ export class SecurityService {
     return { id: r.id, kind: r.kind, revokedAt: new Date(r.revokedAt).toISOString() };
   }
 
-  #checkFailureBudget(remote: string): void {
-    const max = this.#o.maxEnrollFailuresPerMinute ?? 20;
-    const f = this.#failures.get(remote);
-    if (f && this.#now() - f.since < 60_000 && f.count >= max) {
-      throw new EdgefleetError(ErrorCode.OVERLOADED, 'too many failed enrollments from this address; retry in a minute', { details: { retryAfterSeconds: 60 } });
-    }
-  }
-
   #refuse(remote: string, why: string, tokenId: string | undefined): EdgefleetError {
-    const now = this.#now();
-    const f = this.#failures.get(remote);
-    if (!f || now - f.since >= 60_000) {
-      if (this.#failures.size > 10_000) this.#failures.clear();
-      this.#failures.set(remote, { count: 1, since: now });
-    } else f.count++;
+    this.#o.failures.fail(remote);
     this.#o.log.warn({ remote, why, enrollmentToken: tokenId }, 'enrollment refused');
     return new EdgefleetError(ErrorCode.UNAUTHORIZED, 'enrollment token is not valid (unknown, used up, expired or revoked)', { details: { why, tokenId } });
   }

@@ -26,6 +26,7 @@ import { EdgefleetError, ErrorCode, toEdgefleetError } from '../../shared/errors
 import type { Component } from '../../shared/lifecycle.ts';
 import { LogThrottle, type Logger } from '../../shared/log.ts';
 import { enforceClientCerts, peerCertificate, readTlsFiles, serverTlsOptions, type ClientCertMode, type TlsFiles } from '../../shared/tls.ts';
+import type { AuthFailureLimiter } from '../auth/failures.ts';
 import { PrincipalVerifier } from '../auth/principals.ts';
 import type { HubStore } from '../store/store.ts';
 import { guardConnection } from './packet-guard.ts';
@@ -46,6 +47,8 @@ export interface BrokerOptions {
   maxConnectsPerSecondPerIp?: number;
   /** Longest topic (bytes) accepted in a publish, a will or a subscription filter. */
   maxTopicBytes?: number;
+  /** Failed credential checks per address (shared with the API); past the budget CONNECTs are refused without a scrypt. */
+  failures?: AuthFailureLimiter;
   store: HubStore;
   log: Logger;
   registry: Registry;
@@ -83,6 +86,8 @@ export class EmbeddedBroker implements Component, MessageBus {
   readonly #sockets = new Set<Socket>();
   /** The TLS socket under each connection aedes handles (client.conn is the packet guard's Duplex). */
   readonly #tlsPeers = new WeakMap<object, TLSSocket>();
+  /** The remote address under each connection aedes handles (for the failed-login budget). */
+  readonly #remotes = new WeakMap<object, string>();
   #port = 0;
 
   readonly #verifier: PrincipalVerifier;
@@ -98,7 +103,7 @@ export class EmbeddedBroker implements Component, MessageBus {
     this.#metrics = {
       connectRefused: new Counter({
         name: 'edgefleet_hub_mqtt_connect_refused_total',
-        help: 'MQTT connections refused, by reason (bad_credentials, revoked, client_id_mismatch, will_not_allowed, topic_too_long, rate, unavailable).',
+        help: 'MQTT connections refused, by reason (bad_credentials, auth_rate, revoked, client_id_mismatch, will_not_allowed, topic_too_long, rate, unavailable).',
         labelNames: ['reason'],
         registers,
       }),
@@ -246,6 +251,7 @@ export class EmbeddedBroker implements Component, MessageBus {
       return;
     }
     if (socket instanceof TLSSocket) this.#tlsPeers.set(conn, socket);
+    this.#remotes.set(conn, socket.remoteAddress ?? '');
     aedes.handle(conn);
   }
 
@@ -363,6 +369,8 @@ export class EmbeddedBroker implements Component, MessageBus {
     const peer = peerCertificate(this.#tlsPeers.get(client.conn));
     if (this.#opts.tls?.clientCerts === 'required' && !peer.verified) throw refused('cert_missing', CONNACK.NOT_AUTHORIZED, 'a verified client certificate is required');
     if (peer.verified && peer.cn !== client.id) throw refused('cert_cn_mismatch', CONNACK.NOT_AUTHORIZED, 'the client certificate CN must equal the client id');
+    const remote = this.#remotes.get(client.conn) ?? '';
+    if (this.#opts.failures && !this.#opts.failures.allowed(remote)) throw refused('auth_rate', CONNACK.SERVER_UNAVAILABLE, 'too many failed logins from this address; retry later');
     const token = password.toString('utf8');
     let ok: boolean;
     let creds;
@@ -373,7 +381,10 @@ export class EmbeddedBroker implements Component, MessageBus {
       this.#log.error({ err: toEdgefleetError(err) }, 'authentication failed on the store');
       throw refused('unavailable', CONNACK.SERVER_UNAVAILABLE, 'server unavailable');
     }
-    if (!creds || !ok) throw refused('bad_credentials', CONNACK.BAD_USERNAME_OR_PASSWORD, 'bad user name or password');
+    if (!creds || !ok) {
+      this.#opts.failures?.fail(remote);
+      throw refused('bad_credentials', CONNACK.BAD_USERNAME_OR_PASSWORD, 'bad user name or password');
+    }
     if (creds.revokedAt !== null) throw refused('revoked', CONNACK.NOT_AUTHORIZED, 'credentials revoked');
     const who: Identity = { id: creds.id, kind: creds.kind, deviceId: creds.deviceId };
     const will = this.#wills.get(client);

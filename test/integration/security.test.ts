@@ -280,6 +280,37 @@ describe('security matrix', () => {
     row('connection flood from one address', `${refused} of ${socks.length} refused at 20/s, legitimate client connected after refill`);
   });
 
+  test('failed logins from one address: past the budget refused without a scrypt; cached tokens keep working', async () => {
+    // Earlier rows spent some of 127.0.0.1's budget (60 a minute): count 401s until the 429.
+    let refused401 = 0;
+    let limited: Response | undefined;
+    for (let i = 0; i < 80 && !limited; i++) {
+      const res = await fetch(`${hub.httpUrl}/v1/devices`, { headers: { authorization: `Bearer ${'0'.repeat(16)}.${'x'.repeat(43)}` } });
+      await res.arrayBuffer();
+      if (res.status === 401) refused401++;
+      else if (res.status === 429) limited = res;
+      else assert.fail(`status ${res.status}`);
+    }
+    assert.ok(limited, 'no 429 after 80 bad tokens');
+    assert.ok(Number(limited.headers.get('retry-after')) >= 1, 'Retry-After');
+    // A token verified before (cached) still works from the same address.
+    assert.equal((await api(hub, 'GET', '/v1/devices', hub.adminToken)).status, 200);
+    // MQTT from the same address: refused before the credential check, CONNACK 3.
+    assert.equal(await refusedCode(hub, { clientId: 'dev-b', username: 'dev-b', password: 'wrong-token-wrong-token' }), 3);
+    assert.ok((await metric(hub, 'edgefleet_hub_mqtt_connect_refused_total', 'reason="auth_rate"')) >= 1);
+    // The window ends: checks resume (a bad token is 401 again, a good device connects).
+    skew = 61_000;
+    try {
+      const again = await fetch(`${hub.httpUrl}/v1/devices`, { headers: { authorization: `Bearer ${'0'.repeat(16)}.${'x'.repeat(43)}` } });
+      assert.equal(again.status, 401);
+      const c = await connect(hub, { clientId: 'dev-b', username: 'dev-b', password: tokens.B });
+      await c.endAsync();
+    } finally {
+      skew = 0;
+    }
+    row('failed logins from one address', `${refused401} more 401s, then 429 (Retry-After ${limited.headers.get('retry-after') ?? '?'} s) and CONNACK 3; cached admin token 200; checks resume after the minute`);
+  });
+
   test('secrets never reach the log or the audit log', async () => {
     const audit = await api(hub, 'GET', '/v1/audit?limit=1000', hub.adminToken);
     const text = `${logLines.join('')}\n${JSON.stringify(audit.json)}`;
