@@ -13,7 +13,7 @@
  * them must be inferred and stored exactly once.
  */
 import assert from 'node:assert/strict';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -115,7 +115,16 @@ async function scenario(name: string, root: string, opts: { viaProxy: boolean; l
 
     await sleep(2000); // readings keep coming after the outage
     pub.stopSteady();
-    await untilDrained(port);
+    try {
+      await untilDrained(port);
+    } catch (err) {
+      // Keep what explains a stall: the agent's view and its last log lines, the hub's refusals.
+      const h = await agentHealth(port).catch(() => undefined);
+      const refused = (await hub.registry.metrics()).split('\n').filter((l) => l.startsWith('edgefleet_hub_mqtt_connect_refused_total{'));
+      const tail = readFileSync(join(root, name, 'agent.log'), 'utf8').trimEnd().split('\n').slice(-40).join('\n');
+      console.error(`partition ${name}: not drained; agent health ${JSON.stringify(h)}; hub ${refused.join(' ') || 'no refused connects'}\nagent log tail:\n${tail}`);
+      throw err;
+    }
     const inferences = await agentMetric(port, 'edgefleet_agent_inferences_total', { outcome: 'ok' });
     const committed = await agentMetric(port, 'edgefleet_agent_outbox_committed_total');
     const exit = await agent.proc.stop(10_000);
