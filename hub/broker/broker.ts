@@ -84,10 +84,11 @@ export class EmbeddedBroker implements Component, MessageBus {
   #aedes: Aedes | undefined;
   #server: Server | undefined;
   readonly #sockets = new Set<Socket>();
-  /** The TLS socket under each connection aedes handles (client.conn is the packet guard's Duplex). */
-  readonly #tlsPeers = new WeakMap<object, TLSSocket>();
-  /** The remote address under each connection aedes handles (for the failed-login budget). */
-  readonly #remotes = new WeakMap<object, string>();
+  /**
+   * The socket under each connection aedes handles (client.conn is the packet guard's Duplex):
+   * its remote address (failed-login budget) and, for TLS, its peer certificate.
+   */
+  readonly #underlying = new WeakMap<object, Socket>();
   #port = 0;
 
   readonly #verifier: PrincipalVerifier;
@@ -250,8 +251,7 @@ export class EmbeddedBroker implements Component, MessageBus {
       conn.destroy(); // refused by enforceClientCerts (it runs first)
       return;
     }
-    if (socket instanceof TLSSocket) this.#tlsPeers.set(conn, socket);
-    this.#remotes.set(conn, socket.remoteAddress ?? '');
+    this.#underlying.set(conn, socket);
     aedes.handle(conn);
   }
 
@@ -366,10 +366,11 @@ export class EmbeddedBroker implements Component, MessageBus {
     };
     if (!username || !password || password.length === 0) throw refused('bad_credentials', CONNACK.BAD_USERNAME_OR_PASSWORD, 'username and password required');
     if (client.id !== username) throw refused('client_id_mismatch', CONNACK.IDENTIFIER_REJECTED, 'client id must equal the username');
-    const peer = peerCertificate(this.#tlsPeers.get(client.conn));
+    const socket = this.#underlying.get(client.conn);
+    const peer = peerCertificate(socket instanceof TLSSocket ? socket : undefined);
     if (this.#opts.tls?.clientCerts === 'required' && !peer.verified) throw refused('cert_missing', CONNACK.NOT_AUTHORIZED, 'a verified client certificate is required');
     if (peer.verified && peer.cn !== client.id) throw refused('cert_cn_mismatch', CONNACK.NOT_AUTHORIZED, 'the client certificate CN must equal the client id');
-    const remote = this.#remotes.get(client.conn) ?? '';
+    const remote = socket?.remoteAddress ?? '';
     if (this.#opts.failures && !this.#opts.failures.allowed(remote)) throw refused('auth_rate', CONNACK.SERVER_UNAVAILABLE, 'too many failed logins from this address; retry later');
     const token = password.toString('utf8');
     let ok: boolean;

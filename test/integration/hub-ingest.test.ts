@@ -10,29 +10,17 @@ import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import Database from 'better-sqlite3';
 import mqtt, { type IClientOptions, type MqttClient } from 'mqtt';
-import { createHub, loadHubConfig, type Hub } from '../../hub/main.ts';
+import type { Hub } from '../../hub/main.ts';
+import { startHub } from '../helpers/mqtt-clients.ts';
 import { toRanges } from '../../hub/ingest/ranges.ts';
 import { HUB_DB_FILE } from '../../hub/store/sqlite-store.ts';
-import { silentLogger } from '../../shared/log.ts';
 import { AckSchema, topics, type Ack, type TelemetryRecord } from '../../shared/protocol.ts';
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 const MAX_PAYLOAD = 8192;
 
-async function startHub(dataDir: string): Promise<Hub> {
-  const config = loadHubConfig({
-    env: {},
-    overrides: {
-      dataDir,
-      mqtt: { host: '127.0.0.1', port: 0 },
-      http: { host: '127.0.0.1', port: 0 },
-      limits: { maxPayloadBytes: MAX_PAYLOAD },
-      store: { busyTimeoutMs: 50 },
-    },
-  });
-  const hub = await createHub(config, { log: silentLogger() });
-  await hub.start(new AbortController().signal);
-  return hub;
+function startIngestHub(dataDir: string): Promise<Hub> {
+  return startHub(dataDir, { limits: { maxPayloadBytes: MAX_PAYLOAD }, store: { busyTimeoutMs: 50 } });
 }
 
 async function register(hub: Hub, id: string): Promise<string> {
@@ -104,7 +92,7 @@ describe('hub telemetry ingest', () => {
 
   before(async () => {
     dir = await mkdtemp(join(tmpdir(), 'edgefleet-hub-ingest-'));
-    hub = await startHub(dir);
+    hub = await startIngestHub(dir);
     token = await register(hub, 'dev-1');
   });
 
@@ -287,7 +275,7 @@ describe('hub telemetry ingest', () => {
     const rowsBefore = await rowCount(hub, 'dev-1');
     const adminBefore = hub.adminToken;
     assert.deepEqual(await hub.stop(), []);
-    hub = await startHub(dir);
+    hub = await startIngestHub(dir);
     assert.equal(hub.adminToken, adminBefore);
     assert.equal(await rowCount(hub, 'dev-1'), rowsBefore);
     const dev = await hub.store.getDevice('dev-1');

@@ -16,6 +16,7 @@ import { loadAgentConfig } from '../../agent/config.ts';
 import { createAgent, type Agent } from '../../agent/main.ts';
 import { downloadArtifact } from '../../agent/updater/download.ts';
 import { createHub, loadHubConfig, type Hub } from '../../hub/main.ts';
+import { startHub } from '../helpers/mqtt-clients.ts';
 import { writeAgentConfig } from '../../scripts/fleet/agent-config.ts';
 import { createCa, issueCert, type CertFiles } from '../../scripts/lib/pki.ts';
 import { mulberry32, sensorSample, SENSOR_FEATURES, MACHINE_STATES } from '../../scripts/lib/synthetic.ts';
@@ -46,20 +47,9 @@ async function makePki(dir: string): Promise<Pki> {
   return { ca, otherCa, server, client };
 }
 
-async function startTlsHub(dataDir: string, pki: Pki, clientCerts: ClientCertMode, httpClientCerts?: ClientCertMode, limits: Record<string, number> = {}): Promise<Hub> {
-  const config = loadHubConfig({
-    env: {},
-    overrides: {
-      dataDir,
-      mqtt: { host: '127.0.0.1', port: 0 },
-      http: { host: '127.0.0.1', port: 0 },
-      tls: { certFile: pki.server.certFile, keyFile: pki.server.keyFile, caFile: pki.ca.certFile, clientCerts, httpClientCerts },
-      limits,
-    },
-  });
-  const hub = await createHub(config, { log: silentLogger() });
-  await hub.start(new AbortController().signal);
-  return hub;
+function startTlsHub(dataDir: string, pki: Pki, clientCerts: ClientCertMode, httpClientCerts?: ClientCertMode, limits: Record<string, number> = {}): Promise<Hub> {
+  const tls = { certFile: pki.server.certFile, keyFile: pki.server.keyFile, caFile: pki.ca.certFile, clientCerts, httpClientCerts };
+  return startHub(dataDir, { tls, limits });
 }
 
 type Attempt = { ok: true; client: MqttClient } | { ok: false; why: string; code: number | string | undefined };
