@@ -10,9 +10,14 @@ export function siblingModule(importMetaUrl: string, relativeNoExt: string): URL
   return new URL(`${relativeNoExt}${ext}`, importMetaUrl);
 }
 
-/** execArgv a child Node process needs to run a module of this code base. */
+/**
+ * execArgv a child Node process needs to run a module of this code base. Under tsx the loader is
+ * named by its resolved file URL, not as `tsx`: Node resolves a bare `--import` specifier from
+ * the child's working directory, so a service started elsewhere (systemd's
+ * `WorkingDirectory=/var/lib/...`) could not find it and every model probe failed (issue #12).
+ */
 export function childExecArgv(moduleUrl: URL): string[] {
-  return moduleUrl.pathname.endsWith('.ts') ? ['--import', 'tsx'] : [];
+  return moduleUrl.pathname.endsWith('.ts') ? ['--import', import.meta.resolve('tsx')] : [];
 }
 
 /**
