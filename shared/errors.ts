@@ -10,6 +10,8 @@ export const ErrorCode = {
   PAYLOAD_TOO_LARGE: 'PAYLOAD_TOO_LARGE',
   BAD_MANIFEST: 'BAD_MANIFEST',
   BAD_MODEL: 'BAD_MODEL',
+  /** The model validator itself could not run (start-up, loader, budgets): says nothing about the model. */
+  PROBE_FAILED: 'PROBE_FAILED',
   NOT_FOUND: 'NOT_FOUND',
   CONFLICT: 'CONFLICT',
   UNAUTHORIZED: 'UNAUTHORIZED',
@@ -33,6 +35,7 @@ export const httpStatusOf: Record<ErrorCode, number> = {
   PAYLOAD_TOO_LARGE: 413,
   BAD_MANIFEST: 400,
   BAD_MODEL: 422,
+  PROBE_FAILED: 503,
   NOT_FOUND: 404,
   CONFLICT: 409,
   UNAUTHORIZED: 401,

@@ -10,6 +10,11 @@
  *     a fixed limit under 1 GB kills plain Node too (PITFALLS). Relative to the measured
  *     baseline it stops one huge native allocation before it is even touched.
  * Linux-only guards (/proc, prlimit) soft-fail elsewhere; the timeout always applies.
+ *
+ * Until the child prints READY it has not seen the model, so whatever ends it before then
+ * (it cannot be spawned, tsx or onnxruntime fail to load, the start-up outgrows the budgets) is
+ * the probe's own failure: runProbe rejects with PROBE_FAILED and nothing blames or quarantines
+ * the model (issue #12: a probe that could not find tsx reported every good model as bad).
  */
 import { execFile, spawn } from 'node:child_process';
 import { readFile } from 'node:fs/promises';
@@ -54,7 +59,11 @@ function prlimitAs(pid: number, bytes: number): Promise<void> {
   });
 }
 
-/** Runs the probe child on `path`; resolves with the raw result or a failure description. */
+/**
+ * Runs the probe child on `path`; resolves with the raw result or a failure description once
+ * the model is in the child's hands. Rejects with PROBE_FAILED when the child never got that
+ * far (see the header): that says nothing about the model.
+ */
 export function runProbe(req: ProbeRequest, limits: ProbeLimits, log: Logger): Promise<{ result: ProbeResult | undefined; exit: string; peakRssBytes: number }> {
   const url = siblingModule(import.meta.url, './probe-child');
   const child = spawn(process.execPath, [...childExecArgv(url), fileURLToPath(url)], {
@@ -68,6 +77,8 @@ export function runProbe(req: ProbeRequest, limits: ProbeLimits, log: Logger): P
   let killedFor: string | undefined;
   let peakKb = 0;
   let ready = false;
+  /** Set when the child failed for a reason of its own, before or without seeing the model. */
+  let startFailure: string | undefined;
 
   const kill = (why: string): void => {
     if (killedFor === undefined) killedFor = why;
@@ -110,7 +121,10 @@ export function runProbe(req: ProbeRequest, limits: ProbeLimits, log: Logger): P
       stdout = stdout.slice(nl + 1);
       if (line === READY_LINE && !ready) {
         ready = true;
-        onReady().catch(() => kill('could not be started'));
+        onReady().catch(() => {
+          startFailure ??= 'could not be handed the request';
+          kill('could not be started');
+        });
       } else if (line.startsWith(RESULT_PREFIX)) {
         try {
           const parsed = ProbeResultSchema.safeParse(JSON.parse(line.slice(RESULT_PREFIX.length)));
@@ -126,14 +140,28 @@ export function runProbe(req: ProbeRequest, limits: ProbeLimits, log: Logger): P
     if (stderr.length < 8192) stderr += chunk;
   });
 
-  return new Promise((resolve) => {
+  return new Promise((resolve, reject) => {
     child.once('error', (err) => {
+      startFailure ??= `could not be started: ${err.message}`;
       killedFor ??= `could not be started: ${err.message}`;
     });
     child.once('close', (code, signal) => {
       clearTimeout(timer);
       clearInterval(poll);
       const exit = killedFor ?? (signal ? `died with ${signal}` : `exited with code ${code ?? '?'}`);
+      if (startFailure !== undefined || !ready) {
+        const why = startFailure ?? `${exit} before it was ready`;
+        // Node prints the error line amid a stack and its version: quote the error itself.
+        const lines = stderr.split('\n').map((l) => l.trim()).filter((l) => l !== '' && !l.startsWith('Node.js v'));
+        const lastLine = (lines.find((l) => /^[\w.]*Error\b/.test(l)) ?? lines.at(-1))?.slice(0, 300);
+        log.error({ exit, stderr: stderr.slice(-2000) }, 'the model probe itself failed (not the model)');
+        reject(
+          new EdgefleetError(ErrorCode.PROBE_FAILED, `the model probe could not run, the model was not checked: its child process ${why}${lastLine ? ` (${lastLine})` : ''}`, {
+            details: { exit },
+          }),
+        );
+        return;
+      }
       if (!result || killedFor) log.debug({ exit, stderr: stderr.slice(-2000) }, 'model probe failed');
       resolve({ result: killedFor ? undefined : result, exit, peakRssBytes: peakKb * 1024 });
     });
