@@ -1,17 +1,20 @@
 /**
  * Which module runs which `edgefleet` command: the top-level help text and one route table.
  * It lives apart from cli/main.ts (the process entry, which runs on import) so tests can walk
- * every route in process: test/unit/cli-help.test.ts checks that each one answers `--help` with
- * exit 0 and a usage line, and that this help text names it. Command modules load lazily, so
- * `edgefleet devices` does not load onnxruntime or the hub.
+ * every route in process: test/unit/cli-command.test.ts checks that each one answers `--help`
+ * with exit 0 and a usage line, and that this help text names it. Command modules load lazily
+ * (a dynamic import when the command runs), so `edgefleet devices` does not load onnxruntime or
+ * the hub, and `--version`/`--help` load no command at all: this module imports nothing that
+ * pulls in the agent or hub (sharp, SQLite, ORT), not even for the version string (issue #12;
+ * test/integration/cli-lazy.test.ts records what they load).
  *
  * To add a command: a route here (longest words first where they share a prefix) and a line
  * in HELP.
  */
-import { AGENT_VERSION } from '../agent/main.ts';
+import { EDGEFLEET_VERSION } from '../shared/version.ts';
 import { EXIT, type CliIo } from './command.ts';
 
-export const HELP = `edgefleet ${AGENT_VERSION}: edge inference agent and fleet manager
+export const HELP = `edgefleet ${EDGEFLEET_VERSION}: edge inference agent and fleet manager
 
 usage: edgefleet <command> [options]
 
@@ -133,7 +136,7 @@ export async function dispatch(argv: string[], io: CliIo): Promise<number | unde
     return EXIT.OK;
   }
   if (cmd === 'version' || cmd === '--version') {
-    io.out(AGENT_VERSION);
+    io.out(EDGEFLEET_VERSION);
     return EXIT.OK;
   }
   const found = findRoute(argv);
