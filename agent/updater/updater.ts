@@ -308,7 +308,17 @@ export class ModelUpdater implements Component {
         throw new PhaseError('download', e.code, e.code, e.message, err instanceof ArtifactMismatch, err);
       }
       setPhase('validate');
-      const outcome = await probeModel(part, m, this.#o.validator, this.#log);
+      let outcome: Awaited<ReturnType<typeof probeModel>>;
+      try {
+        outcome = await probeModel(part, m, this.#o.validator, this.#log);
+      } catch (err) {
+        // The validator itself could not run (issue #12): nothing is known about the model, so it
+        // is neither quarantined nor recorded as failed; the verified download stays in .partial
+        // and a retry of the install reuses it.
+        const e = toEdgefleetError(err);
+        this.#log.error({ model: `${m.name}@${m.version}`, err: e }, 'the validator could not run; the candidate is kept for a retry');
+        throw new PhaseError('validate', e.code, e.code, e.message.slice(0, 480), false, err);
+      }
       if (outcome.problems.length) {
         const q = await this.#quarantine(part, m.artifact.sha256);
         this.#log.error({ model: `${m.name}@${m.version}`, exit: outcome.exit, problems: outcome.problems, quarantined: q, peakRssMiB: Math.round(outcome.peakRssBytes / 2 ** 20) }, 'candidate model refused by the validator');

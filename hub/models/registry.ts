@@ -100,7 +100,9 @@ export class ModelRegistry implements Component {
   /**
    * Step 2: streams the artifact for an announced manifest, checks it, signs and stores the
    * release. Rejects NOT_FOUND (no manifest posted), CONFLICT (already released), BAD_INPUT
-   * (size or sha256 differ), BAD_MODEL (the model does not load or does not match its manifest).
+   * (size or sha256 differ), BAD_MODEL (the model does not load or does not match its manifest),
+   * PROBE_FAILED (the probe itself could not run: nothing is known about the model, nothing is
+   * stored, the manifest stays announced so the same PUT can be retried; issue #12).
    */
   async upload(name: string, version: string, body: Readable, contentLength?: number): Promise<ModelRecord> {
     try {
@@ -132,7 +134,10 @@ export class ModelRegistry implements Component {
       assertNoProblems(outcome, `${name}@${version}`);
     } catch (err) {
       await staged.discard();
-      throw err;
+      const e = toEdgefleetError(err);
+      // The API shows only the code of a 5xx; the operator finds the probe's own error here.
+      if (e.code === ErrorCode.PROBE_FAILED) this.#o.log.error({ model: `${name}@${version}`, err: e }, 'model push not checked: the probe could not run (not the model)');
+      throw e;
     }
     await staged.commit();
     const key = this.#o.keys.active;

@@ -17,7 +17,7 @@ import { WorkerPoolEngine } from '../../agent/runtime/pool.ts';
 import { EdgefleetError, ErrorCode, httpStatusOf } from '../../shared/errors.ts';
 import { silentLogger } from '../../shared/log.ts';
 import { probeModel, runProbe, type ProbeLimits } from '../../shared/validate/model-probe.ts';
-import { segfaultModelBytes, writeHostileModel } from '../helpers/hostile-models.ts';
+import { memoryBombModelBytes, segfaultModelBytes, writeHostileModel } from '../helpers/hostile-models.ts';
 import { writeTinyLocalModel } from '../helpers/tiny-local-model.ts';
 
 const LIMITS: ProbeLimits = { timeoutMs: 30_000, maxRssBytes: 1024 * 2 ** 20, addressSpaceBudgetBytes: 2 * 2 ** 30 };
@@ -107,6 +107,13 @@ describe('a probe that fails by itself is not a bad model', { concurrency: false
       runProbe({ path: model.onnxPath, outputName: 'logits', testVectors: [] }, { ...LIMITS, timeoutMs: 1 }, silentLogger()),
       /timed out after 1 ms before it was ready/,
     );
+  });
+
+  test('a model that bloats the child after READY past its budget is still a bad model (memory bomb)', async () => {
+    const path = await writeHostileModel(join(dir, 'bomb.onnx'), memoryBombModelBytes({ inputDim: 4, outputDim: 3 }, 1024 * 2 ** 20));
+    const outcome = await probeModel(path, model.manifest, { ...LIMITS, maxRssBytes: 256 * 2 ** 20, pollMs: 5 }, silentLogger());
+    assert.equal(outcome.problems.length, 1, JSON.stringify(outcome));
+    assert.match(outcome.problems[0]!, /could not be loaded safely: the loader used \d+ MiB of memory, more than 256 MiB allowed/);
   });
 
   test('a model that kills the child after READY is still a bad model (segfault)', async () => {
