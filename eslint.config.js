@@ -1,17 +1,21 @@
-// Lint: type-aware rules that catch floating promises, and a hard wall between agent/ and hub/
-// (ARCHITECTURE: both import shared/, never each other; shared/ imports neither).
+// Lint: type-aware rules that catch floating promises, and hard walls between the trees
+// (ARCHITECTURE: agent/ and hub/ import shared/, never each other; shared/ imports neither; the
+// shipped trees, cli/ included, never import scripts/ or test/, which are not shipped: issue #12).
 import js from '@eslint/js';
 import tseslint from 'typescript-eslint';
 
-const noImport = (dirs) => ({
-  'no-restricted-imports': [
+const NOT_SHIPPED = ['scripts', 'test'];
+const wallMessage = (tree, d) =>
+  NOT_SHIPPED.includes(d)
+    ? `${tree}/ is shipped and must not import ${d}/ (not shipped): move what it needs into shared/ or ${tree}/.`
+    : `${tree}/ must not import ${d}/ (see ARCHITECTURE.md).`;
+// Static imports and exports through no-restricted-imports; dynamic import() (the CLI loads its
+// commands that way) through a selector on the literal specifier.
+const noImport = (tree, dirs) => ({
+  'no-restricted-imports': ['error', { patterns: dirs.map((d) => ({ group: [`**/${d}/*`, `**/${d}`], message: wallMessage(tree, d) })) }],
+  'no-restricted-syntax': [
     'error',
-    {
-      patterns: dirs.map((d) => ({
-        group: [`**/${d}/*`, `**/${d}`],
-        message: `agent/, hub/ and shared/ must not import ${d}/ (see ARCHITECTURE.md).`,
-      })),
-    },
+    ...dirs.map((d) => ({ selector: `ImportExpression[source.value=/(^|\\/)${d}(\\/|$)/]`, message: wallMessage(tree, d) })),
   ],
 });
 
@@ -31,9 +35,10 @@ export default tseslint.config(
       '@typescript-eslint/restrict-template-expressions': ['error', { allowNumber: true, allowBoolean: true }],
     },
   },
-  { files: ['agent/**/*.ts'], rules: noImport(['hub', 'cli']) },
-  { files: ['hub/**/*.ts'], rules: noImport(['agent', 'cli']) },
-  { files: ['shared/**/*.ts'], rules: noImport(['agent', 'hub', 'cli']) },
+  { files: ['agent/**/*.ts'], rules: noImport('agent', ['hub', 'cli', ...NOT_SHIPPED]) },
+  { files: ['hub/**/*.ts'], rules: noImport('hub', ['agent', 'cli', ...NOT_SHIPPED]) },
+  { files: ['shared/**/*.ts'], rules: noImport('shared', ['agent', 'hub', 'cli', ...NOT_SHIPPED]) },
+  { files: ['cli/**/*.ts'], rules: noImport('cli', NOT_SHIPPED) },
   {
     files: ['test/**/*.ts', 'scripts/**/*.ts'],
     rules: {

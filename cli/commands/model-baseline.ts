@@ -1,7 +1,7 @@
 /**
  * `edgefleet model baseline`: builds a manifest's drift reference (issue #4) from a reference
- * data set: `drift.features` (quantile bin edges and counts, the same `referenceBins` that
- * scripts/make-models uses, imported rather than copied so both stay one convention) and,
+ * data set: `drift.features` (quantile bin edges and counts, shared/drift/reference.ts
+ * `referenceBins`, which scripts/make-models uses too, so both stay one convention) and,
  * with --class-rates, `drift.classRates` from running the model itself (onnxruntime-node).
  *
  * Inputs go through the agent's own preprocessing (agent/preprocess/), so the statistics are
@@ -20,12 +20,12 @@ import { dirname, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
 import ort from 'onnxruntime-node';
 import { formatIssues } from '../../shared/codec.ts';
+import { referenceBins, roundSig } from '../../shared/drift/reference.ts';
 import { ManifestSchema, type Manifest, type ReferenceBins } from '../../shared/manifest.ts';
 import { imageFeatureCode, imageFeatureValue } from '../../agent/drift/drift-monitor.ts';
 import { preprocessImage } from '../../agent/preprocess/image.ts';
 import { classify } from '../../agent/preprocess/postprocess.ts';
 import { preprocessTabular, ReadingSchema } from '../../agent/preprocess/tabular.ts';
-import { referenceBins, roundSig } from '../../scripts/lib/models.ts';
 import { EXIT, failure, UsageError, type CliIo } from '../command.ts';
 
 const USAGE = `usage: edgefleet model baseline --manifest <m.json> --data <file.jsonl> [--out <m2.json>]
