@@ -8,9 +8,10 @@
  *
  * Skips with the reason when the registry cannot be reached on a cold cache.
  *
- * The behaviour tests take their model calls from a Runner: bare onnxruntime for now. When the
- * agent's engine runs multi-input models, it joins RUNNERS and every behaviour test runs through
- * it as well, plus a comparison of its outputs with bare ORT's on the same tensors.
+ * The behaviour tests take their model calls from a Runner and run once per runner: bare
+ * onnxruntime, and the agent's own inference engine (WorkerPoolEngine, multi-input runs) fed the
+ * same tensors by hand; one more test requires the engine's outputs to equal bare ORT's exactly.
+ * The agent's preprocessing, state store and postprocessing are not exercised here yet.
  */
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -18,6 +19,8 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { createServer, type Server, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { WorkerPoolEngine } from '../../agent/runtime/pool.ts';
+import { silentLogger } from '../../shared/log.ts';
 import { ManifestV2Schema, type ManifestV2 } from '../../shared/manifest.ts';
 import {
   FACE_BOX,
@@ -81,7 +84,32 @@ const bareOrt: Runner = {
   },
 };
 
-const RUNNERS: readonly Runner[] = [bareOrt];
+/**
+ * The agent's inference engine (worker thread, one ORT thread, micro-batching): the model's
+ * request-fed input (image/reading/window source; else its first input) as `data`, every other
+ * input (constants, state, upstream) as `extra`.
+ */
+const engine = new WorkerPoolEngine({ log: silentLogger(), workers: 1 });
+const agentEngine: Runner = {
+  name: 'agent engine',
+  open: async (_id, model, manifest) => {
+    const key = `${manifest.name}@${manifest.version}`;
+    const primary = (manifest.inputs.find((i) => ['image', 'reading', 'window'].includes(i.source.kind)) ?? manifest.inputs[0]!).name;
+    await engine.load(key, model.path, { primaryInput: primary });
+    return {
+      run: async (feeds) => {
+        const { [primary]: main, ...rest } = feeds;
+        if (!main) throw new Error(`no feed for ${primary}`);
+        const extra = Object.fromEntries(Object.entries(rest).map(([name, t]) => [name, { data: t.data, dims: t.dims }]));
+        const r = await engine.infer(key, { data: main.data, dims: main.dims, extra });
+        return r.outputs;
+      },
+      close: () => engine.unload(key),
+    };
+  },
+};
+
+const RUNNERS: readonly Runner[] = [bareOrt, agentEngine];
 
 // -------------------------------------------------------------- sessions and manifests
 
@@ -91,6 +119,7 @@ const manifests: Partial<Record<OnnxId, ManifestV2>> = {};
 let chain: WakewordChain | undefined;
 
 before(async () => {
+  await engine.start(AbortSignal.timeout(60_000));
   for (const id of ONNX_IDS) {
     const m = models[id];
     if (m) bare[id] = await bareSession(m.path);
@@ -111,6 +140,7 @@ before(async () => {
 });
 
 after(async () => {
+  await engine.stop();
   for (const s of Object.values(bare)) await s.release();
 });
 
@@ -254,6 +284,26 @@ void describe('third-party manifests', () => {
       });
     }
   }
+
+  void test('the agent engine gives bare ORT\'s outputs on every test vector, bit for bit', { skip: skipUnless(...ONNX_IDS) }, async () => {
+    for (const id of ONNX_IDS) {
+      const manifest = manifests[id]!;
+      const o = await agentEngine.open(id, models[id]!, manifest);
+      try {
+        for (const [i, tv] of manifest.testVectors.entries()) {
+          const feeds = feedsOf(manifest, tv);
+          const [viaEngine, viaOrt] = [await o.run(feeds), await bare[id]!.run(feeds)];
+          assert.deepEqual(Object.keys(viaEngine).sort(), Object.keys(viaOrt).sort(), `${id}: output names`);
+          for (const [name, want] of Object.entries(viaOrt)) {
+            assert.deepEqual(viaEngine[name]!.dims, want.dims, `${id} vector ${i} ${name} dims`);
+            assert.equal(maxAbsDiff(viaEngine[name]!.data, want.data), 0, `${id} vector ${i} ${name}`);
+          }
+        }
+      } finally {
+        await o.close();
+      }
+    }
+  });
 
   void test('the metadata check catches a manifest that lies about a state shape', { skip: skipUnless('silero-vad') }, () => {
     const m = manifests['silero-vad']!;
@@ -497,22 +547,32 @@ for (const runner of RUNNERS) {
 
 // ------------------------------------------------------------------------------ timing
 
-void describe('bare ORT run time per call', { skip: process.env['EDGEFLEET_MODEL_TIMINGS'] ? skipUnless(...ONNX_IDS) : 'set EDGEFLEET_MODEL_TIMINGS=1 to measure' }, () => {
-  void test('median of 50 calls on each manifest\'s first test vector', async (t) => {
+void describe('run time per call', { skip: process.env['EDGEFLEET_MODEL_TIMINGS'] ? skipUnless(...ONNX_IDS) : 'set EDGEFLEET_MODEL_TIMINGS=1 to measure' }, () => {
+  const median50 = async (run: RunFn, feeds: Parameters<RunFn>[0]): Promise<{ p10: number; p50: number; p90: number }> => {
+    for (let i = 0; i < 5; i++) await run(feeds);
+    const ms: number[] = [];
+    for (let i = 0; i < 50; i++) {
+      const t0 = process.hrtime.bigint();
+      await run(feeds);
+      ms.push(Number(process.hrtime.bigint() - t0) / 1e6);
+    }
+    ms.sort((a, b) => a - b);
+    return { p10: ms[5]!, p50: (ms[24]! + ms[25]!) / 2, p90: ms[45]! };
+  };
+  const f = (x: { p10: number; p50: number; p90: number }): string => `median ${x.p50.toFixed(3)} ms (p10 ${x.p10.toFixed(3)}, p90 ${x.p90.toFixed(3)})`;
+
+  void test("50 calls on each manifest's first test vector: bare ORT, then the agent engine", async (t) => {
     for (const id of ONNX_IDS) {
       const manifest = manifests[id]!;
       const feeds = feedsOf(manifest, manifest.testVectors[0]!);
-      const run = bare[id]!.run;
-      for (let i = 0; i < 5; i++) await run(feeds);
-      const ms: number[] = [];
-      for (let i = 0; i < 50; i++) {
-        const t0 = process.hrtime.bigint();
-        await run(feeds);
-        ms.push(Number(process.hrtime.bigint() - t0) / 1e6);
-      }
-      ms.sort((a, b) => a - b);
       const dims = Object.entries(feeds).map(([k, v]) => `${k}[${v.dims.join('×')}]`).join(' ');
-      t.diagnostic(`${id}: median ${ms[25]!.toFixed(3)} ms (p10 ${ms[5]!.toFixed(3)}, p90 ${ms[45]!.toFixed(3)}) ${dims}`);
+      const ort = await median50(bare[id]!.run, feeds);
+      const o = await agentEngine.open(id, models[id]!, manifest);
+      try {
+        t.diagnostic(`${id} ${dims}: bare ORT ${f(ort)}; agent engine ${f(await median50(o.run, feeds))}`);
+      } finally {
+        await o.close();
+      }
     }
   });
 });
