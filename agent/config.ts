@@ -70,6 +70,14 @@ export const PipelineSchema = z.object({
   name: NameSchema,
   /** Name of a model listed under `models`. */
   model: NameSchema,
+  /**
+   * Further models run after `model`, in order (manifest v2 chains: feature extractor →
+   * embedding → head): each takes `upstream` inputs from the one before; the last one's task
+   * makes the result. Each is its own release and can be rolled out on its own.
+   */
+  chain: z.array(NameSchema).max(8).default([]),
+  /** Streams (sensors) a windowed or stateful model keeps windows and state for. */
+  maxStreams: z.number().int().min(1).max(100_000).default(1024),
   input: z.discriminatedUnion('type', [MqttInputSchema, FolderInputSchema]),
   /** Labels with scores reported per result (`topK`). */
   topK: z.number().int().min(1).max(100).default(3),

@@ -37,7 +37,10 @@ import type { ModelLease } from './models/model-set.ts';
 import { preprocessImage, type ImageStats } from './preprocess/image.ts';
 import { classify } from './preprocess/postprocess.ts';
 import { preprocessTabular, ReadingSchema, type Reading } from './preprocess/tabular.ts';
-import type { InputData } from './runtime/engine.ts';
+import type { InferInput } from './runtime/engine.ts';
+import { modelSpec } from '../shared/model-spec.ts';
+import type { Task } from '../shared/tasks/specs.ts';
+import { TaskRunner, type PreparedV2 } from './tasks/runner.ts';
 
 export interface Publisher {
   publish(topic: string, payload: Buffer | string, opts?: { qos?: 0 | 1; retain?: boolean }): boolean;
@@ -51,10 +54,7 @@ export interface RecordSink {
   appendNow(stream: string, kind: string, body: Record<string, unknown>, ts?: number): { epoch: number; seq: number };
 }
 export interface Inferer {
-  infer(
-    key: string,
-    input: { data: InputData; dims: number[] },
-  ): Promise<{ outputs: Record<string, { data: Float32Array; dims: number[] }>; latencyMs: number }>;
+  infer(key: string, input: InferInput): Promise<{ outputs: Record<string, { data: Float32Array; dims: number[] }>; latencyMs: number }>;
 }
 
 export const INFERENCE_STREAM = 'inference';
@@ -70,10 +70,11 @@ export type InputSource = 'mqtt' | 'http' | 'folder';
  * own `id` wins; without either one is generated.
  */
 export type InferRequest =
-  | { kind: 'json'; body: unknown; id?: string; ts?: number; source?: InputSource }
-  | { kind: 'image'; bytes: Buffer; id?: string; ts?: number; source?: InputSource };
+  | { kind: 'json'; body: unknown; id?: string; ts?: number; source?: InputSource; stream?: string }
+  | { kind: 'image'; bytes: Buffer; id?: string; ts?: number; source?: InputSource; stream?: string };
 
-export interface PipelineResult {
+/** The result of a v1 classifier (the hot path's shape, serialized by `resultJson`). */
+export interface ClassifierResult {
   v: typeof PROTOCOL_VERSION;
   id: string;
   ts: number;
@@ -93,6 +94,29 @@ export interface PipelineResult {
   image?: { brightness: number; contrast: number; sharpness: number };
 }
 
+/**
+ * The result of a manifest v2 model: the common fields, `task`, and the task's own fields
+ * (agent/postprocess/tasks.ts: label/topK, detections, coverage, values, score/alarm, tensors).
+ * `buffered` = a window model took the reading but its window is not full yet.
+ */
+export interface TaskResult {
+  v: typeof PROTOCOL_VERSION;
+  id: string;
+  ts: number;
+  deviceId: string;
+  pipeline: string;
+  model: { name: string; version: string };
+  task: Task;
+  latencyMs: number;
+  inputTs?: number;
+  image?: { brightness: number; contrast: number; sharpness: number };
+  window?: { firstTs: number; lastTs: number; firstId?: string; lastId?: string };
+  buffered?: true;
+  [field: string]: unknown;
+}
+
+export type PipelineResult = ClassifierResult | TaskResult;
+
 /** A telemetry record computed but not yet appended (see `inferDeferred`). */
 export interface PendingRecord {
   stream: string;
@@ -111,6 +135,8 @@ export interface PipelineDeps {
    * `model()` and holds nothing: fine only where models never change.
    */
   acquire?: () => ModelLease | undefined;
+  /** The chain's later models (config `chain`), held for one request like `acquire`. */
+  acquireStage?: (name: string) => ModelLease | undefined;
   /** Told about every inference (health windows, probation). */
   health?: HealthRecorder;
   /** Told about every successful inference (drift summaries, sample ring; issue #4). */
@@ -138,7 +164,7 @@ export function validCorrelationId(id: string | undefined): string | undefined {
 }
 
 interface Prepared {
-  data: InputData;
+  data: InferInput['data'];
   dims: number[];
   id: string;
   /** The id came with the input (not generated): redeliveries of it can be recognized. */
@@ -203,6 +229,8 @@ export class Pipeline implements Component {
   readonly #recentIds = new Set<string>();
   /** resultJson's constant middle per model key (a pipeline sees one or two versions at a time). */
   readonly #fixed = new Map<string, string>();
+  /** Manifest v2 models: windows, state, chains and task postprocessing. */
+  readonly #runner: TaskRunner;
 
   constructor(private readonly d: PipelineDeps) {
     const cfg = d.config;
@@ -210,8 +238,21 @@ export class Pipeline implements Component {
     this.outputTopic = cfg.output.topic ?? topics.output(d.deviceId, cfg.name);
     this.#latency = d.metrics.latency.labels(cfg.name);
     const model = this.#model();
-    this.inputKind = model.manifest.preprocessing.kind;
-    const labels = model.manifest.postprocessing.labels;
+    const spec = modelSpec(model.manifest);
+    this.inputKind = spec.primary?.source.kind === 'image' ? 'image' : 'tabular';
+    if (cfg.chain.length && model.manifest.manifestVersion === 1) {
+      throw new EdgefleetError(ErrorCode.BAD_CONFIG, `pipeline ${cfg.name}: a chain needs manifest v2 models; ${model.key} is v1`);
+    }
+    this.#runner = new TaskRunner({
+      pipeline: cfg.name,
+      engine: d.engine,
+      maxStreams: cfg.maxStreams,
+      events: {
+        windowReset: (reason) => d.metrics.inputDropped.inc({ pipeline: cfg.name, reason: `window_${reason}` }),
+        stateReset: (reason) => this.#throttle.run(`state:${reason}`, (suppressed) => d.log.info({ pipeline: cfg.name, reason, suppressed }, 'model state reset')),
+      },
+    });
+    const labels = spec.labels;
     const unknown = Object.keys(cfg.thresholds ?? {}).filter((l) => !labels.includes(l));
     if (unknown.length) {
       throw new EdgefleetError(ErrorCode.BAD_CONFIG, `pipeline ${cfg.name}: thresholds for unknown labels ${unknown.join(', ')} (model ${model.key} has ${labels.join(', ')})`);
@@ -297,6 +338,7 @@ export class Pipeline implements Component {
     const model = lease.model;
     this.#inFlight++;
     try {
+      if (model.manifest.manifestVersion === 2) return await this.#inferV2(req, lease, t0, extra);
       let prepared: Prepared;
       try {
         // Tabular readings are prepared synchronously: no promise, no hop (module header).
@@ -342,6 +384,7 @@ export class Pipeline implements Component {
         lease.release();
       }
       const c = classify(model.manifest.postprocessing, first.data);
+      const spec = model.manifest;
       this.d.health?.record(model.manifest.name, model.manifest.version, {
         ok: true,
         latencyMs: engineMs,
@@ -352,7 +395,7 @@ export class Pipeline implements Component {
       const ts = Date.now();
       this.d.drift?.record(config.name, model.manifest, prepared.raw ?? prepared.stats, c, req, prepared.id, ts);
       const latencyMs = Math.round(engineMs * 1000) / 1000;
-      const result: PipelineResult = {
+      const result: ClassifierResult = {
         v: PROTOCOL_VERSION,
         id: prepared.id,
         ts,
@@ -361,8 +404,8 @@ export class Pipeline implements Component {
         model: { name: model.manifest.name, version: model.manifest.version },
         label: c.label,
         confidence: c.confidence,
-        decision: decide(model.manifest.postprocessing.labels, c.scores, config.thresholds),
-        topK: topK(model.manifest.postprocessing.labels, c.scores, config.topK),
+        decision: decide(spec.postprocessing.labels, c.scores, config.thresholds),
+        topK: topK(spec.postprocessing.labels, c.scores, config.topK),
         scores: c.scores,
         latencyMs,
       };
@@ -402,6 +445,150 @@ export class Pipeline implements Component {
       this.#inFlight--;
       if (this.#inFlight === 0 && this.#idle.length) for (const r of this.#idle.splice(0)) r();
     }
+  }
+
+  /**
+   * A manifest v2 model (or chain): prepare the request input through the runner (image,
+   * reading or window), run the stages, postprocess by task, publish, and return the record.
+   * Same counting as the v1 path: bad input is rejected and counted, engine failures count
+   * against the model's health, overload does not.
+   */
+  async #inferV2(req: InferRequest, lease: ModelLease, t0: number, extra: Record<string, unknown> | undefined): Promise<{ result: PipelineResult; record: PendingRecord | undefined }> {
+    const { config, metrics } = this.d;
+    const model = lease.model;
+    const spec = modelSpec(model.manifest);
+    const stages = [model];
+    const leases: ModelLease[] = [];
+    let prepared: PreparedV2;
+    let id: string;
+    let givenId: boolean;
+    let inputTs: number | undefined;
+    try {
+      for (const name of config.chain) {
+        const l = this.d.acquireStage?.(name);
+        if (!l) throw new EdgefleetError(ErrorCode.UNAVAILABLE, `pipeline ${config.name}: chain model ${name} is not active`);
+        leases.push(l);
+        stages.push(l.model);
+      }
+      if (req.kind === 'image') {
+        const input = config.input;
+        const maxInputBytes = req.source === 'http' ? undefined : input.type === 'folder' ? input.maxFileBytes : (input.maxPayloadBytes ?? DEFAULT_MAX_IMAGE_BYTES);
+        prepared = await this.#runner.prepareImage(model, req.bytes, req.stream, { maxInputBytes, maxInputPixels: this.d.maxInputPixels });
+        const given = validCorrelationId(req.id);
+        id = given ?? randomUUID();
+        givenId = given !== undefined;
+        inputTs = req.ts;
+      } else {
+        const reading = this.#reading(req);
+        prepared = this.#runner.prepareReading(model, reading, req.stream);
+        const given = reading.id ?? validCorrelationId(req.id);
+        id = given ?? randomUUID();
+        givenId = given !== undefined;
+        inputTs = reading.ts ?? req.ts;
+      }
+    } catch (err) {
+      for (const l of leases) l.release();
+      const e = toEdgefleetError(err, ErrorCode.BAD_INPUT);
+      if (e.code !== ErrorCode.ABORTED && e.code !== ErrorCode.INTERNAL && e.code !== ErrorCode.BAD_MANIFEST && e.code !== ErrorCode.UNAVAILABLE) this.#reject(e);
+      throw e;
+    }
+    const base = {
+      v: PROTOCOL_VERSION,
+      id,
+      ts: Date.now(),
+      deviceId: this.d.deviceId,
+      pipeline: config.name,
+      model: { name: model.manifest.name, version: model.manifest.version },
+      task: spec.task,
+    } as const;
+    if (prepared.buffered) {
+      for (const l of leases) l.release();
+      return { result: { ...base, latencyMs: 0, buffered: true }, record: undefined };
+    }
+    const dedupe = req.source === 'mqtt' && givenId && config.stream.dedupeIds > 0 && !prepared.window;
+    if (dedupe) {
+      if (this.#recentIds.has(id)) {
+        for (const l of leases) l.release();
+        metrics.inputDropped.inc({ pipeline: config.name, reason: 'duplicate' });
+        throw new EdgefleetError(ErrorCode.CONFLICT, `reading ${id} was already accepted (redelivery)`, { details: { reason: 'duplicate' } });
+      }
+      this.#recentIds.add(id);
+      if (this.#recentIds.size > config.stream.dedupeIds) this.#recentIds.delete(this.#recentIds.values().next().value as string);
+    }
+    let run;
+    try {
+      run = await this.#runner.run(stages, prepared, { topK: config.topK, thresholds: config.thresholds });
+    } catch (err) {
+      const e = toEdgefleetError(err, ErrorCode.INFERENCE);
+      if (dedupe) this.#recentIds.delete(id);
+      metrics.inferences.inc({ pipeline: config.name, model: model.manifest.name, version: model.manifest.version, outcome: e.code === ErrorCode.OVERLOADED ? 'overloaded' : 'error' });
+      if (e.code === ErrorCode.BAD_INPUT) this.#reject(e);
+      else this.#logFailure(e);
+      if (!NOT_THE_MODELS_FAULT.has(e.code)) this.d.health?.record(model.manifest.name, model.manifest.version, { ok: false, classes: spec.labels.length });
+      throw e;
+    } finally {
+      lease.release();
+      for (const l of leases) l.release();
+    }
+    if (run.buffered) return { result: { ...base, latencyMs: 0, buffered: true }, record: undefined };
+    const o = run.outcome;
+    this.d.health?.record(model.manifest.name, model.manifest.version, {
+      ok: true,
+      latencyMs: run.engineMs,
+      ...(o.classIndex !== undefined ? { classIndex: o.classIndex, confidence: o.confidence } : {}),
+      classes: spec.labels.length,
+    });
+    if (spec.task === 'classification' && o.classIndex !== undefined) {
+      const c = { label: spec.labels[o.classIndex] ?? '', index: o.classIndex, confidence: o.confidence ?? 0, margin: o.values['margin'] ?? 0, scores: [] };
+      this.d.drift?.record(config.name, model.manifest, prepared.raw ?? prepared.stats, c, req, id, base.ts);
+    }
+    const latencyMs = Math.round(run.engineMs * 1000) / 1000;
+    const result: TaskResult = { ...base, ...o.fields, latencyMs };
+    if (inputTs !== undefined) result.inputTs = inputTs;
+    if (prepared.stats) {
+      result.image = { brightness: round6(prepared.stats.brightness), contrast: round6(prepared.stats.contrast), sharpness: round6(prepared.stats.sharpness) };
+    }
+    if (prepared.window) result.window = prepared.window.firstId === undefined ? { firstTs: prepared.window.firstTs, lastTs: prepared.window.lastTs } : { ...prepared.window } as TaskResult['window'];
+    this.d.publisher.publish(this.outputTopic, JSON.stringify(result), { qos: config.output.qos });
+    this.#okCounter(model).inc();
+    this.#latency.observe((performance.now() - t0) / 1000);
+    const record: PendingRecord | undefined = config.output.telemetry
+      ? {
+          stream: INFERENCE_STREAM,
+          kind: 'inference',
+          ts: base.ts,
+          body: {
+            id,
+            pipeline: config.name,
+            model: model.manifest.name,
+            version: model.manifest.version,
+            task: spec.task,
+            ...o.record,
+            latencyMs,
+            inputTs: inputTs ?? null,
+            source: req.source ?? null,
+            ...(result.image ? { image: result.image } : {}),
+            ...extra,
+          },
+        }
+      : undefined;
+    return { result, record };
+  }
+
+  /** A JSON request's reading (parsed under the input's cap when it came as bytes). */
+  #reading(req: Extract<InferRequest, { kind: 'json' }>): Reading {
+    if (Buffer.isBuffer(req.body) || typeof req.body === 'string') {
+      const input = this.d.config.input;
+      const max = req.source === 'http' ? Number.MAX_SAFE_INTEGER : input.type === 'mqtt' ? (input.maxPayloadBytes ?? DEFAULT_MAX_JSON_BYTES) : DEFAULT_MAX_JSON_BYTES;
+      const decoded = decodeJson(ReadingSchema, req.body, max);
+      if (!decoded.ok) throw decoded.error;
+      return decoded.value;
+    }
+    const fast = fastReading(req.body);
+    if (fast) return fast;
+    const parsed = ReadingSchema.safeParse(req.body);
+    if (!parsed.success) throw new EdgefleetError(ErrorCode.BAD_PAYLOAD, formatIssues(parsed.error));
+    return parsed.data;
   }
 
   /** Appends a deferred record in one synchronous commit; throws STORAGE (counted) on failure. */
@@ -450,6 +637,7 @@ export class Pipeline implements Component {
   }
 
   async #prepareImage(model: LocalModel, req: InferRequest): Promise<Prepared> {
+    if (model.manifest.manifestVersion !== 1) throw new EdgefleetError(ErrorCode.INTERNAL, `model ${model.key} is not a v1 model`);
     const spec = model.manifest.preprocessing;
     if (spec.kind !== 'image') throw new EdgefleetError(ErrorCode.INTERNAL, `model ${model.key} takes no images`);
     if (req.kind !== 'image') {
@@ -465,27 +653,13 @@ export class Pipeline implements Component {
   }
 
   #prepareTabular(model: LocalModel, req: InferRequest): Prepared {
+    if (model.manifest.manifestVersion !== 1) throw new EdgefleetError(ErrorCode.INTERNAL, `model ${model.key} is not a v1 model`);
     const spec = model.manifest.preprocessing;
     if (spec.kind !== 'tabular') throw new EdgefleetError(ErrorCode.INTERNAL, `model ${model.key} takes images`);
     if (req.kind !== 'json') {
       throw new EdgefleetError(ErrorCode.BAD_INPUT, `pipeline ${this.d.config.name} takes JSON readings ({"values": [...]} or {"features": {...}}), not images`, { details: { reason: 'wrong_kind' } });
     }
-    let reading: Reading;
-    if (Buffer.isBuffer(req.body) || typeof req.body === 'string') {
-      const input = this.d.config.input;
-      const max = req.source === 'http' ? Number.MAX_SAFE_INTEGER : input.type === 'mqtt' ? (input.maxPayloadBytes ?? DEFAULT_MAX_JSON_BYTES) : DEFAULT_MAX_JSON_BYTES;
-      const decoded = decodeJson(ReadingSchema, req.body, max);
-      if (!decoded.ok) throw decoded.error;
-      reading = decoded.value;
-    } else {
-      const fast = fastReading(req.body);
-      if (fast) reading = fast;
-      else {
-        const parsed = ReadingSchema.safeParse(req.body);
-        if (!parsed.success) throw new EdgefleetError(ErrorCode.BAD_PAYLOAD, formatIssues(parsed.error));
-        reading = parsed.data;
-      }
-    }
+    const reading = this.#reading(req);
     const t = preprocessTabular(spec, reading);
     const given = reading.id ?? validCorrelationId(req.id);
     return { data: t.data, dims: t.dims, id: given ?? randomUUID(), givenId: given !== undefined, inputTs: reading.ts ?? req.ts, raw: t.raw };
@@ -536,7 +710,7 @@ export function fixedResultJson(deviceId: string, pipeline: string, model: strin
  * holds it to JSON.stringify. A field added to PipelineResult must be added here too (the test
  * builds every field, so it fails until it is).
  */
-export function resultJson(r: PipelineResult, fixed: string): string {
+export function resultJson(r: ClassifierResult, fixed: string): string {
   const q = JSON.stringify;
   let s = `{"v":${jsonNumber(r.v)},"id":${q(r.id)},"ts":${jsonNumber(r.ts)}${fixed},"label":${q(r.label)},"confidence":${jsonNumber(r.confidence)},"decision":${r.decision === null ? 'null' : q(r.decision)},"topK":[`;
   for (let i = 0; i < r.topK.length; i++) {

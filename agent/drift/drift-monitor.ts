@@ -22,6 +22,7 @@
  * copied into a per-version scratch array, the accumulator's O(features) counting, one ring
  * push. Never throws into the pipeline: a failure is counted and logged, throttled.
  */
+import { modelSpec } from '../../shared/model-spec.ts';
 import { Counter, Histogram, type Registry } from 'prom-client';
 import { z } from 'zod';
 import { formatIssues } from '../../shared/codec.ts';
@@ -264,8 +265,9 @@ export class DriftMonitor implements Component, DriftRecorder {
 
   #newState(m: Manifest, key: string): VersionState {
     const refs = m.drift?.features ?? [];
-    const image = m.preprocessing.kind === 'image';
-    const tabularNames = m.preprocessing.kind === 'tabular' ? m.preprocessing.features.map((f) => f.name) : [];
+    const spec = modelSpec(m);
+    const image = spec.primary?.source.kind === 'image';
+    const tabularNames = spec.featureNames;
     const used: ReferenceBins[] = [];
     const source: number[] = [];
     const unknown: string[] = [];
@@ -284,7 +286,7 @@ export class DriftMonitor implements Component, DriftRecorder {
       model: { name: m.name, version: m.version },
       windowMs: this.#o.config.windowMs,
       features: used.map((f) => ({ name: f.name, edges: f.edges })),
-      classes: m.postprocessing.labels.length,
+      classes: spec.labels.length,
       instance: `${this.#o.instance()}-${this.#created++}`,
     });
     const ph = this.#o.config.pageHinkley;

@@ -14,7 +14,9 @@
 import { EdgefleetError, ErrorCode } from '../../shared/errors.ts';
 import type { Component } from '../../shared/lifecycle.ts';
 import type { Logger } from '../../shared/log.ts';
-import type { InferenceEngine } from '../runtime/engine.ts';
+import { engineInput, modelSpec } from '../../shared/model-spec.ts';
+import { toTensorData, type TensorDtype } from '../../shared/tensor.ts';
+import type { InferenceEngine, InferInput } from '../runtime/engine.ts';
 import { checkModelAgainstManifest } from '../runtime/session-check.ts';
 import { openLocalModel, type LocalModel } from './local-models.ts';
 
@@ -144,7 +146,7 @@ export class ModelSet implements Component {
   /** Loads, checks and verifies one model; on any failure it is unloaded again. */
   async #loadChecked(model: LocalModel): Promise<void> {
     const { engine } = this.opts;
-    const handle = await engine.load(model.key, model.onnxPath);
+    const handle = await engine.load(model.key, model.onnxPath, model.manifest.manifestVersion === 2 ? { primaryInput: engineInput(modelSpec(model.manifest)) } : {});
     try {
       const mismatches = checkModelAgainstManifest(handle, model.manifest);
       if (mismatches.length) {
@@ -158,20 +160,30 @@ export class ModelSet implements Component {
   }
 
   async runTestVectors(model: LocalModel): Promise<void> {
-    for (const [i, tv] of model.manifest.testVectors.entries()) {
-      const res = await this.opts.engine.infer(model.key, { data: Float32Array.from(tv.input), dims: tv.shape });
-      const out = res.outputs[model.manifest.outputs[0]!.name];
-      if (!out) throw new EdgefleetError(ErrorCode.BAD_MODEL, `${model.key}: no output ${model.manifest.outputs[0]!.name}`);
-      if (out.data.length !== tv.expected.length) {
-        throw new EdgefleetError(ErrorCode.BAD_MODEL, `${model.key}: test vector ${i} gave ${out.data.length} values, expected ${tv.expected.length}`);
-      }
-      for (let k = 0; k < tv.expected.length; k++) {
-        const diff = Math.abs((out.data[k] as number) - (tv.expected[k] as number));
-        if (!(diff <= tv.tolerance)) {
-          throw new EdgefleetError(
-            ErrorCode.BAD_MODEL,
-            `${model.key}: test vector ${i} element ${k} is ${out.data[k]}, expected ${tv.expected[k]} ± ${tv.tolerance}`,
-          );
+    const spec = modelSpec(model.manifest);
+    const primary = engineInput(spec);
+    for (const [i, tv] of spec.testVectors.entries()) {
+      const feed = (name: string): { data: InferInput['data']; dims: number[] } => {
+        const t = tv.inputs[name];
+        const dtype = spec.inputs.find((x) => x.name === name)?.dtype ?? 'float32';
+        if (!t) throw new EdgefleetError(ErrorCode.BAD_MODEL, `${model.key}: test vector ${i} has no input ${name}`);
+        return { data: toTensorData(dtype as TensorDtype, t.values), dims: t.dims };
+      };
+      const req: InferInput = feed(primary);
+      const others = spec.inputs.filter((x) => x.name !== primary);
+      if (others.length) req.extra = Object.fromEntries(others.map((x) => [x.name, feed(x.name)]));
+      const res = await this.opts.engine.infer(model.key, req);
+      for (const [name, want] of Object.entries(tv.expected)) {
+        const out = res.outputs[name];
+        if (!out) throw new EdgefleetError(ErrorCode.BAD_MODEL, `${model.key}: no output ${name}`);
+        if (out.data.length !== want.values.length) {
+          throw new EdgefleetError(ErrorCode.BAD_MODEL, `${model.key}: test vector ${i} gave ${out.data.length} values, expected ${want.values.length}`);
+        }
+        for (let k = 0; k < want.values.length; k++) {
+          const diff = Math.abs((out.data[k] as number) - (want.values[k] as number));
+          if (!(diff <= tv.tolerance)) {
+            throw new EdgefleetError(ErrorCode.BAD_MODEL, `${model.key}: test vector ${i} element ${k} is ${out.data[k]}, expected ${want.values[k]} ± ${tv.tolerance}`);
+          }
         }
       }
     }

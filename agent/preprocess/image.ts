@@ -11,9 +11,49 @@
  * sharp runs each pipeline on a libuv pool thread, so decoding does not block the event loop.
  */
 import sharp from 'sharp';
-import type { FailOnOptions, FitEnum, Metadata, OutputInfo } from 'sharp';
+import type { FailOnOptions, FitEnum, Metadata, OutputInfo, Sharp } from 'sharp';
 import { EdgefleetError, ErrorCode } from '../../shared/errors.ts';
 import type { ImagePreprocess } from '../../shared/manifest.ts';
+import { toTensorData, type TensorData } from '../../shared/tensor.ts';
+import type { ImageSource } from '../../shared/tasks/specs.ts';
+import { letterboxGeometry } from '../postprocess/detection.ts';
+
+/**
+ * What preprocessing needs of an image input: a v1 `preprocessing` block as it is, or a v2 image
+ * source with the tensor's dtype (issue #13 adds letterbox, a pad value, RGBA, float16 and
+ * dynamic sizes). A v1 spec never uses the additions, so v1 models get exactly what they got.
+ */
+export type ImageSpec = Omit<ImagePreprocess, 'fit' | 'colour' | 'dtype' | 'kind'> & {
+  fit: ImagePreprocess['fit'] | 'letterbox';
+  colour: ImagePreprocess['colour'] | 'rgba';
+  dtype: ImagePreprocess['dtype'] | 'float16';
+  pad?: number;
+  dynamic?: ImageSource['dynamic'];
+};
+
+/** The image spec of a v2 image source feeding a tensor of `dtype`. */
+export function imageSpecOf(src: ImageSource, dtype: string): ImageSpec {
+  if (dtype !== 'float32' && dtype !== 'float16' && dtype !== 'uint8' && dtype !== 'int8') {
+    throw new EdgefleetError(ErrorCode.BAD_MANIFEST, `image input: dtype ${dtype} cannot hold pixels (float32, float16, uint8 or int8)`);
+  }
+  return { ...src, dtype };
+}
+
+/**
+ * How the original image maps onto the model input: model = original × scale + pad (per axis).
+ * Detection boxes go back with (model - pad) / scale.
+ */
+export interface ImageGeometry {
+  srcWidth: number;
+  srcHeight: number;
+  /** Size of the tensor's image. */
+  width: number;
+  height: number;
+  scaleX: number;
+  scaleY: number;
+  padX: number;
+  padY: number;
+}
 
 /** Default cap on width × height of the encoded image, checked from its header before decoding. */
 export const DEFAULT_MAX_INPUT_PIXELS = 40_000_000;
@@ -38,10 +78,11 @@ export interface ImageStats {
 }
 
 export interface ImageTensor {
-  data: Float32Array | Uint8Array | Int8Array;
+  data: TensorData;
   /** [1, C, H, W] or [1, H, W, C]. */
   dims: number[];
   stats: ImageStats;
+  geometry: ImageGeometry;
 }
 
 export interface PreprocessImageOptions {
@@ -57,15 +98,32 @@ export interface PreprocessImageOptions {
   signal?: AbortSignal;
 }
 
-/** Tensor channels of a spec: 1 for gray, 3 for rgb and bgr. */
-export function imageChannels(spec: ImagePreprocess): 1 | 3 {
-  return spec.colour === 'gray' ? 1 : 3;
+/** Tensor channels of a spec: 1 for gray, 3 for rgb and bgr, 4 for rgba. */
+export function imageChannels(spec: Pick<ImageSpec, 'colour'>): 1 | 3 | 4 {
+  return spec.colour === 'gray' ? 1 : spec.colour === 'rgba' ? 4 : 3;
 }
 
 /** Tensor dims for a batch of `batch` images, as the model's input shape must read. */
-export function imageTensorDims(spec: ImagePreprocess, batch = 1): number[] {
+export function imageTensorDims(spec: Pick<ImageSpec, 'colour' | 'layout' | 'width' | 'height'>, batch = 1): number[] {
   const c = imageChannels(spec);
   return spec.layout === 'NCHW' ? [batch, c, spec.height, spec.width] : [batch, spec.height, spec.width, c];
+}
+
+/**
+ * Where a `srcW`×`srcH` image lands in a `dstW`×`dstH` model input under `fit`: the placement
+ * detection maps boxes back with (agent/postprocess/detection.ts letterboxGeometry, which
+ * documents each fit's rounding), so the pixels and the boxes agree by construction.
+ */
+export function fitGeometry(srcW: number, srcH: number, dstW: number, dstH: number, fit: ImageSpec['fit']): ImageGeometry {
+  const g = letterboxGeometry(srcW, srcH, dstW, dstH, fit);
+  return { srcWidth: srcW, srcHeight: srcH, width: dstW, height: dstH, scaleX: g.scaleX, scaleY: g.scaleY, padX: g.padLeft, padY: g.padTop };
+}
+
+/** Model input size for a dynamic-size model: the image's own size, capped, rounded up to `multiple`. */
+export function dynamicSize(srcW: number, srcH: number, d: NonNullable<ImageSpec['dynamic']>): { width: number; height: number } {
+  const r = Math.min(1, d.maxSide / Math.max(srcW, srcH));
+  const up = (x: number): number => Math.max(d.multiple, Math.ceil((x * r) / d.multiple) * d.multiple);
+  return { width: Math.min(up(srcW), Math.ceil(d.maxSide / d.multiple) * d.multiple), height: Math.min(up(srcH), Math.ceil(d.maxSide / d.multiple) * d.multiple) };
 }
 
 /**
@@ -144,7 +202,8 @@ function grayOfRgb(rgb: Uint8Array, pixels: number): Uint8Array {
  * bins shipped in the manifest: brightness = mean / 255, contrast = std / 255, sharpness = mean
  * absolute 4-neighbour Laplacian / 255 over interior pixels. Channel means are in the given order.
  */
-export function imageStats(pixels: Uint8Array, width: number, height: number, channels: 1 | 3): ImageStats {
+export function imageStats(pixels: Uint8Array, width: number, height: number, channels: 1 | 3 | 4): ImageStats {
+  if (channels === 4) return imageStats(dropAlpha(pixels, width * height), width, height, 3);
   const count = width * height;
   if (pixels.length !== count * channels) throw new RangeError(`expected ${count * channels} bytes, got ${pixels.length}`);
   const channelSums = new Array<number>(channels).fill(0);
@@ -181,7 +240,8 @@ export function imageStats(pixels: Uint8Array, width: number, height: number, ch
  * Turns model-sized interleaved 8-bit pixels (channels in the tensor's order) into the tensor the
  * spec asks for. Exported for inputs that already deliver raw frames of the right size.
  */
-export function pixelsToTensor(spec: ImagePreprocess, pixels: Uint8Array): Float32Array | Uint8Array | Int8Array {
+export function pixelsToTensor(spec: ImageSpec, pixels: Uint8Array): TensorData {
+  if (spec.dtype === 'float16') return toTensorData('float16', pixelsToTensor({ ...spec, dtype: 'float32' }, pixels) as Float32Array);
   const c = imageChannels(spec);
   const hw = spec.width * spec.height;
   if (pixels.length !== hw * c) throw new RangeError(`expected ${hw * c} bytes (${spec.width}×${spec.height}×${c}), got ${pixels.length}`);
@@ -210,6 +270,16 @@ export function pixelsToTensor(spec: ImagePreprocess, pixels: Uint8Array): Float
   return out;
 }
 
+function dropAlpha(rgba: Uint8Array, pixels: number): Uint8Array {
+  const out = new Uint8Array(pixels * 3);
+  for (let i = 0; i < pixels; i++) {
+    out[3 * i] = rgba[4 * i] as number;
+    out[3 * i + 1] = rgba[4 * i + 1] as number;
+    out[3 * i + 2] = rgba[4 * i + 2] as number;
+  }
+  return out;
+}
+
 /** Copies a w×h×c image into the top-left of a W×H×c black canvas, cropping what does not fit. */
 function placeTopLeft(src: Uint8Array, w: number, h: number, c: number, W: number, H: number): Uint8Array {
   const out = new Uint8Array(W * H * c);
@@ -219,6 +289,7 @@ function placeTopLeft(src: Uint8Array, w: number, h: number, c: number, W: numbe
 }
 
 function swapRgbBgr(px: Uint8Array): void {
+  // Only 3-channel pixels get here (bgr); rgba keeps its order.
   for (let i = 0; i + 2 < px.length; i += 3) {
     const r = px[i] as number;
     px[i] = px[i + 2] as number;
@@ -227,7 +298,11 @@ function swapRgbBgr(px: Uint8Array): void {
 }
 
 /** Decodes, orients, resizes and converts to the spec's colour; returns W×H interleaved 8-bit pixels in RGB (or gray) order. */
-async function decodeToModelSize(spec: ImagePreprocess, input: Buffer, opts: Required<Pick<PreprocessImageOptions, 'maxInputPixels' | 'failOn'>>): Promise<Uint8Array> {
+async function decodeToModelSize(
+  spec: ImageSpec,
+  input: Buffer,
+  opts: Required<Pick<PreprocessImageOptions, 'maxInputPixels' | 'failOn'>>,
+): Promise<{ px: Uint8Array; geometry: ImageGeometry }> {
   const c = imageChannels(spec);
   // Integer demanded by sharp; 0 would mean "no limit", so never below 1.
   const limitInputPixels = Math.max(1, Math.floor(opts.maxInputPixels));
@@ -252,13 +327,31 @@ async function decodeToModelSize(spec: ImagePreprocess, input: Buffer, opts: Req
     throw badInput(`${meta.format} image is ${meta.width}×${meta.height} = ${meta.width * meta.height} pixels, limit ${limitInputPixels}`);
   }
 
-  const fit: keyof FitEnum = spec.fit;
-  // inside/outside keep the aspect ratio and give a size that differs from the model's; the
-  // result is then padded (inside) or cropped (outside) at the top-left, so model coordinates
-  // stay proportional to image coordinates from the origin. contain pads centred, cover crops centred.
-  let pipeline = sharp(input, inputOptions)
-    .resize(spec.width, spec.height, { fit, background: { r: 0, g: 0, b: 0, alpha: 1 } })
-    .removeAlpha();
+  // autoOrient: the header's size is before rotation; EXIF orientations 5-8 swap the axes.
+  const rotated = (meta.orientation ?? 1) >= 5;
+  const srcW = rotated ? meta.height : meta.width;
+  const srcH = rotated ? meta.width : meta.height;
+  const size = spec.dynamic ? dynamicSize(srcW, srcH, spec.dynamic) : { width: spec.width, height: spec.height };
+  const geometry = fitGeometry(srcW, srcH, size.width, size.height, spec.fit);
+  const pad = spec.pad ?? 0;
+  let pipeline: Sharp;
+  if (spec.fit === 'letterbox') {
+    const w = Math.round(srcW * geometry.scaleX);
+    const h = Math.round(srcH * geometry.scaleY);
+    if (geometry.padX < 0 || geometry.padY < 0 || w + geometry.padX > size.width || h + geometry.padY > size.height) {
+      throw new EdgefleetError(ErrorCode.INTERNAL, `letterbox placement ${w}×${h}+${geometry.padX}+${geometry.padY} does not fit ${size.width}×${size.height}`);
+    }
+    pipeline = sharp(input, inputOptions)
+      .resize(w, h, { fit: 'fill' })
+      .extend({ top: geometry.padY, left: geometry.padX, bottom: size.height - h - geometry.padY, right: size.width - w - geometry.padX, background: { r: pad, g: pad, b: pad, alpha: 1 } });
+  } else {
+    const fit: keyof FitEnum = spec.fit;
+    // inside/outside keep the aspect ratio and give a size that differs from the model's; the
+    // result is then padded (inside) or cropped (outside) at the top-left, so model coordinates
+    // stay proportional to image coordinates from the origin. contain pads centred, cover crops centred.
+    pipeline = sharp(input, inputOptions).resize(size.width, size.height, { fit, background: { r: pad, g: pad, b: pad, alpha: 1 } });
+  }
+  pipeline = c === 4 ? pipeline.ensureAlpha() : pipeline.removeAlpha();
   // toColourspace('b-w') is what guarantees one channel out of raw(); grayscale() alone gave 3 in older sharp (lovell/sharp#1425).
   pipeline = c === 1 ? pipeline.toColourspace('b-w') : pipeline.toColourspace('srgb');
   let out: { data: Buffer; info: OutputInfo };
@@ -273,11 +366,11 @@ async function decodeToModelSize(spec: ImagePreprocess, input: Buffer, opts: Req
     throw new EdgefleetError(ErrorCode.INTERNAL, `sharp gave ${info.width}×${info.height}×${info.channels} (${data.length} bytes), wanted ${c} channel(s)`);
   }
   const px = new Uint8Array(data.buffer, data.byteOffset, data.byteLength);
-  if (info.width === spec.width && info.height === spec.height) return px;
-  if (fit !== 'inside' && fit !== 'outside') {
-    throw new EdgefleetError(ErrorCode.INTERNAL, `sharp resized to ${info.width}×${info.height} with fit ${fit}, wanted ${spec.width}×${spec.height}`);
+  if (info.width === size.width && info.height === size.height) return { px, geometry };
+  if (spec.fit !== 'inside' && spec.fit !== 'outside') {
+    throw new EdgefleetError(ErrorCode.INTERNAL, `sharp resized to ${info.width}×${info.height} with fit ${spec.fit}, wanted ${size.width}×${size.height}`);
   }
-  return placeTopLeft(px, info.width, info.height, c, spec.width, spec.height);
+  return { px: placeTopLeft(px, info.width, info.height, c, size.width, size.height), geometry };
 }
 
 /**
@@ -286,7 +379,7 @@ async function decodeToModelSize(spec: ImagePreprocess, input: Buffer, opts: Req
  * PAYLOAD_TOO_LARGE (more than `maxInputBytes`), BAD_MANIFEST (mean/std do not fit the
  * channels), ABORTED.
  */
-export async function preprocessImage(spec: ImagePreprocess, input: Buffer, opts: PreprocessImageOptions = {}): Promise<ImageTensor> {
+export async function preprocessImage(spec: ImageSpec, input: Buffer, opts: PreprocessImageOptions = {}): Promise<ImageTensor> {
   throwIfAborted(opts.signal);
   const maxBytes = opts.maxInputBytes ?? DEFAULT_MAX_INPUT_BYTES;
   if (input.length === 0) throw badInput('empty image (0 bytes)');
@@ -295,19 +388,20 @@ export async function preprocessImage(spec: ImagePreprocess, input: Buffer, opts
   }
   const c = imageChannels(spec);
   // Fail on a bad spec before spending a decode on it.
-  if (spec.dtype === 'float32') {
+  if (spec.dtype === 'float32' || spec.dtype === 'float16') {
     perChannel(spec.mean, c, 'mean');
     perChannel(spec.std, c, 'std');
   }
-  const px = await decodeToModelSize(spec, input, {
+  const { px, geometry } = await decodeToModelSize(spec, input, {
     maxInputPixels: opts.maxInputPixels ?? DEFAULT_MAX_INPUT_PIXELS,
     failOn: opts.failOn ?? 'warning',
   });
   throwIfAborted(opts.signal);
-  const stats = imageStats(px, spec.width, spec.height, c);
+  const sized = { ...spec, width: geometry.width, height: geometry.height };
+  const stats = imageStats(px, sized.width, sized.height, c);
   if (spec.colour === 'bgr') {
     swapRgbBgr(px);
     stats.channelMeans.reverse();
   }
-  return { data: pixelsToTensor(spec, px), dims: imageTensorDims(spec), stats };
+  return { data: pixelsToTensor(sized, px), dims: imageTensorDims(sized), stats, geometry };
 }

@@ -16,9 +16,16 @@ export const ReadingSchema = z
     ts: z.number().int().nonnegative().optional(),
     values: z.array(z.number()).max(4096).optional(),
     features: z.record(z.string().max(64), z.number()).optional(),
+    /**
+     * Window models (manifest v2): several consecutive readings at once, each the values of
+     * every channel in model order (an audio frame, an accelerometer burst).
+     */
+    samples: z.array(z.array(z.number()).max(256)).max(65_536).optional(),
+    /** Which sensor stream a windowed or stateful model keeps this reading's window/state for. */
+    stream: z.string().regex(/^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$/, 'stream: 1-128 of [A-Za-z0-9._:-]').optional(),
   })
-  .refine((r) => (r.values === undefined) !== (r.features === undefined), {
-    message: 'give exactly one of `values` (array in model order) or `features` (object by name)',
+  .refine((r) => [r.values, r.features, r.samples].filter((x) => x !== undefined).length === 1, {
+    message: 'give exactly one of `values` (array in model order), `features` (object by name) or `samples` (array of value arrays)',
   });
 export type Reading = z.infer<typeof ReadingSchema>;
 
@@ -31,6 +38,7 @@ export interface TabularTensor {
 
 export function preprocessTabular(spec: TabularPreprocess, reading: Reading): TabularTensor {
   const n = spec.features.length;
+  if (reading.samples) throw new EdgefleetError(ErrorCode.BAD_INPUT, '`samples` are for window models; this model takes one reading of `values` or `features`');
   const raw = new Float64Array(n);
   if (reading.values) {
     if (reading.values.length !== n) {

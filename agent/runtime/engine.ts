@@ -5,10 +5,14 @@
  */
 import type { Component } from '../../shared/lifecycle.ts';
 import type { TensorMeta } from '../../shared/model-check.ts';
+import type { TensorData, TensorDtype } from '../../shared/tensor.ts';
 
-/** Element types a sample may carry. The model's input type must match the array's type. */
-export type InputData = Float32Array | Uint8Array | Int8Array;
-export type InputDtype = 'float32' | 'uint8' | 'int8';
+/**
+ * Element types a sample may carry (shared/tensor.ts: float16 as half bits in a Uint16Array,
+ * int64 as BigInt64Array, bool as Uint8Array). The model's input type must match the array's.
+ */
+export type InputData = TensorData;
+export type InputDtype = TensorDtype;
 
 /** A tensor as the model declares it (shared with the hub's check). */
 export type { TensorMeta };
@@ -17,12 +21,15 @@ export interface ModelHandle {
   /** Caller-chosen id of one model version, e.g. 'machine-state@1.0.0'. */
   key: string;
   path: string;
+  /** The primary input: the one `InferInput.data` feeds (LoadOptions.primaryInput, else the first). */
   inputName: string;
   inputType: string;
   inputDims: (number | string)[];
+  /** Every input of the model; those other than the primary are fed through `InferInput.extra`. */
+  inputs: TensorMeta[];
   outputNames: string[];
   outputs: TensorMeta[];
-  /** True when the input's first dim is symbolic, so samples can be stacked into one run. */
+  /** True when the model has one input whose first dim is symbolic, so samples can be stacked into one run. */
   dynamicBatch: boolean;
   /** Largest batch the engine forms for this model (1 when the batch dim is fixed). */
   maxBatch: number;
@@ -32,6 +39,8 @@ export interface InferInput {
   data: InputData;
   /** Shape of this one sample, batch dim first and equal to 1. */
   dims: number[];
+  /** The model's other inputs by name (constants, state, ...): exactly those the model has besides the primary. */
+  extra?: Record<string, { data: InputData; dims: number[] }>;
 }
 
 export interface OutputTensor {
@@ -54,6 +63,8 @@ export interface InferResult {
 export interface LoadOptions {
   /** Overrides the engine's default maximum batch for this model. */
   maxBatch?: number;
+  /** Name of the input `InferInput.data` feeds; default the model's first input. */
+  primaryInput?: string;
 }
 
 export interface EngineStats {
@@ -71,7 +82,7 @@ export interface EngineStats {
 export interface InferenceEngine extends Component {
   /**
    * Loads a model version on every worker. Rejects BAD_MODEL when the file cannot be loaded or
-   * has other than exactly one tensor input, CONFLICT when `key` is loaded with another path.
+   * has an input that is not a tensor of a supported type, CONFLICT when `key` is loaded with another path.
    * Loading the same key and path again returns the existing handle.
    */
   load(key: string, onnxPath: string, opts?: LoadOptions): Promise<ModelHandle>;

@@ -11,7 +11,15 @@
  */
 import { z } from 'zod';
 
-export const DtypeSchema = z.enum(['float32', 'uint8', 'int8']);
+export const DtypeSchema = z.enum(['float32', 'float16', 'uint8', 'int8', 'int32', 'int64', 'bool']);
+
+/** A further named input of a run (constants, state): any rank, scalars included. */
+const ExtraInputSchema = z.object({
+  name: z.string().min(1),
+  dtype: DtypeSchema,
+  dims: z.array(z.number().int().nonnegative()).max(8),
+  data: z.instanceof(ArrayBuffer),
+});
 
 export const WorkerDataSchema = z.object({
   workerId: z.number().int().nonnegative(),
@@ -35,6 +43,9 @@ export const ToWorkerSchema = z.discriminatedUnion('t', [
     dtype: DtypeSchema,
     dims: z.array(z.number().int().positive()).min(1).max(8),
     data: z.instanceof(ArrayBuffer),
+    /** Input `data` feeds; default the session's first input. */
+    input: z.string().min(1).optional(),
+    extra: z.array(ExtraInputSchema).max(64).optional(),
   }),
   /** Releases every session; the worker is terminated afterwards. */
   z.object({ t: z.literal('close'), id: Id }),
@@ -91,8 +102,20 @@ export function isRunMessage(m: unknown): m is RunMessage {
     r.key.length > 0 &&
     DTYPES.has(r.dtype) &&
     isDims(r.dims, 1, 8, true) &&
-    r.data instanceof ArrayBuffer
+    r.data instanceof ArrayBuffer &&
+    (r.input === undefined || (typeof r.input === 'string' && r.input.length > 0)) &&
+    (r.extra === undefined || isExtra(r.extra))
   );
+}
+
+function isExtra(v: unknown): boolean {
+  if (!Array.isArray(v) || v.length > 64) return false;
+  for (const e of v as unknown[]) {
+    if (typeof e !== 'object' || e === null) return false;
+    const x = e as Record<string, unknown>;
+    if (typeof x.name !== 'string' || x.name.length === 0 || !DTYPES.has(x.dtype) || !isDims(x.dims, 0, 8, false) || !(x.data instanceof ArrayBuffer)) return false;
+  }
+  return true;
 }
 
 /** Structural guard equivalent to FromWorkerSchema's `result` branch (hot path, module header). */

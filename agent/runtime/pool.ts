@@ -24,6 +24,7 @@ import { EdgefleetError, ErrorCode, toEdgefleetError } from '../../shared/errors
 import { StateMachine, withTimeout, type LifecycleState } from '../../shared/lifecycle.ts';
 import type { Logger } from '../../shared/log.ts';
 import { newWorker, siblingModule } from '../../shared/modules.ts';
+import { allocTensor, fitsDtype, TENSOR_DTYPES, type TensorData } from '../../shared/tensor.ts';
 import type {
   EngineStats,
   InferenceEngine,
@@ -75,6 +76,7 @@ type Reason = 'overloaded' | 'bad_input' | 'not_found' | 'unavailable' | 'infere
 interface Pending {
   data: InputData;
   dims: number[];
+  extra: Record<string, { data: InputData; dims: number[] }> | undefined;
   t0: number;
   resolve: (r: InferResult) => void;
   reject: (e: EdgefleetError) => void;
@@ -131,7 +133,7 @@ const STATES: Record<LifecycleState, readonly LifecycleState[]> = {
   failed: ['stopping', 'stopped'],
 };
 
-const DTYPES: readonly InputDtype[] = ['float32', 'uint8', 'int8'];
+const DTYPES: readonly InputDtype[] = TENSOR_DTYPES;
 
 /**
  * Most batches a worker holds at once: the one it runs and one queued behind it, so under load
@@ -141,15 +143,9 @@ const DTYPES: readonly InputDtype[] = ['float32', 'uint8', 'int8'];
  */
 const PIPELINE_DEPTH = 2;
 
-function dtypeOf(data: unknown): InputDtype | undefined {
-  if (data instanceof Float32Array) return 'float32';
-  if (data instanceof Uint8Array) return 'uint8';
-  if (data instanceof Int8Array) return 'int8';
-  return undefined;
-}
-
-function allocate(dtype: InputDtype, n: number): InputData {
-  return dtype === 'float32' ? new Float32Array(n) : dtype === 'uint8' ? new Uint8Array(n) : new Int8Array(n);
+/** A copy of `data` in a buffer of its own (transferred to the worker; callers may reuse theirs). */
+function copyOf(data: InputData): TensorData {
+  return data.slice();
 }
 
 const sameDims = (a: readonly number[], b: readonly number[]): boolean => a.length === b.length && a.every((v, i) => v === b[i]);
@@ -381,19 +377,24 @@ export class WorkerPoolEngine implements InferenceEngine {
 
   #toHandle(key: string, path: string, meta: { inputs: ValueMeta[]; outputs: ValueMeta[] }, opts: LoadOptions): ModelHandle {
     const bad = (msg: string): EdgefleetError => new EdgefleetError(ErrorCode.BAD_MODEL, `${key}: ${msg}`);
-    if (meta.inputs.length !== 1) throw bad(`expected exactly one input, the model has ${meta.inputs.length} (${meta.inputs.map((i) => i.name).join(', ')})`);
-    const input = meta.inputs[0]!;
-    if (!input.isTensor || !input.type || !input.dims) throw bad(`input ${input.name} is not a tensor`);
-    if (!DTYPES.includes(input.type as InputDtype)) throw bad(`input ${input.name} has type ${input.type}; supported: ${DTYPES.join(', ')}`);
+    if (meta.inputs.length === 0) throw bad('the model has no inputs');
+    const inputs: TensorMeta[] = meta.inputs.map((i) => {
+      if (!i.isTensor || !i.type || !i.dims) throw bad(`input ${i.name} is not a tensor`);
+      if (!DTYPES.includes(i.type as InputDtype)) throw bad(`input ${i.name} has type ${i.type}; supported: ${DTYPES.join(', ')}`);
+      return { name: i.name, type: i.type, dims: i.dims };
+    });
+    const input = opts.primaryInput === undefined ? inputs[0]! : inputs.find((i) => i.name === opts.primaryInput);
+    if (!input) throw bad(`no input named ${opts.primaryInput} (it has ${inputs.map((i) => i.name).join(', ')})`);
     if (input.dims.length === 0) throw bad(`input ${input.name} declares no shape, so samples cannot be checked`);
     const d0 = input.dims[0];
-    if (typeof d0 === 'number' && d0 !== 1) throw bad(`input ${input.name} has a fixed batch of ${d0}; only 1 or a dynamic batch is supported`);
+    if (inputs.length === 1 && typeof d0 === 'number' && d0 !== 1) throw bad(`input ${input.name} has a fixed batch of ${d0}; only 1 or a dynamic batch is supported`);
     if (meta.outputs.length === 0) throw bad('the model has no outputs');
     const outputs: TensorMeta[] = meta.outputs.map((o) => {
       if (!o.isTensor || !o.type || !o.dims) throw bad(`output ${o.name} is not a tensor`);
       return { name: o.name, type: o.type, dims: o.dims };
     });
-    const dynamicBatch = typeof d0 === 'string';
+    // Samples of a multi-input model are not stacked: state and constants are per call.
+    const dynamicBatch = inputs.length === 1 && typeof d0 === 'string';
     const maxBatch = opts.maxBatch ?? this.#o.maxBatch;
     if (!Number.isInteger(maxBatch) || maxBatch < 1) throw new EdgefleetError(ErrorCode.BAD_CONFIG, `${key}: maxBatch must be a positive integer`);
     return {
@@ -402,6 +403,7 @@ export class WorkerPoolEngine implements InferenceEngine {
       inputName: input.name,
       inputType: input.type,
       inputDims: input.dims,
+      inputs,
       outputNames: outputs.map((o) => o.name),
       outputs,
       dynamicBatch,
@@ -470,7 +472,7 @@ export class WorkerPoolEngine implements InferenceEngine {
       return this.#reject('overloaded', ErrorCode.OVERLOADED, `inference queue is full (${this.#o.queueMax} samples waiting)`);
     }
     return new Promise<InferResult>((resolve, reject) => {
-      entry.queue.push({ data: input.data, dims: [...input.dims], t0, resolve, reject });
+      entry.queue.push({ data: input.data, dims: [...input.dims], extra: input.extra, t0, resolve, reject });
       this.#queued++;
       this.#schedulePump();
     });
@@ -478,22 +480,18 @@ export class WorkerPoolEngine implements InferenceEngine {
 
   /** Returns why the sample does not fit the model, or undefined. ORT never sees a wrong shape. */
   #checkInput(h: ModelHandle, input: InferInput): string | undefined {
-    const dtype = dtypeOf(input?.data);
-    if (!dtype) return 'data must be a Float32Array, Uint8Array or Int8Array';
-    if (dtype !== h.inputType) return `data is ${dtype}, the model's input ${h.inputName} is ${h.inputType}`;
-    const dims = input.dims;
-    if (!Array.isArray(dims) || dims.length !== h.inputDims.length) {
-      return `dims [${String(dims)}] do not match the input shape [${h.inputDims.join(', ')}]`;
+    const problem = tensorProblem(h.inputName, h.inputType, h.inputDims, input?.data, input?.dims, true);
+    if (problem) return problem;
+    if (h.inputs.length === 1) return input.extra && Object.keys(input.extra).length ? `the model has no input besides ${h.inputName}` : undefined;
+    const extra = input.extra ?? {};
+    for (const meta of h.inputs) {
+      if (meta.name === h.inputName) continue;
+      const t = extra[meta.name];
+      if (!t) return `input ${meta.name} is missing`;
+      const p = tensorProblem(meta.name, meta.type, meta.dims, t.data, t.dims, false);
+      if (p) return p;
     }
-    let n = 1;
-    for (const [i, d] of dims.entries()) {
-      if (!Number.isInteger(d) || d < 1) return `dim ${i} is ${d}; dims must be positive integers`;
-      const want = h.inputDims[i];
-      if (i === 0 && d !== 1) return `one sample per call: batch dim must be 1, got ${d}`;
-      if (typeof want === 'number' && d !== want) return `dims [${dims.join(', ')}] do not match the input shape [${h.inputDims.join(', ')}]`;
-      n *= d;
-    }
-    if (input.data.length !== n) return `data has ${input.data.length} values, dims [${dims.join(', ')}] need ${n}`;
+    for (const name of Object.keys(extra)) if (!h.inputs.some((m) => m.name === name && name !== h.inputName)) return `the model has no input ${name}`;
     return undefined;
   }
 
@@ -558,12 +556,25 @@ export class WorkerPoolEngine implements InferenceEngine {
 
     const per = head.data.length;
     const dtype = h.inputType as InputDtype;
-    const batch = allocate(dtype, per * n);
-    for (const [i, it] of items.entries()) batch.set(it.data, i * per);
+    let batch: TensorData;
+    if (n === 1) batch = copyOf(head.data);
+    else {
+      batch = allocTensor(dtype, per * n);
+      for (const [i, it] of items.entries()) (batch as Float32Array).set(it.data as Float32Array, i * per);
+    }
     const dims = [n, ...head.dims.slice(1)];
     this.#metrics?.batchSize.observe({ model: h.key }, n);
 
+    const transfer: ArrayBuffer[] = [batch.buffer as ArrayBuffer];
     const msg: ToWorker = { t: 'run', id: this.#nextId(), key: h.key, dtype, dims, data: batch.buffer as ArrayBuffer };
+    if (h.inputs.length > 1) {
+      msg.input = h.inputName;
+      msg.extra = Object.entries(head.extra ?? {}).map(([name, t]) => {
+        const data = copyOf(t.data);
+        transfer.push(data.buffer as ArrayBuffer);
+        return { name, dtype: h.inputs.find((m) => m.name === name)!.type as InputDtype, dims: [...t.dims], data: data.buffer as ArrayBuffer };
+      });
+    }
     // Bookkeeping first, then settle: a caller that awaits its result sees consistent stats().
     let released = false;
     // Settling a promise twice is a no-op: a result that arrives after abandon() is dropped.
@@ -612,7 +623,7 @@ export class WorkerPoolEngine implements InferenceEngine {
       this.#checkDrained(entry);
       this.#schedulePump();
     };
-    this.#send(slot, msg, [batch.buffer as ArrayBuffer], { resolve: (reply) => settle(reply, undefined), reject: (e) => settle(undefined, e) });
+    this.#send(slot, msg, transfer, { resolve: (reply) => settle(reply, undefined), reject: (e) => settle(undefined, e) });
   }
 
   #failQueue(entry: ModelEntry, err: EdgefleetError): void {
@@ -859,12 +870,23 @@ export class WorkerPoolEngine implements InferenceEngine {
   }
 }
 
-/**
- * Starts a worker on a module of this code base, as TypeScript (tests, tsx) or compiled JS.
- * Node 20 ignores loader hooks given in a worker's execArgv (`--import tsx` leaves `.ts`
- * unknown: nodejs/node#47747, fixed in 22), so under tsx the worker registers tsx itself
- * and then imports the module.
- */
+/** Why a tensor handed to the engine does not fit input `name` of the model, or undefined. */
+function tensorProblem(name: string, type: string, shape: readonly (number | string)[], data: unknown, dims: unknown, primary: boolean): string | undefined {
+  if (!fitsDtype(data, type as InputDtype)) return `data for ${name} must be the array type of ${type}`;
+  const arr = data as InputData;
+  if (!Array.isArray(dims) || dims.length !== shape.length) return `dims [${String(dims)}] do not match the input shape [${shape.join(', ')}]`;
+  let n = 1;
+  for (const [i, d] of (dims as unknown[]).entries()) {
+    if (!Number.isInteger(d) || (d as number) < (primary ? 1 : 0)) return `dim ${i} of ${name} is ${String(d)}; dims must be ${primary ? 'positive' : 'non-negative'} integers`;
+    const want = shape[i];
+    if (primary && i === 0 && typeof want !== 'number' && d !== 1) return `one sample per call: batch dim must be 1, got ${String(d)}`;
+    if (typeof want === 'number' && d !== want) return `dims [${(dims as number[]).join(', ')}] do not match the input shape [${shape.join(', ')}]`;
+    n *= d as number;
+  }
+  if (arr.length !== n) return `data has ${arr.length} values, dims [${(dims as number[]).join(', ')}] need ${n}`;
+  return undefined;
+}
+
 function workerGone(index: number, what: string): EdgefleetError {
   return new EdgefleetError(ErrorCode.INFERENCE, `inference worker ${index} ${what}`, { details: { workerExit: true } });
 }

@@ -12,8 +12,5 @@ import type { ModelHandle } from './engine.ts';
  * an empty list means the model may be activated.
  */
 export function checkModelAgainstManifest(handle: ModelHandle, manifest: Manifest): string[] {
-  return checkModelMetadata(
-    { inputs: [{ name: handle.inputName, type: handle.inputType, dims: handle.inputDims }], outputs: handle.outputs },
-    manifest,
-  );
+  return checkModelMetadata({ inputs: handle.inputs, outputs: handle.outputs }, manifest);
 }

@@ -8,6 +8,7 @@ import { parentPort, workerData } from 'node:worker_threads';
 import { setTimeout as sleep } from 'node:timers/promises';
 import ort from 'onnxruntime-node';
 import { formatIssues } from '../../shared/codec.ts';
+import { toFloat32, type TensorDtype } from '../../shared/tensor.ts';
 import { isRunMessage, ToWorkerSchema, WorkerDataSchema, type FromWorker, type ToWorker, type ValueMeta } from './messages.ts';
 
 type Session = Awaited<ReturnType<typeof ort.InferenceSession.create>>;
@@ -28,24 +29,28 @@ const post = (msg: FromWorker, transfer: ArrayBuffer[] = []): void => {
 const toMeta = (m: ValueMetadata): ValueMeta =>
   m.isTensor ? { name: m.name, isTensor: true, type: m.type, dims: [...m.shape] } : { name: m.name, isTensor: false };
 
-function inputArray(dtype: 'float32' | 'uint8' | 'int8', buf: ArrayBuffer): Float32Array | Uint8Array | Int8Array {
+function inputArray(dtype: TensorDtype, buf: ArrayBuffer): Float32Array | Uint16Array | Uint8Array | Int8Array | Int32Array | BigInt64Array {
   switch (dtype) {
     case 'float32':
       return new Float32Array(buf);
+    case 'float16':
+      return new Uint16Array(buf);
     case 'uint8':
+    case 'bool':
       return new Uint8Array(buf);
     case 'int8':
       return new Int8Array(buf);
+    case 'int32':
+      return new Int32Array(buf);
+    case 'int64':
+      return new BigInt64Array(buf);
   }
 }
 
-/** Outputs go back as float32: copies made here, off the main thread, into transferable buffers. */
-function toFloat32(data: unknown): Float32Array {
-  if (data instanceof Float32Array) return new Float32Array(data);
-  if (data instanceof BigInt64Array || data instanceof BigUint64Array) return Float32Array.from(data, (v) => Number(v));
-  if (ArrayBuffer.isView(data) && !(data instanceof DataView)) return Float32Array.from(data as unknown as ArrayLike<number>);
-  if (Array.isArray(data)) return Float32Array.from(data, (v) => Number(v));
-  throw new Error('output is not a numeric tensor');
+function tensorOf(dtype: TensorDtype, buf: ArrayBuffer, dims: readonly number[]): ort.Tensor {
+  const data = inputArray(dtype, buf);
+  // ORT wants bool data as a Uint8Array of 0/1 under the 'bool' type name.
+  return new ort.Tensor(dtype, data as never, dims);
 }
 
 async function handle(msg: ToWorker): Promise<void> {
@@ -83,10 +88,11 @@ async function handle(msg: ToWorker): Promise<void> {
     case 'run': {
       const session = sessions.get(msg.key);
       if (!session) throw new Error(`model ${msg.key} is not loaded in this worker`);
-      const inputName = session.inputNames[0];
+      const inputName = msg.input ?? session.inputNames[0];
       if (inputName === undefined) throw new Error(`model ${msg.key} has no input`);
       if (config.testRunDelayMs) await sleep(config.testRunDelayMs);
-      const feeds = { [inputName]: new ort.Tensor(msg.dtype, inputArray(msg.dtype, msg.data), msg.dims) };
+      const feeds: Record<string, ort.Tensor> = { [inputName]: tensorOf(msg.dtype, msg.data, msg.dims) };
+      for (const e of msg.extra ?? []) feeds[e.name] = tensorOf(e.dtype, e.data, e.dims);
       const t0 = performance.now();
       const result = await session.run(feeds);
       const runMs = performance.now() - t0;
@@ -94,7 +100,7 @@ async function handle(msg: ToWorker): Promise<void> {
       for (const name of session.outputNames) {
         const tensor = result[name];
         if (!tensor) throw new Error(`model ${msg.key} returned no output ${name}`);
-        const data = toFloat32(tensor.data);
+        const data = toFloat32(tensor.data, tensor.type);
         outputs.push({ name, dims: [...tensor.dims], data: data.buffer as ArrayBuffer });
         tensor.dispose();
       }

@@ -15,13 +15,14 @@
  * (shared/drift/detector.ts referenceFromManifest), so the command warns when the rates come
  * from a different number of rows than the manifest's evaluation names.
  */
+import type { TensorData } from '../../shared/tensor.ts';
 import { readFile, writeFile } from 'node:fs/promises';
 import { dirname, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
 import ort from 'onnxruntime-node';
 import { formatIssues } from '../../shared/codec.ts';
 import { referenceBins, roundSig } from '../../shared/drift/reference.ts';
-import { ManifestSchema, type Manifest, type ReferenceBins } from '../../shared/manifest.ts';
+import { ManifestSchema, ManifestV1Schema, type ManifestV1 as Manifest, type ReferenceBins } from '../../shared/manifest.ts';
 import { imageFeatureCode, imageFeatureValue } from '../../agent/drift/drift-monitor.ts';
 import { preprocessImage } from '../../agent/preprocess/image.ts';
 import { classify } from '../../agent/preprocess/postprocess.ts';
@@ -49,7 +50,7 @@ export interface BaselineResult {
   warnings: string[];
 }
 
-type ModelInput = Float32Array | Uint8Array | Int8Array;
+type ModelInput = TensorData;
 
 /** The rows of the data set: model input tensors and the drift feature values. */
 async function readRows(m: Manifest, dataPath: string, names: readonly string[]): Promise<{ inputs: ModelInput[]; values: number[][] }> {
@@ -125,6 +126,9 @@ async function classRates(m: Manifest, onnxPath: string, inputs: readonly ModelI
 export async function buildBaseline(opts: { manifestPath: string; dataPath: string; bins?: number; features?: string[]; classRates?: boolean }): Promise<BaselineResult> {
   const parsed = ManifestSchema.safeParse(JSON.parse(await readFile(opts.manifestPath, 'utf8')));
   if (!parsed.success) throw new UsageError(`${opts.manifestPath}: ${formatIssues(parsed.error)}`);
+  if (parsed.data.manifestVersion !== 1) {
+    throw new UsageError(`${opts.manifestPath}: model baseline builds drift references for v1 classifier manifests; for a v2 manifest write drift.features yourself (issue #13 follow-up)`);
+  }
   const m = parsed.data;
   const names = opts.features ?? defaultFeatures(m);
   for (const n of names) {
@@ -144,7 +148,7 @@ export async function buildBaseline(opts: { manifestPath: string; dataPath: stri
       );
     }
   }
-  const manifest = ManifestSchema.parse({ ...m, drift: { features, ...(rates ? { classRates: rates } : {}) } });
+  const manifest = ManifestV1Schema.parse({ ...m, drift: { features, ...(rates ? { classRates: rates } : {}) } });
   return { manifest, rows: rows.inputs.length, warnings };
 }
 

@@ -5,6 +5,8 @@
  * the file (PUT .../artifact) through a byte counter that draws progress on stderr
  * (cli/progress.ts: a bar on a terminal, plain lines with --progress, nothing with --json).
  */
+import { manifestLabels } from '../../shared/model-spec.ts';
+import type { InputSource, TaskSpec } from '../../shared/tasks/specs.ts';
 import { createReadStream } from 'node:fs';
 import { readFile, stat } from 'node:fs/promises';
 import { Readable, Transform } from 'node:stream';
@@ -141,6 +143,40 @@ function list(argv: string[], io: CliIo): Promise<number> {
   });
 }
 
+function describeSource(s: InputSource): string {
+  switch (s.kind) {
+    case 'image':
+      return `image ${s.width}x${s.height} ${s.fit} ${s.colour} ${s.layout}`;
+    case 'reading':
+      return `reading, ${s.features.length} features`;
+    case 'window':
+      return `window of ${s.size} readings (hop ${s.hop}) × ${s.features.length} features${s.derive ? ', derived features' : ''}`;
+    case 'constant':
+      return `constant [${s.values.slice(0, 4).join(', ')}${s.values.length > 4 ? ', ...' : ''}]`;
+    case 'state':
+      return `state from ${s.output}`;
+    case 'upstream':
+      return `upstream ${s.output} (${s.frames} frames)`;
+  }
+}
+
+function describePost(p: TaskSpec): string {
+  switch (p.kind) {
+    case 'detection':
+      return `detection (${p.decoder}), score ≥ ${p.scoreThreshold}, IoU ${p.iouThreshold}, ≤ ${p.maxDetections}`;
+    case 'regression':
+      return `regression: ${p.targets.map((t) => `${t.name}${t.unit ? ` [${t.unit}]` : ''}`).join(', ')}`;
+    case 'anomaly':
+      return `anomaly, alarm above ${p.threshold}${p.reconstructs ? ` (reconstruction of ${p.reconstructs})` : ''}`;
+    case 'segmentation':
+      return `segmentation (${p.activation})`;
+    case 'embedding':
+      return `embedding: ${p.outputs.join(', ')}`;
+    case 'classification':
+      return `classification (${p.activation})`;
+  }
+}
+
 function formatShow(m: z.infer<typeof ShowSchema>): string {
   const man = m.manifest;
   const dims = (s: (number | string)[]): string => `[${s.join(', ')}]`;
@@ -152,8 +188,13 @@ function formatShow(m: z.infer<typeof ShowSchema>): string {
     `  task         ${man.task}, ${man.quantization}`,
     ...man.inputs.map((t) => `  input        ${t.name} ${t.dtype} ${dims(t.shape)}`),
     ...man.outputs.map((t) => `  output       ${t.name} ${t.dtype} ${dims(t.shape)}`),
-    `  preprocess   ${man.preprocessing.kind === 'tabular' ? `tabular, ${man.preprocessing.features.length} features` : `image ${man.preprocessing.width}x${man.preprocessing.height} ${man.preprocessing.colour} ${man.preprocessing.layout} ${man.preprocessing.dtype}`}`,
-    `  labels       ${man.postprocessing.labels.join(', ')}`,
+    ...(man.manifestVersion === 1
+      ? [
+          `  preprocess   ${man.preprocessing.kind === 'tabular' ? `tabular, ${man.preprocessing.features.length} features` : `image ${man.preprocessing.width}x${man.preprocessing.height} ${man.preprocessing.colour} ${man.preprocessing.layout} ${man.preprocessing.dtype}`}`,
+        ]
+      : man.inputs.map((t) => `  source       ${t.name} ← ${describeSource(t.source)}`)),
+    ...(manifestLabels(man).length ? [`  labels       ${manifestLabels(man).join(', ')}`] : []),
+    ...(man.manifestVersion === 2 ? [`  postprocess  ${describePost(man.postprocessing)}`] : []),
     `  test vectors ${man.testVectors.length}`,
     ...(man.evaluation ? [`  evaluation   ${(man.evaluation.accuracy * 100).toFixed(2)}% on ${man.evaluation.samples} (${man.evaluation.dataset})`] : []),
   ];

@@ -16,7 +16,7 @@
 import { z } from 'zod';
 import { ErrorCode } from '../../shared/errors.ts';
 import { ModelRefSchema } from '../../shared/ids.ts';
-import { ManifestSchema } from '../../shared/manifest.ts';
+import { ManifestSchema, ManifestV2Schema } from '../../shared/manifest.ts';
 import { ReleaseSchema } from '../../shared/signing.ts';
 
 const IsoTime = z.iso.datetime();
@@ -200,7 +200,7 @@ export const ModelSchema = z.object({
   sha256: z.string(),
   size: z.number().int(),
   keyId: z.string(),
-  quantization: ManifestSchema.shape.quantization,
+  quantization: ManifestV2Schema.shape.quantization,
   description: z.string().optional(),
   createdAt: IsoTime,
   /** Where devices download the artifact (device credentials). */

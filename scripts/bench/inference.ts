@@ -129,8 +129,9 @@ export async function pipelineSection(o: SectionOptions): Promise<Figure[]> {
   const dflt = await startPipeline(o.modelsDir, 'machine-state');
   const session = await bareSession(low.model);
   try {
-    const spec = low.model.manifest.preprocessing;
-    if (spec.kind !== 'tabular') throw new Error('machine-state is not tabular');
+    const man = low.model.manifest;
+    if (man.manifestVersion !== 1 || man.preprocessing.kind !== 'tabular') throw new Error('machine-state is not a v1 tabular model');
+    const spec = man.preprocessing;
     const inputName = low.model.manifest.inputs[0]!.name;
     // The baseline gets its tensors ready-made: it is the floor, not a fair fight.
     const feeds = readings.map((r) => {
@@ -228,8 +229,9 @@ export async function imageSection(o: SectionOptions): Promise<Figure[]> {
   const p = await startPipeline(o.modelsDir, 'part-defect');
   const session = await bareSession(p.model);
   try {
-    const spec = p.model.manifest.preprocessing;
-    if (spec.kind !== 'image') throw new Error('part-defect takes no images');
+    const man = p.model.manifest;
+    if (man.manifestVersion !== 1 || man.preprocessing.kind !== 'image') throw new Error('part-defect is not a v1 image model');
+    const spec = man.preprocessing;
     const inputName = p.model.manifest.inputs[0]!.name;
     const naive = async (i: number): Promise<unknown> => {
       const px = await sharp(frames[i % frames.length]).resize(spec.width, spec.height, { fit: 'fill' }).greyscale().raw().toBuffer();

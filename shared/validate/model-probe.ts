@@ -23,6 +23,7 @@ import { EdgefleetError, ErrorCode } from '../errors.ts';
 import type { Logger } from '../log.ts';
 import type { Manifest } from '../manifest.ts';
 import { checkModelMetadata, testVectorProblems } from '../model-check.ts';
+import { modelSpec } from '../model-spec.ts';
 import { childExecArgv, siblingModule } from '../modules.ts';
 import { ProbeResultSchema, READY_LINE, RESULT_PREFIX, type ProbeRequest, type ProbeResult } from './probe-protocol.ts';
 
@@ -173,17 +174,17 @@ export function runProbe(req: ProbeRequest, limits: ProbeLimits, log: Logger): P
  * first, then the manifest's test vectors. Never throws for anything the model does.
  */
 export async function probeModel(path: string, manifest: Manifest, limits: ProbeLimits, log: Logger): Promise<ProbeOutcome> {
-  const req: ProbeRequest = {
-    path,
-    outputName: manifest.outputs[0]?.name ?? '',
-    testVectors: manifest.testVectors.map((tv) => ({ input: tv.input, shape: tv.shape })),
-  };
+  const vectors = modelSpec(manifest).testVectors;
+  const req: ProbeRequest = { path, vectors: vectors.map((tv) => ({ inputs: tv.inputs, outputs: Object.keys(tv.expected) })) };
   const { result, exit, peakRssBytes } = await runProbe(req, limits, log);
   if (!result) return { problems: [`the model could not be loaded safely: the loader ${exit}`], exit, peakRssBytes };
   if (!result.ok) return { problems: [result.error], exit, peakRssBytes };
   const problems = checkModelMetadata({ inputs: result.inputs, outputs: result.outputs }, manifest);
   if (problems.length === 0) {
-    const actual = manifest.testVectors.map((_, i) => result.vectors[i]?.map((v) => v ?? NaN) ?? undefined);
+    const actual = vectors.map((_, i) => {
+      const got = result.vectors[i];
+      return got ? Object.fromEntries(Object.entries(got).map(([k, v]) => [k, v.map((x) => x ?? NaN)])) : undefined;
+    });
     problems.push(...testVectorProblems(manifest, actual));
     if (result.vectorErrors[0]) problems.push(`test vectors: ${result.vectorErrors[0]}`);
   }

@@ -12,6 +12,7 @@
  */
 import ort from 'onnxruntime-node';
 import { z } from 'zod';
+import { TENSOR_DTYPES, toFloat32, toTensorData, type TensorDtype } from '../tensor.ts';
 import { ProbeRequestSchema, READY_LINE, RESULT_PREFIX, type ProbeResult } from './probe-protocol.ts';
 
 type Session = Awaited<ReturnType<typeof ort.InferenceSession.create>>;
@@ -31,24 +32,13 @@ const toMeta = (m: ValueMetadata): { name: string; type: string; dims: (number |
   m.isTensor ? { name: m.name, type: m.type, dims: [...m.shape] } : { name: m.name, type: 'non-tensor', dims: [] };
 
 function inputTensor(type: string, data: readonly number[], dims: readonly number[]): ort.Tensor {
-  switch (type) {
-    case 'float32':
-      return new ort.Tensor('float32', Float32Array.from(data), dims);
-    case 'uint8':
-      return new ort.Tensor('uint8', Uint8Array.from(data), dims);
-    case 'int8':
-      return new ort.Tensor('int8', Int8Array.from(data), dims);
-    case 'int64':
-      return new ort.Tensor('int64', BigInt64Array.from(data, (v) => BigInt(Math.trunc(v))), dims);
-    default:
-      throw new Error(`input type ${type} is not supported`);
-  }
+  if (!(TENSOR_DTYPES as readonly string[]).includes(type)) throw new Error(`input type ${type} is not supported`);
+  return new ort.Tensor(type as TensorDtype, toTensorData(type as TensorDtype, data) as never, dims);
 }
 
-function toNumbers(data: unknown): number[] {
-  if (data instanceof BigInt64Array || data instanceof BigUint64Array) return Array.from(data, (v) => Number(v));
-  if (ArrayBuffer.isView(data) && !(data instanceof DataView)) return Array.from(data as unknown as ArrayLike<number>);
-  throw new Error('output is not a numeric tensor');
+/** Output values as JSON numbers: NaN and infinities as null (JSON has neither). */
+function toNumbers(data: unknown, type: string): (number | null)[] {
+  return Array.from(toFloat32(data, type), (v) => (Number.isFinite(v) ? v : null));
 }
 
 async function main(): Promise<void> {
@@ -68,19 +58,23 @@ async function main(): Promise<void> {
   }
   const inputs = session.inputMetadata.map(toMeta);
   const outputs = session.outputMetadata.map(toMeta);
-  const outputs0 = req.outputName;
-  const vectors: (number[] | null)[] = [];
+  const vectors: (Record<string, (number | null)[]> | null)[] = [];
   const vectorErrors: string[] = [];
-  const input = inputs[0];
-  if (inputs.length === 1 && input && outputs.some((o) => o.name === outputs0)) {
-    for (const tv of req.testVectors) {
-      try {
-        const result = await session.run({ [input.name]: inputTensor(input.type, tv.input, tv.shape) }, [outputs0]);
-        vectors.push(toNumbers(result[outputs0]?.data));
-      } catch (err) {
-        vectors.push(null);
-        vectorErrors.push((err as Error).message.slice(0, 300));
-      }
+  for (const tv of req.vectors) {
+    // Only a vector that feeds exactly the model's inputs and asks for outputs it has is run;
+    // the parent reports the mismatch from the metadata.
+    const fits = inputs.length === Object.keys(tv.inputs).length && inputs.every((i) => i.name in tv.inputs) && tv.outputs.every((o) => outputs.some((m) => m.name === o));
+    if (!fits) break;
+    try {
+      const feeds: Record<string, ort.Tensor> = {};
+      for (const i of inputs) feeds[i.name] = inputTensor(i.type, tv.inputs[i.name]!.values, tv.inputs[i.name]!.dims);
+      const result = await session.run(feeds, tv.outputs);
+      const got: Record<string, (number | null)[]> = {};
+      for (const o of tv.outputs) got[o] = toNumbers(result[o]?.data, result[o]?.type ?? 'float32');
+      vectors.push(got);
+    } catch (err) {
+      vectors.push(null);
+      vectorErrors.push((err as Error).message.slice(0, 300));
     }
   }
   await session.release();

@@ -10,9 +10,18 @@ export const READY_LINE = '@@edgefleet-probe-ready';
 
 export const ProbeRequestSchema = z.object({
   path: z.string().min(1),
-  /** First manifest output: the one test vectors are checked on. */
-  outputName: z.string(),
-  testVectors: z.array(z.object({ input: z.array(z.number()), shape: z.array(z.number().int().positive()) })).max(64),
+  /**
+   * Test vectors to run: every input by name (typed by the model's own metadata) and the
+   * outputs to report. Run only when the model has exactly these inputs.
+   */
+  vectors: z
+    .array(
+      z.object({
+        inputs: z.record(z.string(), z.object({ dims: z.array(z.number().int().nonnegative()).max(8), values: z.array(z.number()) })),
+        outputs: z.array(z.string()).max(64),
+      }),
+    )
+    .max(64),
 });
 export type ProbeRequest = z.infer<typeof ProbeRequestSchema>;
 
@@ -23,8 +32,8 @@ export const ProbeResultSchema = z.discriminatedUnion('ok', [
     ok: z.literal(true),
     inputs: z.array(MetaSchema),
     outputs: z.array(MetaSchema),
-    /** Per test vector: the first output flattened, or null when the run failed. Empty when not run. */
-    vectors: z.array(z.array(z.number().nullable()).nullable()),
+    /** Per test vector: the requested outputs flattened (NaN as null), or null when the run failed. Empty when not run. */
+    vectors: z.array(z.record(z.string(), z.array(z.number().nullable())).nullable()),
     vectorErrors: z.array(z.string()),
   }),
   z.object({ ok: z.literal(false), error: z.string() }),

@@ -124,12 +124,37 @@ void describe('WorkerPoolEngine', { concurrency: false }, () => {
     assert.equal(fixed.dynamicBatch, false);
     assert.equal(fixed.maxBatch, 1);
 
-    const two = await rejectsWith(engine.load('two@1', paths.twoInputs!), 'BAD_MODEL');
-    assert.match(two.message, /exactly one input/);
     await rejectsWith(engine.load('missing@1', join(dir, 'nope.onnx')), 'BAD_MODEL');
+    await rejectsWith(engine.load('no-such-input@1', paths.twoInputs!, { primaryInput: 'nope' }), 'BAD_MODEL');
     assert.deepEqual(engine.stats().models.sort(), ['fixed@1', 'linear@1.0.0']);
-    // The refused model is not left behind on the worker: loading the key again works.
-    await rejectsWith(engine.infer('two@1', { data: sample(1), dims: [1, 8] }), 'NOT_FOUND');
+    // The refused model is not left behind on the worker.
+    await rejectsWith(engine.infer('missing@1', { data: sample(1), dims: [1, 8] }), 'NOT_FOUND');
+  });
+
+  void test('a model with several inputs takes the others by name, one sample per run (issue #13)', async () => {
+    const { engine } = await startEngine();
+    const two = await engine.load('two@1', paths.twoInputs!);
+    assert.deepEqual(
+      { primary: two.inputName, inputs: two.inputs.map((i) => i.name), dyn: two.dynamicBatch, max: two.maxBatch },
+      { primary: 'input', inputs: ['input', 'extra'], dyn: false, max: 1 },
+    );
+    const x = sample(3);
+    const missing = await rejectsWith(engine.infer('two@1', { data: x, dims: [1, 8] }), 'BAD_INPUT');
+    assert.match(missing.message, /input extra is missing/);
+    const wrongType = await rejectsWith(engine.infer('two@1', { data: x, dims: [1, 8], extra: { extra: { data: new Uint8Array(3), dims: [1, 3] } } }), 'BAD_INPUT');
+    assert.match(wrongType.message, /extra must be the array type of float32/);
+    const unknown = await rejectsWith(
+      engine.infer('two@1', { data: x, dims: [1, 8], extra: { extra: { data: new Float32Array(3), dims: [1, 3] }, other: { data: new Float32Array(1), dims: [1] } } }),
+      'BAD_INPUT',
+    );
+    assert.match(unknown.message, /no input other/);
+    const zero = await engine.infer('two@1', { data: x, dims: [1, 8], extra: { extra: { data: new Float32Array(3), dims: [1, 3] } } });
+    const offset = Float32Array.of(1, -2, 0.5);
+    const shifted = await engine.infer('two@1', { data: x, dims: [1, 8], extra: { extra: { data: offset, dims: [1, 3] } } });
+    const a = zero.outputs['logits2']!.data;
+    const b = shifted.outputs['logits2']!.data;
+    for (let i = 0; i < 3; i++) assert.ok(Math.abs(b[i]! - a[i]! - offset[i]!) < 1e-5, `the extra input is added: ${b[i]} - ${a[i]} = ${offset[i]}`);
+    assert.deepEqual([...offset], [1, -2, 0.5], 'the caller keeps its arrays (the engine sends copies)');
   });
 
   void test('single results equal a direct single-thread session run', async () => {
