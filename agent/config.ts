@@ -10,7 +10,7 @@ import { loadConfig } from '../shared/config.ts';
 import { ProbationThresholdsSchema } from './health/probation.ts';
 import { DriftConfigSchema } from './drift/drift-monitor.ts';
 import { LOG_LEVELS } from '../shared/log.ts';
-import { DeviceIdSchema, NameSchema } from '../shared/protocol.ts';
+import { DeviceIdSchema, MAX_PAYLOAD_BYTES, NameSchema } from '../shared/protocol.ts';
 import { ClientTlsSchema } from '../shared/tls.ts';
 
 export const ENV_PREFIX = 'EDGEFLEET_AGENT';
@@ -147,6 +147,14 @@ export const AgentConfigSchema = z
       batchSize: z.number().int().min(1).max(2000).default(500),
       maxInflightBatches: z.number().int().min(1).max(64).default(4),
       ackTimeoutMs: z.number().int().min(100).default(10_000),
+      /**
+       * Largest MQTT packet (PUBLISH as encoded: header, topic and payload) sent on the hub link.
+       * The hub disconnects a client whose payload exceeds its `limits.maxPayloadBytes`, so set
+       * this to the hub's value (default: the hub's default, 1 MiB); any packet within it has a
+       * smaller payload. A live result over it is not sent (counted in
+       * edgefleet_agent_publish_oversize_total) and telemetry batches are split to fit (issue #12).
+       */
+      maxPacketBytes: z.number().int().min(1024).max(256 * 1024 * 1024).default(MAX_PAYLOAD_BYTES),
       /**
        * http(s)://host:port of the hub's HTTP API, where model artifacts are downloaded from.
        * Required for model installs: an install command without it fails with BAD_CONFIG.

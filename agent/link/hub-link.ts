@@ -15,6 +15,15 @@
  * reconnect) still have their ranges applied: the hub sends an ack only after committing
  * exactly those records, so deleting them loses nothing and saves sending them again. Only the
  * device itself and the hub may publish on the device's ack topic (hub ACL, ARCHITECTURE §6).
+ *
+ * Packet size (issue #12): the hub's broker disconnects a client that publishes a payload over
+ * its `limits.maxPayloadBytes`, which would cost the device its connection and, for telemetry,
+ * wedge the outbox (the same oversize batch resent after every reconnect). MQTT 3.1.1 has no
+ * way for the broker to announce a limit, so the agent is told it (`hub.maxPacketBytes`, default
+ * the hub's default) and no packet over it ever leaves through this link: live messages over it
+ * are not sent (counted per topic kind, warned), telemetry batches are cut to fit, and a single
+ * record that cannot fit even alone is sent as a stub (see #stubFor for why a stub and not a
+ * drop).
  */
 import { randomUUID } from 'node:crypto';
 import { EventEmitter } from 'node:events';
@@ -32,6 +41,7 @@ import {
   MAX_BATCH_RECORDS,
   MAX_PAYLOAD_BYTES,
   PROTOCOL_VERSION,
+  parseTopic,
   topics,
   type Ack,
   type Command,
@@ -40,10 +50,11 @@ import {
   type ModelRef,
   type Status,
   type TelemetryBatch,
+  type TelemetryRecord,
 } from '../../shared/protocol.ts';
 import type { ClientTls } from '../../shared/tls.ts';
 import type { ModelSlot } from '../../shared/updates.ts';
-import type { Outbox } from '../outbox/outbox.ts';
+import type { Outbox, OutboxRecord } from '../outbox/outbox.ts';
 
 /** What the link needs from the outbox. */
 export type LinkOutbox = Pick<Outbox, 'readBatch' | 'ack' | 'positions' | 'onAppend' | 'epoch'>;
@@ -62,8 +73,13 @@ export interface HubLinkOptions {
   models: () => ModelRef[];
   /** The updater's model state per name (issue #3), sent in every hello so the hub reconciles. */
   modelState?: () => ModelSlot[];
-  /** Records per telemetry batch (also capped by MAX_BATCH_RECORDS and MAX_PAYLOAD_BYTES). Default 500. */
+  /** Records per telemetry batch (also capped by MAX_BATCH_RECORDS and maxPacketBytes). Default 500. */
   batchSize?: number;
+  /**
+   * Largest MQTT packet (PUBLISH as encoded) sent to the hub: its `limits.maxPayloadBytes`,
+   * which any packet within this stays under. Default MAX_PAYLOAD_BYTES, the hub's default.
+   */
+  maxPacketBytes?: number;
   maxInflightBatches?: number;
   ackTimeoutMs?: number;
   /**
@@ -106,6 +122,8 @@ export interface LinkStatus {
   nacks: number;
   badMessages: number;
   droppedLive: number;
+  /** Messages not sent, or records stubbed, because their packet was over maxPacketBytes. */
+  oversize: number;
   commands: number;
   duplicateCommands: number;
 }
@@ -134,6 +152,7 @@ interface LinkMetrics {
   ackLatency: Histogram;
   ackFailures: Counter<'reason'>;
   droppedLive: Counter;
+  oversize: Counter<'topic_kind'>;
   bad: Counter<'kind'>;
   commands: Counter<'outcome'>;
 }
@@ -179,9 +198,14 @@ export class HubLink extends EventEmitter<HubLinkEvents> implements Component {
     nacks: 0,
     badMessages: 0,
     droppedLive: 0,
+    oversize: 0,
     commands: 0,
     duplicateCommands: 0,
   };
+  /** Largest telemetry payload that fits in maxPacketBytes on the telemetry topic. */
+  readonly #telemetryBudget: number;
+  /** Records already stubbed (stream|epoch|seq), so a resend of their batch is not counted again. */
+  readonly #stubbed = new Set<string>();
 
   constructor(opts: HubLinkOptions) {
     super();
@@ -200,6 +224,7 @@ export class HubLink extends EventEmitter<HubLinkEvents> implements Component {
       models: opts.models,
       modelState: opts.modelState,
       batchSize: Math.min(MAX_BATCH_RECORDS, Math.max(1, opts.batchSize ?? 500)),
+      maxPacketBytes: opts.maxPacketBytes ?? MAX_PAYLOAD_BYTES,
       maxInflightBatches: Math.max(1, opts.maxInflightBatches ?? 4),
       ackTimeoutMs: opts.ackTimeoutMs ?? 10_000,
       stableMs: opts.stableMs ?? 10_000,
@@ -220,6 +245,10 @@ export class HubLink extends EventEmitter<HubLinkEvents> implements Component {
       cmd: topics.of(id, 'cmd'),
       cmdResult: topics.of(id, 'cmd/result'),
     };
+    if (!Number.isInteger(this.#o.maxPacketBytes) || this.#o.maxPacketBytes < MIN_PACKET_BYTES) {
+      throw new EdgefleetError(ErrorCode.BAD_CONFIG, `hub link: maxPacketBytes must be an integer >= ${MIN_PACKET_BYTES}`);
+    }
+    this.#telemetryBudget = maxPayloadFor(this.#topics.telemetry, 1, this.#o.maxPacketBytes);
     this.#metrics = opts.registry ? createMetrics(opts.registry) : undefined;
   }
 
@@ -303,7 +332,9 @@ export class HubLink extends EventEmitter<HubLinkEvents> implements Component {
 
   /**
    * Live publish (inference results and the like), not the outbox path: returns false and
-   * counts a drop when offline instead of queueing in memory.
+   * counts a drop when offline instead of queueing in memory, and returns false without sending
+   * (counted in edgefleet_agent_publish_oversize_total, warned) when the packet would be over
+   * maxPacketBytes: the hub would refuse it by closing the connection.
    */
   publish(topic: string, payload: Buffer | string, opts?: { qos?: 0 | 1; retain?: boolean }): boolean {
     const client = this.#client;
@@ -311,7 +342,13 @@ export class HubLink extends EventEmitter<HubLinkEvents> implements Component {
       this.#dropLive();
       return false;
     }
-    client.publish(topic, payload, { qos: opts?.qos ?? 0, retain: opts?.retain ?? false }, (err) => {
+    const qos = opts?.qos ?? 0;
+    const bytes = publishPacketBytes(topic, typeof payload === 'string' ? Buffer.byteLength(payload) : payload.length, qos);
+    if (bytes > this.#o.maxPacketBytes) {
+      this.#oversize(topic, bytes, 'message not sent; make it smaller (e.g. a lower topK)');
+      return false;
+    }
+    client.publish(topic, payload, { qos, retain: opts?.retain ?? false }, (err) => {
       if (err) this.#throttle.run('live', (suppressed) => this.#log.debug({ err, topic, suppressed }, 'live publish failed'));
     });
     return true;
@@ -380,9 +417,12 @@ export class HubLink extends EventEmitter<HubLinkEvents> implements Component {
       if (g.qos === 128) this.#log.error({ topic: g.topic }, 'subscription refused by the broker');
     }
     this.#sessionReady = true;
-    client.publish(this.#topics.status, this.#statusPayload('online'), { qos: 1, retain: true }, (err) => {
-      if (err) this.#log.debug({ err }, 'online status not delivered');
-    });
+    const online = this.#statusPayload('online');
+    if (this.#fits(this.#topics.status, online, 1, 'status not sent')) {
+      client.publish(this.#topics.status, online, { qos: 1, retain: true }, (err) => {
+        if (err) this.#log.debug({ err }, 'online status not delivered');
+      });
+    }
     this.#publishHello(client);
     this.#resetSender();
     this.#pump();
@@ -412,7 +452,10 @@ export class HubLink extends EventEmitter<HubLinkEvents> implements Component {
       streams: this.#o.outbox.positions().slice(0, 64),
       ...(modelState ? { modelState } : {}),
     };
-    client.publish(this.#topics.hello, encodeJson(hello), { qos: 1 }, (err) => {
+    const payload = encodeJson(hello);
+    // 64 models and 64 streams at most: a hello this large means something else went wrong.
+    if (!this.#fits(this.#topics.hello, payload, 1, 'hello not sent')) return;
+    client.publish(this.#topics.hello, payload, { qos: 1 }, (err) => {
       if (err) this.#log.debug({ err }, 'hello not delivered');
     });
   }
@@ -504,20 +547,7 @@ export class HubLink extends EventEmitter<HubLinkEvents> implements Component {
       }
       if (rows.length === 0) break;
       const batchId = randomUUID();
-      let n = rows.length;
-      let payload: Buffer;
-      for (;;) {
-        const batch: TelemetryBatch = {
-          v: PROTOCOL_VERSION,
-          type: 'telemetry',
-          deviceId: this.#o.deviceId,
-          batchId,
-          records: rows.slice(0, n).map(({ rowid: _rowid, ...r }) => r),
-        };
-        payload = encodeJson(batch);
-        if (payload.length <= MAX_PAYLOAD_BYTES || n === 1) break;
-        n = Math.ceil(n / 2);
-      }
+      const { payload, n } = this.#buildBatch(batchId, rows);
       this.#cursor = rows[n - 1]!.rowid;
       const timer = setTimeout(() => this.#onAckTimeout(batchId), this.#o.ackTimeoutMs);
       this.#inflight.set(batchId, { sentAt: performance.now(), records: n, timer });
@@ -529,6 +559,82 @@ export class HubLink extends EventEmitter<HubLinkEvents> implements Component {
       this.#metrics?.sent.inc(n);
     }
     this.#metrics?.inflight.set(this.#inflight.size);
+  }
+
+  /**
+   * The longest prefix of `rows` whose batch fits the telemetry budget (at least one record).
+   * Usually the whole read fits and is encoded once. Otherwise each record is serialized once
+   * and measured, and the payload is the batch envelope with the record texts spliced into its
+   * `records` array: byte for byte what encodeJson of that batch gives, since JSON.stringify of
+   * an array is its items joined by commas.
+   */
+  #buildBatch(batchId: string, rows: readonly OutboxRecord[]): { payload: Buffer; n: number } {
+    const budget = this.#telemetryBudget;
+    const envelope: TelemetryBatch = { v: PROTOCOL_VERSION, type: 'telemetry', deviceId: this.#o.deviceId, batchId, records: [] };
+    const all = encodeJson({ ...envelope, records: rows.map(({ rowid: _rowid, ...r }) => r) });
+    if (all.length <= budget) return { payload: all, n: rows.length };
+    const shell = JSON.stringify(envelope);
+    const at = shell.lastIndexOf('[]') + 1; // `records` is the last key
+    let size = Buffer.byteLength(shell);
+    const parts: string[] = [];
+    for (const { rowid: _rowid, ...record } of rows) {
+      let text = JSON.stringify(record);
+      let bytes = Buffer.byteLength(text);
+      if (parts.length === 0 && size + bytes > budget) {
+        text = JSON.stringify(this.#stubFor(record, publishPacketBytes(this.#topics.telemetry, size + bytes, 1)));
+        bytes = Buffer.byteLength(text);
+      }
+      const add = bytes + (parts.length > 0 ? 1 : 0);
+      if (parts.length > 0 && size + add > budget) break;
+      parts.push(text);
+      size += add;
+    }
+    return { payload: Buffer.from(`${shell.slice(0, at)}${parts.join(',')}${shell.slice(at)}`), n: parts.length };
+  }
+
+  /**
+   * What is sent instead of a record whose batch would be over the packet limit even alone.
+   * A stub, not a drop: the record keeps its identity (stream, epoch, seq), so the hub stores a
+   * marker of what was lost instead of seeing a gap it would count as data loss, acks it like
+   * any record, and the outbox deletes the original, so the stream moves on instead of resending
+   * a batch the hub can only refuse. Kind `oversize` is one no hub consumer (KPIs, drift,
+   * rollouts) reads, so it is not mistaken for the original; the body says what it was.
+   * The outbox caps bodies (256 KiB by default), so this only happens when the hub's limit is
+   * set below that.
+   */
+  #stubFor(record: TelemetryRecord, bytes: number): TelemetryRecord {
+    const key = `${record.stream}|${record.epoch}|${record.seq}`;
+    if (!this.#stubbed.has(key)) {
+      if (this.#stubbed.size >= STUBBED_MEMORY) this.#stubbed.clear();
+      this.#stubbed.add(key);
+      this.#oversize(this.#topics.telemetry, bytes, `record sent as a stub (kind ${OVERSIZE_KIND}) and deleted from the outbox`, {
+        stream: record.stream,
+        seq: record.seq,
+        kind: record.kind,
+      });
+    }
+    return { ...record, kind: OVERSIZE_KIND, body: { kind: record.kind, bytes, limit: this.#o.maxPacketBytes } };
+  }
+
+  /** True when `payload` on `topic` fits maxPacketBytes; else counts and warns (`what` happened instead). */
+  #fits(topic: string, payload: Buffer, qos: 0 | 1, what: string): boolean {
+    const bytes = publishPacketBytes(topic, payload.length, qos);
+    if (bytes <= this.#o.maxPacketBytes) return true;
+    this.#oversize(topic, bytes, what);
+    return false;
+  }
+
+  #oversize(topic: string, bytes: number, what: string, extra: Record<string, unknown> = {}): void {
+    const kind = topicKind(topic);
+    this.#stats.oversize++;
+    this.#metrics?.oversize.inc({ topic_kind: kind });
+    this.#throttle.run(`oversize:${kind}`, (suppressed) =>
+      this.#log.warn(
+        { topic, topicKind: kind, bytes, limit: this.#o.maxPacketBytes, ...extra, suppressed },
+        `MQTT packet of ${bytes} bytes is over the hub's limit of ${this.#o.maxPacketBytes} (the hub would drop the connection): ${what}. ` +
+          `If the hub accepts more, raise the hub's limits.maxPayloadBytes and the agent's hub.maxPacketBytes together`,
+      ),
+    );
   }
 
   /** Rewinds and resends everything pending after a backoff delay. */
@@ -661,7 +767,13 @@ export class HubLink extends EventEmitter<HubLinkEvents> implements Component {
     const client = this.#client;
     // Offline: the hub re-sends the command on reconnect and gets the remembered result.
     if (!client || !this.#connected) return;
-    client.publish(this.#topics.cmdResult, encodeJson(result), { qos: 1 }, (err) => {
+    let payload = encodeJson(result);
+    if (!this.#fits(this.#topics.cmdResult, payload, 1, 'command result replaced by a PAYLOAD_TOO_LARGE error')) {
+      // The hub still gets an answer for the id, rather than waiting for one that never comes.
+      const error = { code: ErrorCode.PAYLOAD_TOO_LARGE, message: `result of ${payload.length} bytes is over the hub packet limit ${this.#o.maxPacketBytes}` };
+      payload = encodeJson(this.#result(result.id, { ok: false, error }));
+    }
+    client.publish(this.#topics.cmdResult, payload, { qos: 1 }, (err) => {
       if (err) this.#log.debug({ err, id: result.id }, 'command result not delivered');
     });
   }
@@ -670,6 +782,42 @@ export class HubLink extends EventEmitter<HubLinkEvents> implements Component {
     this.#stats.droppedLive++;
     this.#metrics?.droppedLive.inc();
   }
+}
+
+/** The kind a stub record carries in place of a record too large to send (HubLink #stubFor). */
+export const OVERSIZE_KIND = 'oversize';
+/** Smallest packet limit accepted: a stub record in its batch envelope must always fit. */
+const MIN_PACKET_BYTES = 1024;
+/** Stubbed record identities remembered so a resend does not count them twice. */
+const STUBBED_MEMORY = 1024;
+
+/**
+ * Size in bytes of an MQTT 3.1.1 PUBLISH packet: fixed header (1 byte and a 1-4 byte remaining
+ * length), topic (2-byte length and UTF-8), packet id for QoS > 0 (2 bytes), then the payload.
+ */
+export function publishPacketBytes(topic: string, payloadBytes: number, qos: 0 | 1 | 2): number {
+  const remaining = 2 + Buffer.byteLength(topic) + (qos > 0 ? 2 : 0) + payloadBytes;
+  return 1 + varintBytes(remaining) + remaining;
+}
+
+function varintBytes(n: number): number {
+  return n < 128 ? 1 : n < 16_384 ? 2 : n < 2_097_152 ? 3 : 4;
+}
+
+/** Largest payload whose PUBLISH on `topic` is at most `maxPacketBytes`. */
+export function maxPayloadFor(topic: string, qos: 0 | 1 | 2, maxPacketBytes: number): number {
+  let payload = maxPacketBytes - publishPacketBytes(topic, 0, qos) + 1;
+  while (payload > 0 && publishPacketBytes(topic, payload, qos) > maxPacketBytes) payload--;
+  return Math.max(0, payload);
+}
+
+/** A bounded label for a topic: the protocol kind it belongs to. */
+function topicKind(topic: string): 'out' | 'telemetry' | 'hello' | 'status' | 'cmd_result' | 'other' {
+  const rest = parseTopic(topic)?.rest;
+  if (rest === undefined) return 'other';
+  if (rest === 'out' || rest.startsWith('out/')) return 'out';
+  if (rest === 'telemetry' || rest === 'hello' || rest === 'status') return rest;
+  return rest === 'cmd/result' ? 'cmd_result' : 'other';
 }
 
 /** MQTT topic filter matching (`+` one level, `#` the rest; wildcards skip `$` topics). */
@@ -720,6 +868,12 @@ function createMetrics(registry: Registry): LinkMetrics {
       registers: [registry],
     }),
     droppedLive: new Counter({ name: 'edgefleet_agent_live_dropped_total', help: 'Live messages dropped because the hub link was down.', registers: [registry] }),
+    oversize: new Counter({
+      name: 'edgefleet_agent_publish_oversize_total',
+      help: 'Messages not sent to the hub (live: out, hello, status), replaced (cmd_result) or sent as a stub (telemetry records) because their MQTT packet was over hub.maxPacketBytes.',
+      labelNames: ['topic_kind'],
+      registers: [registry],
+    }),
     bad: new Counter({ name: 'edgefleet_agent_link_bad_messages_total', help: 'Malformed messages from the hub, by kind.', labelNames: ['kind'], registers: [registry] }),
     commands: new Counter({ name: 'edgefleet_agent_commands_total', help: 'Hub commands by outcome.', labelNames: ['outcome'], registers: [registry] }),
   };

@@ -60,6 +60,7 @@ describe('environment overrides typed by the schema', () => {
     const cfg = agent({ EDGEFLEET_AGENT__HTTP__PORT: ' 9400 ', EDGEFLEET_AGENT__HUB__TOKEN: 'from-env-yyyy' });
     assert.equal(cfg.http.port, 9400);
     assert.equal(cfg.hub.token, 'from-env-yyyy');
+    assert.equal(agent({ EDGEFLEET_AGENT__HUB__MAX_PACKET_BYTES: '65536' }).hub.maxPacketBytes, 65536);
     assert.equal(agent({ EDGEFLEET_AGENT__HTTP__PORT: '9400' }, { http: { port: 9500 } }).http.port, 9500, 'explicit overrides win over the environment');
     const hub = loadHubConfig({ env: { EDGEFLEET_HUB__LIMITS__MAX_PAYLOAD_BYTES: '4096', EDGEFLEET_HUB__STORE__SYNCHRONOUS: 'NORMAL' } });
     assert.equal(hub.limits.maxPayloadBytes, 4096);
