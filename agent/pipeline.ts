@@ -548,7 +548,7 @@ export class Pipeline implements Component {
     if (prepared.stats) {
       result.image = { brightness: round6(prepared.stats.brightness), contrast: round6(prepared.stats.contrast), sharpness: round6(prepared.stats.sharpness) };
     }
-    if (prepared.window) result.window = prepared.window.firstId === undefined ? { firstTs: prepared.window.firstTs, lastTs: prepared.window.lastTs } : { ...prepared.window } as TaskResult['window'];
+    if (prepared.window) result.window = prepared.window.firstId === undefined ? { firstTs: prepared.window.firstTs, lastTs: prepared.window.lastTs } : { ...prepared.window };
     this.d.publisher.publish(this.outputTopic, JSON.stringify(result), { qos: config.output.qos });
     this.#okCounter(model).inc();
     this.#latency.observe((performance.now() - t0) / 1000);

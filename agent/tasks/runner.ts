@@ -21,6 +21,7 @@ import { preprocessTabular, type Reading } from '../preprocess/tabular.ts';
 import { WindowSet, type WindowEmit, type WindowResetReason } from '../preprocess/window.ts';
 import { postprocess, type TaskOutcome, type Tensor } from '../postprocess/tasks.ts';
 import type { InferInput } from '../runtime/engine.ts';
+import { StreamStateStore, type StateLease, type StateResetReason } from '../runtime/stream-state.ts';
 import { concreteDims, constantFeed, RowWindow, type Feed } from './inputs.ts';
 
 export interface RunnerEngine {
@@ -29,7 +30,7 @@ export interface RunnerEngine {
 
 export interface RunnerEvents {
   windowReset?: (reason: WindowResetReason | 'evicted') => void;
-  stateReset?: (reason: 'gap' | 'idle' | 'shape' | 'evicted') => void;
+  stateReset?: (reason: StateResetReason | 'evicted') => void;
 }
 
 export interface RunnerOptions {
@@ -64,9 +65,7 @@ export interface RunOutcome {
 }
 
 interface StreamState {
-  /** State tensors to feed on the next call, by input name. */
-  state: Map<string, Feed>;
-  lastCall: number;
+  /** Chain inputs' row windows, by input name. */
   rows: Map<string, RowWindow>;
   /** Tail of the stream's call queue (serialization). */
   tail: Promise<unknown>;
@@ -76,6 +75,8 @@ interface ModelRuntime {
   spec: ModelSpec;
   constants: Record<string, Feed>;
   windows: WindowSet | undefined;
+  /** The model's state per stream (agent/runtime/stream-state.ts), for models with state inputs. */
+  states: StreamStateStore | undefined;
 }
 
 const NO_STREAM = '_';
@@ -98,7 +99,7 @@ export class TaskRunner {
   }
 
   #runtime(model: LocalModel): ModelRuntime {
-    let rt = this.#models.get(model.key);
+    let rt: ModelRuntime | undefined = this.#models.get(model.key);
     if (!rt) {
       const spec = modelSpec(model.manifest);
       const constants: Record<string, Feed> = {};
@@ -110,12 +111,21 @@ export class TaskRunner {
             onReset: (stream, reason) => {
               this.#o.events?.windowReset?.(reason);
               // A gap in the readings is a gap in the model's memory too.
-              this.#resetState(model.key, stream, 'gap');
+              rt?.states?.reset(stream, reason === 'gap' ? 'window_gap' : 'window_out_of_order');
+              this.#resetRows(model.key, stream);
             },
             onEvict: () => this.#o.events?.windowReset?.('evicted'),
           })
         : undefined;
-      rt = { spec, constants, windows };
+      const states = spec.stateInputs.length
+        ? new StreamStateStore(spec.stateInputs, {
+            maxStreams: this.#o.maxStreams,
+            onReset: (_stream, reason) => this.#o.events?.stateReset?.(reason),
+            onEvict: () => this.#o.events?.stateReset?.('evicted'),
+            now: this.#now,
+          })
+        : undefined;
+      rt = { spec, constants, windows, states };
       // Versions come and go with rollouts: forget the state of versions no longer served.
       if (this.#models.size >= 8) this.#forget(this.#models.keys().next().value as string);
       this.#models.set(model.key, rt);
@@ -141,7 +151,7 @@ export class TaskRunner {
       this.#streams.set(k, s);
       return s;
     }
-    s = { state: new Map(), lastCall: 0, rows: new Map(), tail: Promise.resolve() };
+    s = { rows: new Map(), tail: Promise.resolve() };
     this.#streams.set(k, s);
     if (this.#streams.size > this.#o.maxStreams * 4) {
       this.#streams.delete(this.#streams.keys().next().value as string);
@@ -150,13 +160,9 @@ export class TaskRunner {
     return s;
   }
 
-  #resetState(key: string, stream: string, reason: 'gap' | 'idle' | 'shape'): void {
+  #resetRows(key: string, stream: string): void {
     const s = this.#streams.get(`${key}\u0000${stream}`);
-    if (s && (s.state.size > 0 || s.rows.size > 0)) {
-      s.state.clear();
-      for (const r of s.rows.values()) r.reset();
-      this.#o.events?.stateReset?.(reason);
-    }
+    if (s) for (const r of s.rows.values()) r.reset();
   }
 
   /** The model's request input from a JSON reading (reading or window source). */
@@ -222,44 +228,60 @@ export class TaskRunner {
     for (const [i, model] of stages.entries()) {
       const rt = this.#runtime(model);
       const st = this.#stream(model.key, prepared.stream);
-      const now = this.#now();
-      const fed: Record<string, ArrayLike<number>> = {};
-      let primary: { name: string; feed: Feed } | undefined;
-      const extra: Record<string, Feed> = {};
-      for (const input of rt.spec.inputs) {
-        const feed = this.#feed(model, rt, st, input, i === 0 ? prepared.feed : undefined, upstream, now);
-        if (feed === undefined) return { outcome: emptyOutcome(), engineMs, buffered: { stage: model.key } };
-        fed[input.name] = feed.data as ArrayLike<number>;
-        if (!primary && (input === rt.spec.primary || (i > 0 && input.source.kind === 'upstream'))) primary = { name: input.name, feed };
-        else extra[input.name] = feed;
+      const lease = rt.states ? await rt.states.acquire(prepared.stream) : undefined;
+      try {
+        const res = await this.#stage(model, rt, st, lease, i === 0 ? prepared.feed : undefined, upstream);
+        if (!res) return { outcome: emptyOutcome(), engineMs, buffered: { stage: model.key } };
+        engineMs += res.latencyMs;
+        upstream = res.outputs;
+        last = { rt, outputs: res.outputs, fed: res.fed };
+      } finally {
+        lease?.release();
       }
-      primary ??= firstFeed(extra);
-      if (!primary) throw new EdgefleetError(ErrorCode.BAD_MANIFEST, `model ${model.key} has no input`);
-      delete extra[primary.name];
-      const req: InferInput = { data: primary.feed.data, dims: primary.feed.dims };
-      if (Object.keys(extra).length) req.extra = extra;
-      const res = await this.#o.engine.infer(model.key, req);
-      engineMs += res.latencyMs;
-      st.lastCall = now;
-      for (const s of rt.spec.stateInputs) {
-        if (s.source.kind !== 'state') continue;
-        const out = res.outputs[s.source.output];
-        if (!out) throw new EdgefleetError(ErrorCode.INFERENCE, `model ${model.key} returned no state output ${s.source.output}`);
-        const dims = concreteDims(s);
-        if (out.data.length !== dims.reduce((a, b) => a * b, 1)) {
-          this.#resetState(model.key, prepared.stream, 'shape');
-          throw new EdgefleetError(ErrorCode.INFERENCE, `state output ${s.source.output} has dims [${out.dims.join(', ')}], input ${s.name} takes [${dims.join(', ')}]`);
-        }
-        st.state.set(s.name, { data: s.dtype === 'float32' ? new Float32Array(out.data) : toTensorData(s.dtype, out.data), dims });
-      }
-      upstream = res.outputs;
-      last = { rt, outputs: res.outputs, fed };
     }
     const outcome = postprocess({ spec: last!.rt.spec, outputs: last!.outputs, inputs: last!.fed, geometry: prepared.geometry, topK: ctx.topK, thresholds: ctx.thresholds });
     return { outcome, engineMs };
   }
 
-  #feed(model: LocalModel, rt: ModelRuntime, st: StreamState, input: InputSpecV2, request: Feed | undefined, upstream: Record<string, Tensor> | undefined, now: number): Feed | undefined {
+  /** One model of the run: its feeds, the engine call, the state written back. Undefined = a chain window is not full yet. */
+  async #stage(
+    model: LocalModel,
+    rt: ModelRuntime,
+    st: StreamState,
+    lease: StateLease | undefined,
+    request: Feed | undefined,
+    upstream: Record<string, Tensor> | undefined,
+  ): Promise<{ outputs: Record<string, Tensor>; latencyMs: number; fed: Record<string, ArrayLike<number>> } | undefined> {
+    const i = request ? 0 : 1;
+    const state = lease?.take();
+    const fed: Record<string, ArrayLike<number>> = {};
+    let primary: { name: string; feed: Feed } | undefined;
+    const extra: Record<string, Feed> = {};
+    for (const input of rt.spec.inputs) {
+      const feed = input.source.kind === 'state' ? state?.[input.name] : this.#feed(model, rt, st, input, request, upstream);
+      if (feed === undefined) {
+        if (input.source.kind === 'state') throw new EdgefleetError(ErrorCode.INTERNAL, `model ${model.key}: no state for input ${input.name}`);
+        return undefined;
+      }
+      fed[input.name] = feed.data as ArrayLike<number>;
+      if (!primary && (input === rt.spec.primary || (i > 0 && input.source.kind === 'upstream'))) primary = { name: input.name, feed };
+      else extra[input.name] = feed;
+    }
+    primary ??= firstFeed(extra);
+    if (!primary) throw new EdgefleetError(ErrorCode.BAD_MANIFEST, `model ${model.key} has no input`);
+    delete extra[primary.name];
+    const req: InferInput = { data: primary.feed.data, dims: primary.feed.dims };
+    if (Object.keys(extra).length) req.extra = extra;
+    const res = await this.#o.engine.infer(model.key, req);
+    if (lease) {
+      // State outputs come back as float32 (engine.ts); the store converts to the input's dtype and checks dims.
+      const put = lease.put(stateOutputs(rt.spec, res.outputs));
+      if (!put.ok && put.reason === 'invalid_output') throw new EdgefleetError(ErrorCode.INFERENCE, `model ${model.key}: ${put.message}`);
+    }
+    return { outputs: res.outputs, latencyMs: res.latencyMs, fed };
+  }
+
+  #feed(model: LocalModel, rt: ModelRuntime, st: StreamState, input: InputSpecV2, request: Feed | undefined, upstream: Record<string, Tensor> | undefined): Feed | undefined {
     const src = input.source;
     switch (src.kind) {
       case 'image':
@@ -269,16 +291,8 @@ export class TaskRunner {
         return request;
       case 'constant':
         return rt.constants[input.name]!;
-      case 'state': {
-        if (src.resetAfterMs !== undefined && st.lastCall > 0 && now - st.lastCall > src.resetAfterMs && st.state.size > 0) {
-          st.state.clear();
-          this.#o.events?.stateReset?.('idle');
-        }
-        const have = st.state.get(input.name);
-        if (have) return have;
-        const dims = concreteDims(input);
-        return { data: toTensorData(input.dtype, new Float64Array(dims.reduce((a, b) => a * b, 1)).fill(src.init)), dims };
-      }
+      case 'state':
+        throw new EdgefleetError(ErrorCode.INTERNAL, `model ${model.key}: state input ${input.name} is fed by the state store`);
       case 'upstream': {
         const out = upstream?.[src.output];
         if (!out) throw new EdgefleetError(ErrorCode.BAD_MANIFEST, `model ${model.key}: input ${input.name} takes output ${src.output} of the previous model, which it does not have`);
@@ -291,6 +305,17 @@ export class TaskRunner {
       }
     }
   }
+}
+
+/** The outputs that feed state inputs, converted to each input's dtype (the engine returns float32). */
+function stateOutputs(spec: ModelSpec, outputs: Record<string, Tensor>): Record<string, { data: TensorData; dims: number[] } | undefined> {
+  const out: Record<string, { data: TensorData; dims: number[] } | undefined> = {};
+  for (const s of spec.stateInputs) {
+    if (s.source.kind !== 'state') continue;
+    const t = outputs[s.source.output];
+    out[s.source.output] = t && { data: s.dtype === 'float32' ? t.data : toTensorData(s.dtype, t.data), dims: t.dims };
+  }
+  return out;
 }
 
 function firstFeed(feeds: Record<string, Feed>): { name: string; feed: Feed } | undefined {
