@@ -183,6 +183,15 @@ export class TaskRunner {
     let emit: WindowEmit | undefined;
     if (samples) {
       // A chunk of consecutive samples (audio frames, a burst from an accelerometer): one ts.
+      // Checked whole before any sample enters the window: a chunk refused halfway would leave
+      // its first part there and shift every later window of the stream.
+      const f = p.source.features.length;
+      for (const [i, values] of samples.entries()) {
+        if (values.length !== f) throw new EdgefleetError(ErrorCode.BAD_INPUT, `sample ${i}: expected ${f} values, got ${values.length}`, { details: { reason: 'wrong_length' } });
+        for (const v of values) {
+          if (typeof v !== 'number' || !Number.isFinite(v)) throw new EdgefleetError(ErrorCode.BAD_INPUT, `sample ${i}: a value is not a finite number`, { details: { reason: 'non_finite' } });
+        }
+      }
       for (const values of samples) {
         const e = windows.push(key, { ts, values, id: reading.id });
         if (e) emit = e;
