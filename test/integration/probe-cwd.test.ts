@@ -104,7 +104,7 @@ describe('a probe that fails by itself is not a bad model', { concurrency: false
 
   test('a start-up slower than the timeout: PROBE_FAILED, not a model that timed out', async () => {
     await rejectsProbeFailed(
-      runProbe({ path: model.onnxPath, outputName: 'logits', testVectors: [] }, { ...LIMITS, timeoutMs: 1 }, silentLogger()),
+      runProbe({ path: model.onnxPath, vectors: [] }, { ...LIMITS, timeoutMs: 1 }, silentLogger()),
       /timed out after 1 ms before it was ready/,
     );
   });
