@@ -537,11 +537,12 @@ export class Pipeline implements Component {
       latencyMs: run.engineMs,
       ...(o.classIndex !== undefined ? { classIndex: o.classIndex, confidence: o.confidence } : {}),
       classes: spec.labels.length,
+      ...(spec.task !== 'classification' ? { spec, values: o.values } : {}),
     });
     if (spec.task === 'classification' && o.classIndex !== undefined) {
       const c = { label: spec.labels[o.classIndex] ?? '', index: o.classIndex, confidence: o.confidence ?? 0, margin: o.values['margin'] ?? 0, scores: [] };
       this.d.drift?.record(config.name, model.manifest, prepared.raw ?? prepared.stats, c, req, id, base.ts);
-    }
+    } else if (spec.task !== 'classification') this.d.drift?.recordTask(config.name, model.manifest, prepared.raw ?? prepared.stats, o, req, id, base.ts);
     const latencyMs = Math.round(run.engineMs * 1000) / 1000;
     const result: TaskResult = { ...base, ...o.fields, latencyMs };
     if (inputTs !== undefined) result.inputTs = inputTs;

@@ -11,6 +11,13 @@
  * against): for tabular models those named like a preprocessing feature, taken from the raw
  * (unscaled) reading; for image models those among IMAGE_FEATURES (brightness, contrast,
  * sharpness, channel_mean_<i> in tensor channel order), from the agent's image statistics.
+ * For manifest v2 models the same holds for a reading or window request input (a window counts
+ * its per-channel means) and an image; reference features named `out.<value>` are the task's
+ * scalar outputs (detections per frame, scores, box sizes, mask coverage, regression targets,
+ * anomaly score and alarm, embedding norm), binned from TaskOutcome.values by `recordTask`
+ * (shared/drift/tasks.ts has the names and rules). Anomaly models count [normal, alarm] as their
+ * classes, so the alarm rate gets the class-mix tests; other non-classification tasks count one
+ * class and leave the confidence histograms empty.
  * Reference features the agent cannot compute are left out (and logged once) rather than
  * refusing the model. A manifest without reference bins still gets output summaries.
  *
@@ -31,6 +38,8 @@ import type { Component } from '../../shared/lifecycle.ts';
 import { LogThrottle, type Logger } from '../../shared/log.ts';
 import type { Manifest, ReferenceBins } from '../../shared/manifest.ts';
 import { alignWindow, DRIFT_KIND, DRIFT_STREAM, DriftAccumulator, type ClassificationLike, type DriftSummary } from '../../shared/drift/summary.ts';
+import { conditionalOnDetection, driftClassIndex, driftClassLabels, outputValueName, taskValueNames } from '../../shared/drift/tasks.ts';
+import type { Task } from '../../shared/tasks/specs.ts';
 import type { ImageStats } from '../preprocess/image.ts';
 import { DEFAULT_CONFIDENCE_PH, DEFAULT_FEATURE_PH, PageHinkley, PageHinkleyParamsSchema } from './page-hinkley.ts';
 import { SampleCommandArgsSchema, SampleConfigSchema, sampleBody, SampleRing, uploadSample, type SampleInput, type UploadTarget } from './sample-ring.ts';
@@ -91,6 +100,17 @@ export interface DriftRecorder {
    * `input`: the request as received (kept in the sample ring).
    */
   record(pipeline: string, manifest: Manifest, inputs: ArrayLike<number> | ImageStats | undefined, c: ClassificationLike, input: SampleInput, id: string, ts: number): void;
+  /**
+   * A manifest v2 inference of a task other than classification (detection, segmentation,
+   * regression, anomaly, embedding): `inputs` as for `record` (a window's per-channel means),
+   * `outcome.values` the task's scalar outputs (agent/postprocess/tasks.ts TaskOutcome.values).
+   */
+  recordTask(pipeline: string, manifest: Manifest, inputs: ArrayLike<number> | ImageStats | undefined, outcome: TaskDriftOutcome, input: SampleInput, id: string, ts: number): void;
+}
+
+/** What drift needs of a task's outcome (agent/postprocess/tasks.ts TaskOutcome fits). */
+export interface TaskDriftOutcome {
+  values: Readonly<Record<string, number>>;
 }
 
 export interface DriftSink {
@@ -125,8 +145,13 @@ interface VersionState {
   version: string;
   acc: DriftAccumulator;
   windowStart: number;
-  /** For each accumulator feature: index into the tabular values, or the image feature code. */
+  /** For each accumulator feature: index into the tabular values, or the image feature code (-1 for an output). */
   source: number[];
+  /** For each accumulator feature: the task output value it counts (`out.<value>`), else undefined. */
+  output: (string | undefined)[];
+  /** For each accumulator feature: an output undefined on a frame without detections (counted as missing there). */
+  perDetection: boolean[];
+  task: Task;
   scratch: Float64Array;
   image: boolean;
   confSum: number;
@@ -177,29 +202,75 @@ export class DriftMonitor implements Component, DriftRecorder {
   record(pipeline: string, manifest: Manifest, inputs: ArrayLike<number> | ImageStats | undefined, c: ClassificationLike, input: SampleInput, id: string, ts: number): void {
     if (!this.#o.config.enabled) return;
     try {
-      const s = this.#state(manifest);
-      const start = alignWindow(this.#now(), s.acc.windowMs);
-      if (start !== s.windowStart) {
-        this.#flush(s);
-        s.windowStart = start;
-      }
-      const x = s.scratch;
-      if (s.image) {
-        const stats = inputs as ImageStats | undefined;
-        for (let i = 0; i < x.length; i++) x[i] = stats ? imageFeatureValue(stats, s.source[i] as number) : Number.NaN;
-      } else {
-        const raw = inputs as ArrayLike<number> | undefined;
-        for (let i = 0; i < x.length; i++) x[i] = raw ? (raw[s.source[i] as number] ?? Number.NaN) : Number.NaN;
+      const s = this.#window(manifest);
+      const x = this.#inputs(s, inputs);
+      // A classifier's own outputs, if its reference names them (`out.confidence`, `out.margin`).
+      if (s.output.length) {
+        for (let i = 0; i < x.length; i++) {
+          const o = s.output[i];
+          if (o !== undefined) x[i] = o === 'confidence' ? c.confidence : o === 'margin' ? c.margin : Number.NaN;
+        }
       }
       s.acc.add(x, c);
       s.confSum += c.confidence;
-      s.idleWindows = 0;
-      if (this.#o.config.sample.size > 0) this.#ring(pipeline).push(input, { id, ts, model: s.model, version: s.version });
+      this.#counted(s, pipeline, input, id, ts);
     } catch (err) {
-      this.#metrics?.errors.inc();
-      const e = toEdgefleetError(err);
-      this.#throttle.run('record', (suppressed) => this.#o.log.warn({ err: e, model: manifest.name, version: manifest.version, suppressed }, 'drift: reading not counted'));
+      this.#failed(err, manifest);
     }
+  }
+
+  recordTask(pipeline: string, manifest: Manifest, inputs: ArrayLike<number> | ImageStats | undefined, outcome: TaskDriftOutcome, input: SampleInput, id: string, ts: number): void {
+    if (!this.#o.config.enabled) return;
+    try {
+      const s = this.#window(manifest);
+      if (s.task === 'classification') throw new EdgefleetError(ErrorCode.INTERNAL, 'drift: a classifier is recorded with record(), not recordTask()');
+      const x = this.#inputs(s, inputs);
+      const values = outcome.values;
+      const empty = !((values['count'] ?? 0) > 0);
+      for (let i = 0; i < x.length; i++) {
+        const o = s.output[i];
+        if (o !== undefined) x[i] = s.perDetection[i] && empty ? Number.NaN : (values[o] ?? Number.NaN);
+      }
+      s.acc.addOutcome(x, driftClassIndex(s.task, values));
+      this.#counted(s, pipeline, input, id, ts);
+    } catch (err) {
+      this.#failed(err, manifest);
+    }
+  }
+
+  /** The version's state with its window moved to now (flushing the one that ended). */
+  #window(manifest: Manifest): VersionState {
+    const s = this.#state(manifest);
+    const start = alignWindow(this.#now(), s.acc.windowMs);
+    if (start !== s.windowStart) {
+      this.#flush(s);
+      s.windowStart = start;
+    }
+    return s;
+  }
+
+  /** The scratch array with the input features filled in (output features left for the caller). */
+  #inputs(s: VersionState, inputs: ArrayLike<number> | ImageStats | undefined): Float64Array {
+    const x = s.scratch;
+    if (s.image) {
+      const stats = inputs as ImageStats | undefined;
+      for (let i = 0; i < x.length; i++) x[i] = stats ? imageFeatureValue(stats, s.source[i] as number) : Number.NaN;
+    } else {
+      const raw = inputs as ArrayLike<number> | undefined;
+      for (let i = 0; i < x.length; i++) x[i] = raw ? (raw[s.source[i] as number] ?? Number.NaN) : Number.NaN;
+    }
+    return x;
+  }
+
+  #counted(s: VersionState, pipeline: string, input: SampleInput, id: string, ts: number): void {
+    s.idleWindows = 0;
+    if (this.#o.config.sample.size > 0) this.#ring(pipeline).push(input, { id, ts, model: s.model, version: s.version });
+  }
+
+  #failed(err: unknown, manifest: Manifest): void {
+    this.#metrics?.errors.inc();
+    const e = toEdgefleetError(err);
+    this.#throttle.run('record', (suppressed) => this.#o.log.warn({ err: e, model: manifest.name, version: manifest.version, suppressed }, 'drift: reading not counted'));
   }
 
   /** Closes every window that ended by now (the timer calls this; tests with a fake clock too). */
@@ -268,17 +339,23 @@ export class DriftMonitor implements Component, DriftRecorder {
     const spec = modelSpec(m);
     const image = spec.primary?.source.kind === 'image';
     const tabularNames = spec.featureNames;
+    const outputNames = taskValueNames(spec);
     const used: ReferenceBins[] = [];
     const source: number[] = [];
+    const output: (string | undefined)[] = [];
+    const perDetection: boolean[] = [];
     const unknown: string[] = [];
     for (const f of refs) {
-      const idx = image ? imageFeatureCode(f.name) : tabularNames.indexOf(f.name);
-      if (idx < 0) {
+      const out = outputValueName(f.name);
+      const idx = out !== undefined ? (outputNames.includes(out) ? -1 : -2) : image ? imageFeatureCode(f.name) : tabularNames.indexOf(f.name);
+      if (idx < -1 || (out === undefined && idx < 0)) {
         unknown.push(f.name);
         continue;
       }
       used.push(f);
       source.push(idx);
+      output.push(out);
+      perDetection.push(out !== undefined && conditionalOnDetection(spec.task, out));
     }
     if (unknown.length) this.#o.log.warn({ model: key, features: unknown }, 'drift: reference features the agent cannot compute are left out');
     const acc = new DriftAccumulator({
@@ -286,13 +363,14 @@ export class DriftMonitor implements Component, DriftRecorder {
       model: { name: m.name, version: m.version },
       windowMs: this.#o.config.windowMs,
       features: used.map((f) => ({ name: f.name, edges: f.edges })),
-      classes: spec.labels.length,
+      classes: driftClassLabels(spec).length,
       instance: `${this.#o.instance()}-${this.#created++}`,
     });
     const ph = this.#o.config.pageHinkley;
     const detectors: Detector[] = ph.enabled
       ? [
-          { feature: 'confidence', index: -1, ph: new PageHinkley(ph.confidence) },
+          // Mean top-1 confidence: classifiers only (other tasks report none).
+          ...(spec.task === 'classification' ? [{ feature: 'confidence', index: -1, ph: new PageHinkley(ph.confidence) }] : []),
           ...used.map((f, i) => ({ feature: f.name, index: i, ref: f, ph: new PageHinkley(ph.features) })),
         ]
       : [];
@@ -303,6 +381,9 @@ export class DriftMonitor implements Component, DriftRecorder {
       acc,
       windowStart: alignWindow(this.#now(), acc.windowMs),
       source,
+      output: output.some((o) => o !== undefined) ? output : [],
+      perDetection,
+      task: spec.task,
       scratch: new Float64Array(used.length),
       image,
       confSum: 0,

@@ -17,11 +17,20 @@
  * inference count when no latency was recorded). Idle stretches with no open window are not
  * charged to any version. The figure includes the agent's own overhead (MQTT, SQLite, JSON):
  * it is what serving costs on the device, not the model's FLOPs.
+ *
+ * Task output statistic (issue #13): for manifest v2 tasks other than classification the
+ * pipeline also passes the task's scalar outputs; the monitor keeps, per window and in memory
+ * only, the count, sum and sum of squares of the one statistic probation compares
+ * (shared/drift/tasks.ts `probationStatistic`: anomaly alarm, detection count, regression first
+ * target). It is not part of the HealthWindow record (shared/updates.ts): the hub's gates do not
+ * see it yet.
  */
 import { LogThrottle, type Logger } from '../../shared/log.ts';
 import type { Component } from '../../shared/lifecycle.ts';
 import { addHealth, confidenceBin, emptyTotals, latencyBucket, type HealthTotals } from '../../shared/health.ts';
 import { HEALTH_KIND, HEALTH_STREAM, type HealthWindow } from '../../shared/updates.ts';
+import type { ModelSpec } from '../../shared/model-spec.ts';
+import { probationStatistic } from '../../shared/drift/tasks.ts';
 import { WindowTimer } from './window-timer.ts';
 
 /** One inference as the pipeline saw it. */
@@ -35,6 +44,20 @@ export interface HealthObservation {
   confidence?: number;
   /** Number of classes the version has (labels). */
   classes: number;
+  /** Non-classification v2 tasks, ok results: the model's spec and the task's scalar outputs (TaskOutcome.values). */
+  spec?: Pick<ModelSpec, 'post'>;
+  values?: Readonly<Record<string, number>>;
+}
+
+/** The task output statistic of a version over some windows (see the module header). */
+export interface OutputTotals {
+  /** TaskOutcome.values key, e.g. `alarm`, `count`, `rul`. */
+  statistic: string;
+  /** `rate`: a 0/1 value (sum = events); `mean`: any number. */
+  kind: 'rate' | 'mean';
+  n: number;
+  sum: number;
+  sumSq: number;
 }
 
 export interface HealthRecorder {
@@ -71,7 +94,19 @@ interface Series {
   /** Engine latency summed over the open window (its weight in the CPU split). */
   busyMs: number;
   closed: HealthWindow[];
+  /** The task output statistic, when the version reports one: open window and `closed` alike. */
+  stat: { value: string; kind: 'rate' | 'mean' } | undefined;
+  openOut: Moments;
+  closedOut: Moments[];
 }
+
+interface Moments {
+  n: number;
+  sum: number;
+  sumSq: number;
+}
+
+const noMoments = (): Moments => ({ n: 0, sum: 0, sumSq: 0 });
 
 export class HealthMonitor implements Component, HealthRecorder {
   readonly name = 'health';
@@ -122,6 +157,7 @@ export class HealthMonitor implements Component, HealthRecorder {
       if (this.opts.cpuTimeMs && this.#cpuMark === undefined) this.#cpuMark = this.opts.cpuTimeMs();
       s.open = this.#emptyWindow(model, version, start, obs.classes);
       s.busyMs = 0;
+      s.openOut = noMoments();
     }
     const w = s.open;
     if (!obs.ok) {
@@ -142,6 +178,34 @@ export class HealthMonitor implements Component, HealthRecorder {
       const b = confidenceBin(obs.confidence);
       w.confidence[b] = (w.confidence[b] as number) + 1;
     }
+    if (obs.spec !== undefined && obs.values !== undefined) {
+      s.stat ??= probationStatistic(obs.spec);
+      const v = s.stat ? obs.values[s.stat.value] : undefined;
+      if (v !== undefined && Number.isFinite(v)) {
+        const m = s.openOut;
+        m.n++;
+        m.sum += v;
+        m.sumSq += v * v;
+      }
+    }
+  }
+
+  /**
+   * The task output statistic of `version` of `model` over the kept windows that end after
+   * `fromMs` and the open one; undefined for a version that reports none (classifiers, ...).
+   */
+  outputSince(model: string, version: string, fromMs: number): OutputTotals | undefined {
+    const s = this.#series.get(seriesKey(model, version));
+    if (!s?.stat) return undefined;
+    const t: OutputTotals = { statistic: s.stat.value, kind: s.stat.kind, n: 0, sum: 0, sumSq: 0 };
+    const add = (m: Moments): void => {
+      t.n += m.n;
+      t.sum += m.sum;
+      t.sumSq += m.sumSq;
+    };
+    for (const [i, w] of s.closed.entries()) if (w.windowStart + w.windowMs > fromMs) add(s.closedOut[i] ?? noMoments());
+    if (s.open && s.open.windowStart + s.open.windowMs > fromMs) add(s.openOut);
+    return t;
   }
 
   /**
@@ -205,7 +269,12 @@ export class HealthMonitor implements Component, HealthRecorder {
     s.open = undefined;
     s.busyMs = 0;
     s.closed.push(w);
-    if (s.closed.length > this.#keep) s.closed.splice(0, s.closed.length - this.#keep);
+    s.closedOut.push(s.openOut);
+    s.openOut = noMoments();
+    if (s.closed.length > this.#keep) {
+      s.closed.splice(0, s.closed.length - this.#keep);
+      s.closedOut.splice(0, s.closedOut.length - this.#keep);
+    }
     const p = this.opts.sink.append(HEALTH_STREAM, HEALTH_KIND, { ...w }, w.windowStart + w.windowMs).catch((err: unknown) => {
       this.#throttle.run('append', (suppressed) => this.opts.log.warn({ err, model: w.model, version: w.version, suppressed }, 'health window not stored'));
     });
@@ -217,7 +286,7 @@ export class HealthMonitor implements Component, HealthRecorder {
     const key = seriesKey(model, version);
     let s = this.#series.get(key);
     if (!s) {
-      s = { model, version, open: undefined, busyMs: 0, closed: [] };
+      s = { model, version, open: undefined, busyMs: 0, closed: [], stat: undefined, openOut: noMoments(), closedOut: [] };
       this.#series.set(key, s);
     }
     return s;

@@ -2,7 +2,8 @@
  * One drift summary per (device, model version, UTC-aligned window) (ARCHITECTURE §8): binned
  * counts over the model version's reference edges plus moments for numeric inputs, category
  * counts, and predicted-class counts with top-1 confidence / margin / entropy histograms for
- * outputs. Only counts and sums, so the hub merges them exactly (shared/drift/merge.ts).
+ * outputs. Tasks other than classification (manifest v2) use the same format: their scalar
+ * outputs as `out.*` numeric features and their own class layout (shared/drift/tasks.ts). Only counts and sums, so the hub merges them exactly (shared/drift/merge.ts).
  * Owns the wire schema and the agent-side accumulator; pure, no I/O.
  *
  * Bin convention (same as scripts/lib/models.ts `referenceBins`): with interior edges e[0..K-1],
@@ -157,7 +158,7 @@ export interface DriftAccumulatorOptions {
   features: readonly { name: string; edges: readonly number[] }[];
   /** Names of categorical inputs, in the order `add` receives them. */
   categorical?: readonly string[];
-  /** Number of output classes (labels). */
+  /** Number of output classes: labels; for other tasks see shared/drift/tasks.ts driftClassLabels. */
   classes: number;
   /**
    * Distinguishes this accumulator's lifetime (e.g. the agent's boot epoch) in summary ids, so
@@ -247,15 +248,41 @@ export class DriftAccumulator {
    * unchanged, when the shapes do not match.
    */
   add(features: Float64Array | Float32Array | readonly number[], classification: ClassificationLike, categories?: readonly string[]): void {
+    this.#check(features, classification.index, categories);
+    this.#addInputs(features, categories);
+    this.#classCounts[classification.index] = (this.#classCounts[classification.index] as number) + 1;
+    histAdd(this.#confidence, classification.confidence);
+    histAdd(this.#margin, classification.margin);
+    histAdd(this.#entropy, normalizedEntropy(classification.scores));
+    this.#count++;
+  }
+
+  /**
+   * One reading of a task without top-1 scores (detection, segmentation, regression, anomaly,
+   * embedding; shared/drift/tasks.ts): the numeric features (inputs and `out.*` task outputs,
+   * in feature order) and categorical inputs as in `add`, the reading counted under class
+   * `classIndex`; the confidence / margin / entropy histograms are left alone. Throws BAD_INPUT,
+   * leaving the window unchanged, when the shapes do not match.
+   */
+  addOutcome(features: Float64Array | Float32Array | readonly number[], classIndex: number, categories?: readonly string[]): void {
+    this.#check(features, classIndex, categories);
+    this.#addInputs(features, categories);
+    this.#classCounts[classIndex] = (this.#classCounts[classIndex] as number) + 1;
+    this.#count++;
+  }
+
+  #check(features: ArrayLike<number>, ci: number, categories: readonly string[] | undefined): void {
     const nf = this.#numeric.length;
     if (features.length !== nf) throw new EdgefleetError(ErrorCode.BAD_INPUT, `drift: expected ${nf} numeric values, got ${features.length}`);
-    const ci = classification.index;
     if (!Number.isInteger(ci) || ci < 0 || ci >= this.#classCounts.length) {
       throw new EdgefleetError(ErrorCode.BAD_INPUT, `drift: class index ${ci} outside 0..${this.#classCounts.length - 1}`);
     }
     const nc = this.#categorical.length;
     if ((categories?.length ?? 0) !== nc) throw new EdgefleetError(ErrorCode.BAD_INPUT, `drift: expected ${nc} categorical values`);
+  }
 
+  #addInputs(features: ArrayLike<number>, categories: readonly string[] | undefined): void {
+    const nf = this.#numeric.length;
     for (let i = 0; i < nf; i++) {
       const s = this.#numeric[i] as NumericState;
       const v = features[i] as number;
@@ -270,17 +297,13 @@ export class DriftAccumulator {
       if (v < s.min) s.min = v;
       if (v > s.max) s.max = v;
     }
+    const nc = this.#categorical.length;
     for (let i = 0; i < nc; i++) {
       const m = this.#categorical[i] as Map<string, number>;
       let key = String((categories as readonly string[])[i]).slice(0, 64);
       if (!m.has(key) && m.size >= this.#maxCategories) key = OTHER_CATEGORY;
       m.set(key, (m.get(key) ?? 0) + 1);
     }
-    this.#classCounts[ci] = (this.#classCounts[ci] as number) + 1;
-    histAdd(this.#confidence, classification.confidence);
-    histAdd(this.#margin, classification.margin);
-    histAdd(this.#entropy, normalizedEntropy(classification.scores));
-    this.#count++;
   }
 
   /** The summary of the current window (which must start at the aligned `windowStart`), then reset. */
