@@ -33,6 +33,7 @@ import { AckSchema, CommandResultSchema, CommandSchema, HelloSchema, MAX_PAYLOAD
 import { generateSigningKey, signRelease, verifyRelease } from '../../shared/signing.ts';
 import { CONFIDENCE_BINS, HealthWindowSchema, InstallArgsSchema, LATENCY_EDGES_MS, ModelEventSchema, RollbackArgsSchema } from '../../shared/updates.ts';
 import { MODELS_DIR } from '../helpers/fleet-in-process.ts';
+import { v1 } from '../helpers/manifest-v1.ts';
 import { deepJsonText, deepValue, fuzzBudgetMs, fuzzRun, jsonText, mutateBytes, mutateJson, mutateText, randomBytes, randomJson, rngFor, summaryLine, type Rng } from './gen.ts';
 
 /** Default time budget of this file in `npm test` (FUZZ_SECONDS overrides). */
@@ -45,7 +46,8 @@ const AFTER_CODES: ReadonlySet<string> = new Set([...INPUT_CODES, ErrorCode.CONF
 const HANG_MS = 5000;
 
 const manifest = JSON.parse(readFileSync(join(MODELS_DIR, 'machine-state.manifest.json'), 'utf8')) as Manifest;
-const tabularSpec = manifest.preprocessing.kind === 'tabular' ? manifest.preprocessing : assert.fail('machine-state is tabular');
+const preprocessing = v1(manifest).preprocessing;
+const tabularSpec = preprocessing.kind === 'tabular' ? preprocessing : assert.fail('machine-state is tabular');
 const key = generateSigningKey();
 const signed = signRelease({ counter: 3, manifest, createdAt: '2026-01-02T03:04:05.000Z', target: { group: 'line-1' } }, key);
 const trusted = [{ keyId: key.keyId, publicKeyPem: key.publicKeyPem }];

@@ -17,7 +17,7 @@ import { DriftConfigSchema, DriftMonitor } from '../../agent/drift/drift-monitor
 import { createPipelineMetrics } from '../../agent/metrics.ts';
 import { openLocalModel, type LocalModel } from '../../agent/models/local-models.ts';
 import { Outbox } from '../../agent/outbox/outbox.ts';
-import { Pipeline } from '../../agent/pipeline.ts';
+import { Pipeline, type ClassifierResult } from '../../agent/pipeline.ts';
 import { WorkerPoolEngine } from '../../agent/runtime/pool.ts';
 import { run as baseline } from '../../cli/commands/model-baseline.ts';
 import { REPO_ROOT } from '../../scripts/fleet/processes.ts';
@@ -25,6 +25,7 @@ import { createRng, encodePartPng, imageDriftStats, partDataset, SENSOR_FEATURES
 import { binIndex, DRIFT_STREAM, DriftSummarySchema, type DriftSummary } from '../../shared/drift/summary.ts';
 import { silentLogger } from '../../shared/log.ts';
 import { ManifestSchema } from '../../shared/manifest.ts';
+import { v1 } from '../helpers/manifest-v1.ts';
 
 const log = silentLogger();
 let dir: string;
@@ -103,7 +104,8 @@ void describe('drift summaries from a real pipeline', () => {
     const n = data.x.length;
     assert.equal(summaries.reduce((a, s) => a + s.count, 0), n);
     const refs = m.manifest.drift!.features;
-    const names = m.manifest.preprocessing.kind === 'tabular' ? m.manifest.preprocessing.features.map((f) => f.name) : [];
+    const manifest = v1(m.manifest);
+    const names = manifest.preprocessing.kind === 'tabular' ? manifest.preprocessing.features.map((f) => f.name) : [];
     for (const [k, ref] of refs.entries()) {
       const want = new Array<number>(ref.edges.length + 1).fill(0);
       for (const row of data.x) want[binIndex(ref.edges, row[names.indexOf(ref.name)]!)]!++;
@@ -117,7 +119,8 @@ void describe('drift summaries from a real pipeline', () => {
       assert.deepEqual(got, want, ref.name);
     }
     const classCounts = [0, 0, 0];
-    for (const res of results) classCounts[m.manifest.postprocessing.labels.indexOf(res.label)]!++;
+    // A v1 classifier: every result is a ClassifierResult.
+    for (const res of results) classCounts[manifest.postprocessing.labels.indexOf((res as ClassifierResult).label)]!++;
     assert.deepEqual(summaries.reduce((acc, s) => acc.map((v, i) => v + s.outputs.classCounts[i]!), [0, 0, 0]), classCounts);
     // Every reading's id and raw input are in the sample ring (size 200 > 120).
     assert.deepEqual(r.drift.ring('machine')?.recent().map((x) => x.id).sort(), results.map((x) => x.id).sort());

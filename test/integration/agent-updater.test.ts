@@ -18,6 +18,7 @@ import { generateSigningKey, type SignedRelease } from '../../shared/signing.ts'
 import { ModelEventSchema, type InstallOutcome } from '../../shared/updates.ts';
 import { InProcessFleet, MODELS_DIR, until } from '../helpers/fleet-in-process.ts';
 import { memoryBombModelBytes, segfaultModelBytes } from '../helpers/hostile-models.ts';
+import { v1 } from '../helpers/manifest-v1.ts';
 import { installArgs, ReleaseServer, signedRelease } from '../helpers/release-server.ts';
 
 const DEVICE = 'upd-1';
@@ -218,7 +219,8 @@ describe('agent model updater', () => {
   test('a release whose model fails its manifest test vectors on this device is refused in the validator; the old model keeps serving', async () => {
     // What a canary sees when a model passed at the hub but computes differently here (e.g. int8
     // kernels on another CPU): the signed manifest's expected outputs do not match.
-    const wrong = { ...fp32, testVectors: fp32.testVectors.map((tv) => ({ ...tv, expected: tv.expected.map((v) => v + 1) })) };
+    const fp32v1 = v1(fp32);
+    const wrong = { ...fp32v1, testVectors: fp32v1.testVectors.map((tv) => ({ ...tv, expected: tv.expected.map((v) => v + 1) })) };
     const rel = signedRelease(server.key, wrong, fp32Bytes, { counter: 450, version: '4.5.0' });
     server.add(fp32Bytes);
     await expectRejected(rel, 'validate', /BAD_MODEL/);

@@ -28,6 +28,7 @@ import { silentLogger } from '../../shared/log.ts';
 import { HEALTH_STREAM, HealthWindowSchema } from '../../shared/updates.ts';
 import { mulberry32 } from '../../scripts/lib/rng.ts';
 import { until } from '../helpers/fleet-in-process.ts';
+import { v1 as asV1 } from '../helpers/manifest-v1.ts';
 import { writeTinyLocalModel } from '../helpers/tiny-local-model.ts';
 
 const SWAPS = 10;
@@ -61,9 +62,10 @@ describe('hot swap under load', () => {
     const v1 = await writeTinyLocalModel(dir, { name: 'ms', version: '1.0.0', layers: 2, hidden: 64, seed: 1 });
     const v2 = await writeTinyLocalModel(dir, { name: 'ms', version: '2.0.0', layers: 2, hidden: 64, seed: 2 });
     const good = await writeTinyLocalModel(dir, { name: 'ms', version: '3.0.0-bad', layers: 2, hidden: 64, seed: 3 });
+    const goodManifest = asV1(good.manifest);
     const bad: LocalModel = {
       ...good,
-      manifest: { ...good.manifest, testVectors: good.manifest.testVectors.map((tv) => ({ ...tv, expected: tv.expected.map((x) => x + 1) })) },
+      manifest: { ...goodManifest, testVectors: goodManifest.testVectors.map((tv) => ({ ...tv, expected: tv.expected.map((x) => x + 1) })) },
     };
 
     const log = silentLogger();

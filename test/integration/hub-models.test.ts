@@ -20,6 +20,7 @@ import { silentLogger } from '../../shared/log.ts';
 import { ManifestSchema, type Manifest } from '../../shared/manifest.ts';
 import { verifyRelease, type TrustedKey } from '../../shared/signing.ts';
 import { makeModels } from '../../scripts/make-models.ts';
+import { v1 } from '../helpers/manifest-v1.ts';
 
 interface Model {
   onnx: string;
@@ -147,7 +148,8 @@ describe('hub model registry', () => {
 
   test('a manifest that does not describe its model is refused with the reasons', async () => {
     const ms = models['machine-state']!;
-    const wrong: Manifest = { ...withVersion(ms.manifest, '1.0.1-wrong'), inputs: [{ ...ms.manifest.inputs[0]!, name: 'pixels' }] };
+    const msV1 = v1(ms.manifest);
+    const wrong: Manifest = { ...v1(withVersion(ms.manifest, '1.0.1-wrong')), inputs: [{ ...msV1.inputs[0]!, name: 'pixels' }] };
     const res = await push(wrong, ms.bytes);
     assert.equal(res.status, 422);
     const e = await errorOf(res);
@@ -163,8 +165,8 @@ describe('hub model registry', () => {
     assert.match(c.err(), /part-defect@7\.0\.0 refused: .*input: named features in the model, image in the manifest.*\(HTTP 422 BAD_MODEL\)/);
 
     // Test vectors the model does not reproduce.
-    const tv = ms.manifest.testVectors[0]!;
-    const badVectors: Manifest = { ...withVersion(ms.manifest, '1.0.1-vectors'), testVectors: [{ ...tv, expected: tv.expected.map((x) => x + 1) }] };
+    const tv = msV1.testVectors[0]!;
+    const badVectors: Manifest = { ...v1(withVersion(ms.manifest, '1.0.1-vectors')), testVectors: [{ ...tv, expected: tv.expected.map((x) => x + 1) }] };
     const r2 = await push(badVectors, ms.bytes);
     assert.equal(r2.status, 422);
     assert.match((await errorOf(r2)).message, /test vector 0: value 0 is/);

@@ -15,14 +15,15 @@ import sharp from 'sharp';
 import { preprocessImage } from '../../agent/preprocess/image.ts';
 import type { ImageTensor } from '../../agent/preprocess/image.ts';
 import { ManifestSchema } from '../../shared/manifest.ts';
-import type { ImagePreprocess, Manifest } from '../../shared/manifest.ts';
+import type { ImagePreprocess, ManifestV1 } from '../../shared/manifest.ts';
 import { sessionOptions } from '../../scripts/lib/evaluate.ts';
 import { buildPartDefect } from '../../scripts/lib/models.ts';
 import { makeModels } from '../../scripts/make-models.ts';
 import { createRng, encodePartPng, imageDriftStats, PART_SIZE, partDataset } from '../../scripts/lib/synthetic.ts';
+import { v1 } from '../helpers/manifest-v1.ts';
 
 let dir: string;
-let manifest: Manifest;
+let manifest: ManifestV1;
 let spec: ImagePreprocess;
 let session: ort.InferenceSession;
 // Not make-models' training (111) or held-out (222) seed: images the model has never seen.
@@ -34,7 +35,7 @@ before(async () => {
   const m = made.find((x) => x.name === 'part-defect');
   assert.ok(m, 'make-models built part-defect');
   assert.equal(m.quantization, 'int8-qdq');
-  manifest = ManifestSchema.parse(JSON.parse(await readFile(m.manifestPath, 'utf8')));
+  manifest = v1(ManifestSchema.parse(JSON.parse(await readFile(m.manifestPath, 'utf8'))));
   assert.equal(manifest.preprocessing.kind, 'image');
   if (manifest.preprocessing.kind !== 'image') throw new Error('part-defect has no image preprocessing');
   spec = manifest.preprocessing;

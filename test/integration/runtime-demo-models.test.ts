@@ -12,19 +12,20 @@ import ort from 'onnxruntime-node';
 import { makeModels } from '../../scripts/make-models.ts';
 import { WorkerPoolEngine } from '../../agent/runtime/pool.ts';
 import { checkModelAgainstManifest } from '../../agent/runtime/session-check.ts';
-import { ManifestSchema, type Manifest } from '../../shared/manifest.ts';
+import { ManifestSchema, type ManifestV1 } from '../../shared/manifest.ts';
 import { silentLogger } from '../../shared/log.ts';
 import { mulberry32 as rng } from '../../scripts/lib/rng.ts';
+import { v1 } from '../helpers/manifest-v1.ts';
 
 let dir: string;
 let engine: WorkerPoolEngine;
-const models: Record<string, { onnx: string; manifest: Manifest }> = {};
+const models: Record<string, { onnx: string; manifest: ManifestV1 }> = {};
 
 before(async () => {
   dir = await mkdtemp(join(tmpdir(), 'edgefleet-runtime-demo-'));
   const made = await makeModels({ outDir: dir });
   for (const m of made) {
-    models[m.name] = { onnx: m.onnxPath, manifest: ManifestSchema.parse(JSON.parse(await readFile(m.manifestPath, 'utf8'))) };
+    models[m.name] = { onnx: m.onnxPath, manifest: v1(ManifestSchema.parse(JSON.parse(await readFile(m.manifestPath, 'utf8')))) };
   }
   engine = new WorkerPoolEngine({ log: silentLogger(), workers: 2 });
   await engine.start(new AbortController().signal);

@@ -19,8 +19,9 @@ import { createRng } from '../../scripts/lib/rng.ts';
 import { DRIFT_STREAM, DriftSummarySchema, type ClassificationLike, type DriftSummary } from '../../shared/drift/summary.ts';
 import { silentLogger } from '../../shared/log.ts';
 import { ManifestSchema, type Manifest } from '../../shared/manifest.ts';
+import { v1 } from '../helpers/manifest-v1.ts';
 
-const machine = ManifestSchema.parse(JSON.parse(readFileSync(join(REPO_ROOT, 'models', 'machine-state.manifest.json'), 'utf8')));
+const machine = v1(ManifestSchema.parse(JSON.parse(readFileSync(join(REPO_ROOT, 'models', 'machine-state.manifest.json'), 'utf8'))));
 const WINDOW = 60_000;
 const T0 = 1_700_000_040_000; // a multiple of 60 s
 

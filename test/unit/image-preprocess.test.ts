@@ -61,16 +61,16 @@ void describe('image tensors from known pixels', () => {
   it('rgb NHWC keeps pixels interleaved; a single mean/std applies to every channel', async () => {
     const t = await preprocessImage(spec({ layout: 'NHWC', mean: [0.5], std: [0.5] }), await rawToPng(PIXELS, 2, 2, 3));
     assert.deepEqual(t.dims, [1, 2, 2, 3]);
-    assert.deepEqual(Array.from(t.data), PIXELS.map((p) => Math.fround((p / 255 - 0.5) / 0.5)));
+    assert.deepEqual(Array.from(t.data as Float32Array), PIXELS.map((p) => Math.fround((p / 255 - 0.5) / 0.5)));
   });
 
   it('bgr swaps the channel order, mean/std indexed in tensor (B, G, R) order', async () => {
     const t = await preprocessImage(spec({ colour: 'bgr', layout: 'NHWC', dtype: 'uint8' }), await rawToPng(PIXELS, 2, 2, 3));
-    assert.deepEqual(Array.from(t.data), [0, 0, 255, 0, 255, 0, 255, 0, 0, 30, 20, 10]);
+    assert.deepEqual(Array.from(t.data as Uint8Array), [0, 0, 255, 0, 255, 0, 255, 0, 0, 30, 20, 10]);
     const f = await preprocessImage(spec({ colour: 'bgr', mean: [0, 0, 0.5], std: [1, 1, 0.5] }), await rawToPng(PIXELS, 2, 2, 3));
     // Plane 0 is blue, unscaled; plane 2 is red with mean 0.5 / std 0.5.
-    assert.deepEqual(Array.from(f.data.slice(0, 4)), [0, 0, 1, 30 / 255].map(Math.fround));
-    assert.deepEqual(Array.from(f.data.slice(8, 12)), [1, -1, -1, Math.fround((10 / 255 - 0.5) / 0.5)]);
+    assert.deepEqual(Array.from((f.data as Float32Array).slice(0, 4)), [0, 0, 1, 30 / 255].map(Math.fround));
+    assert.deepEqual(Array.from((f.data as Float32Array).slice(8, 12)), [1, -1, -1, Math.fround((10 / 255 - 0.5) / 0.5)]);
     assert.deepEqual(f.stats.channelMeans, [285 / 4 / 255, 275 / 4 / 255, 265 / 4 / 255]);
   });
 
@@ -79,16 +79,16 @@ void describe('image tensors from known pixels', () => {
     assert.deepEqual(t.dims, [1, 1, 2, 2]);
     assert.equal(t.data.length, 4);
     // Rec. 709 in linear light: pure red is 127, green 220, blue 76 (not 0.299 * 255 = 76 for red).
-    assert.deepEqual(Array.from(t.data.slice(0, 3)), [127, 220, 76]);
+    assert.deepEqual(Array.from((t.data as Uint8Array).slice(0, 3)), [127, 220, 76]);
     assert.equal(t.stats.channelMeans.length, 1);
   });
 
   it('gray from a 1-channel PNG and from an RGBA PNG (alpha removed)', async () => {
     const g = await preprocessImage(spec({ colour: 'gray', dtype: 'uint8' }), await rawToPng([0, 50, 100, 250], 2, 2, 1));
-    assert.deepEqual(Array.from(g.data), [0, 50, 100, 250]);
+    assert.deepEqual(Array.from(g.data as Uint8Array), [0, 50, 100, 250]);
     const rgba = await rawToPng([255, 0, 0, 0, 0, 255, 0, 128, 0, 0, 255, 255, 10, 20, 30, 7], 2, 2, 4);
     const r = await preprocessImage(spec({ layout: 'NHWC', dtype: 'uint8' }), rgba);
-    assert.deepEqual(Array.from(r.data), PIXELS);
+    assert.deepEqual(Array.from(r.data as Uint8Array), PIXELS);
   });
 
   it('uint8 and int8 dtypes are the raw pixels and pixels - 128, mean/std ignored', async () => {
@@ -120,26 +120,26 @@ void describe('fits', () => {
 
   it('contain pads with black, centred', async () => {
     const t = await preprocessImage(gray({ fit: 'contain' }), await white());
-    assert.deepEqual(rows(t.data, 4), [[0, 0, 0, 0], [255, 255, 255, 255], [255, 255, 255, 255], [0, 0, 0, 0]]);
+    assert.deepEqual(rows(t.data as Uint8Array, 4), [[0, 0, 0, 0], [255, 255, 255, 255], [255, 255, 255, 255], [0, 0, 0, 0]]);
     assert.equal(t.stats.brightness, 0.5);
   });
 
   it('inside pads with black at the bottom/right (top-left anchored)', async () => {
     const t = await preprocessImage(gray({ fit: 'inside' }), await white());
-    assert.deepEqual(rows(t.data, 4), [[255, 255, 255, 255], [255, 255, 255, 255], [0, 0, 0, 0], [0, 0, 0, 0]]);
+    assert.deepEqual(rows(t.data as Uint8Array, 4), [[255, 255, 255, 255], [255, 255, 255, 255], [0, 0, 0, 0], [0, 0, 0, 0]]);
   });
 
   it('fill stretches, cover and outside crop to the model size', async () => {
     for (const fit of ['fill', 'cover', 'outside'] as const) {
       const t = await preprocessImage(gray({ fit, width: 2, height: 2 }), await white());
-      assert.deepEqual(Array.from(t.data), [255, 255, 255, 255], fit);
+      assert.deepEqual(Array.from(t.data as Uint8Array), [255, 255, 255, 255], fit);
     }
     // Left half black, right half white, 4×2: cover keeps the centre, outside the top-left.
     const half = await rawToPng([0, 0, 255, 255, 0, 0, 255, 255], 4, 2, 1);
     const cover = await preprocessImage(gray({ fit: 'cover', width: 2, height: 2 }), half);
-    assert.deepEqual(Array.from(cover.data), [0, 255, 0, 255]);
+    assert.deepEqual(Array.from(cover.data as Uint8Array), [0, 255, 0, 255]);
     const outside = await preprocessImage(gray({ fit: 'outside', width: 2, height: 2 }), half);
-    assert.deepEqual(Array.from(outside.data), [0, 0, 0, 0]);
+    assert.deepEqual(Array.from(outside.data as Uint8Array), [0, 0, 0, 0]);
   });
 
   it('auto-orients from EXIF', async () => {
@@ -152,7 +152,7 @@ void describe('fits', () => {
       .toBuffer();
     assert.equal((await sharp(jpg).metadata()).orientation, 6);
     const t = await preprocessImage(gray({ width: 4, height: 8 }), jpg);
-    const r = rows(t.data, 4);
+    const r = rows(t.data as Uint8Array, 4);
     assert.ok(r.slice(0, 3).flat().every((v) => v > 200), JSON.stringify(r));
     assert.ok(r.slice(5).flat().every((v) => v < 50), JSON.stringify(r));
   });

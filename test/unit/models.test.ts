@@ -12,7 +12,7 @@ import { join } from 'node:path';
 import * as ort from 'onnxruntime-node';
 import sharp from 'sharp';
 import { ManifestSchema } from '../../shared/manifest.ts';
-import type { Manifest } from '../../shared/manifest.ts';
+import type { Manifest, ManifestV1 } from '../../shared/manifest.ts';
 import { cachedModels, makeModels, STAMP_FILE } from '../../scripts/make-models.ts';
 import type { MadeModel } from '../../scripts/make-models.ts';
 import { decodeModel, DataType } from '../../scripts/lib/onnx/proto.ts';
@@ -28,19 +28,20 @@ import {
   sensorDataset,
   sensorSample,
 } from '../../scripts/lib/synthetic.ts';
+import { v1 } from '../helpers/manifest-v1.ts';
 
 const NAMES = ['machine-state', 'machine-state-fp32', 'part-defect', 'part-defect-fp32'];
 
 let dir: string;
 let made: MadeModel[];
-const manifests = new Map<string, Manifest>();
+const manifests = new Map<string, ManifestV1>();
 const sessions = new Map<string, ort.InferenceSession>();
 
 before(async () => {
   dir = await mkdtemp(join(tmpdir(), 'edgefleet-models-'));
   made = await makeModels({ outDir: dir, force: true });
   for (const m of made) {
-    manifests.set(m.name, ManifestSchema.parse(JSON.parse(await readFile(m.manifestPath, 'utf8'))));
+    manifests.set(m.name, v1(ManifestSchema.parse(JSON.parse(await readFile(m.manifestPath, 'utf8')))));
     sessions.set(m.name, await ort.InferenceSession.create(m.onnxPath, { intraOpNumThreads: 1 }));
   }
 });

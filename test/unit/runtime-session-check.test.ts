@@ -5,10 +5,11 @@ import { describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { checkModelAgainstManifest } from '../../agent/runtime/session-check.ts';
 import type { ModelHandle } from '../../agent/runtime/engine.ts';
-import { ManifestSchema, type Manifest } from '../../shared/manifest.ts';
+import { ManifestSchema, type ManifestV1 } from '../../shared/manifest.ts';
+import { v1 } from '../helpers/manifest-v1.ts';
 
-function tabularManifest(over: Record<string, unknown> = {}): Manifest {
-  return ManifestSchema.parse({
+function tabularManifest(over: Record<string, unknown> = {}): ManifestV1 {
+  return v1(ManifestSchema.parse({
     manifestVersion: 1,
     name: 'machine-state',
     version: '1.0.0',
@@ -24,11 +25,16 @@ function tabularManifest(over: Record<string, unknown> = {}): Manifest {
     postprocessing: { output: 'logits', labels: ['ok', 'warn', 'fail'] },
     testVectors: [{ input: [1, 2, 3, 4], shape: [1, 4], expected: [0, 0, 0], tolerance: 0.01 }],
     ...over,
-  });
+  }));
 }
 
-function tabularHandle(over: Partial<ModelHandle> = {}): ModelHandle {
-  return {
+/** The handle with `inputs` (what the check reads) being its one primary input (inputName, inputType, inputDims). */
+function oneInput(h: Omit<ModelHandle, 'inputs'>): ModelHandle {
+  return { ...h, inputs: [{ name: h.inputName, type: h.inputType, dims: h.inputDims }] };
+}
+
+function tabularHandle(over: Partial<Omit<ModelHandle, 'inputs'>> = {}): ModelHandle {
+  return oneInput({
     key: 'machine-state@1.0.0',
     path: '/x/machine-state.onnx',
     inputName: 'input',
@@ -39,12 +45,12 @@ function tabularHandle(over: Partial<ModelHandle> = {}): ModelHandle {
     dynamicBatch: true,
     maxBatch: 16,
     ...over,
-  };
+  });
 }
 
-function imageManifest(layout: 'NCHW' | 'NHWC', over: Record<string, unknown> = {}): Manifest {
+function imageManifest(layout: 'NCHW' | 'NHWC', over: Record<string, unknown> = {}): ManifestV1 {
   const shape = layout === 'NCHW' ? ['N', 1, 64, 48] : ['N', 64, 48, 1];
-  return ManifestSchema.parse({
+  return v1(ManifestSchema.parse({
     manifestVersion: 1,
     name: 'part-defect',
     version: '2.0.0',
@@ -57,11 +63,11 @@ function imageManifest(layout: 'NCHW' | 'NHWC', over: Record<string, unknown> = 
     postprocessing: { output: 'logits', labels: ['good', 'defect'] },
     testVectors: [{ input: new Array(64 * 48).fill(0), shape: layout === 'NCHW' ? [1, 1, 64, 48] : [1, 64, 48, 1], expected: [0, 0], tolerance: 0.1 }],
     ...over,
-  });
+  }));
 }
 
 function imageHandle(dims: (number | string)[]): ModelHandle {
-  return {
+  return oneInput({
     key: 'part-defect@2.0.0',
     path: '/x/part-defect.onnx',
     inputName: 'image',
@@ -71,7 +77,7 @@ function imageHandle(dims: (number | string)[]): ModelHandle {
     outputs: [{ name: 'logits', type: 'float32', dims: ['N', 2] }],
     dynamicBatch: true,
     maxBatch: 16,
-  };
+  });
 }
 
 void describe('checkModelAgainstManifest', () => {
@@ -130,7 +136,7 @@ void describe('checkModelAgainstManifest', () => {
     assert.ok(m.some((s) => /height is 64, the model's input dim 2 \(NCHW\) is 48/.test(s)), m.join('\n'));
     assert.ok(m.some((s) => /width is 48, the model's input dim 3 \(NCHW\) is 1/.test(s)), m.join('\n'));
     const dtype = checkModelAgainstManifest(
-      { ...imageHandle(['N', 1, 64, 48]), inputType: 'uint8' },
+      oneInput({ ...imageHandle(['N', 1, 64, 48]), inputType: 'uint8' }),
       imageManifest('NCHW', { inputs: [{ name: 'image', dtype: 'uint8', shape: ['N', 1, 64, 48] }] }),
     );
     assert.deepEqual(dtype, ["preprocessing: produces float32, the model's input is uint8"]);
@@ -138,7 +144,7 @@ void describe('checkModelAgainstManifest', () => {
 
   void test('per-channel mean/std must match the colour channels', () => {
     const base = imageManifest('NCHW');
-    const m = checkModelAgainstManifest(imageHandle(['N', 1, 64, 48]), { ...base, preprocessing: { ...base.preprocessing, mean: [0.1, 0.2] } as Manifest['preprocessing'] });
+    const m = checkModelAgainstManifest(imageHandle(['N', 1, 64, 48]), { ...base, preprocessing: { ...base.preprocessing, mean: [0.1, 0.2] } as ManifestV1['preprocessing'] });
     assert.deepEqual(m, ['preprocessing: mean has 2 values for 1 channel(s)']);
   });
 });

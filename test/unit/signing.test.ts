@@ -5,7 +5,7 @@
 import assert from 'node:assert/strict';
 import { sign } from 'node:crypto';
 import { describe, test } from 'node:test';
-import { ManifestSchema, type Manifest } from '../../shared/manifest.ts';
+import { ManifestSchema, type ManifestV1 } from '../../shared/manifest.ts';
 import {
   canonicalJson,
   generateSigningKey,
@@ -19,8 +19,9 @@ import {
   type SigningKey,
   type TrustedKey,
 } from '../../shared/signing.ts';
+import { v1 } from '../helpers/manifest-v1.ts';
 
-const manifest: Manifest = ManifestSchema.parse({
+const manifest: ManifestV1 = v1(ManifestSchema.parse({
   manifestVersion: 1,
   name: 'machine-state',
   version: '1.2.3',
@@ -32,7 +33,7 @@ const manifest: Manifest = ManifestSchema.parse({
   preprocessing: { kind: 'tabular', features: [{ name: 'a', mean: 0.5, std: 1.25 }, { name: 'b', mean: -3, std: 2 }, { name: 'c', mean: 1e-7, std: 0.1 }] },
   postprocessing: { output: 'logits', labels: ['ok', 'bad'] },
   testVectors: [{ input: [0.7315, -1.5, 3.25], shape: [1, 3], expected: [0.125, -0.875], tolerance: 0.001 }],
-});
+}));
 const trust = (...keys: SigningKey[]): TrustedKey[] => keys.map((k) => ({ keyId: k.keyId, publicKeyPem: k.publicKeyPem }));
 const body = (counter: number): unknown => ({ counter, manifest, createdAt: '2025-01-02T03:04:05.000Z' });
 /** What travels: JSON text, parsed by the receiver. */
