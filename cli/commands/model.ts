@@ -21,12 +21,15 @@ import type { HubClient } from './http-client.ts';
 const USAGE = `usage: edgefleet model push <file.onnx> --manifest <manifest.json> [--progress] [--json]
        edgefleet model list [--json]
        edgefleet model show <name>@<version> [--json]
+       edgefleet model init <file.onnx> [--out <m.manifest.json>] [...]   (local; see model init --help)
 
 push   uploads a model to the hub's registry. The hub checks the file against the manifest
        (size, sha256, the model's own inputs and outputs, test vectors), signs the release
        (ed25519) and gives it the next release counter.
 list   lists releases, newest first.
 show   one release: manifest summary, counter, signing key.
+init   drafts a manifest v2 from the model itself (inputs, outputs, guessed task and
+       sources, test vectors from a reference run); no hub needed.
 
 Options:
   --manifest <file>    (push) the model's manifest
@@ -209,6 +212,9 @@ function show(argv: string[], io: CliIo): Promise<number> {
   });
 }
 
+/** Loaded on use: the other subcommands need neither the guesser nor sharp. */
+const init = async (argv: string[], io: CliIo): Promise<number> => (await import('./model-init.ts')).run(argv, io);
+
 export function run(argv: string[], io: CliIo): Promise<number> {
-  return runSubcommands(argv, io, { name: 'model', usage: USAGE, commands: { push, list, show } });
+  return runSubcommands(argv, io, { name: 'model', usage: USAGE, commands: { push, list, show, init } });
 }
