@@ -1,8 +1,10 @@
 /**
  * Bare-ORT latency of the manifest-v2 demo models: one session per model (intra-op threads 1,
  * as make-models and a 2-core agent use), each model fed its first test vector (the detector its
- * npz case), warm-up runs, then the median and p90 of `runs` timed session.run calls. No agent
- * code in the loop: this is the model's own cost.
+ * npz case), warm-up runs, then the median and p90 of `runs` timed session.run calls, and the
+ * process CPU time per run (ORT with one intra-op thread computes on the calling thread, so on
+ * a shared, loaded machine this is the figure wall-clock medians inflate least). No agent code
+ * in the loop: this is the model's own cost.
  *
  *   node --import tsx scripts/lib/bench-v2.ts [--models models] [--runs 200] [--threads 1]
  */
@@ -23,6 +25,8 @@ export interface BenchRow {
   medianMs: number;
   p90Ms: number;
   minMs: number;
+  /** Process CPU time (user + system) per run. */
+  cpuMs: number;
 }
 
 function feedsOf(dir: string, name: string): Record<string, ort.Tensor> {
@@ -52,12 +56,14 @@ export async function benchV2(dir: string, runs: number, threads = 1): Promise<B
       const feeds = feedsOf(dir, name);
       for (let i = 0; i < Math.min(50, runs); i++) await session.run(feeds);
       const times: number[] = [];
+      const cpu0 = process.cpuUsage();
       for (let i = 0; i < runs; i++) {
         const t0 = performance.now();
         await session.run(feeds);
         times.push(performance.now() - t0);
       }
-      rows.push({ name, runs, medianMs: quantile(times, 0.5), p90Ms: quantile(times, 0.9), minMs: Math.min(...times) });
+      const cpu = process.cpuUsage(cpu0);
+      rows.push({ name, runs, medianMs: quantile(times, 0.5), p90Ms: quantile(times, 0.9), minMs: Math.min(...times), cpuMs: (cpu.user + cpu.system) / 1000 / runs });
     } finally {
       await session.release();
     }
@@ -69,7 +75,9 @@ async function main(): Promise<void> {
   const { values } = parseArgs({ options: { models: { type: 'string', default: 'models' }, runs: { type: 'string', default: '200' }, threads: { type: 'string', default: '1' } } });
   const rows = await benchV2(resolve(values.models), Number(values.runs), Number(values.threads));
   const fmt = (ms: number): string => (ms < 1 ? `${(ms * 1000).toFixed(0)} µs` : `${ms.toFixed(2)} ms`);
-  for (const r of rows) console.log(`${r.name.padEnd(16)} median ${fmt(r.medianMs).padStart(9)}  p90 ${fmt(r.p90Ms).padStart(9)}  min ${fmt(r.minMs).padStart(9)}  (${r.runs} runs)`);
+  for (const r of rows) {
+    console.log(`${r.name.padEnd(16)} median ${fmt(r.medianMs).padStart(9)}  p90 ${fmt(r.p90Ms).padStart(9)}  min ${fmt(r.minMs).padStart(9)}  cpu/run ${fmt(r.cpuMs).padStart(9)}  (${r.runs} runs)`);
+  }
 }
 
 if (import.meta.url === pathToFileURL(process.argv[1] ?? '').href) {
