@@ -6,7 +6,8 @@
  *   node --import tsx scripts/bench.ts [--repeats 5] [--only pipeline,image,...] [--json] [--quick] [--dir models]
  *
  * Sections: pipeline, image (scripts/bench/inference.ts), outbox (storage.ts), telemetry and
- * broker (transport.ts), models (int8 vs fp32, scripts/bench-models.ts). `--quick` shortens
+ * broker (transport.ts), models (int8 vs fp32, scripts/bench-models.ts), detection (YOLO decode
+ * + NMS vs the model's run, scripts/bench/detection.ts). `--quick` shortens
  * every window for a smoke run: its figures mean nothing. `--json` prints one JSON document
  * ({ machine, options, figures }) instead of the tables. Progress goes to stderr.
  */
@@ -15,6 +16,7 @@ import { resolve } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { parseArgs } from 'node:util';
 import { makeModels } from './make-models.ts';
+import { detectionSection } from './bench/detection.ts';
 import { imageSection, pipelineSection, type SectionOptions } from './bench/inference.ts';
 import { formatSection, formatTargets, type Figure } from './bench/measure.ts';
 import { modelsSection } from './bench/models.ts';
@@ -28,6 +30,7 @@ export const SECTIONS: Record<string, (o: SectionOptions) => Promise<Figure[]>> 
   telemetry: telemetrySection,
   broker: brokerSection,
   models: modelsSection,
+  detection: detectionSection,
 };
 
 export interface Machine {

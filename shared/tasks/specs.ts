@@ -171,15 +171,25 @@ export type ClassificationSpec = z.infer<typeof ClassificationSpecSchema>;
  *  - `ssd`:    `boxes` [1, N, ≥4] deltas against generated `anchors`, `scores` [1, N, C] logits
  *              or probabilities (BlazeFace-like);
  *  - `nms`:    NMS inside the model: `boxes` [1, K, 4], `scores` [1, K], `classes` [1, K]
- *              (optional `count` [1] of valid rows).
+ *              (optional `count` [1] of valid rows);
+ *  - `decoded`: boxes decoded inside the model but no NMS: `boxes` [1, N, ≥4] in `boxFormat`,
+ *              `scores` [1, N, C] (or [1, N] for one label), e.g. UltraFace, SSD exports with
+ *              their box decoding built in.
  * Coordinates are in model-input pixels unless `normalized` (0..1). The agent applies the score
  * threshold, class-aware NMS by IoU (class-agnostic if asked), keeps `maxDetections` and maps
- * boxes back to the original image's pixels (undoing letterbox / resize).
+ * boxes back to the original image's pixels (undoing letterbox / resize). After `nms` it runs
+ * NMS again only when `classAgnostic` (in-model NMS is usually per class).
  */
 export const DetectionSpecSchema = z.object({
   kind: z.literal('detection'),
-  decoder: z.enum(['yolov5', 'yolov8', 'ssd', 'nms']),
+  decoder: z.enum(['yolov5', 'yolov8', 'ssd', 'nms', 'decoded']),
+  /** One per class column of the scores (a background column included, then ignored below). */
   labels: z.array(Label).min(1).max(10_000),
+  /**
+   * Class columns never reported, as MediaPipe's ignore_classes: a background column (UltraFace
+   * and TF Object Detection API SSDs put it at 0), or classes a site does not care about.
+   */
+  ignoreClasses: z.array(z.number().int().nonnegative()).max(10_000).optional(),
   /** yolov5 / yolov8: the prediction tensor; default the first output. */
   output: TensorName.optional(),
   boxes: TensorName.optional(),
