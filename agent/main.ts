@@ -3,6 +3,7 @@
  * in, and runs them as one lifecycle (start in order, stop in reverse). `runAgent` is the
  * process entry (`edgefleet agent --config <file>`); `createAgent` is what tests embed.
  */
+import { releaseFitProblem } from './models/pipeline-fit.ts';
 import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
@@ -36,7 +37,9 @@ import { ModelUpdater } from './updater/updater.ts';
 import { loadTrustedKeys } from './updater/verify.ts';
 import { WorkerPoolEngine } from './runtime/pool.ts';
 
-export const AGENT_VERSION = '0.1.0';
+import { EDGEFLEET_VERSION } from '../shared/version.ts';
+
+export const AGENT_VERSION = EDGEFLEET_VERSION;
 
 export interface Agent {
   readonly config: AgentConfig;
@@ -144,6 +147,7 @@ export function createAgent(config: AgentConfig, deps: { log: Logger; registry?:
           keepVersions: config.updates.keepVersions,
           configManifests,
           models,
+          fits: (manifest) => releaseFitProblem(config.pipelines, manifest, (name) => models.byName(name)?.manifest),
           events: outbox,
           probation,
           onStateChange: () => link.republishHello(),
@@ -160,6 +164,7 @@ export function createAgent(config: AgentConfig, deps: { log: Logger; registry?:
       token: hubToken,
       tls: hubTls,
       keepaliveSeconds: config.hub.keepaliveSeconds,
+      maxPacketBytes: config.hub.maxPacketBytes,
       backoff: config.hub.backoff,
       outbox,
       agentVersion: AGENT_VERSION,

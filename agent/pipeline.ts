@@ -38,7 +38,7 @@ import { preprocessImage, type ImageStats } from './preprocess/image.ts';
 import { classify } from './preprocess/postprocess.ts';
 import { preprocessTabular, ReadingSchema, type Reading } from './preprocess/tabular.ts';
 import type { InferInput } from './runtime/engine.ts';
-import { modelSpec } from '../shared/model-spec.ts';
+import { modelSpec, type ModelSpec } from '../shared/model-spec.ts';
 import type { Task } from '../shared/tasks/specs.ts';
 import { TaskRunner, type PreparedV2 } from './tasks/runner.ts';
 
@@ -99,7 +99,7 @@ export interface ClassifierResult {
  * (agent/postprocess/tasks.ts: label/topK, detections, coverage, values, score/alarm, tensors).
  * `buffered` = a window model took the reading but its window is not full yet.
  */
-export interface TaskResult {
+interface TaskResultBase {
   v: typeof PROTOCOL_VERSION;
   id: string;
   ts: number;
@@ -107,6 +107,11 @@ export interface TaskResult {
   pipeline: string;
   model: { name: string; version: string };
   task: Task;
+  /** A chain's models in order (the result is the last one's). */
+  chain?: { name: string; version: string }[];
+}
+
+export interface TaskResult extends TaskResultBase {
   latencyMs: number;
   inputTs?: number;
   image?: { brightness: number; contrast: number; sharpness: number };
@@ -456,7 +461,6 @@ export class Pipeline implements Component {
   async #inferV2(req: InferRequest, lease: ModelLease, t0: number, extra: Record<string, unknown> | undefined): Promise<{ result: PipelineResult; record: PendingRecord | undefined }> {
     const { config, metrics } = this.d;
     const model = lease.model;
-    const spec = modelSpec(model.manifest);
     const stages = [model];
     const leases: ModelLease[] = [];
     let prepared: PreparedV2;
@@ -492,15 +496,19 @@ export class Pipeline implements Component {
       if (e.code !== ErrorCode.ABORTED && e.code !== ErrorCode.INTERNAL && e.code !== ErrorCode.BAD_MANIFEST && e.code !== ErrorCode.UNAVAILABLE) this.#reject(e);
       throw e;
     }
-    const base = {
+    // A chain's result is the last model's: its task, its name and version; `chain` lists every stage.
+    const final = stages[stages.length - 1]!;
+    const finalSpec = modelSpec(final.manifest);
+    const base: TaskResultBase = {
       v: PROTOCOL_VERSION,
       id,
       ts: Date.now(),
       deviceId: this.d.deviceId,
       pipeline: config.name,
-      model: { name: model.manifest.name, version: model.manifest.version },
-      task: spec.task,
-    } as const;
+      model: { name: final.manifest.name, version: final.manifest.version },
+      task: finalSpec.task,
+      ...(stages.length > 1 ? { chain: stages.map((m) => ({ name: m.manifest.name, version: m.manifest.version })) } : {}),
+    };
     if (prepared.buffered) {
       for (const l of leases) l.release();
       return { result: { ...base, latencyMs: 0, buffered: true }, record: undefined };
@@ -515,6 +523,31 @@ export class Pipeline implements Component {
       this.#recentIds.add(id);
       if (this.#recentIds.size > config.stream.dedupeIds) this.#recentIds.delete(this.#recentIds.values().next().value as string);
     }
+    // A chunk of samples may complete several windows: each is run in order (a stateful model
+    // must see every frame), published, and recorded; the last one is the request's answer.
+    const windows: Extract<PreparedV2, { buffered: false }>[] = [...(prepared.earlier ?? []).map((w) => ({ ...prepared, ...w, earlier: undefined })), prepared];
+    const ctx = { model: final, spec: finalSpec, base, id, inputTs, dedupe, req, t0, extra };
+    try {
+      for (const [k, w] of windows.entries()) {
+        const out = await this.#runOne(stages, w, k === windows.length - 1 ? ctx : { ...ctx, id: `${id}#${k}`, base: { ...base, id: `${id}#${k}` }, dedupe: false });
+        if (k === windows.length - 1) return out;
+        if (out.record) await this.d.sink.append(out.record.stream, out.record.kind, out.record.body, out.record.ts);
+      }
+      throw new EdgefleetError(ErrorCode.INTERNAL, 'no window to run');
+    } finally {
+      lease.release();
+      for (const l of leases) l.release();
+    }
+  }
+
+  /** Runs one prepared input through the stages, then health, drift, publish and the record (v2). */
+  async #runOne(
+    stages: LocalModel[],
+    prepared: Extract<PreparedV2, { buffered: false }>,
+    ctx: { model: LocalModel; spec: ModelSpec; base: TaskResultBase; id: string; inputTs: number | undefined; dedupe: boolean; req: InferRequest; t0: number; extra: Record<string, unknown> | undefined },
+  ): Promise<{ result: PipelineResult; record: PendingRecord | undefined }> {
+    const { config, metrics } = this.d;
+    const { model, spec, base, id, inputTs, dedupe } = ctx;
     let run;
     try {
       run = await this.#runner.run(stages, prepared, { topK: config.topK, thresholds: config.thresholds });
@@ -526,9 +559,6 @@ export class Pipeline implements Component {
       else this.#logFailure(e);
       if (!NOT_THE_MODELS_FAULT.has(e.code)) this.d.health?.record(model.manifest.name, model.manifest.version, { ok: false, classes: spec.labels.length });
       throw e;
-    } finally {
-      lease.release();
-      for (const l of leases) l.release();
     }
     if (run.buffered) return { result: { ...base, latencyMs: 0, buffered: true }, record: undefined };
     const o = run.outcome;
@@ -540,9 +570,9 @@ export class Pipeline implements Component {
       ...(spec.task !== 'classification' ? { spec, values: o.values } : {}),
     });
     if (spec.task === 'classification' && o.classIndex !== undefined) {
-      const c = { label: spec.labels[o.classIndex] ?? '', index: o.classIndex, confidence: o.confidence ?? 0, margin: o.values['margin'] ?? 0, scores: [] };
-      this.d.drift?.record(config.name, model.manifest, prepared.raw ?? prepared.stats, c, req, id, base.ts);
-    } else if (spec.task !== 'classification') this.d.drift?.recordTask(config.name, model.manifest, prepared.raw ?? prepared.stats, o, req, id, base.ts);
+      const c = { label: spec.labels[o.classIndex] ?? '', index: o.classIndex, confidence: o.confidence ?? 0, margin: o.values['margin'] ?? 0, scores: o.scores ?? [] };
+      this.d.drift?.record(config.name, model.manifest, prepared.raw ?? prepared.stats, c, ctx.req, id, base.ts);
+    } else if (spec.task !== 'classification') this.d.drift?.recordTask(config.name, model.manifest, prepared.raw ?? prepared.stats, o, ctx.req, id, base.ts);
     const latencyMs = Math.round(run.engineMs * 1000) / 1000;
     const result: TaskResult = { ...base, ...o.fields, latencyMs };
     if (inputTs !== undefined) result.inputTs = inputTs;
@@ -552,7 +582,7 @@ export class Pipeline implements Component {
     if (prepared.window) result.window = prepared.window.firstId === undefined ? { firstTs: prepared.window.firstTs, lastTs: prepared.window.lastTs } : { ...prepared.window };
     this.d.publisher.publish(this.outputTopic, JSON.stringify(result), { qos: config.output.qos });
     this.#okCounter(model).inc();
-    this.#latency.observe((performance.now() - t0) / 1000);
+    this.#latency.observe((performance.now() - ctx.t0) / 1000);
     const record: PendingRecord | undefined = config.output.telemetry
       ? {
           stream: INFERENCE_STREAM,
@@ -567,9 +597,11 @@ export class Pipeline implements Component {
             ...o.record,
             latencyMs,
             inputTs: inputTs ?? null,
-            source: req.source ?? null,
+            source: ctx.req.source ?? null,
             ...(result.image ? { image: result.image } : {}),
-            ...extra,
+            ...(result.window ? { window: result.window } : {}),
+            ...(result.chain ? { chain: result.chain } : {}),
+            ...ctx.extra,
           },
         }
       : undefined;

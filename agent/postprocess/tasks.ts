@@ -28,6 +28,8 @@ export interface TaskOutcome {
   confidence?: number;
   /** Scalar outputs by name (score, count, rul, ...): what drift and KPIs count per task. */
   values: Record<string, number>;
+  /** Classification: every class probability, for the drift entropy histogram (never published). */
+  scores?: number[];
 }
 
 export interface PostprocessContext {
@@ -78,6 +80,7 @@ export function classification(p: ClassificationSpec, ctx: PostprocessContext): 
     classIndex: best,
     confidence,
     values: { confidence, margin },
+    scores,
   };
 }
 

@@ -39,11 +39,17 @@ export class RowWindow {
   #head = 0;
   #sinceEmit = 0;
 
+  readonly #scale: number;
+  readonly #offset: number;
+
   constructor(
     readonly spec: InputSpecV2,
     frames: number,
     hop: number,
+    affine: { scale: number; offset: number } = { scale: 1, offset: 0 },
   ) {
+    this.#scale = affine.scale;
+    this.#offset = affine.offset;
     const n = elements(concreteDims(spec));
     if (frames < 1 || n % frames !== 0) throw new EdgefleetError(ErrorCode.BAD_MANIFEST, `input ${spec.name}: ${n} elements do not split into ${frames} frames`);
     this.#frames = frames;
@@ -58,8 +64,11 @@ export class RowWindow {
       throw new EdgefleetError(ErrorCode.INFERENCE, `chain: upstream gave ${values.length} values for input ${this.spec.name}, not a whole number of rows of ${this.#row}`);
     }
     const rows = values.length / this.#row;
+    const plain = this.#scale === 1 && this.#offset === 0;
     for (let r = 0; r < rows; r++) {
-      this.#ring.set(values.subarray(r * this.#row, (r + 1) * this.#row), this.#head * this.#row);
+      const at = this.#head * this.#row;
+      if (plain) this.#ring.set(values.subarray(r * this.#row, (r + 1) * this.#row), at);
+      else for (let k = 0; k < this.#row; k++) this.#ring[at + k] = (values[r * this.#row + k] as number) * this.#scale + this.#offset;
       this.#head = (this.#head + 1) % this.#frames;
       if (this.#count < this.#frames) this.#count++;
       this.#sinceEmit++;

@@ -54,6 +54,8 @@ export type PreparedV2 =
       stats?: ImageStats;
       geometry?: ImageGeometry;
       window?: Pick<WindowEmit, 'firstTs' | 'lastTs' | 'firstId' | 'lastId'>;
+      /** Windows the same chunk completed before this one, oldest first: each is run too. */
+      earlier?: { feed: Feed; raw?: Float64Array; window: Pick<WindowEmit, 'firstTs' | 'lastTs' | 'firstId' | 'lastId'> }[];
     };
 
 export interface RunOutcome {
@@ -181,6 +183,7 @@ export class TaskRunner {
     const ts = reading.ts ?? this.#now();
     const samples = (reading as { samples?: number[][] }).samples;
     let emit: WindowEmit | undefined;
+    const emits: WindowEmit[] = [];
     if (samples) {
       // A chunk of consecutive samples (audio frames, a burst from an accelerometer): one ts.
       // Checked whole before any sample enters the window: a chunk refused halfway would leave
@@ -194,18 +197,18 @@ export class TaskRunner {
       }
       for (const values of samples) {
         const e = windows.push(key, { ts, values, id: reading.id });
-        if (e) emit = e;
+        if (e) emits.push(e);
       }
+      emit = emits.pop();
     } else emit = windows.push(key, { ts, values: readingValues(p.source, reading), id: reading.id });
     if (!emit) return { buffered: true, stream: key, have: 0, need: p.source.size };
-    const dims = emit.dims.length === p.shape.length ? emit.dims : concreteDims(p);
-    return {
-      buffered: false,
-      stream: key,
-      feed: { data: p.dtype === 'float32' ? emit.data : toTensorData(p.dtype, emit.data), dims },
-      raw: emit.raw.mean,
-      window: { firstTs: emit.firstTs, lastTs: emit.lastTs, firstId: emit.firstId, lastId: emit.lastId },
-    };
+    const input = p;
+    const one = (e: WindowEmit): { feed: Feed; raw: Float64Array; window: Pick<WindowEmit, 'firstTs' | 'lastTs' | 'firstId' | 'lastId'> } => ({
+      feed: { data: input.dtype === 'float32' ? e.data : toTensorData(input.dtype, e.data), dims: e.dims.length === input.shape.length ? e.dims : concreteDims(input) },
+      raw: e.raw.mean,
+      window: { firstTs: e.firstTs, lastTs: e.lastTs, firstId: e.firstId, lastId: e.lastId },
+    });
+    return { buffered: false, stream: key, ...one(emit), ...(emits.length ? { earlier: emits.map(one) } : {}) };
   }
 
   /** The model's request input from an encoded image. */
@@ -307,7 +310,7 @@ export class TaskRunner {
         if (!out) throw new EdgefleetError(ErrorCode.BAD_MANIFEST, `model ${model.key}: input ${input.name} takes output ${src.output} of the previous model, which it does not have`);
         let rows = st.rows.get(input.name);
         if (!rows) {
-          rows = new RowWindow(input, src.frames, src.hop);
+          rows = new RowWindow(input, src.frames, src.hop, src);
           st.rows.set(input.name, rows);
         }
         return rows.push(out.data);

@@ -89,6 +89,8 @@ export interface UpdaterOptions {
   /** The config's model manifests; `startupManifests()` says which files to load instead. */
   configManifests: readonly string[];
   models: ModelSwapper;
+  /** Why this device cannot serve a release (agent/models/pipeline-fit.ts), checked before download; undefined = it can. */
+  fits?: (manifest: Manifest) => string | undefined;
   events: { append(stream: string, kind: string, body: Record<string, unknown>): Promise<unknown> };
   /** Called after every change of the reported state (re-publish hello). */
   onStateChange?: () => void;
@@ -290,6 +292,9 @@ export class ModelUpdater implements Component {
       if (verdict.kind === 'refuse') {
         throw new PhaseError('verify', verdict.code, VERIFY_CODES[verdict.code] ?? ErrorCode.FORBIDDEN, verdict.message, verdict.code !== 'FAILED_BEFORE' && verdict.code !== 'REPLAY');
       }
+      const unfit = this.#o.fits?.(m);
+      // Not recorded as a failed release: the same release installs once a pipeline needs it.
+      if (unfit !== undefined) throw new PhaseError('verify', 'NOT_SERVED', ErrorCode.CONFLICT, `release not installed: ${unfit}`.slice(0, 480), false);
       if (!this.#o.hubHttpUrl) {
         throw new PhaseError('download', 'BAD_CONFIG', ErrorCode.BAD_CONFIG, 'hub.httpUrl is not configured: the agent cannot download model artifacts', false);
       }

@@ -140,6 +140,9 @@ export const UpstreamSourceSchema = z.object({
   output: TensorName,
   frames: z.number().int().min(1).max(65_536).default(1),
   hop: z.number().int().min(1).max(65_536).default(1),
+  /** Elementwise x · scale + offset on the way in (openWakeWord's mel → embedding link is x / 10 + 2). */
+  scale: z.number().default(1),
+  offset: z.number().default(0),
 });
 export type UpstreamSource = z.infer<typeof UpstreamSourceSchema>;
 

@@ -46,10 +46,8 @@ import {
   VAD_FRAME,
   wakewordChain,
   type BareSession,
-  type Output,
   type RunFn,
   type SyntheticImage,
-  type Tensor,
 } from '../helpers/third-party-manifests.ts';
 import { ensureThirdPartyModels, type ThirdPartyModel, type ThirdPartyModelId } from '../helpers/third-party-models.ts';
 
@@ -232,6 +230,21 @@ void describe('Silero VAD through the Pipeline (window + constant + h/c state)',
     assert.deepEqual(await h.rejected(), {});
   });
 
+  void test('a chunk that completes several windows runs each of them in order: every frame reaches the state', async () => {
+    const h = await harness('vad-multi', vad);
+    const ref = new BareVad(bare['silero-vad']!.run);
+    const three = speech.subarray(0, 3 * VAD_FRAME);
+    const r = await send(h, 'mic-1', 9_000, three, 'burst');
+    const want: number[] = [];
+    for (let k = 0; k < 3; k++) want.push(await ref.frame(frameOf(three, k)));
+    assert.ok(Math.abs((r['score'] as number) - want[2]!) <= 1e-6, `the answer is the last window's: ${String(r['score'])} vs ${want[2]}`);
+    assert.equal(h.published.length, 3, 'each window is published');
+    const ids = h.published.map((p) => (JSON.parse(p) as { id: string }).id);
+    assert.deepEqual(ids, ['burst#0', 'burst#1', 'burst'], 'earlier windows get the id with #k');
+    const scores = h.published.map((p) => (JSON.parse(p) as { score: number }).score);
+    for (const [k, w] of want.entries()) assert.ok(Math.abs(scores[k]! - w) <= 1e-6, `window ${k}: ${scores[k]} vs ${w}`);
+  });
+
   void test('a ts gap over maxGapMs resets window and state: the next result is a fresh-state run', async () => {
     const h = await harness('vad-gap', vad);
     const ref = new BareVad(bare['silero-vad']!.run);
@@ -248,7 +261,7 @@ void describe('Silero VAD through the Pipeline (window + constant + h/c state)',
     const fresh = new BareVad(bare['silero-vad']!.run);
     const want = await fresh.frame(frameOf(speech, 13));
     const continued = await ref.frame(frameOf(speech, 13));
-    assert.ok(Math.abs((after['score'] as number) - want) <= 1e-6, `after the gap ${after['score']} vs fresh ${want} (continued state: ${continued})`);
+    assert.ok(Math.abs((after['score'] as number) - want) <= 1e-6, `after the gap ${String(after['score'])} vs fresh ${want} (continued state: ${continued})`);
     assert.ok(Math.abs(want - continued) > 1e-3, 'the test frame tells fresh and continued state apart');
     // And it goes on from the fresh state.
     const next = await send(h, 'mic-1', ts + 32, frameOf(speech, 14));
@@ -348,7 +361,7 @@ async function ownStream(runs: { mel: RunFn; embedding: RunFn; head: RunFn }, au
       scores.push(undefined);
       continue;
     }
-    scores.push((await runs.head({ 'x.1': f32([1, OWW.headWindow, OWW.embeddingDim], flat(emb)) }))['53']!.data[0]!);
+    scores.push((await runs.head({ 'x.1': f32([1, OWW.headWindow, OWW.embeddingDim], flat(emb)) }))['53']!.data[0]);
   }
   return scores;
 }
@@ -356,13 +369,13 @@ async function ownStream(runs: { mel: RunFn; embedding: RunFn; head: RunFn }, au
 function flat(parts: readonly Float32Array[]): Float32Array {
   const out = new Float32Array(parts.reduce((n, p) => n + p.length, 0));
   let at = 0;
-  for (const p of parts) (out.set(p, at), (at += p.length));
+  for (const p of parts) {
+    out.set(p, at);
+    at += p.length;
+  }
   return out;
 }
 
-const MISSING_AFFINE =
-  'missing feature: an `upstream` input source has no elementwise transform (openWakeWord needs mel x/10 + 2 between the mel and embedding models); ' +
-  'shared/tasks/specs.ts UpstreamSourceSchema is {output, frames, hop} only';
 
 void describe('openWakeWord mel → embedding → hey_jarvis as a config chain', { skip: skipUnless('oww-melspectrogram', 'oww-embedding', 'oww-hey-jarvis') }, () => {
   let stages: { mel: LocalModel; embedding: LocalModel; head: LocalModel };
@@ -411,7 +424,7 @@ void describe('openWakeWord mel → embedding → hey_jarvis as a config chain',
       }
       assert.equal(r.buffered, undefined, `chunk ${k} should score`);
       assert.equal(typeof r['alarm'], 'boolean', 'the head\'s anomaly fields');
-      worst = Math.max(worst, Math.abs((r['score'] as number) - want[k]!));
+      worst = Math.max(worst, Math.abs((r['score'] as number) - want[k]));
     }
     t.diagnostic(`max |agent - hand loop| ${worst.toExponential(2)}`);
     assert.ok(worst <= 1e-6, `max |difference| ${worst}`);
@@ -428,16 +441,16 @@ void describe('openWakeWord mel → embedding → hey_jarvis as a config chain',
     assert.equal(h.published.length, CHUNKS - 24, 'buffered chunks publish nothing');
   });
 
-  void test(
-    'a chain result names the stage whose task made it (the head: task anomaly, model oww-hey-jarvis)',
-    { todo: 'agent/pipeline.ts #inferV2 builds `task` and `model` from the first stage (mel: task embedding) while the fields are the last stage\'s anomaly score' },
-    async () => {
-      const h = await harness('wake-task', stages.mel, [stages.embedding, stages.head]);
-      const r = (await runChain(h, 'mic-1', 400_000)).at(-1)!;
-      assert.equal(r.task, 'anomaly');
-      assert.equal(r.model.name, 'oww-hey-jarvis');
-    },
-  );
+  void test('a chain result names the stage whose task made it (the head: task anomaly, model oww-hey-jarvis) and lists the chain', async () => {
+    const h = await harness('wake-task', stages.mel, [stages.embedding, stages.head]);
+    const r = (await runChain(h, 'mic-1', 400_000)).at(-1)!;
+    assert.equal(r.task, 'anomaly');
+    assert.equal(r.model.name, 'oww-hey-jarvis');
+    assert.deepEqual(
+      r.chain?.map((c) => c.name),
+      [stages.mel, stages.embedding, stages.head].map((m) => m.manifest.name),
+    );
+  });
 
   void test('two streams keep separate chain row windows', async () => {
     const h = await harness('wake-2', stages.mel, [stages.embedding, stages.head]);
@@ -465,15 +478,30 @@ void describe('openWakeWord mel → embedding → hey_jarvis as a config chain',
       }
       const r = task(await h.pipeline.infer({ kind: 'json', body: { stream: 's', ts: 31 + k * 80, samples: chunk } }));
       if (want[k] === undefined) assert.equal(r.buffered, true, `chunk ${k}`);
-      else assert.ok(Math.abs((r['score'] as number) - want[k]!) <= 1e-6, `chunk ${k}: ${r['score']} vs ${want[k]}`);
+      else assert.ok(Math.abs((r['score'] as number) - want[k]!) <= 1e-6, `chunk ${k}: ${String(r['score'])} vs ${want[k]}`);
     }
     const counted = await h.rejected();
     assert.equal(Object.values(counted).reduce((x, y) => x + y, 0), bad, JSON.stringify(counted));
   });
 
-  void test('with openWakeWord\'s x/10+2 link: the chain\'s scores equal openWakeWord\'s own streaming', { skip: MISSING_AFFINE }, async () => {
-    // When UpstreamSource gains an affine (e.g. `scale`/`offset`), set it on the embedding's input
-    // and compare with ownStream(runs, audio, OWW.melTransform) as above.
+  void test('with openWakeWord\'s x/10+2 link (upstream scale/offset): the chain\'s scores equal openWakeWord\'s own streaming', async () => {
+    const affine = (m: LocalModel): ManifestV2 =>
+      ManifestV2Schema.parse({ ...m.manifest, inputs: (m.manifest as ManifestV2).inputs.map((i) => (i.source.kind === 'upstream' ? { ...i, source: { ...i.source, ...OWW.melTransform } } : i)) });
+    const embedding = await localModel(affine(stages.embedding), cached['oww-embedding']!);
+    const h = await harness('wake-affine', stages.mel, [embedding, stages.head]);
+    const got = await runChain(h, 'mic-1', 500_000);
+    const want = await ownStream(runs, audio, OWW.melTransform);
+    const plain = await ownStream(runs, audio, { scale: 1, offset: 0 });
+    let differs = false;
+    for (const [k, w] of want.entries()) {
+      if (w === undefined) {
+        assert.equal(got[k]!.buffered, true);
+        continue;
+      }
+      assert.ok(Math.abs((got[k]!['score'] as number) - w) <= 1e-6, `chunk ${k}: ${String(got[k]!['score'])} vs ${w}`);
+      if (Math.abs(w - plain[k]!) > 1e-6) differs = true;
+    }
+    assert.ok(differs, 'the transform changes the scores (else this test could not fail)');
   });
 });
 
@@ -537,7 +565,7 @@ if (!skipUnless('ultraface-rfb-320')) {
     const post = ultraManifest.postprocessing;
     if (post.kind !== 'detection') throw new Error('UltraFace manifest is not detection');
     try {
-      decodeDetections(post, r as Record<string, Output>, { inputWidth: 320, inputHeight: 240, srcWidth: 320, srcHeight: 240, scaleX: 1, scaleY: 1, padLeft: 0, padTop: 0 });
+      decodeDetections(post, r, { inputWidth: 320, inputHeight: 240, srcWidth: 320, srcHeight: 240, scaleX: 1, scaleY: 1, padLeft: 0, padTop: 0 });
       ultraDecodable = false;
     } catch (err) {
       ultraDecodable =
@@ -611,7 +639,7 @@ void describe('UltraFace RFB-320 through the Pipeline', { skip: skipUnless('ultr
       const small = await compare(h, m.key, await scaled(face, 160, 120), 160, 120, post);
       const none = await compare(h, m.key, (await flatImage(320, 240)).png, 320, 240, post);
       const d = (same['detections'] as { score: number; box: Record<string, number> }[])[0];
-      t.diagnostic(`640×480: ${big.count} face(s); 320×240: ${same.count} (best ${d?.score} at ${JSON.stringify(d?.box)}); 160×120: ${small.count}; flat wall: ${none.count}`);
+      t.diagnostic(`640×480: ${String(big.count)} face(s); 320×240: ${String(same.count)} (best ${String(d?.score)} at ${JSON.stringify(d?.box)}); 160×120: ${String(small.count)}; flat wall: ${String(none.count)}`);
       assert.ok((same.count as number) >= 1 && (big.count as number) >= 1, 'the drawn face is found');
       assert.equal(none.count, 0, 'nothing on a flat wall');
       // Bad images on the detector: rejected, counted, and the next good one is served.

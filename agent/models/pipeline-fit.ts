@@ -1,0 +1,62 @@
+/**
+ * Whether this device can serve a model release at all (issue #13): some configured pipeline
+ * must run the model (as its `model` or in its `chain`), and feed it what it takes — images to
+ * an image model, JSON readings to a reading or window model; a chain stage must take `upstream`
+ * inputs. A release that fails this is refused at the device before download, with the reason,
+ * instead of being installed, loaded and never used.
+ */
+import type { Manifest } from '../../shared/manifest.ts';
+import { modelSpec } from '../../shared/model-spec.ts';
+import type { PipelineConfig } from '../config.ts';
+
+const requestKind = (m: Manifest): 'image' | 'json' | undefined => {
+  const kind = modelSpec(m).primary?.source.kind;
+  return kind === undefined ? undefined : kind === 'image' ? 'image' : 'json';
+};
+
+/**
+ * What a pipeline's input hands its model: images or JSON readings. An MQTT input without a
+ * `format` took it from the model it started with, so that model's kind is what it feeds.
+ */
+function feeds(p: PipelineConfig, current: Manifest | undefined): 'image' | 'json' | undefined {
+  if (p.input.type === 'folder') return 'image';
+  return p.input.format ?? (current ? requestKind(current) : undefined);
+}
+
+/**
+ * Why no pipeline of `pipelines` can serve `manifest`, or undefined when one can. `current`
+ * gives the model a name serves now (ModelSet.byName), for inputs that took their format from it.
+ */
+export function releaseFitProblem(pipelines: readonly PipelineConfig[], manifest: Manifest, current: (name: string) => Manifest | undefined = () => undefined): string | undefined {
+  const name = manifest.name;
+  const users = pipelines.filter((p) => p.model === name || p.chain.includes(name));
+  if (users.length === 0) return `no pipeline on this device runs model ${name} (pipelines: ${pipelines.map((p) => `${p.name} → ${[p.model, ...p.chain].join(' → ')}`).join(', ') || 'none'})`;
+  const spec = modelSpec(manifest);
+  const problems: string[] = [];
+  for (const p of users) {
+    if (p.model === name) {
+      const kind = spec.primary?.source.kind;
+      if (!kind) {
+        problems.push(`pipeline ${p.name} feeds ${name} its requests, but ${name}@${manifest.version} has no image, reading or window input`);
+        continue;
+      }
+      const wants = kind === 'image' ? 'image' : 'json';
+      const given = feeds(p, current(p.model));
+      if (given !== undefined && given !== wants) {
+        problems.push(`pipeline ${p.name} feeds ${given === 'image' ? 'images' : 'JSON readings'}, ${name}@${manifest.version} takes ${kind === 'image' ? 'images' : `${kind}s of JSON readings`}`);
+        continue;
+      }
+      if (manifest.manifestVersion === 1 && p.chain.length) {
+        problems.push(`pipeline ${p.name} chains ${p.chain.join(', ')} after ${name}, which needs a manifest v2 model`);
+        continue;
+      }
+      return undefined;
+    }
+    if (!spec.inputs.some((i) => i.source.kind === 'upstream')) {
+      problems.push(`pipeline ${p.name} runs ${name} after ${[p.model, ...p.chain.slice(0, p.chain.indexOf(name))].join(' → ')}, but ${name}@${manifest.version} has no upstream input`);
+      continue;
+    }
+    return undefined;
+  }
+  return problems.join('; ');
+}
