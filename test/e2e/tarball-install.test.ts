@@ -173,7 +173,9 @@ describe('the npm tarball, installed in a fresh prefix and run as its systemd un
     symlinkSync(join(CHECKOUT, 'node_modules'), join(src, 'node_modules'));
     // Types are not checked again here (a third of the build's CPU): `npm run typecheck` checks
     // this tree, and CI runs it before the tests.
-    const packed = await run('npm', ['pack', '--pack-destination', root], { cwd: src, env: { ...process.env, EDGEFLEET_BUILD_NO_CHECK: '1' }, timeoutMs: 10 * 60_000 });
+    // npm's own variables (set when this runs under `npm test`) would leak the checkout's config.
+    const env: NodeJS.ProcessEnv = Object.fromEntries(Object.entries(process.env).filter(([k]) => !/^npm_/i.test(k) && k !== 'NODE_OPTIONS'));
+    const packed = await run('npm', ['pack', '--pack-destination', root], { cwd: src, env: { ...env, EDGEFLEET_BUILD_NO_CHECK: '1' }, timeoutMs: 10 * 60_000 });
     assert.equal(packed.code, 0, `npm pack: ${packed.stderr.slice(-3000)}`);
     figures['build+pack'] = `${seconds(t0)} s`;
     const tgz = readdirSync(root).find((f) => f.endsWith('.tgz'));
@@ -182,7 +184,6 @@ describe('the npm tarball, installed in a fresh prefix and run as its systemd un
     tarFiles = listed.stdout.split('\n').filter(Boolean);
 
     // 2. npm install <tarball> into a fresh prefix, from elsewhere, as an operator would.
-    const env: NodeJS.ProcessEnv = Object.fromEntries(Object.entries(process.env).filter(([k]) => !/^npm_/i.test(k) && k !== 'NODE_OPTIONS'));
     env['ONNXRUNTIME_NODE_INSTALL'] = 'skip'; // README: onnxruntime-node's CUDA download is unreachable
     const bsq = JSON.parse(readFileSync(join(CHECKOUT, 'node_modules', 'better-sqlite3', 'package.json'), 'utf8')) as { version: string };
     if (!FROM_SOURCE) {
