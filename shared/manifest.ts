@@ -226,6 +226,8 @@ export const ManifestV2Schema = z
         for (const k of ['output', 'boxes', 'scores', 'classes', 'count'] as const) named(['postprocessing', k], post[k]);
         if (post.decoder === 'ssd' && (!post.anchors || !post.boxes || !post.scores)) issue(['postprocessing'], 'the ssd decoder needs boxes, scores and anchors');
         if (post.decoder === 'nms' && (!post.boxes || !post.scores)) issue(['postprocessing'], 'the nms decoder needs boxes and scores (and classes for several labels)');
+        if (post.decoder === 'decoded' && (!post.boxes || !post.scores)) issue(['postprocessing'], 'the decoded decoder needs boxes and scores');
+        for (const c of post.ignoreClasses ?? []) if (c >= post.labels.length) issue(['postprocessing', 'ignoreClasses'], `class ${c} is beyond the ${post.labels.length} labels`);
         break;
       case 'regression':
         for (const [k, t] of post.targets.entries()) named(['postprocessing', 'targets', k, 'output'], t.output);

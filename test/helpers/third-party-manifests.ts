@@ -431,8 +431,11 @@ export async function ultraFaceManifest(model: ThirdPartyModel, run: RunFn): Pro
     ],
     postprocessing: {
       kind: 'detection',
-      decoder: 'nms',
-      labels: ['face'],
+      // Boxes decoded in the model, scores [1, N, 2] with a background column, no NMS inside:
+      // the agent thresholds, runs NMS and maps boxes back (agent/postprocess/detection.ts).
+      decoder: 'decoded',
+      labels: ['background', 'face'],
+      ignoreClasses: [0],
       boxes: 'boxes',
       scores: 'scores',
       boxFormat: 'xyxy',
