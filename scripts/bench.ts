@@ -7,7 +7,9 @@
  *
  * Sections: pipeline, image (scripts/bench/inference.ts), outbox (storage.ts), telemetry and
  * broker (transport.ts), models (int8 vs fp32, scripts/bench-models.ts), detection (YOLO decode
- * + NMS vs the model's run, scripts/bench/detection.ts). `--quick` shortens
+ * + NMS vs the model's run, scripts/bench/detection.ts), engine-v2 (batch-1 engine and v2 Pipeline
+ * overhead on the real UltraFace RFB-320, published result sizes, scripts/bench/engine-v2.ts).
+ * `--quick` shortens
  * every window for a smoke run: its figures mean nothing. `--json` prints one JSON document
  * ({ machine, options, figures }) instead of the tables. Progress goes to stderr.
  */
@@ -17,6 +19,7 @@ import { pathToFileURL } from 'node:url';
 import { parseArgs } from 'node:util';
 import { makeModels } from './make-models.ts';
 import { detectionSection } from './bench/detection.ts';
+import { engineV2Section } from './bench/engine-v2.ts';
 import { imageSection, pipelineSection, type SectionOptions } from './bench/inference.ts';
 import { formatSection, formatTargets, type Figure } from './bench/measure.ts';
 import { modelsSection } from './bench/models.ts';
@@ -31,6 +34,7 @@ export const SECTIONS: Record<string, (o: SectionOptions) => Promise<Figure[]>> 
   broker: brokerSection,
   models: modelsSection,
   detection: detectionSection,
+  'engine-v2': engineV2Section,
 };
 
 export interface Machine {
