@@ -10,9 +10,10 @@
  *  1. State: an input and an output of equal dtype and shape whose names pair up (h/hn,
  *     state/stateN, c_in/c_out, past_x/present_x, ...) → the input is fed from that output.
  *  2. The request input: rank 4 with 1, 3 or 4 channels first or last → image (NCHW / NHWC);
- *     rank 3 → window [1, T, F] (or [1, F, T] when F is small and T long); rank 1-2 → reading
- *     (or a one-feature window [1, T] beyond 4096 values); one of them takes the request
- *     (image > window > reading, or --primary).
+ *     rank 3 → window [1, T, F] (or [1, F, T] when F ≤ 8 and T ≥ 16 F); rank 1-2 → reading,
+ *     or a one-feature window [1, T] when the last axis is symbolic or beyond 4096 values; one of
+ *     them takes the request (image > window > reading, or --primary). Symbolic sizes come from
+ *     --dim, else image 640, window 64 (512 for a one-feature window).
  *  3. Small integer or bool inputs, and anything left → constants (zeros unless given).
  *  4. Task, from the outputs that are not state: boxes/scores(/classes) names → detection nms
  *     or ssd (anchors solved from the box count); one [1, 4+C, N] output with N ≫ C → yolov8,
@@ -20,6 +21,8 @@
  *     an output shaped like the request input → anomaly (autoencoder); [1, C, H, W] at the
  *     image's resolution → segmentation; [1, C] → classification (embedding when named so or
  *     C > 10000); [1, 1] → regression; otherwise embedding.
+ *  5. After the reference run (refineWithOutputs): softmax or sigmoid already inside the model,
+ *     and SSD-looking heads whose boxes come out decoded (corner form, 0..1) → decoder nms.
  */
 import { EdgefleetError, ErrorCode } from '../../shared/errors.ts';
 import type { InputSpecV2, TensorDtypeV2, TensorSpecV2 } from '../../shared/manifest.ts';
@@ -41,6 +44,8 @@ export interface GuessOptions {
   constants?: Readonly<Record<string, readonly number[]>>;
   /** Image size assumed where the model's H/W are symbolic. Default 640. */
   defaultImageSize?: number;
+  /** Sizes for symbolic dims, by name (`sequence=512`): used for image and window sizes. */
+  dims?: Readonly<Record<string, number>>;
 }
 
 export interface Guess {
@@ -119,7 +124,8 @@ type Role =
 
 const RANK: Record<Role['kind'], number> = { image: 3, window: 2, reading: 1 };
 
-function roleOf(t: TensorSpecV2): Role | undefined {
+/** `t` with symbolic dims sized where the operator gave sizes; `symbolic` its original shape. */
+function roleOf(t: TensorSpecV2, symbolic: readonly Dim[] = t.shape): Role | undefined {
   const s = t.shape;
   if (!(FLOAT.includes(t.dtype) || t.dtype === 'uint8')) return undefined;
   if (s.length === 4) {
@@ -132,14 +138,15 @@ function roleOf(t: TensorSpecV2): Role | undefined {
   if (t.dtype === 'uint8') return undefined;
   if (s.length === 3) {
     const [, a, b] = s;
-    // [1, F, T]: a few channels over a long time axis (audio, vibration) reads better as FT.
-    if (fixed(a) && a <= 16 && (!fixed(b) || b >= 4 * a)) return { kind: 'window', layout: 'FT', size: b as Dim, features: a };
+    // [1, F, T]: a few channels over a long time axis (audio, vibration, IMU) reads better as FT.
+    if (fixed(a) && a <= 8 && (!fixed(b) || b >= 16 * a)) return { kind: 'window', layout: 'FT', size: b as Dim, features: a };
     if (fixed(b) && b <= 256) return { kind: 'window', layout: 'TF', size: a as Dim, features: b };
     return undefined;
   }
   if (s.length === 2 || s.length === 1) {
     const f = s[s.length - 1];
-    if (fixed(f) && f <= 4096) return { kind: 'reading', features: f };
+    // A symbolic last axis is time (audio samples), even when --dim gave it a size.
+    if (fixed(f) && f <= 4096 && fixed(symbolic[s.length - 1])) return { kind: 'reading', features: f };
     if (s.length === 2) return { kind: 'window', layout: 'T', size: f as Dim, features: 1 };
   }
   return undefined;
@@ -296,9 +303,10 @@ function segmentation(ctx: Context, forced: boolean): TaskSpec | undefined {
     const symbolic = !fixed(h) && !fixed(w) && im && !im.fixedSize;
     if (!scaled && !symbolic && !forced) continue;
     const c = s.length === 4 && fixed(s[1]) ? s[1] : 1;
-    ctx.guessed.push(`segmentation: ${o.name} ${fmt(s)} is a per-pixel map with ${c} class${c === 1 ? '' : 'es'}`);
-    if (c === 1) ctx.check.push('segmentation: one map, thresholded after a sigmoid; use activation probability if the model already outputs 0..1');
-    return { kind: 'segmentation', output: o.name, labels: labelsOf(c), activation: c === 1 ? 'sigmoid' : 'argmax', threshold: 0.5, maxMaskRuns: 0 };
+    const activation = c > 1 ? 'argmax' : /sigmoid|prob|softmax/i.test(o.name) ? 'probability' : 'sigmoid';
+    ctx.guessed.push(`segmentation: ${o.name} ${fmt(s)} is a per-pixel map with ${c} class${c === 1 ? '' : 'es'}${c === 1 ? ` (${activation})` : ''}`);
+    if (c === 1) ctx.check.push('segmentation: one map thresholded at 0.5; set the threshold the model was tuned for');
+    return { kind: 'segmentation', output: o.name, labels: labelsOf(c), activation, threshold: 0.5, maxMaskRuns: 0 };
   }
   return undefined;
 }
@@ -402,9 +410,10 @@ export function guessModel(inputsMeta: readonly TensorMeta[], outputsMeta: reado
 
   // 2. The request input.
   const roles = new Map<string, Role>();
+  const sized = (i: TensorSpecV2): TensorSpecV2 => ({ ...i, shape: i.shape.map((d) => (fixed(d) ? d : (opts.dims?.[d] ?? d))) });
   for (const i of ins) {
     if (state.has(i.name) || opts.constants?.[i.name]) continue;
-    const r = roleOf(i);
+    const r = roleOf(sized(i), i.shape);
     if (r) roles.set(i.name, r);
   }
   let primaryName = opts.primary;
@@ -450,7 +459,7 @@ export function guessModel(inputsMeta: readonly TensorMeta[], outputsMeta: reado
         ...(fixedSize ? {} : { dynamic: { multiple: 32, maxSide: Math.max(w, h) } }),
       };
       source = img;
-      guessed.push(`input ${i.name} ${fmt(i.shape)}: image ${w}x${h} ${colour} ${role.layout}${fixedSize ? '' : ` (symbolic size: dynamic, up to ${Math.max(w, h)})`}`);
+      guessed.push(`input ${i.name} ${fmt(i.shape)}: image ${w}x${h} ${colour} ${role.layout}${fixedSize ? '' : ` (symbolic size: dynamic, up to ${Math.max(w, h)}; --dim sets it)`}`);
       check.push(
         `image ${i.name}: ${i.dtype === 'uint8' ? 'raw 0..255 pixels (scale 1, no mean/std)' : 'pixels scaled to 0..1 with no mean/std'}` +
           (colour === 'gray'
@@ -458,10 +467,11 @@ export function guessModel(inputsMeta: readonly TensorMeta[], outputsMeta: reado
             : `${i.dtype === 'uint8' ? '' : '; ImageNet-trained models usually want mean [0.485, 0.456, 0.406], std [0.229, 0.224, 0.225]'}; check the colour order (rgb or bgr)`),
       );
     } else if (role?.kind === 'window') {
-      const n = fixed(role.size) ? role.size : 64;
+      // A symbolic time axis: an audio frame for one-channel [1, T] input, else 64 readings.
+      const n = fixed(role.size) ? role.size : role.layout === 'T' ? 512 : 64;
       source = { kind: 'window', features: featureNames(role.features, 'channel_'), size: n, hop: n, maxGapMs: 5000, layout: role.layout };
       guessed.push(`input ${i.name} ${fmt(i.shape)}: window of ${n} readings × ${role.features} channel(s), layout ${role.layout}`);
-      check.push(`window ${i.name}: name the channels (channel_0...), their mean/std, the hop (${n}: no overlap) and maxGapMs${fixed(role.size) ? '' : `; the size ${n} is a guess for the symbolic time axis`}`);
+      check.push(`window ${i.name}: name the channels (channel_0...), their mean/std, the hop (${n}: no overlap) and maxGapMs${fixed(role.size) ? '' : `; the size ${n} is a guess for the symbolic time axis (--dim ${String(role.size)}=<n> sets it)`}`);
     } else if (role?.kind === 'reading') {
       source = { kind: 'reading', features: featureNames(role.features, 'feature_') };
       guessed.push(`input ${i.name} ${fmt(i.shape)}: reading of ${role.features} feature(s)`);
@@ -502,31 +512,80 @@ export function guessModel(inputsMeta: readonly TensorMeta[], outputsMeta: reado
   return { task: post.kind, inputs, outputs, postprocessing: post, guessed, check };
 }
 
-/**
- * Refines a guess with what the reference run produced: a classifier whose every row is
- * already a probability distribution is `probabilities`, not `logits` (softmax twice would
- * flatten its scores). Only when the output's name said nothing.
- */
-export function refineWithOutputs(g: Guess, outputs: ReadonlyMap<string, { dims: readonly number[]; values: ArrayLike<number> }[]>): void {
-  const p = g.postprocessing;
-  if (p.kind !== 'classification' || p.activation !== 'logits' || /logit/i.test(p.output ?? '')) return;
-  const runs = outputs.get(p.output ?? g.outputs[0]?.name ?? '');
-  if (!runs?.length) return;
-  const c = p.labels.length;
-  const isDistribution = runs.every(({ values }) => {
-    for (let r = 0; r + c <= values.length; r += c) {
+type Runs = ReadonlyMap<string, { dims: readonly number[]; values: ArrayLike<number> }[]>;
+
+const allWithin = (runs: Runs, name: string | undefined, lo: number, hi: number): boolean => {
+  const r = name === undefined ? undefined : runs.get(name);
+  if (!r?.length) return false;
+  return r.every(({ values }) => {
+    for (let i = 0; i < values.length; i++) if (!((values[i] as number) >= lo && (values[i] as number) <= hi)) return false;
+    return values.length > 0;
+  });
+};
+
+/** Whether every row of `c` values sums to 1 within 1e-3, all in 0..1: a softmax's output. */
+function rowsAreDistributions(runs: Runs, name: string | undefined, c: number): boolean {
+  const r = name === undefined ? undefined : runs.get(name);
+  if (!r?.length || c < 2) return false;
+  return r.every(({ values }) => {
+    if (values.length < c || values.length % c !== 0) return false;
+    for (let row = 0; row < values.length; row += c) {
       let sum = 0;
-      for (let k = r; k < r + c; k++) {
+      for (let k = row; k < row + c; k++) {
         const v = values[k] as number;
         if (!(v >= 0 && v <= 1)) return false;
         sum += v;
       }
       if (Math.abs(sum - 1) > 1e-3) return false;
     }
-    return values.length >= c;
+    return true;
   });
-  if (isDistribution) {
-    p.activation = 'probabilities';
-    g.guessed.push(`classification: every reference row of ${p.output} sums to 1, so the model already outputs probabilities (softmax inside)`);
+}
+
+/** Whether every [.., 4] row reads as corner-form boxes (x2 ≥ x1, y2 ≥ y1) within about 0..1. */
+function decodedCornerBoxes(runs: Runs, name: string | undefined): boolean {
+  const r = name === undefined ? undefined : runs.get(name);
+  if (!r?.length) return false;
+  return r.every(({ dims, values }) => {
+    if (dims.at(-1) !== 4 || values.length === 0) return false;
+    for (let i = 0; i < values.length; i += 4) {
+      const [x1, y1, x2, y2] = [values[i], values[i + 1], values[i + 2], values[i + 3]] as number[];
+      if (!(x2! >= x1! && y2! >= y1! && x1! >= -0.5 && y1! >= -0.5 && x2! <= 1.5 && y2! <= 1.5)) return false;
+    }
+    return true;
+  });
+}
+
+/**
+ * Refines a guess with what the reference run produced (values the metadata cannot show):
+ *  - a classifier whose every row already sums to 1 is `probabilities`, not `logits` (softmax
+ *    twice would flatten its scores), unless its output's name says logits;
+ *  - a one-map segmentation already within 0..1 is `probability` (a sigmoid inside the graph);
+ *  - an ssd guess whose "deltas" are corner-form boxes within 0..1 on every row is a model that
+ *    decodes its own anchors (UltraFace): decoder nms, xyxy, normalized, scores as given;
+ *  - a single value within 0..1 is probably a score: the check list says how to threshold it.
+ */
+export function refineWithOutputs(g: Guess, runs: Runs): void {
+  const p = g.postprocessing;
+  if (p.kind === 'classification' && p.activation === 'logits' && !/logit/i.test(p.output ?? '')) {
+    if (rowsAreDistributions(runs, p.output ?? g.outputs[0]?.name, p.labels.length)) {
+      p.activation = 'probabilities';
+      g.guessed.push(`classification: every reference row of ${p.output} sums to 1, so the model already outputs probabilities (softmax inside)`);
+    }
+  }
+  if (p.kind === 'segmentation' && p.activation === 'sigmoid' && allWithin(runs, p.output, 0, 1)) {
+    p.activation = 'probability';
+    g.guessed.push(`segmentation: ${p.output} stayed within 0..1 on the reference inputs, so the sigmoid is inside the model (activation probability)`);
+  }
+  if (p.kind === 'detection' && p.decoder === 'ssd' && decodedCornerBoxes(runs, p.boxes)) {
+    const softmax = rowsAreDistributions(runs, p.scores, p.labels.length);
+    const { anchors: _a, deltaScale: _d, ...rest } = p;
+    g.postprocessing = { ...rest, decoder: 'nms', boxFormat: 'xyxy', normalized: true, scoreActivation: softmax ? 'none' : p.scoreActivation };
+    g.guessed.push(`detection: ${p.boxes} holds corner-form boxes within 0..1 on every reference row, so the model decodes its own anchors: decoder nms, xyxy, normalized`);
+    g.check = g.check.filter((c) => !c.startsWith('ssd'));
+    if (softmax) g.check.push(`detection: ${p.scores} rows sum to 1 (softmax over ${p.labels.length} columns); if column 0 is the background, say so in the labels`);
+  }
+  if (p.kind === 'regression' && p.targets.length === 1 && allWithin(runs, p.targets[0]?.output, 0, 1)) {
+    g.check.push(`${p.targets[0]?.output} stayed within 0..1: if it is a probability or score, use task anomaly with a threshold (the schema's one-score-against-a-threshold task)`);
   }
 }

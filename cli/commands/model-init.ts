@@ -42,7 +42,7 @@ import { INIT_READY_LINE, INIT_RESULT_PREFIX, InitResultSchema, type InitRequest
 
 const USAGE = `usage: edgefleet model init <file.onnx> [--name <n>] [--version 1.0.0] [--out <m.manifest.json>]
                            [--image <sample.jpg>]... [--task <task>] [--primary <input>]
-                           [--constant <input>=v1,v2,...]... [--tolerance <t>]
+                           [--constant <input>=v1,v2,...]... [--dim <name>=<n>]... [--tolerance <t>]
                            [--quantization fp32|fp16|int8-qdq|int8-qoperator]
                            [--vectors-inline-max <elements>] [--force] [--json]
 
@@ -61,6 +61,9 @@ thresholds, input scaling) before pushing it with 'edgefleet model push'.
   --task <task>              ${TASKS.join(', ')} (default: guessed)
   --primary <input>          the input that takes the request, when several could
   --constant <input>=<v,...> values of a constant input (default zeros), e.g. --constant sr=16000
+  --dim <name>=<n>           size of a symbolic dim for the reference run and the drafted
+                             sources, e.g. --dim sequence=512 (default: image 640, window 64,
+                             one-channel window 512, anything else 1)
   --tolerance <t>            max absolute difference per element (default from the quantization
                              and the output magnitude)
   --quantization <q>         default: guessed from the operators in the file
@@ -96,6 +99,8 @@ export interface ModelInitOptions {
   task?: Task;
   primary?: string;
   constants?: Record<string, number[]>;
+  /** Sizes of symbolic dims for the reference run and the drafted sources (`sequence: 512`). */
+  dims?: Record<string, number>;
   tolerance?: number;
   quantization?: Quantization;
   vectorsInlineMax?: number;
@@ -283,8 +288,8 @@ function rng(seed: number): () => number {
 }
 const seedOf = (s: string): number => createHash('sha256').update(s).digest().readUInt32LE(0);
 
-/** The concrete dims a case feeds: symbolic batch 1, image H/W and window length from the source. */
-function feedDims(spec: InputSpecV2): number[] {
+/** The concrete dims a case feeds: image H/W and window length from the source, then --dim, else 1. */
+function feedDims(spec: InputSpecV2, dims: Readonly<Record<string, number>> = {}): number[] {
   const src = spec.source;
   return spec.shape.map((d, i) => {
     if (typeof d === 'number') return d;
@@ -294,7 +299,7 @@ function feedDims(spec: InputSpecV2): number[] {
       if (i === hAt + 1) return src.width;
     }
     if (src.kind === 'window' && i === (src.layout === 'FT' ? 2 : 1)) return src.size;
-    return 1;
+    return Object.hasOwn(dims, d) ? (dims[d] as number) : 1;
   });
 }
 
@@ -318,8 +323,8 @@ function fromNumbers(dtype: TensorDtypeV2, values: ArrayLike<number>): TensorDat
 }
 
 /** Synthetic values for one input of one case: pixels for images, k/64 in [-2, 2] for readings. */
-function syntheticInput(spec: InputSpecV2, k: number): RecordedTensor {
-  const dims = feedDims(spec);
+function syntheticInput(spec: InputSpecV2, k: number, symbolic: Readonly<Record<string, number>> = {}): RecordedTensor {
+  const dims = feedDims(spec, symbolic);
   const n = dims.reduce((a, b) => a * b, 1);
   const src = spec.source;
   const rand = rng(seedOf(`${k}:${spec.name}`));
@@ -484,7 +489,7 @@ export async function modelInit(opts: ModelInitOptions): Promise<ModelInitResult
   const nonTensor = [...meta.inputs, ...meta.outputs].find((t) => t.type === 'non-tensor');
   if (nonTensor) throw fail(`${nonTensor.name} is not a tensor (a sequence or map); manifest v2 describes tensors only`);
 
-  const guess = guessModel(meta.inputs, meta.outputs, { task: opts.task, primary: opts.primary, constants: opts.constants });
+  const guess = guessModel(meta.inputs, meta.outputs, { task: opts.task, primary: opts.primary, constants: opts.constants, dims: opts.dims });
   const primary = guess.inputs.find((i) => ['image', 'reading', 'window'].includes(i.source.kind));
   if (opts.images?.length && primary?.source.kind !== 'image') throw new UsageError(`--image: the model has no image input (${primary ? `${primary.name} is a ${primary.source.kind}` : 'no request input'})`);
 
@@ -495,12 +500,25 @@ export async function modelInit(opts: ModelInitOptions): Promise<ModelInitResult
     const f: Record<string, RecordedTensor> = {};
     for (const spec of guess.inputs) {
       const image = opts.images?.[k];
-      f[spec.name] = image !== undefined && spec === primary ? await imageInput(spec as InputSpecV2 & { source: ImageSource }, image) : syntheticInput(spec, k);
+      f[spec.name] = image !== undefined && spec === primary ? await imageInput(spec as InputSpecV2 & { source: ImageSource }, image) : syntheticInput(spec, k, opts.dims);
     }
     feeds.push(f);
   }
   const chain = Object.fromEntries(guess.inputs.flatMap((i) => (i.source.kind === 'state' ? [[i.name, i.source.output]] : [])));
-  const ref = await runReference({ path: modelPath, cases: feeds.map((f) => ({ feeds: Object.fromEntries(Object.entries(f).map(([n, t]) => [n, wire(t)])) })), chain }, limits, log);
+  const ref = await runReference({ path: modelPath, cases: feeds.map((f) => ({ feeds: Object.fromEntries(Object.entries(f).map(([n, t]) => [n, wire(t)])) })), chain }, limits, log).catch(
+    (err: unknown) => {
+      if (!(err instanceof EdgefleetError) || err.code !== ErrorCode.BAD_MODEL) throw err;
+      // Most failures here are input sizes guessed for symbolic dims or constants left at zero.
+      const fed = Object.entries(feeds[0] ?? {}).map(([n, t]) => `${n} [${t.dims.join(', ')}]`).join(', ');
+      const symbolic = [...new Set(guess.inputs.flatMap((i) => i.shape.filter((d): d is string => typeof d === 'string')))];
+      const zeros = guess.inputs.filter((i) => i.source.kind === 'constant' && !opts.constants?.[i.name]).map((i) => i.name);
+      const hints = [
+        ...(symbolic.length ? [`set symbolic dims with --dim (${symbolic.map((d) => `${d}=<n>`).join(', ')})`] : []),
+        ...(zeros.length ? [`set constants with --constant (${zeros.map((n) => `${n}=...`).join(', ')})`] : []),
+      ];
+      throw new EdgefleetError(ErrorCode.BAD_MODEL, `${err.message} (fed ${fed}${hints.length ? `; ${hints.join('; ')}` : ''})`, { cause: err });
+    },
+  );
   if (ref.cases.length !== caseCount) throw fail(`the reference run returned ${ref.cases.length} cases, ${caseCount} were asked for`);
   const cases: RecordedCase[] = ref.cases.map((c, k) => {
     const outputs: Record<string, RecordedTensor> = {};
@@ -571,6 +589,18 @@ export async function modelInit(opts: ModelInitOptions): Promise<ModelInitResult
 
 // ------------------------------------------------------------------------------ argv
 
+function parseDims(list: readonly string[] | undefined): Record<string, number> | undefined {
+  if (!list?.length) return undefined;
+  const out: Record<string, number> = {};
+  for (const item of list) {
+    const eq = item.lastIndexOf('=');
+    const n = Number(item.slice(eq + 1));
+    if (eq <= 0 || !Number.isInteger(n) || n < 1 || n > 65_536) throw new UsageError(`--dim expects <symbolic dim>=<size 1..65536>, got "${item}"`);
+    out[item.slice(0, eq)] = n;
+  }
+  return out;
+}
+
 function parseConstants(list: readonly string[] | undefined): Record<string, number[]> | undefined {
   if (!list?.length) return undefined;
   const out: Record<string, number[]> = {};
@@ -615,6 +645,7 @@ export async function run(argv: string[], io: CliIo): Promise<number> {
         task: { type: 'string' },
         primary: { type: 'string' },
         constant: { type: 'string', multiple: true },
+        dim: { type: 'string', multiple: true },
         tolerance: { type: 'string' },
         quantization: { type: 'string' },
         'vectors-inline-max': { type: 'string' },
@@ -645,6 +676,7 @@ export async function run(argv: string[], io: CliIo): Promise<number> {
       task: values.task as Task | undefined,
       primary: values.primary,
       constants: parseConstants(values.constant),
+      dims: parseDims(values.dim),
       tolerance: num('tolerance', values.tolerance, (n) => Number.isFinite(n) && n >= 0),
       quantization: values.quantization as Quantization | undefined,
       vectorsInlineMax: num('vectors-inline-max', values['vectors-inline-max'], (n) => Number.isInteger(n) && n >= 0),

