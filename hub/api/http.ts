@@ -17,7 +17,14 @@ export function sendJson(res: ServerResponse, status: number, body: unknown, hea
 export function sendError(res: ServerResponse, err: unknown): EdgefleetError {
   const e = toEdgefleetError(err);
   const status = httpStatusOf[e.code];
-  const message = status >= 500 && e.code !== ErrorCode.STORAGE ? 'internal error' : e.message;
+  // 5xx messages may carry internals (paths, stack lines): a fixed sentence instead, except for
+  // codes whose meaning is the message; the hub's log has the detail.
+  const message =
+    e.code === ErrorCode.PROBE_FAILED
+      ? 'the model probe could not run, so the model was not checked; nothing was stored (see the hub log), retry later'
+      : status >= 500 && e.code !== ErrorCode.STORAGE
+        ? 'internal error'
+        : e.message;
   const retryAfter = e.details?.retryAfterSeconds;
   const headers: Record<string, string> = {
     ...(e.code === ErrorCode.UNAUTHORIZED ? { 'www-authenticate': 'Bearer' } : {}),

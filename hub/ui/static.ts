@@ -18,7 +18,7 @@
 import { createHash } from 'node:crypto';
 import { readdirSync, readFileSync } from 'node:fs';
 import type { IncomingMessage, ServerResponse } from 'node:http';
-import { extname, join } from 'node:path';
+import { basename, extname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { EdgefleetError, ErrorCode } from '../../shared/errors.ts';
 
@@ -58,9 +58,11 @@ export class DashboardAssets {
     } catch {
       names = []; // not installed with the hub: /ui/ answers 404
     }
+    // Compiled to dist/, this module is static.js beside the dashboard's own .js files: never serve it.
+    const self = basename(fileURLToPath(import.meta.url));
     for (const name of names) {
       const type = CONTENT_TYPES[extname(name)];
-      if (!type) continue;
+      if (!type || name === self) continue;
       const body = readFileSync(join(dir, name));
       this.#files.set(name, { body, type, etag: `"${createHash('sha256').update(body).digest('base64url').slice(0, 27)}"` });
     }

@@ -259,6 +259,10 @@ describe('the npm tarball, installed in a fresh prefix and run as its systemd un
     const app = await fetch(`${hub.httpUrl}/ui/app.js`);
     assert.equal(app.status, 200);
     assert.match(app.headers.get('content-type') ?? '', /javascript/);
+    // The compiled server module sits beside the dashboard's files in dist/hub/ui/: not served.
+    const self = await fetch(`${hub.httpUrl}/ui/static.js`);
+    assert.equal(self.status, 404, 'the hub does not serve its own compiled module');
+    await self.body?.cancel();
   });
 
   it('model push: probed at the hub from dist/, outside the checkout, and released', async () => {
