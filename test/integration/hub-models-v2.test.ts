@@ -15,6 +15,7 @@ import { loadHubConfig } from '../../hub/config.ts';
 import { ManifestV2Schema, type ManifestV2 } from '../../shared/manifest.ts';
 import { makeModelsV2 } from '../../scripts/make-models.ts';
 import { silentLogger } from '../../shared/log.ts';
+import { MODELS_DIR } from '../helpers/fleet-in-process.ts';
 
 void describe('hub registry: manifest v2', () => {
   let dir: string;
@@ -34,7 +35,8 @@ void describe('hub registry: manifest v2', () => {
 
   before(async () => {
     dir = await mkdtemp(join(tmpdir(), 'edgefleet-hub-v2-'));
-    for (const m of await makeModelsV2({ outDir: join(dir, 'models') })) {
+    // The repo's models/ (cached by stamp): generating the v2 set costs ~20 s of CPU.
+    for (const m of await makeModelsV2({ outDir: MODELS_DIR })) {
       models[m.name] = { manifest: ManifestV2Schema.parse(JSON.parse(await readFile(m.manifestPath, 'utf8'))), bytes: await readFile(m.onnxPath) };
     }
     const config = loadHubConfig({ env: {}, overrides: { dataDir: join(dir, 'hub'), mqtt: { host: '127.0.0.1', port: 0 }, http: { host: '127.0.0.1', port: 0 } } });
