@@ -1,24 +1,40 @@
 /**
- * `npm run demo [-- --duration 60 --agents 3 --cameras 2 --rate 20 --fps 5 --data <dir> --keep]`
+ * `npm run demo [-- --duration 60 --agents 3 --cameras 2 --rate 10 --fps 2 --line-rate <n> --frames jpeg|png --data <dir> --keep --quiet]`
  *
- * A whole fleet on one machine with no external service: generates the demo models, starts
- * the hub (embedded broker + SQLite) and the agents as separate processes — gateways running the
- * machine-state model on vibration sensors, and camera boxes running the part-defect model on PNG
- * frames — provisions devices, sensors and cameras through the hub's API, runs them, and prints a
- * live fleet summary. On Ctrl-C or after --duration it drains, stops everything cleanly and
- * prints per-device totals.
+ * A whole fleet on one machine with no external service and no download: generates the demo
+ * models (v1 and manifest v2, cached by their stamps), starts the hub (embedded broker + SQLite)
+ * and the agents as separate processes, provisions devices, sensors and cameras through the
+ * hub's API, runs them, and prints a live fleet summary. On Ctrl-C or after --duration it drains,
+ * stops everything cleanly and prints per-device totals and what the models said.
+ *
+ * Sensor gateways (line1-gw<i>) run four pipelines, each fed by its own simulated sensor
+ * (scripts/fleet/sensors.ts, sensors-v2.ts), `stream` = the sensor id:
+ *   vibration  machine-state (v1 classifier)  feature vectors at --rate
+ *   bearing    bearing-anomaly (autoencoder)  a 500 Hz accelerometer in 8-sample chunks; gw2
+ *                                             develops an outer-race fault, gw3 looseness
+ *   spindle    spindle-rul (regression)       a 128-reading burst every 0.5 s; wear rises over the run
+ *   line       line-state (stateful anomaly)  the drive's 1 Hz log replayed at --line-rate; gw1's
+ *                                             drive develops a drag
+ * Camera boxes (line1-cam<i>) run `conveyor`: conveyor-parts (YOLOv8-layout detector) on 640×480
+ * conveyor frames at --fps (scripts/fleet/conveyor-camera.ts); cam2's lamp dims halfway.
+ *
+ * What the models said comes from their results as a dashboard sees them: the demo subscribes
+ * as a `consumer` principal to `edgefleet/v1/+/out/#` (scripts/fleet/results.ts). Counts come
+ * from the agents' Prometheus metrics and the hub's API (inference records stored per device).
  */
 import { mkdirSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { parseArgs } from 'node:util';
-import { makeModels } from './make-models.ts';
+import { makeModels, makeModelsV2 } from './make-models.ts';
 import { writeAgentConfig } from './fleet/agent-config.ts';
 import { hubApi, startHubProcess, type HubInfo } from './fleet/hub-process.ts';
 import { ServiceProcess, REPO_ROOT } from './fleet/processes.ts';
-import { SimulatedCamera } from './fleet/cameras.ts';
 import { SimulatedSensor } from './fleet/sensors.ts';
+import { SimulatedAccelerometer, SimulatedLineDrive, SimulatedSpindle } from './fleet/sensors-v2.ts';
+import { SimulatedConveyorCamera } from './fleet/conveyor-camera.ts';
+import { ResultCollector, type PipelineStats } from './fleet/results.ts';
 import { scrapeCounter } from './fleet/metrics-scrape.ts';
 
 interface DeviceRow {
@@ -30,15 +46,36 @@ interface DeviceRow {
   backlog?: number | null;
 }
 
+interface Source {
+  sent: number;
+  start(): Promise<void>;
+  stop(): Promise<void>;
+}
+
+interface Agent {
+  id: string;
+  proc: ServiceProcess;
+  httpPort: number;
+  /** The simulated sensors and cameras feeding it. */
+  sources: Source[];
+  accelerometer?: SimulatedAccelerometer;
+  spindle?: SimulatedSpindle;
+  drive?: SimulatedLineDrive;
+  camera?: SimulatedConveyorCamera;
+}
+
 const { values } = parseArgs({
   options: {
     duration: { type: 'string' },
     agents: { type: 'string', default: '3' },
     cameras: { type: 'string', default: '2' },
-    rate: { type: 'string', default: '20' },
-    fps: { type: 'string', default: '5' },
+    rate: { type: 'string', default: '10' },
+    fps: { type: 'string', default: '2' },
+    'line-rate': { type: 'string' },
+    frames: { type: 'string', default: 'jpeg' },
     data: { type: 'string' },
     keep: { type: 'boolean', default: false },
+    quiet: { type: 'boolean', default: false },
   },
 });
 const durationS = values.duration ? Number(values.duration) : Infinity;
@@ -46,62 +83,203 @@ const nAgents = Number(values.agents);
 const nCameras = Number(values.cameras);
 const rate = Number(values.rate);
 const fps = Number(values.fps);
-if (!(durationS > 0) || !(nAgents >= 1) || !(nCameras >= 0) || !(rate > 0) || !(fps > 0)) {
-  console.error('usage: npm run demo -- [--duration <s>] [--agents <n>] [--cameras <n>] [--rate <readings/s per sensor>] [--fps <frames/s per camera>] [--data <dir>] [--keep]');
+/** The run the scenario (faults, wear, drag) is laid out over; an open-ended run repeats 120 s. */
+const horizonS = Number.isFinite(durationS) ? durationS : 120;
+/** Readings per line-drive run: 10 minutes of its 1 Hz log, replayed over the horizon. */
+const LINE_STEPS = 600;
+const PIPELINE_ORDER = ['vibration', 'bearing', 'spindle', 'line', 'conveyor'];
+const lineRate = values['line-rate'] ? Number(values['line-rate']) : Math.min(30, Math.max(5, Math.round(LINE_STEPS / horizonS)));
+const frames = values.frames;
+if (!(durationS > 0) || !(nAgents >= 1) || !(nCameras >= 0) || !(rate > 0) || !(fps > 0) || !(lineRate > 0) || (frames !== 'jpeg' && frames !== 'png')) {
+  console.error(
+    'usage: npm run demo -- [--duration <s>] [--agents <gateways>] [--cameras <n>] [--rate <machine-state readings/s>] [--fps <frames/s per camera>] [--line-rate <line readings/s>] [--frames jpeg|png] [--data <dir>] [--keep] [--quiet]',
+  );
   process.exit(2);
 }
 
 const root = values.data ? resolve(values.data) : mkdtempSync(join(tmpdir(), 'edgefleet-demo-'));
 mkdirSync(join(root, 'logs'), { recursive: true });
 const say = (s: string): void => void process.stdout.write(`${s}\n`);
+const modelsDir = join(REPO_ROOT, 'models');
+const manifest = (name: string): { manifest: string } => ({ manifest: join(modelsDir, `${name}.manifest.json`) });
 
-say(`edgefleet demo: ${nAgents} sensor gateways at ${rate} readings/s, ${nCameras} camera boxes at ${fps} frames/s; state and logs in ${root}`);
-const models = await makeModels({ outDir: join(REPO_ROOT, 'models') });
+say(
+  `edgefleet demo: ${nAgents} sensor gateways (machine-state ${rate} readings/s, bearing 500 Hz, spindle 2 bursts/s, line ${lineRate} readings/s), ` +
+    `${nCameras} camera boxes (conveyor-parts, ${fps} frames/s); state and logs in ${root}`,
+);
+const models = await makeModels({ outDir: modelsDir });
 for (const m of models) say(`  model ${m.name}: held-out accuracy ${(m.accuracy * 100).toFixed(1)}%`);
+const modelsV2 = await makeModelsV2({ outDir: modelsDir });
+for (const m of modelsV2) {
+  const k = m.task === 'detection' ? ['precision', 'recall'] : m.task === 'anomaly' ? ['healthyAlarmRate', 'faultyDetectionRate', 'driftDetectionRate'] : ['maeH'];
+  say(`  model ${m.name} (${m.task}): ${k.filter((x) => x in m.metrics).map((x) => `${x} ${m.metrics[x]}`).join(', ')}`);
+}
 
 const hub: HubInfo = await startHubProcess({ dataDir: join(root, 'hub'), logFile: join(root, 'logs', 'hub.log') });
 say(`hub: mqtt ${hub.mqttUrl}, http ${hub.httpUrl}`);
 
-const agents: { id: string; proc: ServiceProcess; httpPort: number }[] = [];
-/** One input source per agent, in the same order: a vibration sensor or a camera. */
-const sensors: (SimulatedSensor | SimulatedCamera)[] = [];
+const agents: Agent[] = [];
+const collector = new ResultCollector();
 let stopping = false;
 let exitCode = 0;
 
 async function shutdown(): Promise<void> {
-  for (const s of sensors) await s.stop().catch(() => undefined);
+  for (const a of agents) for (const s of a.sources) await s.stop().catch(() => undefined);
   // Let the agents finish what they accepted and the hub ack it, then stop them.
   await waitForDrain(10_000);
-  const inferences = new Map<string, number>();
-  for (const a of agents) inferences.set(a.id, await agentInferences(a.httpPort));
+  await sleep(300); // the last results on their way to the consumer
+  const metrics = new Map<string, AgentMetrics | undefined>();
+  for (const a of agents) metrics.set(a.id, await agentMetrics(a.httpPort));
+  await collector.stop().catch(() => undefined);
   const exits = await Promise.all(agents.map((a) => a.proc.stop()));
   const devices = await listDevices().catch(() => [] as DeviceRow[]);
   const storedInferences = new Map<string, number>();
   for (const a of agents) storedInferences.set(a.id, await inferenceRecords(a.id).catch(() => NaN));
   const hubExit = await hub.proc.stop();
   say('\nfinal summary');
-  say(pad(['device', 'inputs sent', 'inferences', 'stored at hub', 'all records', 'duplicates', 'gaps', 'exit']));
+  say(pad(['device', 'inputs sent', 'inferences', 'stored at hub', 'all records', 'duplicates', 'gaps', 'rejected', 'dropped', 'exit']));
   for (const [i, a] of agents.entries()) {
     const d = devices.find((x) => x.id === a.id);
     const e = exits[i]!;
+    const m = metrics.get(a.id);
     say(
       pad([
         a.id,
-        String(sensors[i]?.sent ?? 0),
-        String(inferences.get(a.id) ?? '?'),
+        String(a.sources.reduce((n, s) => n + s.sent, 0)),
+        String(m?.inferences ?? '?'),
         String(storedInferences.get(a.id) ?? '?'),
         String(d?.counters.stored ?? '?'),
         String(d?.counters.duplicates ?? '?'),
         String(d?.counters.gaps ?? '?'),
+        String(m?.rejected ?? '?'),
+        m ? Object.entries(m.dropped).map(([r, n]) => `${n} ${r}`).join(', ') || '0' : '?',
         e.code === 0 ? 'ok' : `${e.code ?? e.signal}`,
       ]),
     );
     if (e.code !== 0) exitCode = 1;
   }
+  say('\nwhat the models said (results received as consumer demo-dashboard)');
+  say(`${'device'.padEnd(12)} ${'pipeline'.padEnd(10)} ${'model'.padEnd(16)} ${'results'.padStart(7)} ${'ms/inf'.padStart(7)}  summary`);
+  for (const a of agents) {
+    for (const s of collector.ofDevice(a.id, PIPELINE_ORDER)) {
+      const ms = s.results ? (s.latencyMsSum / s.results).toFixed(2) : '-';
+      say(`${a.id.padEnd(12)} ${s.pipeline.padEnd(10)} ${s.model.padEnd(16)} ${String(s.results).padStart(7)} ${ms.padStart(7)}  ${finalLine(a, s)}`);
+    }
+    if (collector.ofDevice(a.id, PIPELINE_ORDER).length === 0) say(`${a.id.padEnd(12)} (no results received)`);
+  }
+  if (collector.unparsed) say(`unparsed result messages: ${collector.unparsed}`);
   say(`hub exit: ${hubExit.code === 0 ? 'ok' : String(hubExit.code ?? hubExit.signal)}`);
   if (hubExit.code !== 0) exitCode = 1;
   if (!values.keep && !values.data) rmSync(root, { recursive: true, force: true });
   else say(`state and logs kept in ${root}`);
+}
+
+const pct = (n: number, d: number): string => (d > 0 ? `${((100 * n) / d).toFixed(1)}%` : '-');
+const fmt = (v: number | undefined, digits = 2): string => (v === undefined || !Number.isFinite(v) ? '-' : v.toFixed(digits));
+
+function labelMix(counts: Record<string, number>, total: number): string {
+  return Object.entries(counts)
+    .sort((x, y) => y[1] - x[1])
+    .map(([l, n]) => `${l} ${pct(n, total)}`)
+    .join(' ');
+}
+
+/** One line per pipeline for the final summary, with what the simulation knows to compare. */
+function finalLine(a: Agent, s: PipelineStats): string {
+  switch (s.task) {
+    case 'classification':
+      return labelMix(s.labels, s.results);
+    case 'detection': {
+      let parts = 0;
+      let exact = 0;
+      for (const [id, n] of s.perId) {
+        const truth = a.camera?.truth.get(id) ?? NaN;
+        parts += truth;
+        if (truth === n) exact++;
+      }
+      const perLabel = Object.entries(s.counts).map(([l, n]) => `${l} ${n}`).join(' ');
+      return `${fmt(s.detections / s.results)} detections/frame (${fmt(parts / s.perId.size)} parts in view), count right on ${pct(exact, s.perId.size)} of frames; ${perLabel}`;
+    }
+    case 'anomaly': {
+      const thr = `max score ${fmt(s.maxScore, 3)} / threshold ${fmt(s.threshold, 3)}`;
+      // Times on the sensor's own clock, from the reading ids (`<sensor>-<index>`), not from when results arrived.
+      const index = (id: string | undefined): number => Number(/-(\d+)$/.exec(id ?? '')?.[1] ?? NaN);
+      if (s.pipeline === 'bearing') {
+        const f = a.accelerometer?.opts.fault;
+        const started = a.accelerometer?.faultStartedS;
+        if (!f) return `healthy bearing: alarms ${s.alarms}/${s.results} (${pct(s.alarms, s.results)}); ${thr}`;
+        if (started === undefined) return `alarms ${s.alarms} (${pct(s.alarms, s.results)}); ${f.kind} fault due at ${f.atS.toFixed(1)} s, not reached; ${thr}`;
+        const at = (e: { id: string | undefined }): number => index(e.id) / 500;
+        const before = s.events.filter((e) => at(e) < started);
+        const after = s.events.filter((e) => at(e) >= started);
+        const nb = before.filter((e) => e.alarm).length;
+        const na = after.filter((e) => e.alarm).length;
+        const first = Math.min(...after.filter((e) => e.alarm).map(at));
+        return (
+          `${f.kind} fault from ${started.toFixed(1)} s: alarms ${nb}/${before.length} (${pct(nb, before.length)}) before, ` +
+          `${na}/${after.length} (${pct(na, after.length)}) after${Number.isFinite(first) ? `, first ${(first - started).toFixed(2)} s in` : ''}; ${thr}`
+        );
+      }
+      const drag = a.drive?.opts.drag;
+      if (!drag) return `healthy drive: alarms ${s.alarms}/${s.results} (${pct(s.alarms, s.results)}); ${thr}`;
+      const steps = s.events.filter((e) => index(e.id) < LINE_STEPS);
+      const early = steps.filter((e) => e.alarm && index(e.id) < drag.onset).length;
+      const first = Math.min(...steps.filter((e) => e.alarm && index(e.id) >= drag.onset).map((e) => index(e.id)));
+      return (
+        `drag from log second ${drag.onset} (${(drag.onset / lineRate).toFixed(1)} s): alarms ${early} before it, ${s.alarms - early} after` +
+        (Number.isFinite(first) ? `, first at log second ${first} (${first - drag.onset} s after onset)` : ', none yet') +
+        `; ${thr}`
+      );
+    }
+    case 'regression': {
+      const [name] = Object.keys(s.latest);
+      const unit = name ? (s.latest[name]?.unit ?? '') : '';
+      const sp = a.spindle;
+      if (!name || !sp) return `${name ?? '?'} ${fmt(name ? s.latest[name]?.value : undefined, 1)} ${unit}`;
+      const pairs = s.ids.filter((id) => sp.truth.has(id)).map((id) => [s.perId.get(id)!, sp.truth.get(id)!] as const);
+      const mean = (xs: readonly number[]): number => xs.reduce((x, y) => x + y, 0) / xs.length;
+      const head = pairs.slice(0, 10);
+      const tail = pairs.slice(-10);
+      const mae = mean(pairs.map(([p, t]) => Math.abs(p - t)));
+      return (
+        `${name} (mean of 10 bursts) ${fmt(mean(head.map((x) => x[0])), 0)} → ${fmt(mean(tail.map((x) => x[0])), 0)} ${unit}, ` +
+        `true ${fmt(mean(head.map((x) => x[1])), 0)} → ${fmt(mean(tail.map((x) => x[1])), 0)} ${unit}; MAE ${fmt(mae, 1)} ${unit} over ${pairs.length} bursts`
+      );
+    }
+    default:
+      return `${s.results} results`;
+  }
+}
+
+/** The live line of one device: rates over the last interval, latest values. */
+function liveLine(a: Agent, dtS: number): string {
+  const parts: string[] = [];
+  for (const s of collector.ofDevice(a.id, PIPELINE_ORDER)) {
+    const d = collector.delta(s);
+    switch (s.task) {
+      case 'classification':
+        parts.push(`${s.pipeline} ${labelMix(s.labels, s.results)}`);
+        break;
+      case 'detection':
+        parts.push(`${s.pipeline} ${(d.results / dtS).toFixed(1)} frames/s ${fmt(d.results ? d.detections / d.results : NaN, 1)} det/frame`);
+        break;
+      case 'anomaly':
+        parts.push(
+          s.pipeline === 'line'
+            ? `${s.pipeline} score ${fmt(s.lastScore, 2)}/${fmt(s.threshold, 2)}${s.alarms ? ` ALARMS ${s.alarms}` : ''}`
+            : `${s.pipeline} ${(d.results / dtS).toFixed(0)} win/s alarms ${pct(d.alarms, d.results)}`,
+        );
+        break;
+      case 'regression': {
+        const v = Object.entries(s.latest)[0];
+        parts.push(`${s.pipeline} ${v ? `${v[0].toUpperCase()} ${fmt(v[1].value, 0)} ${v[1].unit ?? ''}` : '-'}`.trimEnd());
+        break;
+      }
+      default:
+        break;
+    }
+  }
+  return `  ${a.id.padEnd(11)} ${parts.join(' | ') || 'no results yet'}`;
 }
 
 async function listDevices(): Promise<DeviceRow[]> {
@@ -115,12 +293,27 @@ async function inferenceRecords(id: string): Promise<number> {
   return d.streamStats.filter((s) => s.stream === 'inference').reduce((a, s) => a + s.count, 0);
 }
 
-async function agentInferences(port: number): Promise<number> {
+interface AgentMetrics {
+  inferences: number;
+  rejected: number;
+  dropped: Record<string, number>;
+}
+
+async function agentMetrics(port: number): Promise<AgentMetrics | undefined> {
   try {
     const text = await (await fetch(`http://127.0.0.1:${port}/metrics`)).text();
-    return scrapeCounter(text, 'edgefleet_agent_inferences_total', { outcome: 'ok' });
+    const dropped: Record<string, number> = {};
+    for (const m of text.matchAll(/^edgefleet_agent_input_dropped_total\{[^}]*reason="([^"]+)"[^}]*\}\s+(\S+)/gm)) {
+      const n = Number(m[2]);
+      if (n > 0) dropped[m[1]!] = (dropped[m[1]!] ?? 0) + n;
+    }
+    return {
+      inferences: scrapeCounter(text, 'edgefleet_agent_inferences_total', { outcome: 'ok' }),
+      rejected: scrapeCounter(text, 'edgefleet_agent_input_rejected_total'),
+      dropped,
+    };
   } catch {
-    return NaN;
+    return undefined;
   }
 }
 
@@ -144,7 +337,7 @@ async function waitForDrain(timeoutMs: number): Promise<void> {
 }
 
 function pad(cols: string[]): string {
-  return cols.map((c, i) => (i === 0 ? c.padEnd(12) : c.padStart(14))).join(' ');
+  return cols.map((c, i) => (i === 0 ? c.padEnd(12) : c.padStart(i === 8 ? 18 : 13))).join(' ');
 }
 
 const onSignal = (): void => {
@@ -156,38 +349,90 @@ process.on('SIGINT', onSignal);
 process.on('SIGTERM', onSignal);
 
 try {
-  const startAgent = async (id: string, token: string, extra?: Record<string, unknown>): Promise<void> => {
-    const config = writeAgentConfig({ dir: join(root, id), deviceId: id, token, mqttUrl: hub.mqttUrl, modelsDir: join(REPO_ROOT, 'models'), extra });
+  const consumer = await hubApi<{ token: string }>(hub, 'POST', '/v1/devices', { id: 'demo-dashboard', kind: 'consumer' });
+  await collector.start({ mqttUrl: hub.mqttUrl, id: 'demo-dashboard', token: consumer.token });
+
+  const startAgent = async (id: string, token: string, extra: Record<string, unknown>): Promise<Omit<Agent, 'sources'>> => {
+    const config = writeAgentConfig({ dir: join(root, id), deviceId: id, token, mqttUrl: hub.mqttUrl, modelsDir, extra });
     const proc = new ServiceProcess(id, ['agent', '--config', config], { logFile: join(root, 'logs', `${id}.log`) });
     const listening = await proc.waitForMsg('http listening', 60_000);
     await proc.waitForMsg('agent running', 60_000);
-    agents.push({ id, proc, httpPort: Number(listening.port) });
+    return { id, proc, httpPort: Number(listening.port) };
   };
+  const sensorFor = async (device: string, id: string): Promise<string> =>
+    (await hubApi<{ token: string }>(hub, 'POST', '/v1/devices', { id, kind: 'sensor', device, group: 'line-1' })).token;
+
+  // The scenario: which gateways' machines go wrong, and when (seconds into the run).
+  const bearingFaults = [undefined, { kind: 'outer_race' as const, atS: 0.35 * horizonS }, { kind: 'looseness' as const, atS: 0.5 * horizonS }];
   for (let i = 1; i <= nAgents; i++) {
     const id = `line1-gw${i}`;
     const dev = await hubApi<{ token: string }>(hub, 'POST', '/v1/devices', { id, group: 'line-1', labels: { site: 'demo', slot: String(i) } });
-    const sensorId = `line1-vib${i}`;
-    const sensor = await hubApi<{ token: string }>(hub, 'POST', '/v1/devices', { id: sensorId, kind: 'sensor', device: id, group: 'line-1' });
-    await startAgent(id, dev.token);
-    sensors.push(new SimulatedSensor({ sensorId, token: sensor.token, deviceId: id, mqttUrl: hub.mqttUrl, input: 'vibration', ratePerSecond: rate, seed: i }));
+    const a = await startAgent(id, dev.token, {
+      models: [manifest('machine-state'), manifest('bearing-anomaly'), manifest('spindle-rul'), manifest('line-state')],
+      pipelines: [
+        { name: 'vibration', model: 'machine-state', input: { type: 'mqtt' } },
+        { name: 'bearing', model: 'bearing-anomaly', input: { type: 'mqtt', format: 'json' } },
+        { name: 'spindle', model: 'spindle-rul', input: { type: 'mqtt', format: 'json' } },
+        { name: 'line', model: 'line-state', input: { type: 'mqtt', format: 'json' } },
+      ],
+    });
+    const conn = { deviceId: id, mqttUrl: hub.mqttUrl };
+    const vib = `line1-gw${i}-vib`;
+    const acc = `line1-gw${i}-acc`;
+    const spn = `line1-gw${i}-spindle`;
+    const drv = `line1-gw${i}-drive`;
+    const fault = bearingFaults[(i - 1) % 3];
+    const accelerometer = new SimulatedAccelerometer({ ...conn, sensorId: acc, token: await sensorFor(id, acc), input: 'bearing', seed: 200 + i, ...(fault ? { fault } : {}) });
+    const spindle = new SimulatedSpindle({ ...conn, sensorId: spn, token: await sensorFor(id, spn), input: 'spindle', seed: 300 + i, periodMs: 500, horizonS, replace: !Number.isFinite(durationS) });
+    const drag = i % 3 === 1 ? { onset: Math.round(0.2 * LINE_STEPS), ramp: Math.round(0.35 * LINE_STEPS), magnitude: 1.3 } : undefined;
+    const drive = new SimulatedLineDrive({ ...conn, sensorId: drv, token: await sensorFor(id, drv), input: 'line', seed: 400 + i, ratePerSecond: lineRate, steps: LINE_STEPS, ...(drag ? { drag } : {}) });
+    const machine = new SimulatedSensor({ ...conn, sensorId: vib, token: await sensorFor(id, vib), input: 'vibration', ratePerSecond: rate, seed: i });
+    agents.push({ ...a, sources: [machine, accelerometer, spindle, drive], accelerometer, spindle, drive });
   }
   for (let i = 1; i <= nCameras; i++) {
     const id = `line1-cam${i}`;
     const dev = await hubApi<{ token: string }>(hub, 'POST', '/v1/devices', { id, group: 'line-1', labels: { site: 'demo', station: `inspect-${i}` } });
-    const cameraId = `line1-cam${i}-lens`;
-    const camera = await hubApi<{ token: string }>(hub, 'POST', '/v1/devices', { id: cameraId, kind: 'sensor', device: id, group: 'line-1' });
-    await startAgent(id, dev.token, {
-      models: [{ manifest: join(REPO_ROOT, 'models', 'part-defect.manifest.json') }],
-      pipelines: [{ name: 'camera', model: 'part-defect', input: { type: 'mqtt', format: 'image' }, thresholds: { defective: 0.7 } }],
+    const a = await startAgent(id, dev.token, {
+      models: [manifest('conveyor-parts')],
+      pipelines: [{ name: 'conveyor', model: 'conveyor-parts', input: { type: 'mqtt', format: 'image' } }],
     });
-    sensors.push(new SimulatedCamera({ sensorId: cameraId, token: camera.token, deviceId: id, mqttUrl: hub.mqttUrl, input: 'camera', framesPerSecond: fps, seed: 100 + i }));
+    const lens = `line1-cam${i}-lens`;
+    const camera = new SimulatedConveyorCamera({
+      deviceId: id,
+      mqttUrl: hub.mqttUrl,
+      sensorId: lens,
+      token: await sensorFor(id, lens),
+      input: 'conveyor',
+      framesPerSecond: fps,
+      seed: 100 + i,
+      format: frames,
+      ...(i === 2 ? { dim: { atS: 0.5 * horizonS, illumination: 0.7 } } : {}),
+    });
+    await camera.prepare();
+    agents.push({ ...a, sources: [camera], camera });
   }
-  for (const s of sensors) await s.start();
-  say(`fleet up: ${agents.length} agents, ${sensors.length} sensors and cameras${Number.isFinite(durationS) ? `, running ${durationS} s` : ', Ctrl-C to stop'}\n`);
+  collector.resetClock();
+  for (const a of agents) for (const s of a.sources) await s.start();
+  const nSources = agents.reduce((n, a) => n + a.sources.length, 0);
+  say(`fleet up: ${agents.length} agents, ${nSources} sensors and cameras${Number.isFinite(durationS) ? `, running ${durationS} s` : ', Ctrl-C to stop'}`);
+  const g = agents.filter((a) => a.accelerometer?.opts.fault || a.drive?.opts.drag || a.camera?.opts.dim);
+  for (const a of g) {
+    const f = a.accelerometer?.opts.fault;
+    const onset = a.drive?.dragOnsetS;
+    const dim = a.camera?.opts.dim;
+    say(
+      `  scenario ${a.id}: ` +
+        [f ? `${f.kind} bearing fault from ${f.atS.toFixed(1)} s` : '', onset !== undefined ? `drive drag from ${onset.toFixed(1)} s` : '', dim ? `lamp dims to ${dim.illumination} from ${dim.atS.toFixed(1)} s` : '']
+          .filter(Boolean)
+          .join(', '),
+    );
+  }
+  say('');
 
   const t0 = Date.now();
   let lastStored = 0;
   let lastT = t0;
+  let lastDetail = t0;
   while (!stopping && Date.now() - t0 < durationS * 1000) {
     await sleep(Math.min(2000, Math.max(50, durationS * 1000 - (Date.now() - t0))));
     const devices = await listDevices().catch(() => undefined);
@@ -199,7 +444,12 @@ try {
     lastT = now;
     const online = devices.filter((d) => d.online).length;
     const lag = (await Promise.all(agents.map((a) => outboxPending(a.httpPort)))).reduce((a, b) => a + b, 0);
+    if (values.quiet) continue;
     say(`[${Math.round((now - t0) / 1000)}s] online ${online}/${devices.length}  records stored/s ${perS.toFixed(1)}  stored ${stored}  telemetry lag ${lag} records`);
+    if (now - lastDetail >= 5000 || now - t0 >= durationS * 1000) {
+      for (const a of agents) say(liveLine(a, (now - lastDetail) / 1000));
+      lastDetail = now;
+    }
   }
   stopping = true;
 } catch (err) {
