@@ -49,12 +49,16 @@ export function drainBounded(req: IncomingMessage, limit: number): void {
   req.resume();
 }
 
-/** Reads the request body up to `maxBytes`; larger bodies fail with PAYLOAD_TOO_LARGE. */
-export async function readBody(req: IncomingMessage, maxBytes: number): Promise<Buffer> {
+/**
+ * Reads the request body up to `maxBytes`; larger bodies fail with PAYLOAD_TOO_LARGE, whose
+ * message ends with `hint` (the setting that sets the cap, what to do instead).
+ */
+export async function readBody(req: IncomingMessage, maxBytes: number, hint?: string): Promise<Buffer> {
+  const tail = hint ? ` (${hint})` : '';
   const declared = Number(req.headers['content-length'] ?? NaN);
   if (Number.isFinite(declared) && declared > maxBytes) {
     req.resume();
-    throw new EdgefleetError(ErrorCode.PAYLOAD_TOO_LARGE, `body of ${declared} bytes exceeds ${maxBytes}`);
+    throw new EdgefleetError(ErrorCode.PAYLOAD_TOO_LARGE, `body of ${declared} bytes exceeds ${maxBytes}${tail}`);
   }
   // Events rather than for-await: leaving a for-await loop early destroys the socket, and the
   // client would see a reset instead of the 413.
@@ -66,7 +70,7 @@ export async function readBody(req: IncomingMessage, maxBytes: number): Promise<
       if (size > maxBytes) {
         req.off('data', onData);
         req.resume(); // drain and drop the rest
-        reject(new EdgefleetError(ErrorCode.PAYLOAD_TOO_LARGE, `body exceeds ${maxBytes} bytes`));
+        reject(new EdgefleetError(ErrorCode.PAYLOAD_TOO_LARGE, `body exceeds ${maxBytes} bytes${tail}`));
         return;
       }
       chunks.push(chunk);
@@ -77,8 +81,8 @@ export async function readBody(req: IncomingMessage, maxBytes: number): Promise<
   });
 }
 
-export async function readJson<S extends z.ZodType>(req: IncomingMessage, schema: S, maxBytes: number): Promise<z.infer<S>> {
-  const body = await readBody(req, maxBytes);
+export async function readJson<S extends z.ZodType>(req: IncomingMessage, schema: S, maxBytes: number, hint?: string): Promise<z.infer<S>> {
+  const body = await readBody(req, maxBytes, hint);
   let raw: unknown;
   try {
     raw = JSON.parse(body.length ? body.toString('utf8') : 'null');

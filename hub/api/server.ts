@@ -537,7 +537,12 @@ export class ApiServer implements Component {
   }
 
   async #announceModel(req: IncomingMessage, res: ServerResponse): Promise<void> {
-    const body = await readJson(req, ModelAnnounceSchema, this.#o.maxManifestBytes);
+    const body = await readJson(
+      req,
+      ModelAnnounceSchema,
+      this.#o.maxManifestBytes,
+      'the manifest cap, hub config models.maxManifestBytes; large test vectors belong in a testVectorsFile (.npz) sidecar',
+    );
     const p = await this.#o.models.announce(body.manifest);
     const path = `/v1/models/${encodeURIComponent(p.name)}/${encodeURIComponent(p.version)}/artifact`;
     sendJson(res, 202, { name: p.name, version: p.version, artifact: { sha256: p.sha256, size: p.size }, upload: { method: 'PUT', path } }, { location: path });

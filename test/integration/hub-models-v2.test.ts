@@ -111,4 +111,24 @@ void describe('hub registry: manifest v2', () => {
     assert.equal(res.status, 422, JSON.stringify(res.body));
     assert.match(res.body.error?.message ?? '', /test vector 0 output score: value 0 is .*, expected .* ± /);
   });
+
+  test('a manifest over the cap is refused with 413 naming the setting and the sidecar', async () => {
+    const config = loadHubConfig({ env: {}, overrides: { dataDir: join(dir, 'hub-small'), mqtt: { host: '127.0.0.1', port: 0 }, http: { host: '127.0.0.1', port: 0 }, models: { maxManifestBytes: 1024 } } });
+    const small = await createHub(config, { log: silentLogger() });
+    await small.start(new AbortController().signal);
+    try {
+      const res = await fetch(`${small.httpUrl}/v1/models`, {
+        method: 'POST',
+        body: JSON.stringify({ manifest: models['line-state']!.manifest }),
+        headers: { 'content-type': 'application/json', authorization: `Bearer ${small.adminToken}` },
+      });
+      assert.equal(res.status, 413);
+      const err = ((await res.json()) as { error: { code: string; message: string } }).error;
+      assert.equal(err.code, 'PAYLOAD_TOO_LARGE');
+      assert.match(err.message, /models\.maxManifestBytes/);
+      assert.match(err.message, /testVectorsFile/);
+    } finally {
+      assert.deepEqual(await small.stop(), []);
+    }
+  });
 });
