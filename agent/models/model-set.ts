@@ -15,7 +15,9 @@ import { EdgefleetError, ErrorCode } from '../../shared/errors.ts';
 import type { Component } from '../../shared/lifecycle.ts';
 import type { Logger } from '../../shared/log.ts';
 import { engineInput, modelSpec } from '../../shared/model-spec.ts';
-import { toTensorData, type TensorDtype } from '../../shared/tensor.ts';
+import { toTensorData, type TensorData, type TensorDtype } from '../../shared/tensor.ts';
+import { loadTestVectors } from '../../shared/test-vectors.ts';
+import { dirname } from 'node:path';
 import type { InferenceEngine, InferInput } from '../runtime/engine.ts';
 import { checkModelAgainstManifest } from '../runtime/session-check.ts';
 import { openLocalModel, type LocalModel } from './local-models.ts';
@@ -162,12 +164,24 @@ export class ModelSet implements Component {
   async runTestVectors(model: LocalModel): Promise<void> {
     const spec = modelSpec(model.manifest);
     const primary = engineInput(spec);
-    for (const [i, tv] of spec.testVectors.entries()) {
+    const m = model.manifest;
+    // Inline vectors, and for a v2 manifest with a sidecar its .npz beside the manifest (size and
+    // sha256 checked against the manifest before it is parsed).
+    const cases: { inputs: Record<string, { dims: number[]; data: TensorData }>; expected: Record<string, { data: ArrayLike<number> }>; tolerance: number }[] =
+      m.manifestVersion === 2 && m.testVectorsFile
+        ? await loadTestVectors(m, dirname(model.manifestPath))
+        : spec.testVectors.map((tv) => ({
+            inputs: Object.fromEntries(
+              Object.entries(tv.inputs).map(([name, t]) => [name, { dims: t.dims, data: toTensorData((spec.inputs.find((x) => x.name === name)?.dtype ?? 'float32') as TensorDtype, t.values) }]),
+            ),
+            expected: Object.fromEntries(Object.entries(tv.expected).map(([name, t]) => [name, { data: t.values }])),
+            tolerance: tv.tolerance,
+          }));
+    for (const [i, tv] of cases.entries()) {
       const feed = (name: string): { data: InferInput['data']; dims: number[] } => {
         const t = tv.inputs[name];
-        const dtype = spec.inputs.find((x) => x.name === name)?.dtype ?? 'float32';
         if (!t) throw new EdgefleetError(ErrorCode.BAD_MODEL, `${model.key}: test vector ${i} has no input ${name}`);
-        return { data: toTensorData(dtype as TensorDtype, t.values), dims: t.dims };
+        return { data: t.data, dims: t.dims };
       };
       const req: InferInput = feed(primary);
       const others = spec.inputs.filter((x) => x.name !== primary);
@@ -176,13 +190,13 @@ export class ModelSet implements Component {
       for (const [name, want] of Object.entries(tv.expected)) {
         const out = res.outputs[name];
         if (!out) throw new EdgefleetError(ErrorCode.BAD_MODEL, `${model.key}: no output ${name}`);
-        if (out.data.length !== want.values.length) {
-          throw new EdgefleetError(ErrorCode.BAD_MODEL, `${model.key}: test vector ${i} gave ${out.data.length} values, expected ${want.values.length}`);
+        if (out.data.length !== want.data.length) {
+          throw new EdgefleetError(ErrorCode.BAD_MODEL, `${model.key}: test vector ${i} gave ${out.data.length} values, expected ${want.data.length}`);
         }
-        for (let k = 0; k < want.values.length; k++) {
-          const diff = Math.abs((out.data[k] as number) - (want.values[k] as number));
+        for (let k = 0; k < want.data.length; k++) {
+          const diff = Math.abs((out.data[k] as number) - (want.data[k] as number));
           if (!(diff <= tv.tolerance)) {
-            throw new EdgefleetError(ErrorCode.BAD_MODEL, `${model.key}: test vector ${i} element ${k} is ${out.data[k]}, expected ${want.values[k]} ± ${tv.tolerance}`);
+            throw new EdgefleetError(ErrorCode.BAD_MODEL, `${model.key}: test vector ${i} output ${name} element ${k} is ${out.data[k]}, expected ${want.data[k]} ± ${tv.tolerance}`);
           }
         }
       }
