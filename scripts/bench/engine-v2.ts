@@ -25,8 +25,10 @@
  *
  *   node --import tsx scripts/bench.ts --only engine-v2 [--repeats 7] [--quick]
  */
+import { readdirSync, readFileSync } from 'node:fs';
 import { mkdtemp, rm, symlink, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
+import { Worker } from 'node:worker_threads';
 import { basename, join } from 'node:path';
 import * as ort from 'onnxruntime-node';
 import { Registry } from 'prom-client';
@@ -35,7 +37,8 @@ import { PipelineSchema } from '../../agent/config.ts';
 import { createPipelineMetrics } from '../../agent/metrics.ts';
 import { openLocalModel, type LocalModel } from '../../agent/models/local-models.ts';
 import { Pipeline, type Inferer, type InferRequest } from '../../agent/pipeline.ts';
-import { configureSharp } from '../../agent/preprocess/image.ts';
+import { configureSharp, imageSpecOf, imageStats, pixelsToTensor, preprocessImage } from '../../agent/preprocess/image.ts';
+import { decodeDetections } from '../../agent/postprocess/detection.ts';
 import { WorkerPoolEngine } from '../../agent/runtime/pool.ts';
 import { silentLogger } from '../../shared/log.ts';
 import { ManifestV2Schema, type ManifestV2 } from '../../shared/manifest.ts';
@@ -97,6 +100,53 @@ async function interleaveTimings(repeats: number, subject: () => Promise<Timing>
     },
   );
   return { wall, cpu, calls };
+}
+
+/** CPU ticks (user + system, 1/100 s) of every thread of this process, by tid; empty where /proc is missing (not Linux). */
+function threadTicks(): Map<number, number> {
+  const m = new Map<number, number>();
+  let tids: string[];
+  try {
+    tids = readdirSync('/proc/self/task');
+  } catch {
+    return m;
+  }
+  for (const tid of tids) {
+    try {
+      const st = readFileSync(`/proc/self/task/${tid}/stat`, 'utf8');
+      const f = st.slice(st.lastIndexOf(')') + 2).split(' ');
+      m.set(Number(tid), Number(f[11]) + Number(f[12]));
+    } catch {
+      // the thread ended between the listing and the read
+    }
+  }
+  return m;
+}
+
+/** Accumulates per-thread CPU over timed windows: main thread, the busiest other thread (the inference worker), the rest (V8 GC helpers, libuv). */
+class ThreadCpu {
+  readonly #ticks = new Map<number, number>();
+  calls = 0;
+  async around(t: () => Promise<Timing>): Promise<Timing> {
+    const a = threadTicks();
+    const r = await t();
+    for (const [tid, v] of threadTicks()) this.#ticks.set(tid, (this.#ticks.get(tid) ?? 0) + v - (a.get(tid) ?? 0));
+    this.calls += r.calls;
+    return r;
+  }
+  /** ms per call: main, busiest other thread, everything else; undefined without /proc. */
+  split(): { main: number; worker: number; rest: number } | undefined {
+    if (this.#ticks.size === 0 || this.calls === 0) return undefined;
+    const per = (ticks: number): number => (ticks * 10) / this.calls;
+    const main = this.#ticks.get(process.pid) ?? 0;
+    let worker = 0;
+    let total = 0;
+    for (const [tid, v] of this.#ticks) {
+      total += v;
+      if (tid !== process.pid) worker = Math.max(worker, v);
+    }
+    return { main: per(main), worker: per(worker), rest: per(total - main - worker) };
+  }
 }
 
 /** UltraFace's v2 manifest from the test helper, with the `decoded` decoder for its raw layout (scores [1, N, 2], background at 0). */
@@ -194,6 +244,69 @@ async function facePngs(): Promise<Buffer[]> {
   return Promise.all(sizes.map(([w, h]) => sharp(face.png).resize(w, h, { fit: 'fill' }).png().toBuffer()));
 }
 
+/**
+ * A bare worker that mimics the engine's data path without ORT: it wraps the transferred input,
+ * copies a float32 output of `outFloats` (as the worker's toFloat32 does) and transfers it back;
+ * with `echo` it also hands the input buffer back (a buffer the caller could reuse).
+ */
+const ECHO_WORKER = `
+const { parentPort } = require('node:worker_threads');
+parentPort.on('message', (m) => {
+  if (!m.data) { parentPort.postMessage({ id: m.id }); return; }
+  const x = new Float32Array(m.data);
+  const out = new Float32Array(new Float32Array(m.outFloats));
+  out[0] = x[0];
+  const transfer = m.echo ? [out.buffer, m.data] : [out.buffer];
+  parentPort.postMessage({ id: m.id, out: out.buffer, back: m.echo ? m.data : undefined }, transfer);
+});
+`;
+
+/** Round trips to the echo worker, µs per trip: `copy` (slice + transfer, as pool.ts copyOf), `reuse` (one buffer sent back and forth), `empty` (no payload). */
+async function dataPathRoundTrips(o: SectionOptions, input: Float32Array, outFloats: number): Promise<{ copy: Timing[]; reuse: Timing[]; empty: Timing[] }> {
+  const w = new Worker(ECHO_WORKER, { eval: true });
+  let id = 0;
+  const pending = new Map<number, (m: { back?: ArrayBuffer }) => void>();
+  w.on('message', (m: { id: number; back?: ArrayBuffer }) => pending.get(m.id)?.(m));
+  const trip = (msg: Record<string, unknown>, transfer: ArrayBuffer[]): Promise<{ back?: ArrayBuffer }> =>
+    new Promise((resolve) => {
+      const i = ++id;
+      pending.set(i, (m) => {
+        pending.delete(i);
+        resolve(m);
+      });
+      w.postMessage({ ...msg, id: i }, transfer);
+    });
+  let owned = input.slice().buffer;
+  const copy = async (): Promise<unknown> => {
+    const b = input.slice();
+    return trip({ data: b.buffer, outFloats }, [b.buffer]);
+  };
+  const reuse = async (): Promise<unknown> => {
+    const r = await trip({ data: owned, outFloats, echo: true }, [owned]);
+    owned = r.back!;
+    return r;
+  };
+  const empty = (): Promise<unknown> => trip({}, []);
+  const ms = o.quick ? 150 : 600;
+  const res = { copy: [] as Timing[], reuse: [] as Timing[], empty: [] as Timing[] };
+  try {
+    for (const f of [copy, reuse, empty]) for (let i = 0; i < 50; i++) await f();
+    for (let r = 0; r < o.repeats; r++) {
+      const order = r % 2 === 0 ? (['copy', 'reuse', 'empty'] as const) : (['empty', 'reuse', 'copy'] as const);
+      for (const k of order) res[k].push(await timeCalls(ms, 20, k === 'copy' ? copy : k === 'reuse' ? reuse : empty));
+    }
+  } finally {
+    await w.terminate();
+  }
+  return res;
+}
+
+/** CPU ms per call of `fn` on this thread (sync or async), a short window after a warm-up. */
+async function cpuPerCall(ms: number, fn: () => unknown): Promise<number> {
+  for (let i = 0; i < 5; i++) await fn();
+  return (await timeCalls(ms, 10, () => Promise.resolve(fn()))).cpu;
+}
+
 export async function engineV2Section(o: SectionOptions): Promise<Figure[]> {
   const windowMs = o.quick ? 300 : 2000;
   const fetched = await ensureThirdPartyModels({ only: ['ultraface-rfb-320'] });
@@ -247,7 +360,19 @@ export async function engineV2Section(o: SectionOptions): Promise<Figure[]> {
     for (let i = 0; i < 30; i++) await bare(i);
     for (let i = 0; i < 30; i++) await viaEngine(i);
     engineLatency.length = workerRun.length = callWall.length = 0;
-    const b1 = await interleaveTimings(o.repeats, () => timeCalls(windowMs, 5, viaEngine), () => timeCalls(windowMs, 5, bare));
+    const engineThreads = new ThreadCpu();
+    const bareThreads = new ThreadCpu();
+    const b1 = await interleaveTimings(
+      o.repeats,
+      () => engineThreads.around(() => timeCalls(windowMs, 5, viaEngine)),
+      () => bareThreads.around(() => timeCalls(windowMs, 5, bare)),
+    );
+    const es = engineThreads.split();
+    const bs = bareThreads.split();
+    const threadNote =
+      es && bs
+        ? `; CPU ms/call by thread (/proc/self/task, 10 ms ticks summed over all windows): engine: main ${es.main.toFixed(2)}, inference worker ${es.worker.toFixed(2)}, other threads ${es.rest.toFixed(2)}; bare: main ${bs.main.toFixed(2)}, other threads ${(bs.worker + bs.rest).toFixed(2)}`
+        : '';
 
     // Where the engine's extra time could go, timed in isolation on this thread.
     const copyUs = (() => {
@@ -291,6 +416,24 @@ export async function engineV2Section(o: SectionOptions): Promise<Figure[]> {
     for (let i = 0; i < 20; i++) await piped(i);
     for (let i = 0; i < 20; i++) await naive(i);
     const e2e = await interleaveTimings(o.repeats, () => timeCalls(windowMs, 5, piped), () => timeCalls(windowMs, 5, naive));
+    // Where the end-to-end time goes, piece by piece on this thread (CPU ms per call, 640×480 PNG).
+    const pieceMs = o.quick ? 200 : 800;
+    const spec = imageSpecOf(src as never, 'float32');
+    const px = (await sharp(pngs[0]).resize(320, 240, { fit: 'fill' }).removeAlpha().raw().toBuffer()) as Uint8Array;
+    const rawOut = await session.run(feeds[0]!);
+    const views = { scores: { data: rawOut['scores']!.data as Float32Array, dims: [...rawOut['scores']!.dims] }, boxes: { data: rawOut['boxes']!.data as Float32Array, dims: [...rawOut['boxes']!.dims] } };
+    const geo = { inputWidth: 320, inputHeight: 240, srcWidth: 640, srcHeight: 480, scaleX: 0.5, scaleY: 0.5, padLeft: 0, padTop: 0 };
+    const pieces = {
+      preprocessImage: await cpuPerCall(pieceMs, () => preprocessImage(spec, pngs[0]!)),
+      imageStats: await cpuPerCall(pieceMs, () => imageStats(px, 320, 240, 3)),
+      pixelsToTensor: await cpuPerCall(pieceMs, () => pixelsToTensor(spec, px)),
+      sharpResize: await cpuPerCall(pieceMs, () => sharp(pngs[0]).resize(320, 240, { fit: 'fill' }).removeAlpha().raw().toBuffer()),
+      decode: await cpuPerCall(pieceMs, () => decodeDetections(post, views, geo)),
+      refNms: await cpuPerCall(pieceMs, () => referenceDetections(views.scores.data, views.boxes.data, { threshold: post.scoreThreshold, iou: post.iouThreshold, max: post.maxDetections, width: 640, height: 480 })),
+    };
+    const trips = await dataPathRoundTrips(o, tensors[0]!, 4420 * 6);
+    const tripMed = (ts: Timing[], k: 'wall' | 'cpu'): number => median(ts.map((t) => t[k])) * 1000;
+
     // Both sides find the same faces (else the comparison would be of different work).
     const piCount = (JSON.parse(faces.published[0] ?? '{}') as { count?: number }).count;
     const faceCounts: number[] = [];
@@ -384,7 +527,19 @@ export async function engineV2Section(o: SectionOptions): Promise<Figure[]> {
         baselineLabel: 'session.run',
         subject: b1.cpu.subject,
         baseline: b1.cpu.baseline,
-        note: 'the same windows in process CPU time (process.cpuUsage: main thread + inference worker + libuv), which neighbours on a shared machine do not inflate',
+        note: `the same windows in process CPU time (process.cpuUsage: main thread + inference worker + V8/libuv threads), which neighbours on a shared machine do not inflate${threadNote}`,
+      }),
+      figure({
+        section: 'engine-v2',
+        name: "engine's data path without ORT: copyOf + transfer + output copy vs empty round trip",
+        unit: 'CPU µs/trip',
+        subjectLabel: 'copy+transfer',
+        baselineLabel: 'empty message',
+        subject: trips.copy.map((t) => t.cpu * 1000),
+        baseline: trips.empty.map((t) => t.cpu * 1000),
+        note:
+          `a bare echo worker, no ORT: main thread slices the 921,600 B input (pool.ts copyOf) and transfers it, the worker copies a 106,080 B output (worker.ts toFloat32) and transfers it back; ` +
+          `wall µs/trip: copy ${tripMed(trips.copy, 'wall').toFixed(0)}, one reused input buffer sent back and forth ${tripMed(trips.reuse, 'wall').toFixed(0)} (CPU ${tripMed(trips.reuse, 'cpu').toFixed(0)}), empty ${tripMed(trips.empty, 'wall').toFixed(0)}`,
       }),
       figure({
         section: 'engine-v2',
@@ -397,7 +552,9 @@ export async function engineV2Section(o: SectionOptions): Promise<Figure[]> {
         note:
           `PNGs of the test helper's drawn face at 640×480, 320×240, 800×600, 480×360 (${faceCounts.join('/')} faces found; last timed result ${String(piCount)}), one at a time; ` +
           `pipeline: sharp decode+resize (fill), normalize, engine (1 worker, batch 1), 'decoded' decoder (background ignored, score 0.7, IoU 0.3), result JSON, publish; ` +
-          'naive: the same on this thread with bare ORT and the integration test\'s reference NMS, JSON.stringify of the detections',
+          'naive: the same on this thread with bare ORT and the integration test\'s reference NMS, JSON.stringify of the detections; ' +
+          `pieces (CPU ms/call, this thread, 640×480 PNG): agent preprocessImage ${pieces.preprocessImage.toFixed(2)} (of which imageStats on the 320×240 RGB pixels ${pieces.imageStats.toFixed(2)}, ` +
+          `pixelsToTensor ${pieces.pixelsToTensor.toFixed(2)}) vs the naive sharp resize ${pieces.sharpResize.toFixed(2)}; decodeDetections ${pieces.decode.toFixed(3)} vs reference NMS ${pieces.refNms.toFixed(3)}`,
       }),
       figure({
         section: 'engine-v2',
