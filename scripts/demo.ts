@@ -50,6 +50,9 @@ interface Source {
   sent: number;
   start(): Promise<void>;
   stop(): Promise<void>;
+  /** Sources that run on a shared clock (the scenario's): connect first, then run from one origin. */
+  connect?(): Promise<void>;
+  run?(origin: number): void;
 }
 
 interface Agent {
@@ -126,7 +129,7 @@ let exitCode = 0;
 async function shutdown(): Promise<void> {
   for (const a of agents) for (const s of a.sources) await s.stop().catch(() => undefined);
   // Let the agents finish what they accepted and the hub ack it, then stop them.
-  await waitForDrain(10_000);
+  await waitForDrain(20_000);
   await sleep(300); // the last results on their way to the consumer
   const metrics = new Map<string, AgentMetrics | undefined>();
   for (const a of agents) metrics.set(a.id, await agentMetrics(a.httpPort));
@@ -158,8 +161,8 @@ async function shutdown(): Promise<void> {
     );
     if (e.code !== 0) exitCode = 1;
   }
-  say('\nwhat the models said (results received as consumer demo-dashboard)');
-  say(`${'device'.padEnd(12)} ${'pipeline'.padEnd(10)} ${'model'.padEnd(16)} ${'results'.padStart(7)} ${'ms/inf'.padStart(7)}  summary`);
+  say('\nwhat the models said (results received as consumer demo-dashboard; ms: mean latencyMs the agent reported, pool queue included)');
+  say(`${'device'.padEnd(12)} ${'pipeline'.padEnd(10)} ${'model'.padEnd(16)} ${'results'.padStart(7)} ${'ms'.padStart(7)}  summary`);
   for (const a of agents) {
     for (const s of collector.ofDevice(a.id, PIPELINE_ORDER)) {
       const ms = s.results ? (s.latencyMsSum / s.results).toFixed(2) : '-';
@@ -327,12 +330,27 @@ async function outboxPending(port: number): Promise<number> {
   }
 }
 
+/** Inputs an agent's pipelines hold (stream queues) and its ok inferences so far. */
+async function agentWork(port: number): Promise<{ queued: number; inferences: number }> {
+  try {
+    const text = await (await fetch(`http://127.0.0.1:${port}/metrics`)).text();
+    return { queued: scrapeCounter(text, 'edgefleet_agent_stream_queued'), inferences: scrapeCounter(text, 'edgefleet_agent_inferences_total') };
+  } catch {
+    return { queued: 0, inferences: NaN };
+  }
+}
+
+/** Until every agent has run what it queued (no input waiting, inferences steady) and the hub acked its outbox. */
 async function waitForDrain(timeoutMs: number): Promise<void> {
   const t0 = Date.now();
+  let last = '';
   while (Date.now() - t0 < timeoutMs) {
+    const work = await Promise.all(agents.map((a) => agentWork(a.httpPort)));
     const pending = await Promise.all(agents.map((a) => outboxPending(a.httpPort)));
-    if (pending.every((p) => p === 0)) return;
-    await sleep(250);
+    const now = work.map((w) => w.inferences).join(',');
+    if (pending.every((p) => p === 0) && work.every((w) => w.queued === 0) && now === last) return;
+    last = now;
+    await sleep(300);
   }
 }
 
@@ -364,7 +382,7 @@ try {
 
   // The scenario: which gateways' machines go wrong, and when (seconds into the run).
   const bearingFaults = [undefined, { kind: 'outer_race' as const, atS: 0.35 * horizonS }, { kind: 'looseness' as const, atS: 0.5 * horizonS }];
-  for (let i = 1; i <= nAgents; i++) {
+  const gateway = async (i: number): Promise<Agent> => {
     const id = `line1-gw${i}`;
     const dev = await hubApi<{ token: string }>(hub, 'POST', '/v1/devices', { id, group: 'line-1', labels: { site: 'demo', slot: String(i) } });
     const a = await startAgent(id, dev.token, {
@@ -387,9 +405,9 @@ try {
     const drag = i % 3 === 1 ? { onset: Math.round(0.2 * LINE_STEPS), ramp: Math.round(0.35 * LINE_STEPS), magnitude: 1.3 } : undefined;
     const drive = new SimulatedLineDrive({ ...conn, sensorId: drv, token: await sensorFor(id, drv), input: 'line', seed: 400 + i, ratePerSecond: lineRate, steps: LINE_STEPS, ...(drag ? { drag } : {}) });
     const machine = new SimulatedSensor({ ...conn, sensorId: vib, token: await sensorFor(id, vib), input: 'vibration', ratePerSecond: rate, seed: i });
-    agents.push({ ...a, sources: [machine, accelerometer, spindle, drive], accelerometer, spindle, drive });
-  }
-  for (let i = 1; i <= nCameras; i++) {
+    return { ...a, sources: [machine, accelerometer, spindle, drive], accelerometer, spindle, drive };
+  };
+  const cameraBox = async (i: number): Promise<Agent> => {
     const id = `line1-cam${i}`;
     const dev = await hubApi<{ token: string }>(hub, 'POST', '/v1/devices', { id, group: 'line-1', labels: { site: 'demo', station: `inspect-${i}` } });
     const a = await startAgent(id, dev.token, {
@@ -409,10 +427,19 @@ try {
       ...(i === 2 ? { dim: { atS: 0.5 * horizonS, illumination: 0.7 } } : {}),
     });
     await camera.prepare();
-    agents.push({ ...a, sources: [camera], camera });
-  }
+    return { ...a, sources: [camera], camera };
+  };
+  // Agents start in parallel (each takes seconds to load its models); listed in order.
+  const started = await Promise.allSettled([...Array.from({ length: nAgents }, (_, k) => gateway(k + 1)), ...Array.from({ length: nCameras }, (_, k) => cameraBox(k + 1))]);
+  for (const r of started) if (r.status === 'fulfilled') agents.push(r.value);
+  const failed = started.find((r): r is PromiseRejectedResult => r.status === 'rejected');
+  if (failed) throw failed.reason as Error;
+  const sources = agents.flatMap((a) => a.sources);
+  await Promise.all(sources.map((s) => (s.connect ? s.connect() : s.start())));
+  // One origin for the scenario's clock: faults, wear and drag happen when the banner says.
+  const origin = performance.now();
   collector.resetClock();
-  for (const a of agents) for (const s of a.sources) await s.start();
+  for (const s of sources) s.run?.(origin);
   const nSources = agents.reduce((n, a) => n + a.sources.length, 0);
   say(`fleet up: ${agents.length} agents, ${nSources} sensors and cameras${Number.isFinite(durationS) ? `, running ${durationS} s` : ', Ctrl-C to stop'}`);
   const g = agents.filter((a) => a.accelerometer?.opts.fault || a.drive?.opts.drag || a.camera?.opts.dim);

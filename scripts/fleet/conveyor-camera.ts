@@ -70,12 +70,17 @@ export class SimulatedConveyorCamera {
     if (o.dim) this.#dimReel = await renderReel(rng, o.reel ?? 12, o.format ?? 'jpeg', o.dim.illumination);
   }
 
-  async start(): Promise<void> {
+  async connect(): Promise<void> {
     const o = this.opts;
     if (this.#reel.length === 0) await this.prepare();
-    this.#client = await connectSensor({ mqttUrl: o.mqttUrl, sensorId: o.sensorId, token: o.token, reconnectPeriod: 1000 });
+    this.#client ??= await connectSensor({ mqttUrl: o.mqttUrl, sensorId: o.sensorId, token: o.token, reconnectPeriod: 1000 });
+  }
+
+  /** Starts publishing, its clock starting at `origin` (performance.now(); default now). */
+  run(origin = performance.now()): void {
+    const o = this.opts;
     const periodMs = 1000 / o.framesPerSecond;
-    this.#started = performance.now();
+    this.#started = origin;
     const tick = (): void => {
       this.#timer = setTimeout(tick, Math.max(1, Math.min(100, periodMs)));
       const elapsed = performance.now() - this.#started;
@@ -94,6 +99,11 @@ export class SimulatedConveyorCamera {
       if (!c?.connected) this.#n = due; // offline: skip, do not burst on reconnect
     };
     tick();
+  }
+
+  async start(): Promise<void> {
+    await this.connect();
+    this.run();
   }
 
   async stop(): Promise<void> {

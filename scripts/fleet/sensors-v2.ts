@@ -66,10 +66,15 @@ abstract class PacedSensor<O extends Connection> {
     return this.#started ? (performance.now() - this.#started) / 1000 : 0;
   }
 
-  async start(): Promise<void> {
+  /** Connects (a hub under load may take a while to check the credentials). */
+  async connect(): Promise<void> {
     const o = this.opts;
-    this.#client = await connectSensor({ mqttUrl: o.mqttUrl, sensorId: o.sensorId, token: o.token, reconnectPeriod: 1000 });
-    this.#started = performance.now();
+    this.#client ??= await connectSensor({ mqttUrl: o.mqttUrl, sensorId: o.sensorId, token: o.token, reconnectPeriod: 1000 });
+  }
+
+  /** Starts publishing, its clock starting at `origin` (performance.now(); default now): sensors run from one origin. */
+  run(origin = performance.now()): void {
+    this.#started = origin;
     const tick = (): void => {
       this.#timer = setTimeout(tick, this.tickMs);
       const c = this.#client;
@@ -81,6 +86,11 @@ abstract class PacedSensor<O extends Connection> {
       }
     };
     tick();
+  }
+
+  async start(): Promise<void> {
+    await this.connect();
+    this.run();
   }
 
   /** Messages due by `elapsedS`; when offline they are generated and skipped (no burst on reconnect). */
