@@ -145,6 +145,17 @@ export const LATENCY_EDGES_MS = [0.25, 0.5, 1, 2, 3, 5, 7.5, 10, 15, 20, 30, 50,
 /** Top-1 confidence histogram: 10 equal bins over [0, 1]. */
 export const CONFIDENCE_BINS = 10;
 
+/** The task output statistic of a HealthWindow (see `output` there). */
+export const HealthOutputSchema = z.object({
+  /** TaskOutcome.values key: `alarm`, `count`, a regression target's name. */
+  name: z.string().min(1).max(64),
+  kind: z.enum(['rate', 'mean']),
+  n: z.number().int().nonnegative(),
+  sum: z.number(),
+  sumSq: z.number().nonnegative(),
+});
+export type HealthOutput = z.infer<typeof HealthOutputSchema>;
+
 /**
  * What one device saw of one model version in one window: enough to compare a canary with its
  * control group (error rate, p95 latency, class rates, confidence) and to run probation locally.
@@ -173,5 +184,13 @@ export const HealthWindowSchema = z.object({
    * The hub turns it into CPU-seconds per 1,000 inferences (hub/kpis/).
    */
   cpuMs: z.number().nonnegative().optional(),
+  /**
+   * Manifest v2 tasks other than classification (issue #13): count, sum and sum of squares of
+   * the window's one task output statistic (shared/drift/tasks.ts `probationStatistic`: `alarm`
+   * for anomaly, a 0/1 `rate`; `count` per frame for detection and the first regression target,
+   * a `mean`), for the hub's output gate (hub/rollouts/output-gate.ts). Optional: classifiers
+   * and older agents send none. A malformed value is dropped, not the window with it.
+   */
+  output: HealthOutputSchema.optional().catch(undefined),
 });
 export type HealthWindow = z.infer<typeof HealthWindowSchema>;

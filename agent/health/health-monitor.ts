@@ -22,8 +22,8 @@
  * pipeline also passes the task's scalar outputs; the monitor keeps, per window and in memory
  * only, the count, sum and sum of squares of the one statistic probation compares
  * (shared/drift/tasks.ts `probationStatistic`: anomaly alarm, detection count, regression first
- * target). It is not part of the HealthWindow record (shared/updates.ts): the hub's gates do not
- * see it yet.
+ * target). Each closed window's moments also go out in the HealthWindow record as `output`
+ * (shared/updates.ts) for the hub's output gate; windows of classifiers carry no `output`.
  */
 import { LogThrottle, type Logger } from '../../shared/log.ts';
 import type { Component } from '../../shared/lifecycle.ts';
@@ -269,13 +269,19 @@ export class HealthMonitor implements Component, HealthRecorder {
     s.open = undefined;
     s.busyMs = 0;
     s.closed.push(w);
-    s.closedOut.push(s.openOut);
+    const out = s.openOut;
+    s.closedOut.push(out);
     s.openOut = noMoments();
     if (s.closed.length > this.#keep) {
       s.closed.splice(0, s.closed.length - this.#keep);
       s.closedOut.splice(0, s.closedOut.length - this.#keep);
     }
-    const p = this.opts.sink.append(HEALTH_STREAM, HEALTH_KIND, { ...w }, w.windowStart + w.windowMs).catch((err: unknown) => {
+    const body: HealthWindow = { ...w };
+    // Classifiers (no statistic) send exactly what they sent before; a non-finite sum (overflow) is left out.
+    if (s.stat && Number.isFinite(out.sum) && Number.isFinite(out.sumSq)) {
+      body.output = { name: s.stat.value, kind: s.stat.kind, n: out.n, sum: out.sum, sumSq: out.sumSq };
+    }
+    const p = this.opts.sink.append(HEALTH_STREAM, HEALTH_KIND, body, w.windowStart + w.windowMs).catch((err: unknown) => {
       this.#throttle.run('append', (suppressed) => this.opts.log.warn({ err, model: w.model, version: w.version, suppressed }, 'health window not stored'));
     });
     this.#pending.add(p);

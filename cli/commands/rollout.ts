@@ -64,6 +64,8 @@ const GateSchema = z.looseObject({
   baseline: z.string(),
   samples: z.object({ candidate: z.number(), baseline: z.number() }),
   breaches: z.array(z.looseObject({ metric: z.string(), detail: z.string() })),
+  /** The output gate (hub/rollouts/output-gate.ts); absent for classifiers and older hubs. */
+  output: z.looseObject({ verdict: z.string(), detail: z.string() }).optional(),
 });
 const StatusSchema = z.looseObject({
   id: z.string(),
@@ -182,10 +184,10 @@ export function formatStatus(s: Status): string {
     `  devices   ${countsText(s.counts)}`,
     ...s.waves.map((w) => `  wave ${w.index + 1}    ${w.status.padEnd(7)} ${w.devices} device(s), cumulative ${w.cumulative}: ${countsText(w.counts)}`),
     ...(s.bake.until ? [`  bake      until ${s.bake.until}${s.bake.extensions ? ` (extended ${s.bake.extensions}×)` : ''}`] : []),
-    ...s.gates.map(
-      (g) =>
-        `  gate      wave ${g.wave + 1}: ${g.verdict} → ${g.action} (${g.samples.candidate} vs ${g.samples.baseline} inferences, baseline ${g.baseline})${g.breaches.length ? `: ${g.breaches.map((b) => b.detail).join('; ')}` : ''}`,
-    ),
+    ...s.gates.flatMap((g) => [
+      `  gate      wave ${g.wave + 1}: ${g.verdict} → ${g.action} (${g.samples.candidate} vs ${g.samples.baseline} inferences, baseline ${g.baseline})${g.breaches.length ? `: ${g.breaches.map((b) => b.detail).join('; ')}` : ''}`,
+      ...(g.output ? [`  output    wave ${g.wave + 1}: ${g.output.verdict}: ${g.output.detail}`] : []),
+    ]),
   ];
   const troubled = (s.devices ?? []).filter((d) => d.state === 'failed' || d.state === 'rolled_back');
   for (const d of troubled) lines.push(`  ${d.state.padEnd(9)} ${d.id}${d.detail ? `: ${d.detail}` : ''}`);

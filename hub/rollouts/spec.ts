@@ -7,6 +7,10 @@
 import { z } from 'zod';
 import { GateThresholdsSchema } from '../../shared/health.ts';
 import { DeviceIdSchema, NameSchema } from '../../shared/ids.ts';
+import { OutputGateThresholdsSchema } from './output-gate.ts';
+
+/** The behaviour gate's thresholds: shared/health.ts's plus the output gate's (hub/rollouts/output-gate.ts). */
+export const RolloutGatesSchema = GateThresholdsSchema.extend(OutputGateThresholdsSchema.shape);
 
 /** A wave: a device count, or a percentage of the matching devices ("10%"). Cumulative. */
 export const WaveSchema = z.union([
@@ -51,7 +55,7 @@ export const RolloutSpecSchema = z.strictObject({
   maxConcurrent: z.number().int().min(1).max(100_000).default(50),
   onBreach: z.enum(['rollback', 'pause']).default('rollback'),
   approval: z.enum(['none', 'each-wave']).default('none'),
-  gates: GateThresholdsSchema.prefault({}),
+  gates: RolloutGatesSchema.prefault({}),
   /** Passed to the agents (InstallArgs.probationMs); their default when absent. */
   probationMs: z
     .number()
