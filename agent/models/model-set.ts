@@ -172,7 +172,7 @@ export class ModelSet implements Component {
         ? await loadTestVectors(m, dirname(model.manifestPath))
         : spec.testVectors.map((tv) => ({
             inputs: Object.fromEntries(
-              Object.entries(tv.inputs).map(([name, t]) => [name, { dims: t.dims, data: toTensorData((spec.inputs.find((x) => x.name === name)?.dtype ?? 'float32') as TensorDtype, t.values) }]),
+              Object.entries(tv.inputs).map(([name, t]) => [name, { dims: t.dims, data: toTensorData((spec.inputs.find((x) => x.name === name)?.dtype ?? 'float32'), t.values) }]),
             ),
             expected: Object.fromEntries(Object.entries(tv.expected).map(([name, t]) => [name, { data: t.values }])),
             tolerance: tv.tolerance,
