@@ -187,6 +187,7 @@ describe('evaluateGate with task outputs (SQLite store)', () => {
     attempts: state === 'pending' ? 0 : 1,
     dispatchedAt: state === 'pending' ? null : T - 3000,
     finishedAt: null,
+    detail: null,
   });
 
   test('an alarm-rate jump fails the gate (output_rate breach) although health alone passes', async () => {
