@@ -9,6 +9,8 @@ export interface PipelineMetrics {
   inputRejected: Counter<'pipeline' | 'reason'>;
   /** Stream items dropped by the overload policy (drop oldest) or at shutdown. */
   inputDropped: Counter<'pipeline' | 'reason'>;
+  /** Window and model-state resets of v2 models (a gap or reversal in a stream's timestamps, idle, eviction). */
+  windowResets: Counter<'pipeline' | 'reason'>;
   /** Stream items waiting per pipeline. */
   streamQueued: Gauge<'pipeline'>;
   /** HTTP inference requests turned away with 429. */
@@ -31,6 +33,12 @@ export function createPipelineMetrics(registry: Registry): PipelineMetrics {
     inputRejected: new Counter({
       name: 'edgefleet_agent_input_rejected_total',
       help: 'Inputs rejected before inference, by reason (too_large, malformed, schema, bad_input, wrong_kind).',
+      labelNames: ['pipeline', 'reason'],
+      registers: [registry],
+    }),
+    windowResets: new Counter({
+      name: 'edgefleet_agent_window_resets_total',
+      help: 'Sliding windows and model state of v2 models started afresh, by reason (gap, out_of_order, evicted, state_*).',
       labelNames: ['pipeline', 'reason'],
       registers: [registry],
     }),

@@ -253,8 +253,12 @@ export class Pipeline implements Component {
       engine: d.engine,
       maxStreams: cfg.maxStreams,
       events: {
-        windowReset: (reason) => d.metrics.inputDropped.inc({ pipeline: cfg.name, reason: `window_${reason}` }),
-        stateReset: (reason) => this.#throttle.run(`state:${reason}`, (suppressed) => d.log.info({ pipeline: cfg.name, reason, suppressed }, 'model state reset')),
+        // Not counted as dropped input: a reset after a full window loses no reading.
+        windowReset: (reason) => d.metrics.windowResets.inc({ pipeline: cfg.name, reason }),
+        stateReset: (reason) => {
+          d.metrics.windowResets.inc({ pipeline: cfg.name, reason: `state_${reason}` });
+          this.#throttle.run(`state:${reason}`, (suppressed) => d.log.info({ pipeline: cfg.name, reason, suppressed }, 'model state reset'));
+        },
       },
     });
     const labels = spec.labels;
@@ -365,7 +369,8 @@ export class Pipeline implements Component {
       let first: { data: Float32Array } | undefined;
       let engineMs: number;
       try {
-        const res = await this.d.engine.infer(model.key, { data: prepared.data, dims: prepared.dims });
+        // The prepared tensor is fresh per request and not read again: handed over, not copied.
+        const res = await this.d.engine.infer(model.key, { data: prepared.data, dims: prepared.dims, transfer: true });
         first = res.outputs[model.manifest.outputs[0]!.name] ?? Object.values(res.outputs)[0];
         if (!first) throw new EdgefleetError(ErrorCode.INFERENCE, 'model returned no outputs');
         engineMs = res.latencyMs;

@@ -21,6 +21,8 @@ export const ReadingSchema = z
      * every channel in model order (an audio frame, an accelerometer burst).
      */
     samples: z.array(z.array(z.number()).max(256)).max(65_536).optional(),
+    /** Time between consecutive `samples` in ms (sample i is taken at ts + i · periodMs); default 0. */
+    periodMs: z.number().nonnegative().max(3_600_000).optional(),
     /** Which sensor stream a windowed or stateful model keeps this reading's window/state for. */
     stream: z.string().regex(/^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$/, 'stream: 1-128 of [A-Za-z0-9._:-]').optional(),
   })

@@ -41,6 +41,12 @@ export interface InferInput {
   dims: number[];
   /** The model's other inputs by name (constants, state, ...): exactly those the model has besides the primary. */
   extra?: Record<string, { data: InputData; dims: number[] }>;
+  /**
+   * The caller hands `data`'s buffer over: it is transferred to the worker instead of copied
+   * (a 640×640 float image is 4.9 MB) and is detached afterwards. Only for a fresh array that
+   * spans its whole buffer and is not read again; otherwise the engine copies as before.
+   */
+  transfer?: boolean;
 }
 
 export interface OutputTensor {

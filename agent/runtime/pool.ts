@@ -77,6 +77,7 @@ interface Pending {
   data: InputData;
   dims: number[];
   extra: Record<string, { data: InputData; dims: number[] }> | undefined;
+  transfer: boolean;
   t0: number;
   resolve: (r: InferResult) => void;
   reject: (e: EdgefleetError) => void;
@@ -142,6 +143,11 @@ const DTYPES: readonly InputDtype[] = TENSOR_DTYPES;
  * worker fails at most these two batches, and a stop waits for at most one extra run.
  */
 const PIPELINE_DEPTH = 2;
+
+/** The array covers its whole ArrayBuffer, so transferring the buffer sends exactly it. */
+function wholeBuffer(data: InputData): boolean {
+  return data.byteOffset === 0 && data.byteLength === data.buffer.byteLength && data.buffer instanceof ArrayBuffer;
+}
 
 /** A copy of `data` in a buffer of its own (transferred to the worker; callers may reuse theirs). */
 function copyOf(data: InputData): TensorData {
@@ -472,7 +478,7 @@ export class WorkerPoolEngine implements InferenceEngine {
       return this.#reject('overloaded', ErrorCode.OVERLOADED, `inference queue is full (${this.#o.queueMax} samples waiting)`);
     }
     return new Promise<InferResult>((resolve, reject) => {
-      entry.queue.push({ data: input.data, dims: [...input.dims], extra: input.extra, t0, resolve, reject });
+      entry.queue.push({ data: input.data, dims: [...input.dims], extra: input.extra, transfer: input.transfer === true, t0, resolve, reject });
       this.#queued++;
       this.#schedulePump();
     });
@@ -557,7 +563,9 @@ export class WorkerPoolEngine implements InferenceEngine {
     const per = head.data.length;
     const dtype = h.inputType as InputDtype;
     let batch: TensorData;
-    if (n === 1) batch = copyOf(head.data);
+    // A single sample the caller handed over goes as it is (issue #13 bench: the copy of a
+    // 0.9 MB image tensor was most of the engine's batch-1 overhead); anything else is copied.
+    if (n === 1) batch = head.transfer && wholeBuffer(head.data) ? head.data : copyOf(head.data);
     else {
       batch = allocTensor(dtype, per * n);
       for (const [i, it] of items.entries()) (batch as Float32Array).set(it.data as Float32Array, i * per);

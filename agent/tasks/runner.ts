@@ -185,7 +185,8 @@ export class TaskRunner {
     let emit: WindowEmit | undefined;
     const emits: WindowEmit[] = [];
     if (samples) {
-      // A chunk of consecutive samples (audio frames, a burst from an accelerometer): one ts.
+      // A chunk of consecutive samples (audio frames, a burst from an accelerometer): sample i at
+      // ts + i · periodMs, so the window's gap check sees the real spacing of a long chunk.
       // Checked whole before any sample enters the window: a chunk refused halfway would leave
       // its first part there and shift every later window of the stream.
       const f = p.source.features.length;
@@ -195,8 +196,9 @@ export class TaskRunner {
           if (typeof v !== 'number' || !Number.isFinite(v)) throw new EdgefleetError(ErrorCode.BAD_INPUT, `sample ${i}: a value is not a finite number`, { details: { reason: 'non_finite' } });
         }
       }
-      for (const values of samples) {
-        const e = windows.push(key, { ts, values, id: reading.id });
+      const period = (reading as { periodMs?: number }).periodMs ?? 0;
+      for (const [i, values] of samples.entries()) {
+        const e = windows.push(key, { ts: ts + i * period, values, id: reading.id });
         if (e) emits.push(e);
       }
       emit = emits.pop();
@@ -282,7 +284,12 @@ export class TaskRunner {
     primary ??= firstFeed(extra);
     if (!primary) throw new EdgefleetError(ErrorCode.BAD_MANIFEST, `model ${model.key} has no input`);
     delete extra[primary.name];
-    const req: InferInput = { data: primary.feed.data, dims: primary.feed.dims };
+    // The request input is fresh per call; handed over unless postprocessing reads it again
+    // (an autoencoder's reconstruction error) or it is a constant the runner reuses.
+    const post = rt.spec.post;
+    const reread = post.kind === 'anomaly' && post.reconstructs === primary.name;
+    const shared = rt.spec.inputs.find((x) => x.name === primary.name)?.source.kind === 'constant';
+    const req: InferInput = { data: primary.feed.data, dims: primary.feed.dims, transfer: !reread && !shared };
     if (Object.keys(extra).length) req.extra = extra;
     const res = await this.#o.engine.infer(model.key, req);
     if (lease) {
