@@ -15,7 +15,7 @@ import { EdgefleetError, ErrorCode } from '../../shared/errors.ts';
 import type { Component } from '../../shared/lifecycle.ts';
 import type { Logger } from '../../shared/log.ts';
 import { engineInput, modelSpec } from '../../shared/model-spec.ts';
-import { toTensorData, type TensorData, type TensorDtype } from '../../shared/tensor.ts';
+import { toTensorData, type TensorData } from '../../shared/tensor.ts';
 import { loadTestVectors } from '../../shared/test-vectors.ts';
 import { dirname } from 'node:path';
 import type { InferenceEngine, InferInput } from '../runtime/engine.ts';

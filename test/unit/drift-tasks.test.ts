@@ -175,7 +175,7 @@ void describe('DriftMonitor.recordTask (fake clock)', () => {
 
   it('detection: image stats and out.* features; per-detection values missing on empty frames', async () => {
     const r = rig();
-    const stats = (brightness: number): ImageStats => ({ brightness, contrast: 0.2, sharpness: 0.1, channelMeans: [brightness] }) as ImageStats;
+    const stats = (brightness: number): ImageStats => ({ brightness, contrast: 0.2, sharpness: 0.1, channelMeans: [brightness] });
     const frames = [
       { b: 0.4, v: { count: 0, meanScore: 0, topScore: 0, meanBoxArea: 0 } },
       { b: 0.6, v: { count: 1, meanScore: 0.9, topScore: 0.9, meanBoxArea: 0.02 } },
