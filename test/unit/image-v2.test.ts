@@ -76,3 +76,31 @@ void describe('v2 image inputs', () => {
     assert.throws(() => imageSpecOf(src({}), 'int64'), /cannot hold pixels/);
   });
 });
+
+void describe('image stats fast path', () => {
+  test('the lookup gives exactly the pow-based sRGB encoding, at and between every boundary', async () => {
+    const { gammaForTest } = await import('../../agent/preprocess/image.ts');
+    const { linearToSrgb8, linearToSrgb8Fast } = gammaForTest;
+    let checked = 0;
+    for (let i = 0; i <= 200_000; i++) {
+      const y = i / 200_000;
+      assert.equal(linearToSrgb8Fast(y), linearToSrgb8(y), `y = ${y}`);
+      checked++;
+    }
+    // Around each output step: the doubles just below and at the step.
+    for (let k = 0; k < 255; k++) {
+      let lo = 0;
+      let hi = 1;
+      for (;;) {
+        const mid = (lo + hi) / 2;
+        if (mid === lo || mid === hi) break;
+        if (linearToSrgb8(mid) > k) hi = mid;
+        else lo = mid;
+      }
+      for (const y of [lo, hi]) assert.equal(linearToSrgb8Fast(y), linearToSrgb8(y), `step ${k}, y = ${y}`);
+      checked += 2;
+    }
+    for (const y of [-1, 0, 1, 2, Number.NaN]) assert.equal(linearToSrgb8Fast(y), linearToSrgb8(y));
+    assert.ok(checked > 200_000);
+  });
+});
