@@ -30,6 +30,7 @@ operators (talk to a running hub: --hub <url> --token <t>, or --data <hub data d
   devices [--json]                               list devices with state and counters
   devices history <id> [--json]                  a device's model history (installs, rollbacks)
   device history <id> [--json]                   the same
+  model init <file.onnx> [--out <m.json>]        draft a manifest v2 from the model itself (local)
   model push <file.onnx> --manifest <m.json>     upload, check, sign and release a model
   model list|show <name>@<version> [--json]      the hub's model releases
   model baseline --manifest <m> --data <f>       build a manifest's drift reference bins (local)
