@@ -2,7 +2,8 @@
  * `edgefleet feedback <id>=<label>... [--device <id>] [--file <json>] [--json]`: posts ground
  * truth for inference ids to the hub (`POST /v1/feedback`, hub/feedback/feedback.ts) and prints
  * what became of each item: matched, unknown id, ambiguous id, or a label the model does not
- * have. Exit code 1 when any item was refused, so a script notices.
+ * have. Exit code 1 when any item was refused, so a script notices. Truth of other tasks
+ * (detection boxes, regression values, anomaly alarm) comes in a --file (issue #13).
  */
 import { readFile } from 'node:fs/promises';
 import { z } from 'zod';
@@ -16,7 +17,10 @@ accuracy and business cost (edgefleet kpis) are computed from them by prediction
 
 Options:
   --device <id>    the device that made the inferences (needed when ids repeat across devices)
-  --file <path>    a JSON file: [{"id", "label", "ts"?, "device"?}, ...] or {"feedback": [...]}
+  --file <path>    a JSON file: [{"id", "label", "ts"?, "device"?}, ...] or {"feedback": [...]};
+                   instead of label, per the model's task: "boxes": [{"label", "box": {"x1","y1",
+                   "x2","y2"}}] (detection), "values": {"<target>": n} (regression),
+                   "alarm": true|false (anomaly; or label anomaly|normal)
   --json           print the hub's answer as JSON
 ${HUB_OPTIONS_HELP}
 `;

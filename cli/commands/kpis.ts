@@ -3,7 +3,9 @@
  * `GET /v1/kpis` (hub/kpis/): inferences, realized accuracy with its 95% interval and the number
  * of labelled predictions, estimated accuracy (mean confidence), latency p50/p95, error rate,
  * uptime, CPU-seconds and business cost per 1,000 inferences. Accuracy is always printed with
- * its n: "0.91 (n=12, 0.62–0.98)" says how little 12 labels prove.
+ * its n: "0.91 (n=12, 0.62–0.98)" says how little 12 labels prove. Detection, regression and
+ * anomaly versions get a TASK column (issue #13): precision/recall with n and mean IoU, MAE/RMSE
+ * per target with n, precision/recall and alarm rate.
  */
 import { z } from 'zod';
 import { HUB_OPTIONS_HELP, UsageError, runCommand, table, type CliIo } from '../command.ts';
@@ -24,6 +26,7 @@ Options:
 ${HUB_OPTIONS_HELP}
 `;
 
+const Prop = z.object({ value: z.number(), n: z.number() }).nullable();
 const KpiSchema = z.looseObject({
   model: z.string(),
   version: z.string(),
@@ -38,12 +41,34 @@ const KpiSchema = z.looseObject({
     estimated: z.object({ value: z.number() }).nullable(),
   }),
   cost: z.object({ per1000: z.number().nullable(), expectedPer1000: z.number().nullable(), labelled: z.number() }).nullable(),
+  /** Absent from hubs before issue #13. */
+  task: z
+    .looseObject({
+      kind: z.string(),
+      labelled: z.number(),
+      detection: z.looseObject({ precision: Prop, recall: Prop, meanIou: z.number().nullable() }).optional(),
+      regression: z.looseObject({ targets: z.array(z.looseObject({ target: z.string(), n: z.number(), mae: z.number().nullable(), rmse: z.number().nullable() })) }).optional(),
+      anomaly: z.looseObject({ precision: Prop, recall: Prop, alarmRate: Prop }).optional(),
+    })
+    .nullable()
+    .optional(),
 });
 const AnswerSchema = z.object({ from: z.string(), to: z.string(), windowMs: z.number(), kpis: z.array(KpiSchema) });
 type Kpi = z.infer<typeof KpiSchema>;
 
 const f = (x: number | null | undefined, d: number): string => (x === null || x === undefined || !Number.isFinite(x) ? '-' : x.toFixed(d));
 const pct = (x: number | null | undefined): string => (x === null || x === undefined ? '-' : `${(x * 100).toFixed(1)}%`);
+const prop = (name: string, p: { value: number; n: number } | null): string => (p ? `${name} ${f(p.value, 3)} (n=${p.n})` : `${name} -`);
+
+/** The task KPIs in one cell: "P 0.600 (n=5) R 0.750 (n=4) IoU 0.83", "rul MAE 4.33 RMSE 6.03 (n=3)", "P .. R .. alarms 50.0%". */
+export function formatTaskKpis(t: Kpi['task']): string {
+  if (!t) return '-';
+  if (t.labelled === 0 && !t.anomaly) return 'no feedback';
+  if (t.detection) return `${prop('P', t.detection.precision)} ${prop('R', t.detection.recall)} IoU ${f(t.detection.meanIou, 2)}`;
+  if (t.regression) return t.regression.targets.map((e) => `${e.target} MAE ${f(e.mae, 3)} RMSE ${f(e.rmse, 3)} (n=${e.n})`).join('; ');
+  if (t.anomaly) return `${prop('P', t.anomaly.precision)} ${prop('R', t.anomaly.recall)} alarms ${pct(t.anomaly.alarmRate?.value)}`;
+  return '-';
+}
 
 /** Plain text table, one line per model version. */
 export function formatKpis(kpis: readonly Kpi[]): string {
@@ -59,6 +84,7 @@ export function formatKpis(kpis: readonly Kpi[]): string {
     UPTIME: (k) => pct(k.uptime),
     'CPU-S/1K': (k) => f(k.cpu?.secondsPer1000, 3),
     'COST/1K': (k) => (k.cost ? f(k.cost.per1000, 2) : '-'),
+    TASK: (k) => formatTaskKpis(k.task),
   });
 }
 

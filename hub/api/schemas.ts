@@ -288,11 +288,52 @@ export const FeedbackResultSchema = z.object({
     z.object({
       id: z.string(),
       device: z.string().optional(),
+      /** The item's label, or a summary of its truth (`3 boxes`, `rul=12`, `anomaly`). */
       label: z.string(),
       reason: z.enum(['unknown', 'ambiguous', 'invalid_label']),
       detail: z.string().optional(),
     }),
   ),
+});
+
+const ProportionSchema = z.object({ value: z.number(), n: z.number().int(), ci95: z.tuple([z.number(), z.number()]) }).nullable();
+
+/** hub/feedback/task-kpis.ts TaskKpis. */
+const TaskKpisSchema = z.object({
+  kind: z.enum(['detection', 'regression', 'anomaly']),
+  predictions: z.number().int(),
+  labelled: z.number().int(),
+  detection: z
+    .object({
+      iouThreshold: z.number(),
+      scoreThreshold: z.number(),
+      labelled: z.number().int(),
+      tp: z.number().int(),
+      fp: z.number().int(),
+      fn: z.number().int(),
+      precision: ProportionSchema,
+      recall: ProportionSchema,
+      meanIou: z.number().nullable(),
+      byLabel: z.array(
+        z.object({ label: z.string(), tp: z.number().int(), fp: z.number().int(), fn: z.number().int(), precision: z.number().nullable(), recall: z.number().nullable() }),
+      ),
+    })
+    .optional(),
+  regression: z
+    .object({ targets: z.array(z.object({ target: z.string(), n: z.number().int(), mae: z.number().nullable(), rmse: z.number().nullable() })) })
+    .optional(),
+  anomaly: z
+    .object({
+      labelled: z.number().int(),
+      tp: z.number().int(),
+      fp: z.number().int(),
+      fn: z.number().int(),
+      tn: z.number().int(),
+      precision: ProportionSchema,
+      recall: ProportionSchema,
+      alarmRate: ProportionSchema,
+    })
+    .optional(),
 });
 
 /** hub/kpis/kpis.ts ModelVersionKpis. */
@@ -326,6 +367,8 @@ const ModelVersionKpisSchema = z.object({
   }),
   /** Business cost from the configured cost matrix; null without one. */
   cost: AnyObject.nullable(),
+  /** KPIs of detection, regression and anomaly versions from feedback; null for classifiers. */
+  task: TaskKpisSchema.nullable(),
 });
 
 export const KpisSchema = z.object({ from: IsoTime, to: IsoTime, windowMs: z.number().int(), kpis: z.array(ModelVersionKpisSchema) });

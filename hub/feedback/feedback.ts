@@ -1,5 +1,5 @@
 /**
- * Ground truth posted after the fact (issue #4 "feedback loop"): labels for inference ids, from
+ * Ground truth posted after the fact (issue #4 "feedback loop"): truth for inference ids, from
  * the HTTP API (`POST /v1/feedback`, operator token) or MQTT (hub/feedback/mqtt-feedback.ts).
  * Each item is matched against the inference index (hub/kpis/indexer.ts) and stored on the
  * matched inference, so accuracy is computed by PREDICTION time, whenever the label arrives.
@@ -11,24 +11,52 @@
  *                  device's telemetry (a partition) is unknown too; the sender may post it again
  *   ambiguous      the id exists on several devices and the item names none: not stored
  *   invalid_label  not one of the model version's labels (its release manifest, else the
- *                  config's `kpis.labels`), or the hub knows no labels for it: not stored
+ *                  config's `kpis.labels`), or the hub knows no labels for it: not stored.
+ *                  Also truth of the wrong shape for the version's task, box labels or
+ *                  regression targets the manifest does not have (hub/feedback/task-truth.ts)
+ *
+ * The truth's shape follows the task of the model version (issue #13): `label` (classification;
+ * anomaly: 'anomaly' | 'normal'), `boxes` (detection), `values` (regression), `alarm` (anomaly).
  */
 import { Counter, type Registry } from 'prom-client';
 import { z } from 'zod';
 import { DeviceIdSchema } from '../../shared/protocol.ts';
 import type { Logger } from '../../shared/log.ts';
 import type { HubStore, IndexedInference } from '../store/store.ts';
+import { MAX_TRUTH_BOXES, ReleaseTasks, TruthBoxSchema, truthFor, truthSummary, type ReleaseTask } from './task-truth.ts';
 
-export const FeedbackItemSchema = z.strictObject({
+const ItemCommon = {
   /** The inference's correlation id (the `id` of its result and telemetry record). */
   id: z.string().min(1).max(128),
-  /** The true label. */
-  label: z.string().min(1).max(64),
   /** When the truth was established (epoch ms); default: when the hub received it. */
   ts: z.number().int().nonnegative().optional(),
   /** The device that made the inference, when ids are not unique across devices. */
   device: DeviceIdSchema.optional(),
-});
+};
+
+/** One item: the id and exactly one kind of truth, per the task of the inference's model version. */
+export const FeedbackItemSchema = z.union([
+  z.strictObject({
+    ...ItemCommon,
+    /** The true label (classification; anomaly: 'anomaly' or 'normal'). */
+    label: z.string().min(1).max(64),
+  }),
+  z.strictObject({
+    ...ItemCommon,
+    /** Detection: every object in the image, boxes in the coordinates of the inference's detections (source pixels); [] = nothing there. */
+    boxes: z.array(TruthBoxSchema).max(MAX_TRUTH_BOXES),
+  }),
+  z.strictObject({
+    ...ItemCommon,
+    /** Regression: true values by target name (targets may be left out). */
+    values: z.record(z.string().min(1).max(64), z.number().finite()),
+  }),
+  z.strictObject({
+    ...ItemCommon,
+    /** Anomaly: whether it really was an anomaly (same as label 'anomaly' / 'normal'). */
+    alarm: z.boolean(),
+  }),
+]);
 export type FeedbackItem = z.infer<typeof FeedbackItemSchema>;
 
 export const MAX_FEEDBACK_ITEMS = 1000;
@@ -54,7 +82,6 @@ export interface FeedbackResult {
 
 const REPORTED_REFUSALS = 100;
 
-const ManifestLabelsSchema = z.object({ postprocessing: z.object({ labels: z.array(z.string()) }) });
 
 export interface FeedbackOptions {
   store: HubStore;
@@ -69,12 +96,13 @@ export class FeedbackService {
   readonly #o: FeedbackOptions;
   readonly #now: () => number;
   readonly #items: Counter<'result' | 'source'>;
-  /** Labels per model@version from the release manifest (immutable once released). */
-  readonly #labels = new Map<string, readonly string[]>();
+  /** Task and labels per model@version from the release manifest (immutable once released). */
+  readonly #releases: ReleaseTasks;
 
   constructor(opts: FeedbackOptions) {
     this.#o = opts;
     this.#now = opts.now ?? Date.now;
+    this.#releases = new ReleaseTasks(opts.store);
     this.#items = new Counter({
       name: 'edgefleet_hub_feedback_items_total',
       help: 'Ground-truth feedback items, by result (matched, unknown, ambiguous, invalid_label) and source (http, mqtt).',
@@ -85,24 +113,15 @@ export class FeedbackService {
 
   /** The labels a model version may be given: its release manifest's, else the config's; undefined when unknown. */
   async labelsOf(model: string, version: string): Promise<readonly string[] | undefined> {
-    const key = `${model}@${version}`;
-    const cached = this.#labels.get(key);
-    if (cached) return cached;
-    const rec = await this.#o.store.getModel(model, version);
-    if (rec) {
-      let raw: unknown;
-      try {
-        raw = JSON.parse(rec.manifest);
-      } catch {
-        raw = undefined;
-      }
-      const m = ManifestLabelsSchema.safeParse(raw);
-      if (m.success) {
-        this.#labels.set(key, m.data.postprocessing.labels);
-        return m.data.postprocessing.labels;
-      }
-    }
-    return this.#o.configLabels[model];
+    return (await this.taskOf(model, version))?.labels;
+  }
+
+  /** The task of a model version: its release manifest's, else a classifier with the config's labels; undefined when unknown. */
+  async taskOf(model: string, version: string): Promise<ReleaseTask | undefined> {
+    const released = await this.#releases.of(model, version);
+    if (released) return released;
+    const labels = this.#o.configLabels[model];
+    return labels ? { task: 'classification', post: { kind: 'classification', activation: 'logits', labels: [...labels] }, labels } : undefined;
   }
 
   /**
@@ -126,7 +145,7 @@ export class FeedbackService {
       else result.invalidLabel++;
       this.#items.inc({ result: reason, source });
       if (result.refused.length < REPORTED_REFUSALS) {
-        result.refused.push({ id: item.id, ...(item.device ? { device: item.device } : {}), label: item.label, reason, ...(detail ? { detail } : {}) });
+        result.refused.push({ id: item.id, ...(item.device ? { device: item.device } : {}), label: truthSummary(item), reason, ...(detail ? { detail } : {}) });
       }
     };
     const accepted: { deviceId: string; id: string; truth: string; at: number }[] = [];
@@ -146,16 +165,17 @@ export class FeedbackService {
         refuse(item, 'ambiguous', `id on ${candidates.length} devices; name the device`);
         continue;
       }
-      const labels = await this.labelsOf(inf.model, inf.version);
-      if (!labels) {
+      const rt = await this.taskOf(inf.model, inf.version);
+      if (!rt) {
         refuse(item, 'invalid_label', `labels of ${inf.model}@${inf.version} are unknown to the hub (release it, or set kpis.labels.${inf.model})`);
         continue;
       }
-      if (!labels.includes(item.label)) {
-        refuse(item, 'invalid_label', `not a label of ${inf.model}@${inf.version} (${labels.slice(0, 20).join(', ')})`);
+      const t = truthFor(item, rt, `${inf.model}@${inf.version}`);
+      if ('refused' in t) {
+        refuse(item, 'invalid_label', t.refused);
         continue;
       }
-      accepted.push({ deviceId: inf.deviceId, id: inf.id, truth: item.label, at: item.ts ?? at });
+      accepted.push({ deviceId: inf.deviceId, id: inf.id, truth: t.truth, at: item.ts ?? at });
     }
     if (accepted.length) await this.#o.store.recordFeedback(accepted);
     result.matched = accepted.length;

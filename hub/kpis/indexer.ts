@@ -18,6 +18,7 @@ import { LogThrottle, type Logger } from '../../shared/log.ts';
 import { NameSchema, type TelemetryRecord } from '../../shared/protocol.ts';
 import { HEALTH_KIND, HealthWindowSchema } from '../../shared/updates.ts';
 import type { HubStore, IndexedHealthWindow, IndexedInference } from '../store/store.ts';
+import { taskIndexFields } from '../feedback/task-truth.ts';
 
 export const INFERENCE_KIND = 'inference';
 
@@ -37,6 +38,12 @@ export function indexRows(deviceId: string, records: readonly TelemetryRecord[])
   let skipped = 0;
   for (const r of records) {
     if (r.kind === INFERENCE_KIND) {
+      // Manifest v2 tasks other than classification carry no top-1 label (hub/feedback/task-truth.ts).
+      const t = taskIndexFields(r.body);
+      if (t) {
+        inferences.push({ deviceId, ...t, ts: r.ts });
+        continue;
+      }
       const b = InferenceBodySchema.safeParse(r.body);
       if (!b.success) {
         skipped++;

@@ -11,11 +11,15 @@
  *                                            holds only while it is calibrated, hence reported
  *                                            next to the realized figure, never instead of it
  *   business cost                            feedback × the operator's cost matrix
+ *   task KPIs (detection, regression,         feedback on v2 inferences of those tasks
+ *   anomaly)                                 (hub/feedback/task-kpis.ts); null for classifiers
  *
  * Health windows count every inference; the inference index only those whose pipeline sends
  * inference telemetry, so `inferences` comes from health windows when there are any.
  */
 import { emptyTotals, addHealth, errorRate, latencyQuantileMs, meanConfidence, samples } from '../../shared/health.ts';
+import { taskKpis, type TaskKpis } from '../feedback/task-kpis.ts';
+import { ReleaseTasks } from '../feedback/task-truth.ts';
 import type { HubStore } from '../store/store.ts';
 import type { KpisConfig } from './config.ts';
 import { businessCost, onlineFraction, wilsonInterval, type BusinessCost } from './math.ts';
@@ -64,6 +68,8 @@ export interface ModelVersionKpis {
   };
   /** Null when the config has no cost matrix for the model. */
   cost: (BusinessCost & { unit: 'per prediction' }) | null;
+  /** Precision/recall, MAE/RMSE, alarm rate of detection, regression and anomaly versions; null otherwise. */
+  task: TaskKpis | null;
 }
 
 const MAX_WINDOWS = 2000;
@@ -74,6 +80,8 @@ export interface KpiContext {
   costs: KpisConfig['costs'];
   /** Uptime is measured up to now when the period has not ended yet. */
   now: number;
+  /** Tasks of released versions (cached across queries); default: looked up per query. */
+  releases?: ReleaseTasks;
 }
 
 export async function modelVersionKpis(ctx: KpiContext, model: string, version: string, q: KpiQuery): Promise<ModelVersionKpis> {
@@ -129,6 +137,7 @@ export async function modelVersionKpis(ctx: KpiContext, model: string, version: 
     const [conf, predicted] = await Promise.all([store.confusion(model, version, from, to), store.predictedLabels(model, version, from, to)]);
     cost = { ...businessCost(matrix, conf, predicted), unit: 'per prediction' };
   }
+  const task = await taskKpis(store, await (ctx.releases ?? new ReleaseTasks(store)).of(model, version), model, version, from, to);
   const n = samples(totals);
   return {
     model,
@@ -157,6 +166,7 @@ export async function modelVersionKpis(ctx: KpiContext, model: string, version: 
       })),
     },
     cost,
+    task,
   };
 }
 

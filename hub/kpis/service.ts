@@ -16,6 +16,7 @@ import type { Logger } from '../../shared/log.ts';
 import { NameSchema } from '../../shared/protocol.ts';
 import type { HubStore } from '../store/store.ts';
 import type { KpisConfig } from './config.ts';
+import { ReleaseTasks } from '../feedback/task-truth.ts';
 import { queryKpis, type KpiQuery, type ModelVersionKpis } from './kpis.ts';
 
 const DAY_MS = 86_400_000;
@@ -39,12 +40,15 @@ export const KpiQuerySchema = z.strictObject({
   window: z.coerce.number().int().min(1000).max(31 * DAY_MS).optional(),
 });
 
-type GaugeName = 'inferences' | 'accuracy' | 'accuracyEstimated' | 'accuracyLabelled' | 'latencyP95' | 'errorRate' | 'uptime' | 'cpu' | 'cost';
+type GaugeName = 'inferences' | 'accuracy' | 'accuracyEstimated' | 'accuracyLabelled' | 'latencyP95' | 'errorRate' | 'uptime' | 'cpu' | 'cost' | 'precision' | 'recall' | 'meanIou' | 'alarmRate';
+type TargetGaugeName = 'mae' | 'rmse';
 
 export class KpiService implements Component {
   readonly name = 'kpis';
   readonly #o: { store: HubStore; config: KpisConfig; log: Logger; now: () => number };
   readonly #gauges: Record<GaugeName, Gauge<'model' | 'version'>>;
+  readonly #targetGauges: Record<TargetGaugeName, Gauge<'model' | 'version' | 'target'>>;
+  readonly #releases: ReleaseTasks;
   #timers: NodeJS.Timeout[] = [];
   #refreshing: Promise<void> | undefined;
 
@@ -64,7 +68,19 @@ export class KpiService implements Component {
       uptime: g('uptime_ratio', 'Mean online fraction of the devices serving the version'),
       cpu: g('cpu_seconds_per_1000_inferences', 'Process CPU seconds per 1,000 inferences'),
       cost: g('cost_per_1000_inferences', 'Realized business cost per 1,000 inferences (cost matrix × feedback)'),
+      // Task KPIs (hub/feedback/task-kpis.ts): detection and anomaly versions.
+      precision: g('precision_ratio', 'Precision from ground-truth feedback (detection: IoU >= 0.5 matches; anomaly: alarms that were anomalies)'),
+      recall: g('recall_ratio', 'Recall from ground-truth feedback (detection: truth boxes found; anomaly: anomalies alarmed)'),
+      meanIou: g('mean_iou_ratio', 'Mean IoU of detections matched to truth boxes'),
+      alarmRate: g('alarm_rate_ratio', 'Anomaly alarms per indexed prediction'),
     };
+    const t = (name: string, help: string): Gauge<'model' | 'version' | 'target'> =>
+      new Gauge({ name: `edgefleet_hub_kpi_${name}`, help: `${help}, per model version and target, ${period}.`, labelNames: ['model', 'version', 'target'], registers: [opts.registry] });
+    this.#targetGauges = {
+      mae: t('mae', 'Regression mean absolute error from ground-truth feedback, in the unit of the target'),
+      rmse: t('rmse', 'Regression root mean squared error from ground-truth feedback, in the unit of the target'),
+    };
+    this.#releases = new ReleaseTasks(opts.store);
   }
 
   start(_signal: AbortSignal): Promise<void> {
@@ -96,7 +112,7 @@ export class KpiService implements Component {
   }
 
   query(q: KpiQuery): Promise<ModelVersionKpis[]> {
-    return queryKpis({ store: this.#o.store, costs: this.#o.config.costs, now: this.#o.now() }, q);
+    return queryKpis({ store: this.#o.store, costs: this.#o.config.costs, now: this.#o.now(), releases: this.#releases }, q);
   }
 
   /** Recomputes the gauges over the last gaugePeriodMs (the timer calls it; tests too). */
@@ -109,6 +125,7 @@ export class KpiService implements Component {
     const to = this.#o.now();
     const kpis = await this.query({ from: to - this.#o.config.gaugePeriodMs, to, windowMs: this.#o.config.gaugePeriodMs });
     for (const g of Object.values(this.#gauges)) g.reset();
+    for (const g of Object.values(this.#targetGauges)) g.reset();
     for (const k of kpis) {
       const l = { model: k.model, version: k.version };
       const set = (name: GaugeName, v: number | null | undefined): void => {
@@ -123,6 +140,16 @@ export class KpiService implements Component {
       set('uptime', k.uptime);
       set('cpu', k.cpu?.secondsPer1000);
       set('cost', k.cost?.per1000);
+      const task = k.task;
+      const pr = task?.detection ?? task?.anomaly;
+      set('precision', pr?.precision?.value);
+      set('recall', pr?.recall?.value);
+      set('meanIou', task?.detection?.meanIou);
+      set('alarmRate', task?.anomaly?.alarmRate?.value);
+      for (const e of task?.regression?.targets ?? []) {
+        if (e.mae !== null) this.#targetGauges.mae.set({ ...l, target: e.target }, e.mae);
+        if (e.rmse !== null) this.#targetGauges.rmse.set({ ...l, target: e.target }, e.rmse);
+      }
     }
   }
 

@@ -406,4 +406,18 @@ export const MIGRATIONS: readonly Migration[] = [
       CREATE TRIGGER audit_log_no_update BEFORE UPDATE ON audit_log BEGIN SELECT RAISE(ABORT, 'audit log is append-only'); END;
     `,
   },
+  {
+    version: 7,
+    name: 'feedback and KPIs per task: task and compact prediction of indexed inferences',
+    sql: `
+      -- Manifest v2 tasks (issue #13). task: NULL for v1 records (classification); pred: the
+      -- prediction fields task KPIs need, compact JSON written by the hub (hub/feedback/task-truth.ts):
+      -- detection [[label, score, x1, y1, x2, y2], ...] (at most MAX_STORED_DETECTIONS),
+      -- regression {"<target>": value}, anomaly [score, alarm 0|1]; NULL for classification.
+      -- truth holds the label for classification and anomaly ('anomaly'|'normal'), JSON for
+      -- detection ([[label, x1, y1, x2, y2], ...]) and regression ({"<target>": value}).
+      ALTER TABLE inference_index ADD COLUMN task TEXT;
+      ALTER TABLE inference_index ADD COLUMN pred TEXT;
+    `,
+  },
 ];

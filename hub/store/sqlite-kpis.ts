@@ -1,5 +1,5 @@
 /**
- * The feedback/KPI half of the SQLite HubStore (tables of migration 5): the inference index with
+ * The feedback/KPI half of the SQLite HubStore (tables of migrations 5 and 7): the inference index with
  * ground truth, health windows in columns, and the presence log. Kept out of sqlite-store.ts for
  * size, like sqlite-rollouts.ts; same connection, every function one synchronous statement or
  * transaction, so nothing here spans an `await`.
@@ -35,10 +35,10 @@ const LOOKUP_CHUNK = 500;
 
 export function indexInferences(db: Db, rows: readonly IndexedInference[]): void {
   const insert = db.prepare(
-    'INSERT OR IGNORE INTO inference_index (device_id, id, model, version, label, confidence, ts) VALUES (?, ?, ?, ?, ?, ?, ?)',
+    'INSERT OR IGNORE INTO inference_index (device_id, id, model, version, label, confidence, ts, task, pred) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)',
   );
   db.transaction(() => {
-    for (const r of rows) insert.run(r.deviceId, r.id, r.model, r.version, r.label, r.confidence, r.ts);
+    for (const r of rows) insert.run(r.deviceId, r.id, r.model, r.version, r.label, r.confidence, r.ts, r.task ?? null, r.pred ?? null);
   }).immediate();
 }
 
@@ -76,6 +76,8 @@ interface InferenceRow {
   ts: number;
   truth: string | null;
   feedback_at: number | null;
+  task: string | null;
+  pred: string | null;
 }
 
 const toInference = (r: InferenceRow): IndexedInference => ({
@@ -88,7 +90,15 @@ const toInference = (r: InferenceRow): IndexedInference => ({
   ts: r.ts,
   truth: r.truth,
   feedbackAt: r.feedback_at,
+  ...(r.task === null ? {} : { task: r.task }),
+  ...(r.pred === null ? {} : { pred: r.pred }),
 });
+
+/**
+ * Rows of classifiers: v1 records (task NULL) and v2 classification. Accuracy, confusion and
+ * predicted labels read only these, so other tasks' rows (migration 7) leave them unchanged.
+ */
+const CLASSIFIER = "(task IS NULL OR task = 'classification')";
 
 export function findInferences(db: Db, keys: readonly { id: string; deviceId?: string }[]): IndexedInference[] {
   const out: IndexedInference[] = [];
@@ -120,7 +130,7 @@ export function accuracyBuckets(db: Db, model: string, version: string, from: nu
     .prepare(
       `SELECT (ts / CAST(? AS INTEGER)) * CAST(? AS INTEGER) AS start, COUNT(*) AS predictions, SUM(confidence) AS conf,
               COUNT(truth) AS labelled, COALESCE(SUM(truth = label), 0) AS correct
-       FROM inference_index WHERE model = ? AND version = ? AND ts >= ? AND ts < ?
+       FROM inference_index WHERE model = ? AND version = ? AND ts >= ? AND ts < ? AND ${CLASSIFIER}
        GROUP BY start ORDER BY start`,
     )
     .all(windowMs, windowMs, model, version, from, to) as { start: number; predictions: number; conf: number; labelled: number; correct: number }[];
@@ -131,15 +141,36 @@ export function confusion(db: Db, model: string, version: string, from: number, 
   return db
     .prepare(
       `SELECT truth, label, COUNT(*) AS n FROM inference_index
-       WHERE model = ? AND version = ? AND ts >= ? AND ts < ? AND truth IS NOT NULL GROUP BY truth, label`,
+       WHERE model = ? AND version = ? AND ts >= ? AND ts < ? AND truth IS NOT NULL AND ${CLASSIFIER} GROUP BY truth, label`,
     )
     .all(model, version, from, to) as { truth: string; label: string; n: number }[];
 }
 
 export function predictedLabels(db: Db, model: string, version: string, from: number, to: number): { label: string; n: number }[] {
   return db
-    .prepare('SELECT label, COUNT(*) AS n FROM inference_index WHERE model = ? AND version = ? AND ts >= ? AND ts < ? GROUP BY label')
+    .prepare(`SELECT label, COUNT(*) AS n FROM inference_index WHERE model = ? AND version = ? AND ts >= ? AND ts < ? AND ${CLASSIFIER} GROUP BY label`)
     .all(model, version, from, to) as { label: string; n: number }[];
+}
+
+/** Indexed predictions of a non-classifier version, and how many raised an alarm (anomaly: label 'anomaly'). */
+export function taskPredictions(db: Db, model: string, version: string, from: number, to: number): { predictions: number; alarms: number } {
+  const r = db
+    .prepare(
+      `SELECT COUNT(*) AS predictions, COALESCE(SUM(task = 'anomaly' AND label = 'anomaly'), 0) AS alarms FROM inference_index
+       WHERE model = ? AND version = ? AND ts >= ? AND ts < ? AND NOT ${CLASSIFIER}`,
+    )
+    .get(model, version, from, to) as { predictions: number; alarms: number };
+  return { predictions: r.predictions, alarms: r.alarms };
+}
+
+/** Labelled predictions of a non-classifier version: predicted label, compact prediction and truth (hub/feedback/task-truth.ts). */
+export function taskFeedback(db: Db, model: string, version: string, from: number, to: number): { label: string; pred: string | null; truth: string }[] {
+  return db
+    .prepare(
+      `SELECT label, pred, truth FROM inference_index
+       WHERE model = ? AND version = ? AND ts >= ? AND ts < ? AND truth IS NOT NULL AND NOT ${CLASSIFIER} ORDER BY ts, device_id, id`,
+    )
+    .all(model, version, from, to) as { label: string; pred: string | null; truth: string }[];
 }
 
 export function kpiHealthWindows(db: Db, model: string, version: string, from: number, to: number): IndexedHealthWindow[] {

@@ -716,6 +716,12 @@ export class SqliteHubStore implements HubStore {
   predictedLabels(model: string, version: string, from: number, to: number): Promise<{ label: string; n: number }[]> {
     return this.#run('predicted labels', (db) => kpis.predictedLabels(db, model, version, from, to));
   }
+  taskPredictions(model: string, version: string, from: number, to: number): Promise<{ predictions: number; alarms: number }> {
+    return this.#run('task predictions', (db) => kpis.taskPredictions(db, model, version, from, to));
+  }
+  taskFeedback(model: string, version: string, from: number, to: number): Promise<{ label: string; pred: string | null; truth: string }[]> {
+    return this.#run('task feedback', (db) => kpis.taskFeedback(db, model, version, from, to));
+  }
   kpiHealthWindows(model: string, version: string, from: number, to: number): Promise<IndexedHealthWindow[]> {
     return this.#run('kpi health windows', (db) => kpis.kpiHealthWindows(db, model, version, from, to));
   }

@@ -415,6 +415,10 @@ export interface IndexedInference {
   ts: number;
   truth?: string | null;
   feedbackAt?: number | null;
+  /** Manifest v2 task (absent: a v1 record, classification); migration 7. */
+  task?: string;
+  /** Compact prediction fields of a non-classification task (hub/feedback/task-truth.ts). */
+  pred?: string | null;
 }
 
 /** One health window in columns (shared/updates.ts HealthWindow plus its device). */
@@ -463,6 +467,10 @@ export interface KpiStore {
   confusion(model: string, version: string, from: number, to: number): Promise<{ truth: string; label: string; n: number }[]>;
   /** Predictions (indexed) counted by predicted label, ts in [from, to). */
   predictedLabels(model: string, version: string, from: number, to: number): Promise<{ label: string; n: number }[]>;
+  /** Indexed predictions of a non-classification version and its alarms (anomaly), ts in [from, to). */
+  taskPredictions(model: string, version: string, from: number, to: number): Promise<{ predictions: number; alarms: number }>;
+  /** Labelled predictions of a non-classification version (label, compact prediction, truth), ts in [from, to). */
+  taskFeedback(model: string, version: string, from: number, to: number): Promise<{ label: string; pred: string | null; truth: string }[]>;
   /** Indexed health windows, windowStart in [from, to). */
   kpiHealthWindows(model: string, version: string, from: number, to: number): Promise<IndexedHealthWindow[]>;
   /** Model versions with health windows or indexed inferences in [from, to). */
