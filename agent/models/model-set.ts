@@ -17,7 +17,8 @@ import type { Logger } from '../../shared/log.ts';
 import { engineInput, modelSpec } from '../../shared/model-spec.ts';
 import { toTensorData, type TensorData } from '../../shared/tensor.ts';
 import { loadTestVectors } from '../../shared/test-vectors.ts';
-import { dirname } from 'node:path';
+import { access } from 'node:fs/promises';
+import { dirname, join } from 'node:path';
 import type { InferenceEngine, InferInput } from '../runtime/engine.ts';
 import { checkModelAgainstManifest } from '../runtime/session-check.ts';
 import { openLocalModel, type LocalModel } from './local-models.ts';
@@ -168,7 +169,7 @@ export class ModelSet implements Component {
     // Inline vectors, and for a v2 manifest with a sidecar its .npz beside the manifest (size and
     // sha256 checked against the manifest before it is parsed).
     const cases: { inputs: Record<string, { dims: number[]; data: TensorData }>; expected: Record<string, { data: ArrayLike<number> }>; tolerance: number }[] =
-      m.manifestVersion === 2 && m.testVectorsFile
+      m.manifestVersion === 2 && m.testVectorsFile && (await this.#sidecarPresent(model, m.testVectorsFile.file))
         ? await loadTestVectors(m, dirname(model.manifestPath))
         : spec.testVectors.map((tv) => ({
             inputs: Object.fromEntries(
@@ -200,6 +201,21 @@ export class ModelSet implements Component {
           }
         }
       }
+    }
+  }
+
+  /**
+   * Releases from the hub carry the manifest and the model, not the .npz sidecar (the hub's probe
+   * checks the inline vectors only): an installed version without it runs its inline vectors,
+   * said in the log. A sidecar that is there must match the manifest.
+   */
+  async #sidecarPresent(model: LocalModel, file: string): Promise<boolean> {
+    try {
+      await access(join(dirname(model.manifestPath), file));
+      return true;
+    } catch {
+      this.opts.log.warn({ model: model.key, file }, 'test vectors sidecar not beside the manifest: only inline test vectors are run');
+      return false;
     }
   }
 

@@ -5,7 +5,7 @@
  * readings by task. A sidecar that does not match its manifest stops the activation.
  */
 import assert from 'node:assert/strict';
-import { copyFile, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { copyFile, mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
@@ -128,5 +128,18 @@ void describe('v2 demo models through ModelSet and Pipeline', () => {
       return true;
     });
     assert.equal(other.byName('conveyor-parts'), undefined);
+  });
+
+  test('an installed version without its sidecar (releases carry manifest and model only) activates on its inline vectors', async () => {
+    const src = paths['conveyor-parts']!;
+    const manifest = { ...(JSON.parse(await readFile(src, 'utf8')) as { artifact: { file: string } }), version: '1.0.2-installed' };
+    const d = join(dir, 'installed');
+    await mkdir(d, { recursive: true });
+    await copyFile(join(MODELS_DIR, manifest.artifact.file), join(d, manifest.artifact.file));
+    await writeFile(join(d, 'manifest.json'), JSON.stringify(manifest));
+    const other = new ModelSet({ manifests: [join(d, 'manifest.json')], engine, log });
+    await other.start(new AbortController().signal);
+    assert.equal(other.byName('conveyor-parts')?.key, 'conveyor-parts@1.0.2-installed');
+    await other.stop();
   });
 });
