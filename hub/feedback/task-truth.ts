@@ -150,11 +150,13 @@ const RecordFields = {
 
 /** Index fields of a v2 inference record of a task other than classification; undefined when it is not one (or is malformed). */
 export function taskIndexFields(body: unknown): { id: string; model: string; version: string; task: string; label: string; confidence: number; pred: string | null } | undefined {
+  // Cheap test first: every v1 and classification record passes through here on ingest.
+  const task = typeof body === 'object' && body !== null ? (body as { task?: unknown }).task : undefined;
+  if (task === undefined || task === 'classification') return undefined;
   const b = TaskBodySchema.safeParse(body);
   if (!b.success || b.data.task === 'classification') return undefined;
-  const { id, model, version, task } = b.data;
-  const base = { id, model, version, task };
-  switch (task) {
+  const base = { id: b.data.id, model: b.data.model, version: b.data.version, task: b.data.task };
+  switch (b.data.task) {
     case 'detection': {
       const d = RecordFields.detection.safeParse(body);
       if (!d.success) return undefined;
