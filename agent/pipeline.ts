@@ -73,14 +73,18 @@ export type InferRequest =
   | { kind: 'json'; body: unknown; id?: string; ts?: number; source?: InputSource; stream?: string }
   | { kind: 'image'; bytes: Buffer; id?: string; ts?: number; source?: InputSource; stream?: string };
 
-/** The result of a v1 classifier (the hot path's shape, serialized by `resultJson`). */
-export interface ClassifierResult {
+/** What every published result starts with, whatever the model. */
+interface ResultHead {
   v: typeof PROTOCOL_VERSION;
   id: string;
   ts: number;
   deviceId: string;
   pipeline: string;
   model: { name: string; version: string };
+}
+
+/** The result of a v1 classifier (the hot path's shape, serialized by `resultJson`). */
+export interface ClassifierResult extends ResultHead {
   /** Top-1 label and its score. */
   label: string;
   confidence: number;
@@ -99,13 +103,7 @@ export interface ClassifierResult {
  * (agent/postprocess/tasks.ts: label/topK, detections, coverage, values, score/alarm, tensors).
  * `buffered` = a window model took the reading but its window is not full yet.
  */
-interface TaskResultBase {
-  v: typeof PROTOCOL_VERSION;
-  id: string;
-  ts: number;
-  deviceId: string;
-  pipeline: string;
-  model: { name: string; version: string };
+interface TaskResultBase extends ResultHead {
   task: Task;
   /** A chain's models in order (the result is the last one's). */
   chain?: { name: string; version: string }[];
