@@ -8,7 +8,7 @@
 import { api, ApiError, login, session } from './api.js';
 import { deviceView, fleetView } from './fleet.js';
 import { driftView } from './drift.js';
-import { modelsView } from './models.js';
+import { modelsView, modelView } from './models.js';
 import { rolloutsView, rolloutView } from './rollouts.js';
 
 const $ = (id) => document.getElementById(id);
@@ -47,7 +47,7 @@ function resolve(hash) {
     case 'devices':
       return parts[1] ? { nav: 'fleet', view: deviceView(ctx, parts[1]) } : { nav: 'fleet', view: fleetView(ctx) };
     case 'models':
-      return { nav: 'models', view: modelsView(ctx) };
+      return parts[1] && parts[2] ? { nav: 'models', view: modelView(ctx, parts[1], parts[2]) } : { nav: 'models', view: modelsView(ctx) };
     case 'rollouts':
       return parts[1] ? { nav: 'rollouts', view: rolloutView(ctx, parts[1]) } : { nav: 'rollouts', view: rolloutsView(ctx, query) };
     case 'drift':

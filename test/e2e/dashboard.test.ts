@@ -6,7 +6,8 @@
  *   1. Serving: / redirects to /ui/, files carry the CSP and the other security headers, ETags
  *      revalidate, nothing outside the allow-list is served (no traversal, no .ts source).
  *   2. Login: a wrong token is refused on screen; the admin token shows the fleet, devices online.
- *   3. A device's detail page; the model registry.
+ *   3. A device's detail page; the model registry with each version's task, and the page of a
+ *      manifest v2 model (pushed through the API) with its inputs' sources and postprocessing.
  *   4. A rollout created from the form advances wave by wave to completed, paused and resumed on
  *      the way; a second one (approval per wave) is aborted from its page.
  *   5. Drift: summaries with temp_c shifted by 1 SD in the last two windows raise an alert; the
@@ -196,9 +197,27 @@ describe('dashboard in headless Chromium against a running fleet', { timeout: 15
     await page.locator('dl.kv', { hasText: 'online' }).waitFor();
     await step('device');
 
+    // A manifest v2 model (anomaly: a reading and its own state h fed back from output h_out), pushed like any release.
+    const v2 = JSON.parse(await readFile(join(REPO_ROOT, 'models', 'line-state.manifest.json'), 'utf8')) as { name: string; version: string };
+    await fleet.api('POST', '/v1/models', { manifest: v2 });
+    await putArtifact(v2.name, v2.version, await readFile(join(REPO_ROOT, 'models', 'line-state.onnx')));
+
     await page.click('#nav a[data-view=models]');
-    for (const v of ['1.0.0', '1.1.0', '1.2.0']) await page.getByTestId('models').locator(`tr[data-id="machine-state@${v}"]`).waitFor();
+    const models = page.getByTestId('models');
+    for (const v of ['1.0.0', '1.1.0', '1.2.0']) await models.locator(`tr[data-id="machine-state@${v}"]`).locator('.badge', { hasText: 'classification' }).waitFor();
+    const v2Row = models.locator(`tr[data-id="${v2.name}@${v2.version}"]`);
+    await v2Row.locator('.badge', { hasText: 'anomaly' }).waitFor();
     await step('models');
+
+    // Its page: inputs with their sources, the postprocessing in one line.
+    await v2Row.getByRole('link', { name: v2.name }).click();
+    await page.getByRole('heading', { name: `Model ${v2.name}@${v2.version}` }).waitFor();
+    await page.getByTestId('model-info').locator('.badge', { hasText: 'anomaly' }).waitFor();
+    const inputs = page.getByTestId('model-inputs');
+    assert.match(await inputs.locator('tr[data-id="x"]').innerText(), /reading of 4 features \(belt_speed, motor_current, motor_temp, vib_rms\)/);
+    assert.match(await inputs.locator('tr[data-id="h"]').innerText(), /state from h_out/);
+    assert.match(await page.getByTestId('postprocessing').innerText(), /score score\[0\], alarm at ≥ 6\.428/);
+    await step('model-v2');
   });
 
   it('a rollout started from the form advances wave by wave to completed, paused and resumed on the way', async () => {
