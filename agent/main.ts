@@ -3,7 +3,7 @@
  * in, and runs them as one lifecycle (start in order, stop in reverse). `runAgent` is the
  * process entry (`edgefleet agent --config <file>`); `createAgent` is what tests embed.
  */
-import { releaseFitProblem } from './models/pipeline-fit.ts';
+import { chainProblem, releaseFitProblem } from './models/pipeline-fit.ts';
 import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
@@ -231,11 +231,19 @@ export function createAgent(config: AgentConfig, deps: { log: Logger; registry?:
     start: async (signal) => {
       for (const p of config.pipelines) {
         if (!models.byName(p.model)) throw new EdgefleetError(ErrorCode.BAD_CONFIG, `pipeline ${p.name}: no model named ${p.model}`);
+        const stages = [p.model, ...p.chain].map((n) => {
+          const m = models.byName(n);
+          if (!m) throw new EdgefleetError(ErrorCode.BAD_CONFIG, `pipeline ${p.name}: no model named ${n}`);
+          return m.manifest;
+        });
+        const unfit = chainProblem(stages);
+        if (unfit) throw new EdgefleetError(ErrorCode.BAD_CONFIG, `pipeline ${p.name}: the chain ${[p.model, ...p.chain].join(' → ')} cannot run: ${unfit}`);
         const pipeline = new Pipeline({
           deviceId: config.deviceId,
           config: p,
           model: () => models.byName(p.model),
           acquire: () => models.acquire(p.model),
+          acquireStage: (name) => models.acquire(name),
           health,
           drift,
           engine,

@@ -50,13 +50,59 @@ export function releaseFitProblem(pipelines: readonly PipelineConfig[], manifest
         problems.push(`pipeline ${p.name} chains ${p.chain.join(', ')} after ${name}, which needs a manifest v2 model`);
         continue;
       }
-      return undefined;
+      return chainFit(users, manifest, current);
     }
     if (!spec.inputs.some((i) => i.source.kind === 'upstream')) {
       problems.push(`pipeline ${p.name} runs ${name} after ${[p.model, ...p.chain.slice(0, p.chain.indexOf(name))].join(' → ')}, but ${name}@${manifest.version} has no upstream input`);
       continue;
     }
-    return undefined;
+    return chainFit(users, manifest, current);
   }
   return problems.join('; ');
+}
+
+/** The chain problem `manifest` would make in the pipelines that chain it, with the others as they are now. */
+function chainFit(users: readonly PipelineConfig[], manifest: Manifest, current: (name: string) => Manifest | undefined): string | undefined {
+  for (const p of users) {
+    if (!p.chain.length) continue;
+    const stages = [p.model, ...p.chain].map((n) => (n === manifest.name ? manifest : current(n)));
+    if (stages.some((m) => m === undefined)) continue;
+    const problem = chainProblem(stages as Manifest[]);
+    if (problem) return `pipeline ${p.name}: ${problem}`;
+  }
+  return undefined;
+}
+
+const fixedElements = (shape: readonly (number | string)[]): number | undefined =>
+  shape.every((d) => typeof d === 'number') ? (shape as number[]).reduce((a, b) => a * b, 1) : undefined;
+
+/**
+ * Why the models of a chain (pipeline `model` then `chain`, in order) cannot run together, or
+ * undefined: every later model takes `upstream` inputs, each from an output the model before it
+ * declares, and that output's values split into the input's rows (input elements / frames).
+ */
+export function chainProblem(stages: readonly Manifest[]): string | undefined {
+  const problems: string[] = [];
+  for (let i = 1; i < stages.length; i++) {
+    const prev = stages[i - 1]!;
+    const m = stages[i]!;
+    const spec = modelSpec(m);
+    const ups = spec.inputs.filter((x) => x.source.kind === 'upstream');
+    if (ups.length === 0) problems.push(`${m.name}@${m.version} follows ${prev.name} but has no upstream input`);
+    for (const input of ups) {
+      if (input.source.kind !== 'upstream') continue;
+      const out = modelSpec(prev).outputs.find((o) => o.name === (input.source as { output: string }).output);
+      if (!out) {
+        problems.push(`${m.name}@${m.version} input ${input.name} takes output ${input.source.output}, which ${prev.name}@${prev.version} does not have (${modelSpec(prev).outputs.map((o) => o.name).join(', ')})`);
+        continue;
+      }
+      const need = fixedElements(input.shape);
+      const give = fixedElements(out.shape);
+      if (need !== undefined && need % input.source.frames !== 0) problems.push(`${m.name}@${m.version} input ${input.name}: ${need} elements do not split into ${input.source.frames} frames`);
+      else if (need !== undefined && give !== undefined && give % (need / input.source.frames) !== 0) {
+        problems.push(`${prev.name}@${prev.version} output ${out.name} gives ${give} values, not whole rows of ${need / input.source.frames} for ${m.name} input ${input.name}`);
+      }
+    }
+  }
+  return problems.length ? problems.join('; ') : undefined;
 }

@@ -5,7 +5,7 @@
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
 import { PipelineSchema, type PipelineConfig } from '../../agent/config.ts';
-import { releaseFitProblem } from '../../agent/models/pipeline-fit.ts';
+import { chainProblem, releaseFitProblem } from '../../agent/models/pipeline-fit.ts';
 import { ManifestV2Schema, type Manifest } from '../../shared/manifest.ts';
 
 const pipe = (p: Record<string, unknown>): PipelineConfig => PipelineSchema.parse(p);
@@ -65,5 +65,20 @@ void describe('releaseFitProblem', () => {
   test('a chain stage without an upstream input is refused', () => {
     const badHead = { ...reading, name: 'head' };
     assert.match(releaseFitProblem(pipelines, badHead) ?? '', /runs head after mel, but head@1.0.0 has no upstream input/);
+  });
+
+  test('a chain runs together only when each stage takes an output of the one before, in whole rows', () => {
+    const mel = v2('mel', [{ name: 'x', dtype: 'float32', shape: [1, 2], source: { kind: 'reading', features: [{ name: 'a' }, { name: 'b' }] } }], { kind: 'anomaly', threshold: 1 }, 'anomaly');
+    const melOut = { ...mel, outputs: [{ name: 'emb', dtype: 'float32' as const, shape: [1, 8] }] };
+    assert.equal(chainProblem([melOut, head]), undefined, 'rows of 4 from 8 values');
+    assert.match(chainProblem([mel, head]) ?? '', /takes output emb, which mel@1.0.0 does not have \(y\)/);
+    const odd = { ...mel, outputs: [{ name: 'emb', dtype: 'float32' as const, shape: [1, 6] }] };
+    assert.match(chainProblem([odd, head]) ?? '', /output emb gives 6 values, not whole rows of 4/);
+    assert.match(chainProblem([melOut, reading]) ?? '', /scorer@1.0.0 follows mel but has no upstream input/);
+    // An update of the head that no longer fits the mel model the device runs is refused.
+    const pipelines = [pipe({ name: 'kws', model: 'mel', chain: ['head'], input: { type: 'mqtt', format: 'json' } })];
+    const wideHead = { ...head, inputs: head.manifestVersion === 2 ? head.inputs.map((i) => ({ ...i, shape: [1, 5] })) : [] } as Manifest;
+    assert.match(releaseFitProblem(pipelines, wideHead, (n) => (n === 'mel' ? melOut : undefined)) ?? '', /pipeline kws: mel@1.0.0 output emb gives 8 values, not whole rows of 5/);
+    assert.equal(releaseFitProblem(pipelines, head, (n) => (n === 'mel' ? melOut : undefined)), undefined);
   });
 });
