@@ -166,7 +166,11 @@ export function verifyRelease(signed: unknown, trustedKeys: readonly TrustedKey[
   try {
     const pub = toPublicKey(trusted.publicKeyPem);
     // The id is recomputed: a trust list entry whose id does not match its key trusts nothing.
-    good = keyIdOf(pub) === keyId && verify(null, Buffer.from(canonicalJson(env.data.release)), pub, Buffer.from(sig, 'base64'));
+    // Over the release exactly as received, not zod's copy of it: a copy drops an own
+    // `__proto__` key (JSON.parse makes one; assignment into the copy sets the prototype
+    // instead), so junk under that key verified (found by the config/manifest fuzz suite).
+    const raw = (signed as { release: unknown }).release;
+    good = keyIdOf(pub) === keyId && verify(null, Buffer.from(canonicalJson(raw)), pub, Buffer.from(sig, 'base64'));
   } catch {
     good = false;
   }

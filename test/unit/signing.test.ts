@@ -83,6 +83,18 @@ describe('signed releases', () => {
     assert.equal(!r2.ok && r2.code, 'BAD_SIGNATURE');
   });
 
+  test('an own __proto__ key added to the signed body (as JSON.parse makes one) is BAD_SIGNATURE, not dropped and verified', () => {
+    // Found by test/fuzz/config-manifest.fuzz.test.ts (FUZZ_SEED=1647322528): the signature was
+    // checked over zod's copy of the body, which loses an own `__proto__` key.
+    const text = JSON.stringify(signRelease(body(4), a));
+    const tampered: unknown = JSON.parse(text.replace('"release":{', '"release":{"__proto__":[[[1]]],'));
+    assert.ok(Object.keys((tampered as { release: object }).release).includes('__proto__'), 'an own key, as on the wire');
+    const r = verifyRelease(tampered, trust(a));
+    assert.equal(r.ok, false);
+    assert.equal(!r.ok && r.code, 'BAD_SIGNATURE');
+    assert.ok(verifyRelease(JSON.parse(text), trust(a)).ok, 'the untouched release still verifies');
+  });
+
   test('a key that is not trusted is UNKNOWN_KEY; a trust entry with a lying id trusts nothing', () => {
     const signed = wire(signRelease(body(1), b));
     const r = verifyRelease(signed, trust(a));
