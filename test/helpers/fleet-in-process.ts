@@ -49,7 +49,14 @@ export class InProcessFleet {
     const token = await this.addPrincipal({ id: deviceId });
     const file = writeAgentConfig({ dir: join(this.root, deviceId), deviceId, token, mqttUrl: this.hub.mqttUrl, modelsDir: MODELS_DIR, extra });
     const agent = createAgent(loadAgentConfig({ file, env: {} }), { log });
-    await agent.start();
+    try {
+      await agent.start();
+    } catch (err) {
+      // A start that fails halfway leaves workers and sockets up: stop what did start, or the
+      // test file's process never exits.
+      await agent.stop().catch(() => undefined);
+      throw err;
+    }
     this.agents.push(agent);
     return agent;
   }
