@@ -346,4 +346,3 @@ function emptyOutcome(): TaskOutcome {
   return { fields: {}, record: {}, values: {} };
 }
 
-export type { TensorData };
