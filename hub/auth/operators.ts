@@ -11,7 +11,7 @@ import { join } from 'node:path';
 import type { Logger } from '../../shared/log.ts';
 import type { ApiRole, HubStore } from '../store/store.ts';
 import { checkFailureBudget, type AuthFailureLimiter } from './failures.ts';
-import { hashToken, newApiToken, splitApiToken, verifyToken } from './tokens.ts';
+import { hashToken, newApiToken, splitApiToken, verifyOrDummy, verifyToken } from './tokens.ts';
 
 export const ADMIN_TOKEN_FILE = 'admin.token';
 const ADMIN_NAME = 'admin';
@@ -51,7 +51,9 @@ export class ApiAuth {
     checkFailureBudget(this.failures, remote);
     const parts = splitApiToken(token);
     const rec = parts ? await this.store.getApiToken(parts.id) : undefined;
-    if (!parts || !rec || rec.revokedAt || !(await verifyToken(parts.secret, rec.token))) {
+    // One scrypt on every path (unknown id, malformed, revoked, wrong secret): equal answer times.
+    const ok = await verifyOrDummy(parts?.secret ?? token, rec?.token);
+    if (!parts || !rec || rec.revokedAt || !ok) {
       this.failures?.fail(remote);
       return undefined;
     }

@@ -23,7 +23,7 @@ import type { ApiTokenRecord, EnrollmentTokenRecord, HubStore } from '../store/s
 import { checkFailureBudget, type AuthFailureLimiter } from './failures.ts';
 import type { Operator } from './operators.ts';
 import { ROLES } from './roles.ts';
-import { hashToken, newApiToken, newSecret, verifyToken } from './tokens.ts';
+import { hashToken, newApiToken, newSecret, verifyOrDummy } from './tokens.ts';
 
 
 export const CreateOperatorTokenSchema = z.strictObject({
@@ -87,7 +87,6 @@ export class SecurityService {
   readonly #now: () => number;
   readonly #revoked: ((id: string) => void)[] = [];
   readonly #tokenRevoked: ((tokenId: string) => void)[] = [];
-  #dummy: ReturnType<typeof hashToken> | undefined;
 
   constructor(opts: SecurityOptions) {
     this.#o = opts;
@@ -165,9 +164,8 @@ export class SecurityService {
     const b = parse(EnrollRequestSchema, body);
     const m = ENROLL_TOKEN.exec(b.token);
     const rec = m ? await this.#o.store.getEnrollmentToken(m[1] as string) : undefined;
-    this.#dummy ??= hashToken(newSecret());
-    // Verify against a dummy hash for unknown ids, so timing does not reveal which ids exist.
-    const ok = await verifyToken(m ? (m[2] as string) : b.token, rec ? rec.token : await this.#dummy);
+    // Unknown ids are verified against a dummy hash, so timing does not reveal which ids exist.
+    const ok = await verifyOrDummy(m ? (m[2] as string) : b.token, rec?.token);
     if (!m || !rec || !ok) throw this.#refuse(remote, 'unknown', m?.[1]);
     const early = enrollmentRefusal(rec, this.#now());
     if (early) throw this.#refuse(remote, early, rec.id);

@@ -53,6 +53,21 @@ export async function verifyToken(token: string, stored: TokenHash): Promise<boo
   return timingSafeEqual(candidate, stored.hash);
 }
 
+let dummy: Promise<TokenHash> | undefined;
+
+/**
+ * Verifies `secret` against `stored`, or, when there is no stored hash (unknown id, malformed
+ * token), against a dummy hash of the same cost: every refusal pays one scrypt, so the answer
+ * time does not tell an attacker which ids exist (issue #14: an unknown operator-token id used
+ * to answer ~8x faster than a known one). The dummy never verifies: its secret is discarded.
+ */
+export async function verifyOrDummy(secret: string, stored: TokenHash | undefined): Promise<boolean> {
+  dummy ??= hashToken(newSecret());
+  const against = stored ?? (await dummy);
+  const ok = await verifyToken(secret, against);
+  return ok && stored !== undefined;
+}
+
 /** Operator API tokens are `<id>.<secret>`: the id finds the row, the secret is verified. */
 export function splitApiToken(token: string): { id: string; secret: string } | undefined {
   const m = /^([a-f0-9]{16})\.([A-Za-z0-9_-]{20,128})$/.exec(token);
