@@ -420,4 +420,47 @@ export const MIGRATIONS: readonly Migration[] = [
       ALTER TABLE inference_index ADD COLUMN pred TEXT;
     `,
   },
+  {
+    version: 8,
+    name: 'audit log: hash chain, delete guard, prune checkpoints',
+    sql: `
+      -- Tamper evidence (issue #14): each row stores the hash of the row before it and its own
+      -- hash, sha256 over a canonical encoding of the row and prev_hash (hub/store/sqlite-security.ts
+      -- auditHash). Rows written before this migration have NULL hashes until the hub seals them
+      -- (in id order, once) at its next audit write; the update guard below allows exactly that.
+      ALTER TABLE audit_log ADD COLUMN prev_hash TEXT;
+      ALTER TABLE audit_log ADD COLUMN hash TEXT;
+
+      -- Rows with ids up to \`through\` may be deleted: the retention prune moves it forward, and
+      -- only right after appending the checkpoint row (action audit.prune, details.through) that
+      -- carries the hash of the last pruned row, so verify can start from the first kept row.
+      CREATE TABLE audit_prune_cut (
+        one     INTEGER PRIMARY KEY CHECK (one = 1),
+        through INTEGER NOT NULL
+      );
+      INSERT INTO audit_prune_cut (one, through) VALUES (1, 0);
+      CREATE TRIGGER audit_prune_cut_needs_checkpoint BEFORE UPDATE ON audit_prune_cut
+      WHEN NEW.through < OLD.through OR NOT EXISTS (
+        SELECT 1 FROM audit_log WHERE id = (SELECT MAX(id) FROM audit_log)
+          AND action = 'audit.prune' AND json_extract(details, '$.through') = NEW.through)
+      BEGIN SELECT RAISE(ABORT, 'the audit log is pruned only behind a checkpoint row'); END;
+      CREATE TRIGGER audit_prune_cut_no_delete BEFORE DELETE ON audit_prune_cut
+      BEGIN SELECT RAISE(ABORT, 'the audit prune cut cannot be deleted'); END;
+
+      CREATE TRIGGER audit_log_no_delete BEFORE DELETE ON audit_log
+      WHEN OLD.id > (SELECT through FROM audit_prune_cut)
+      BEGIN SELECT RAISE(ABORT, 'audit log rows are deleted only by the retention prune'); END;
+      CREATE TRIGGER audit_log_chained BEFORE INSERT ON audit_log
+      WHEN NEW.hash IS NULL OR NEW.prev_hash IS NULL
+      BEGIN SELECT RAISE(ABORT, 'audit log rows must be chained'); END;
+      DROP TRIGGER audit_log_no_update;
+      CREATE TRIGGER audit_log_no_update BEFORE UPDATE ON audit_log
+      WHEN NOT (OLD.hash IS NULL AND NEW.hash IS NOT NULL AND NEW.prev_hash IS NOT NULL
+        AND NEW.id = OLD.id AND NEW.ts IS OLD.ts AND NEW.actor IS OLD.actor AND NEW.actor_id IS OLD.actor_id
+        AND NEW.role IS OLD.role AND NEW.action IS OLD.action AND NEW.target IS OLD.target
+        AND NEW.outcome IS OLD.outcome AND NEW.status IS OLD.status AND NEW.remote IS OLD.remote
+        AND NEW.details IS OLD.details)
+      BEGIN SELECT RAISE(ABORT, 'audit log is append-only'); END;
+    `,
+  },
 ];

@@ -1,6 +1,7 @@
 /**
  * The security half of the SQLite HubStore (tables of migration 6): principal and operator
- * token revocation, enrollment tokens, and the append-only operator audit log. Same connection
+ * token revocation, enrollment tokens, and the operator audit log (hash-chained and pruned behind
+ * checkpoints since migration 8, shared/audit-chain.ts). Same connection
  * as sqlite-store.ts; every function is one synchronous statement or transaction, so nothing
  * here spans an `await`.
  *
@@ -11,11 +12,14 @@
  */
 import type Database from 'better-sqlite3';
 import { z } from 'zod';
+import { AUDIT_GENESIS, AUDIT_PRUNE_ACTION, AuditChainVerifier, auditRowHash, parseCheckpoint, type ChainedAuditRow } from '../../shared/audit-chain.ts';
 import { EdgefleetError, ErrorCode } from '../../shared/errors.ts';
 import { parseStored } from './sqlite-rollouts.ts';
 import type {
   AuditEntry,
   AuditQuery,
+  AuditPrune,
+  AuditPruneResult,
   AuditRecord,
   EnrollRefusal,
   EnrollmentTokenRecord,
@@ -52,6 +56,8 @@ interface AuditRow {
   status: number | null;
   remote: string | null;
   details: string;
+  prev_hash: string | null;
+  hash: string | null;
 }
 
 const LabelsSchema = z.record(z.string(), z.string());
@@ -133,11 +139,130 @@ export function enrollPrincipal(db: Db, tokenId: string, p: Omit<NewPrincipal, '
     .immediate();
 }
 
-export function appendAudit(db: Db, e: AuditEntry): void {
+/** Canonical chain fields of a stored row. */
+const toChained = (r: AuditRow): ChainedAuditRow => ({
+  id: r.id,
+  ts: r.ts,
+  actor: r.actor,
+  actorId: r.actor_id,
+  role: r.role,
+  action: r.action,
+  target: r.target,
+  outcome: r.outcome,
+  status: r.status,
+  remote: r.remote,
+  details: r.details,
+  prevHash: r.prev_hash,
+  hash: r.hash,
+});
+
+/**
+ * Hashes rows written before the chain existed (migration 8), in id order, once: the update
+ * guard lets a row's NULL hash be filled and nothing else. Returns how many were sealed.
+ */
+export function sealAudit(db: Db): number {
+  const unsealed = db.prepare('SELECT * FROM audit_log WHERE hash IS NULL ORDER BY id').all() as AuditRow[];
+  if (!unsealed.length) return 0;
+  const seal = db.prepare('UPDATE audit_log SET prev_hash = ?, hash = ? WHERE id = ?');
+  const before = db.prepare('SELECT hash FROM audit_log WHERE id < ? ORDER BY id DESC LIMIT 1');
+  let prev: string | undefined;
+  for (const r of unsealed) {
+    prev ??= (before.get(r.id) as { hash: string | null } | undefined)?.hash ?? AUDIT_GENESIS;
+    const hash = auditRowHash(toChained(r), prev);
+    seal.run(prev, hash, r.id);
+    prev = hash;
+  }
+  return unsealed.length;
+}
+
+/** Appends one chained row after the current tail (sealing older unchained rows first); returns it. */
+function appendChained(db: Db, e: AuditEntry): ChainedAuditRow {
+  const tail = db.prepare('SELECT id, hash FROM audit_log ORDER BY id DESC LIMIT 1').get() as { id: number; hash: string | null } | undefined;
+  if (tail && tail.hash === null) sealAudit(db);
+  const prevHash = tail ? (db.prepare('SELECT hash FROM audit_log WHERE id = ?').get(tail.id) as { hash: string }).hash : AUDIT_GENESIS;
+  // AUTOINCREMENT never reuses an id, even after the prune empties the table's head; the hash
+  // needs the id before the insert, so take it from the same counter.
+  const seq = (db.prepare("SELECT seq FROM sqlite_sequence WHERE name = 'audit_log'").get() as { seq: number } | undefined)?.seq ?? 0;
+  const row = {
+    id: Math.max(seq, tail?.id ?? 0) + 1,
+    ts: e.ts,
+    actor: e.actor,
+    actorId: e.actorId,
+    role: e.role,
+    action: e.action,
+    target: e.target,
+    outcome: e.outcome,
+    status: e.status,
+    remote: e.remote,
+    details: JSON.stringify(e.details),
+  };
+  const hash = auditRowHash(row, prevHash);
   db.prepare(
-    `INSERT INTO audit_log (ts, actor, actor_id, role, action, target, outcome, status, remote, details)
-     VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
-  ).run(e.ts, e.actor, e.actorId, e.role, e.action, e.target, e.outcome, e.status, e.remote, JSON.stringify(e.details));
+    `INSERT INTO audit_log (id, ts, actor, actor_id, role, action, target, outcome, status, remote, details, prev_hash, hash)
+     VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+  ).run(row.id, row.ts, row.actor, row.actorId, row.role, row.action, row.target, row.outcome, row.status, row.remote, row.details, prevHash, hash);
+  return { ...row, prevHash, hash };
+}
+
+export function appendAudit(db: Db, e: AuditEntry): void {
+  db.transaction(() => void appendChained(db, e)).immediate();
+}
+
+/** Up to `limit` rows with ids above `afterId`, oldest first, as stored (for verify and export). */
+export function readAuditChain(db: Db, afterId: number, limit: number): ChainedAuditRow[] {
+  return (db.prepare('SELECT * FROM audit_log WHERE id > ? ORDER BY id LIMIT ?').all(afterId, limit) as AuditRow[]).map(toChained);
+}
+
+export function getAuditRow(db: Db, id: number): ChainedAuditRow | undefined {
+  const r = db.prepare('SELECT * FROM audit_log WHERE id = ?').get(id) as AuditRow | undefined;
+  return r && toChained(r);
+}
+
+/**
+ * Retention (issue #14): deletes the oldest rows older than `olderThan` or beyond the newest
+ * `maxRows`, at most `batch` per call. In one transaction: the rows to prune are checked first
+ * (a broken chain is evidence: CONFLICT, nothing deleted), then a checkpoint row recording the
+ * last pruned id and its hash is appended, the delete guard's cut moved to that id, and the rows
+ * deleted. Undefined when nothing is due.
+ */
+export function pruneAudit(db: Db, p: AuditPrune): AuditPruneResult | undefined {
+  return db
+    .transaction((): AuditPruneResult | undefined => {
+      sealAudit(db);
+      const span = db.prepare('SELECT MIN(id) AS first, MAX(id) AS last, COUNT(*) AS n FROM audit_log').get() as { first: number | null; last: number | null; n: number };
+      if (span.first === null || span.last === null) return undefined;
+      const byAge = (db.prepare('SELECT MAX(id) AS id FROM audit_log WHERE ts < ?').get(p.olderThan) as { id: number | null }).id ?? 0;
+      // Keep maxRows rows including the checkpoint about to be written.
+      const byCount = span.last + 1 - p.maxRows;
+      const through = Math.min(Math.max(byAge, byCount), span.first + p.batch - 1, span.last);
+      if (through < span.first) return undefined;
+      const verifier = new AuditChainVerifier();
+      for (const r of readAuditChain(db, span.first - 1, through - span.first + 2)) verifier.push(r);
+      const latest = db.prepare(`SELECT * FROM audit_log WHERE action = ? AND id > ? ORDER BY id DESC LIMIT 1`).get(AUDIT_PRUNE_ACTION, through + 1) as AuditRow | undefined;
+      const cp = latest && parseCheckpoint(latest.details);
+      if (cp) verifier.vouch(cp);
+      const v = verifier.result();
+      if (v.broken) throw new EdgefleetError(ErrorCode.CONFLICT, `audit chain broken at row ${v.broken.id} (${v.broken.reason}): not pruning`, { details: { ...v.broken } });
+      const last = getAuditRow(db, through);
+      if (!last?.hash) throw new EdgefleetError(ErrorCode.CONFLICT, `audit row ${through} is missing: not pruning`);
+      const rows = through - span.first + 1;
+      const checkpoint = appendChained(db, {
+        ts: p.at,
+        actor: 'hub',
+        actorId: null,
+        role: null,
+        action: AUDIT_PRUNE_ACTION,
+        target: null,
+        outcome: 'ok',
+        status: null,
+        remote: null,
+        details: { through, throughHash: last.hash, rows, olderThan: p.olderThan, maxRows: p.maxRows },
+      });
+      db.prepare('UPDATE audit_prune_cut SET through = ? WHERE one = 1').run(through);
+      const deleted = db.prepare('DELETE FROM audit_log WHERE id <= ?').run(through).changes;
+      return { pruned: deleted, through, checkpointId: checkpoint.id };
+    })
+    .immediate();
 }
 
 export function queryAudit(db: Db, q: AuditQuery): AuditRecord[] {
@@ -155,17 +280,8 @@ export function queryAudit(db: Db, q: AuditQuery): AuditRecord[] {
   add('outcome = ?', q.outcome);
   add('id < ?', q.before);
   const sql = `SELECT * FROM audit_log ${where.length ? `WHERE ${where.join(' AND ')}` : ''} ORDER BY id DESC LIMIT ?`;
-  return (db.prepare(sql).all(...args, q.limit) as AuditRow[]).map((r) => ({
-    id: r.id,
-    ts: r.ts,
-    actor: r.actor,
-    actorId: r.actor_id,
-    role: r.role,
-    action: r.action,
-    target: r.target,
-    outcome: r.outcome,
-    status: r.status,
-    remote: r.remote,
-    details: parseStored(DetailsSchema, r.details, {}),
-  }));
+  return (db.prepare(sql).all(...args, q.limit) as AuditRow[]).map((r) => {
+    const { prevHash: _p, hash: _h, ...c } = toChained(r);
+    return { ...c, outcome: r.outcome, details: parseStored(DetailsSchema, r.details, {}) };
+  });
 }

@@ -11,6 +11,7 @@ import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import Database from 'better-sqlite3';
 import { z } from 'zod';
+import type { ChainedAuditRow } from '../../shared/audit-chain.ts';
 import { EdgefleetError, ErrorCode, toEdgefleetError } from '../../shared/errors.ts';
 import type { Logger } from '../../shared/log.ts';
 import { ModelRefSchema, StreamPositionSchema, type Hello, type TelemetryRecord } from '../../shared/protocol.ts';
@@ -38,6 +39,8 @@ import type {
   RolloutState,
   ApiTokenRecord,
   AuditEntry,
+  AuditPrune,
+  AuditPruneResult,
   AuditQuery,
   AuditRecord,
   EnrollRefusal,
@@ -522,6 +525,22 @@ export class SqliteHubStore implements HubStore {
 
   queryAudit(q: AuditQuery): Promise<AuditRecord[]> {
     return this.#run('query audit', (db) => security.queryAudit(db, q));
+  }
+
+  readAuditChain(afterId: number, limit: number): Promise<ChainedAuditRow[]> {
+    return this.#run('read audit chain', (db) => security.readAuditChain(db, afterId, limit));
+  }
+
+  getAuditRow(id: number): Promise<ChainedAuditRow | undefined> {
+    return this.#run('get audit row', (db) => security.getAuditRow(db, id));
+  }
+
+  sealAudit(): Promise<number> {
+    return this.#run('seal audit', (db) => db.transaction(() => security.sealAudit(db)).immediate());
+  }
+
+  pruneAudit(p: AuditPrune): Promise<AuditPruneResult | undefined> {
+    return this.#run('prune audit', (db) => security.pruneAudit(db, p));
   }
 
   putPendingUpload(p: PendingUpload): Promise<void> {

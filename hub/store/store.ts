@@ -5,6 +5,7 @@
  * (ARCHITECTURE "Beyond one machine"). Methods are async for that reason, even though SQLite
  * answers synchronously. Storage failures reject with EdgefleetError STORAGE.
  */
+import type { ChainedAuditRow } from '../../shared/audit-chain.ts';
 import type { EdgefleetError } from '../../shared/errors.ts';
 import type { Component } from '../../shared/lifecycle.ts';
 import type { Hello, ModelRef, TelemetryRecord } from '../../shared/protocol.ts';
@@ -170,6 +171,25 @@ export interface AuditQuery {
   limit: number;
 }
 
+/** What the audit retention prune may delete (sqlite-security.ts pruneAudit). */
+export interface AuditPrune {
+  /** Rows with ts before this are due. */
+  olderThan: number;
+  /** Rows beyond the newest maxRows (counting the checkpoint written) are due. */
+  maxRows: number;
+  /** Most rows deleted by one call (one transaction); the caller calls again while some were. */
+  batch: number;
+  /** The checkpoint row's ts. */
+  at: number;
+}
+
+export interface AuditPruneResult {
+  pruned: number;
+  /** The last pruned id: the first kept row links to its hash, which the checkpoint records. */
+  through: number;
+  checkpointId: number;
+}
+
 /** Why an enrollment was refused: the token is unknown, used up, expired or revoked. */
 export type EnrollRefusal = 'unknown' | 'used_up' | 'expired' | 'revoked';
 
@@ -190,9 +210,17 @@ export interface SecurityStore {
    * refusal instead when the token cannot be used; rejects CONFLICT when the id exists.
    */
   enrollPrincipal(tokenId: string, p: Omit<NewPrincipal, 'group' | 'kind'>): Promise<{ group: string } | { refused: EnrollRefusal }>;
+  /** Appends one row to the hash chain (shared/audit-chain.ts). */
   appendAudit(e: AuditEntry): Promise<void>;
   /** Newest first. */
   queryAudit(q: AuditQuery): Promise<AuditRecord[]>;
+  /** Up to `limit` rows with ids above `afterId`, oldest first, exactly as stored (verify, export). */
+  readAuditChain(afterId: number, limit: number): Promise<ChainedAuditRow[]>;
+  getAuditRow(id: number): Promise<ChainedAuditRow | undefined>;
+  /** Hashes rows written before the chain existed; how many. */
+  sealAudit(): Promise<number>;
+  /** Deletes due rows behind a checkpoint row; undefined when none are due; CONFLICT when the rows to delete do not verify. */
+  pruneAudit(p: AuditPrune): Promise<AuditPruneResult | undefined>;
 }
 
 export interface FleetTotals {
