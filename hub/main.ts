@@ -117,7 +117,7 @@ export function createHub(config: HubConfig, deps: HubDeps): Promise<Hub> {
     log: log.child({ component: 'store' }),
   });
   // One failed-login budget per address for MQTT, the API and enrollment (each failure costs a scrypt).
-  const failures = new AuthFailureLimiter(config.limits.maxAuthFailuresPerMinutePerIp, now);
+  const failures = new AuthFailureLimiter(config.limits.maxAuthFailuresPerMinutePerIp, now, { registry });
   const broker = new EmbeddedBroker({
     host: config.mqtt.host,
     port: config.mqtt.port,
