@@ -160,29 +160,61 @@ function checkV1(meta: ModelMetadata, manifest: ManifestV1): string[] {
  * with the expected values; `actual[i]` undefined means that vector could not be run.
  */
 export function testVectorProblems(manifest: Manifest, actual: readonly (readonly number[] | Readonly<Record<string, readonly number[]>> | undefined)[]): string[] {
-  const out: string[] = [];
   const spec = modelSpec(manifest);
-  for (const [i, tv] of spec.testVectors.entries()) {
+  const cases = spec.testVectors.map((tv, i) => ({
+    label: `test vector ${i}`,
+    expected: Object.fromEntries(Object.entries(tv.expected).map(([name, t]) => [name, { data: t.values }])),
+    tolerance: tv.tolerance,
+  }));
+  // A v1 manifest has one output: its messages name the vector only.
+  return caseProblems(cases, actual, manifest.manifestVersion === 1 ? 'vector' : 'output');
+}
+
+/** A test case as far as checking its outputs goes. */
+export interface CheckedCase {
+  label: string;
+  expected: Readonly<Record<string, { data: ArrayLike<number> }>>;
+  tolerance: number;
+}
+
+/**
+ * How `actual` (per case: every output by name, or the one output's values; undefined = the
+ * run failed) differs from the cases' expected outputs, each within the case's tolerance.
+ * `naming` 'vector' names a single-output case by its label alone.
+ */
+export function caseProblems(
+  cases: readonly CheckedCase[],
+  actual: readonly (readonly number[] | Readonly<Record<string, readonly number[]>> | undefined)[],
+  naming: 'vector' | 'output' = 'output',
+): string[] {
+  const out: string[] = [];
+  for (const [i, c] of cases.entries()) {
     const got = actual[i];
     if (!got) {
-      out.push(`test vector ${i}: the model could not run it`);
+      out.push(`${c.label}: the model could not run it`);
       continue;
     }
-    const entries = Object.entries(tv.expected);
+    const entries = Object.entries(c.expected);
     for (const [name, want] of entries) {
       const values = Array.isArray(got) ? (got as readonly number[]) : (got as Readonly<Record<string, readonly number[]>>)[name];
-      const what = entries.length > 1 || manifest.manifestVersion === 2 ? `test vector ${i} output ${name}` : `test vector ${i}`;
+      const what = entries.length > 1 || naming === 'output' ? `${c.label} output ${name}` : c.label;
       if (!values) {
         out.push(`${what}: the model gave no such output`);
         continue;
       }
-      if (values.length !== want.values.length) {
-        out.push(`${what}: the model gave ${values.length} values, ${want.values.length} expected`);
+      if (values.length !== want.data.length) {
+        out.push(`${what}: the model gave ${values.length} values, ${want.data.length} expected`);
         continue;
       }
       // `!(d <= tol)` so a NaN output counts as a miss.
-      const bad = want.values.findIndex((w, k) => !(Math.abs((values[k] as number) - w) <= tv.tolerance));
-      if (bad >= 0) out.push(`${what}: value ${bad} is ${values[bad]}, expected ${want.values[bad]} ± ${tv.tolerance}`);
+      let bad = -1;
+      for (let k = 0; k < want.data.length; k++) {
+        if (!(Math.abs((values[k] as number) - (want.data[k] as number)) <= c.tolerance)) {
+          bad = k;
+          break;
+        }
+      }
+      if (bad >= 0) out.push(`${what}: value ${bad} is ${values[bad]}, expected ${want.data[bad]} ± ${c.tolerance}`);
     }
   }
   return out;

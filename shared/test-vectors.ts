@@ -195,13 +195,23 @@ export async function loadTestVectors(m: ManifestV2, manifestDir: string, limits
   if (!tf) return out;
   // The schema allows a bare file name only; checked again so no caller can be led elsewhere.
   if (basename(tf.file) !== tf.file) throw bad(`testVectorsFile ${tf.file} must be a file name beside the manifest`);
-  const path = join(manifestDir, tf.file);
+  return [...out, ...(await readTestVectorsFile(m, join(manifestDir, tf.file), limits, 'beside the manifest'))];
+}
+
+/**
+ * The sidecar's test cases read from `path` (beside the manifest on a device, in the hub's
+ * content-addressed artifact store for a release), its size and sha256 checked against the
+ * manifest before it is parsed. Empty when the manifest names no sidecar.
+ */
+export async function readTestVectorsFile(m: ManifestV2, path: string, limits: Partial<SidecarLimits> = {}, where = `at ${path}`): Promise<TestCase[]> {
+  const tf = m.testVectorsFile;
+  if (!tf) return [];
   const maxBytes = limits.maxBytes ?? DEFAULT_SIDECAR_MAX_BYTES;
   let size: number;
   try {
     size = (await stat(path)).size;
   } catch (err) {
-    throw new EdgefleetError(ErrorCode.BAD_MANIFEST, `test vectors file ${tf.file} cannot be read beside the manifest: ${(err as Error).message}`, { cause: err });
+    throw new EdgefleetError(ErrorCode.BAD_MANIFEST, `test vectors file ${tf.file} cannot be read ${where}: ${(err as Error).message}`, { cause: err });
   }
   if (size !== tf.size) throw bad(`test vectors file ${tf.file} has ${size} bytes, the manifest says ${tf.size}`);
   // Deflate never grows data by more than a few bytes per 16 KiB block, so a file much larger than
@@ -211,7 +221,7 @@ export async function loadTestVectors(m: ManifestV2, manifestDir: string, limits
   if (bytes.length !== tf.size) throw bad(`test vectors file ${tf.file} changed while it was read`);
   const sha = createHash('sha256').update(bytes).digest('hex');
   if (sha !== tf.sha256) throw bad(`test vectors file ${tf.file} has sha256 ${sha}, the manifest says ${tf.sha256}`);
-  return [...out, ...sidecarTestVectors(m, bytes, limits)];
+  return sidecarTestVectors(m, bytes, limits);
 }
 
 // ----------------------------------------------------------------------------------- writing

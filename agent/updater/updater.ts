@@ -4,7 +4,8 @@
  * each model name serves. Layout under `updates.dir`:
  *
  *   state.json                            the single commit point (state.ts)
- *   <name>/<version>-<counter>/           model.onnx, manifest.json, release.json (fsynced, then
+ *   <name>/<version>-<counter>/           model.onnx, manifest.json, release.json, and the test-vector
+ *                                         sidecar the manifest names, if any (fsynced, then
  *                                         renamed from `.staging-*` into place)
  *   .partial/<sha256>.part                downloads in progress (resumed with Range)
  *   .quarantine/<sha256>-<ts>.onnx        artifacts the validator child refused or died on
@@ -303,11 +304,18 @@ export class ModelUpdater implements Component {
       }
       setPhase('download');
       const part = join(this.#o.dir, PARTIAL_DIR, `${m.artifact.sha256}.part`);
+      // A v2 release may carry its test vectors in a sidecar: a second artifact, named by the
+      // signed manifest's sha256, downloaded the same way and validated with the model.
+      const tf = m.manifestVersion === 2 ? m.testVectorsFile : undefined;
+      const sidecar = tf ? { path: join(this.#o.dir, PARTIAL_DIR, `${tf.sha256}.part`), file: tf.file } : undefined;
       try {
-        await downloadArtifact(
-          { url: `${this.#o.hubHttpUrl}${args.artifactPath}`, authorization: `Bearer ${this.#o.identity.deviceId}:${this.#o.hubToken}`, path: part, sha256: m.artifact.sha256, size: m.artifact.size },
-          { ...this.#o.download, fetch: this.#o.fetch, log: this.#log, signal: this.#abort.signal, onBytes: (n) => this.#metrics?.bytes.inc(n) },
-        );
+        const download = (path: string, want: { sha256: string; size: number }, url: string): Promise<unknown> =>
+          downloadArtifact(
+            { url, authorization: `Bearer ${this.#o.identity.deviceId}:${this.#o.hubToken}`, path, sha256: want.sha256, size: want.size },
+            { ...this.#o.download, fetch: this.#o.fetch, log: this.#log, signal: this.#abort.signal, onBytes: (n) => this.#metrics?.bytes.inc(n) },
+          );
+        await download(part, m.artifact, `${this.#o.hubHttpUrl}${args.artifactPath}`);
+        if (tf && sidecar) await download(sidecar.path, tf, `${this.#o.hubHttpUrl}${args.artifactPath.slice(0, args.artifactPath.lastIndexOf('/') + 1)}${tf.sha256}`);
       } catch (err) {
         const e = toEdgefleetError(err);
         throw new PhaseError('download', e.code, e.code, e.message, err instanceof ArtifactMismatch, err);
@@ -315,7 +323,7 @@ export class ModelUpdater implements Component {
       setPhase('validate');
       let outcome: Awaited<ReturnType<typeof probeModel>>;
       try {
-        outcome = await probeModel(part, m, this.#o.validator, this.#log);
+        outcome = await probeModel(part, m, this.#o.validator, this.#log, sidecar?.path);
       } catch (err) {
         // The validator itself could not run (issue #12): nothing is known about the model, so it
         // is neither quarantined nor recorded as failed; the verified download stays in .partial
@@ -325,12 +333,13 @@ export class ModelUpdater implements Component {
         throw new PhaseError('validate', e.code, e.code, e.message.slice(0, 480), false, err);
       }
       if (outcome.problems.length) {
+        if (sidecar) await rm(sidecar.path, { force: true });
         const q = await this.#quarantine(part, m.artifact.sha256);
         this.#log.error({ model: `${m.name}@${m.version}`, exit: outcome.exit, problems: outcome.problems, quarantined: q, peakRssMiB: Math.round(outcome.peakRssBytes / 2 ** 20) }, 'candidate model refused by the validator');
         throw new PhaseError('validate', ErrorCode.BAD_MODEL, ErrorCode.BAD_MODEL, `validation failed: ${outcome.problems.join('; ')}`.slice(0, 480), true);
       }
       setPhase('activate');
-      const model = await this.#placeVersion(part, release, args.release);
+      const model = await this.#placeVersion(part, release, args.release, sidecar);
       let replaced: LocalModel | undefined;
       try {
         replaced = await this.#o.models.swap(model);
@@ -397,7 +406,7 @@ export class ModelUpdater implements Component {
   }
 
   /** Moves the verified artifact into its version dir with manifest.json and release.json. */
-  async #placeVersion(part: string, release: ReleaseBody, signed: unknown): Promise<LocalModel> {
+  async #placeVersion(part: string, release: ReleaseBody, signed: unknown, sidecar?: { path: string; file: string }): Promise<LocalModel> {
     const m = release.manifest;
     const nameDir = join(this.#o.dir, m.name);
     const finalDir = join(nameDir, versionDirName({ version: m.version, counter: release.counter }));
@@ -410,7 +419,9 @@ export class ModelUpdater implements Component {
     await rename(part, join(staging, 'model.onnx'));
     await writeFile(join(staging, 'manifest.json'), `${JSON.stringify(manifest, null, 1)}\n`);
     await writeFile(join(staging, 'release.json'), `${JSON.stringify(signed)}\n`);
-    for (const f of ['model.onnx', 'manifest.json', 'release.json']) await fsyncPath(join(staging, f));
+    // The sidecar keeps the name the manifest gives it, beside the manifest (where loaders look).
+    if (sidecar) await rename(sidecar.path, join(staging, sidecar.file));
+    for (const f of ['model.onnx', 'manifest.json', 'release.json', ...(sidecar ? [sidecar.file] : [])]) await fsyncPath(join(staging, f));
     await fsyncPath(staging);
     await rename(staging, finalDir);
     await fsyncPath(nameDir);

@@ -10,6 +10,7 @@ import type { InputSource, TaskSpec } from '../../shared/tasks/specs.ts';
 import { createReadStream } from 'node:fs';
 import { readFile, stat } from 'node:fs/promises';
 import { Readable, Transform } from 'node:stream';
+import { dirname, join } from 'node:path';
 import { z } from 'zod';
 import { formatIssues } from '../../shared/codec.ts';
 import { sha256File } from '../../shared/files.ts';
@@ -52,7 +53,13 @@ const ModelSchema = z.looseObject({
 });
 type ModelRow = z.infer<typeof ModelSchema>;
 const ListSchema = z.object({ models: z.array(ModelSchema) });
-const AnnouncedSchema = z.object({ name: z.string(), version: z.string(), upload: z.object({ method: z.literal('PUT'), path: z.string().startsWith('/') }) });
+const AnnouncedSchema = z.object({
+  name: z.string(),
+  version: z.string(),
+  upload: z.object({ method: z.literal('PUT'), path: z.string().startsWith('/') }),
+  vectors: z.object({ method: z.literal('PUT'), path: z.string().startsWith('/') }).optional(),
+});
+const StoredSchema = z.object({ sha256: z.string(), size: z.number() });
 const ShowSchema = ModelSchema.extend({
   manifest: ManifestSchema,
   release: z.looseObject({ release: z.looseObject({ counter: z.number(), createdAt: z.string() }), signature: z.looseObject({ keyId: z.string(), alg: z.string() }) }),
@@ -87,11 +94,26 @@ export function uploadProgress(progress: Progress, size: number): Transform {
   });
 }
 
-/** PUTs a file as the raw request body, streamed through the progress counter. */
-function putFile(client: HubClient, path: string, file: string, size: number, progress: Progress): Promise<z.infer<typeof ModelSchema>> {
-  const body = Readable.toWeb(createReadStream(file).pipe(uploadProgress(progress, size))) as ReadableStream<Uint8Array>;
+/** PUTs a file as the raw request body, streamed through the progress counter when there is one. */
+function putFile<T>(client: HubClient, path: string, file: string, size: number, answer: z.ZodType<T>, progress?: Progress): Promise<T> {
+  const stream = createReadStream(file);
+  const body = Readable.toWeb(progress ? stream.pipe(uploadProgress(progress, size)) : stream) as ReadableStream<Uint8Array>;
   const init = { method: 'PUT', headers: { 'content-type': 'application/octet-stream', 'content-length': String(size) }, body, duplex: 'half' } as const;
-  return client.send(path, ModelSchema, init, UPLOAD_TIMEOUT_MS);
+  return client.send(path, answer, init, UPLOAD_TIMEOUT_MS);
+}
+
+/** Size and sha256 of `file`, checked against what the manifest says (`what` names it in errors). */
+async function checkFile(file: string, want: { size: number; sha256: string }, what: string): Promise<number> {
+  let size: number;
+  try {
+    size = (await stat(file)).size;
+  } catch (err) {
+    throw new Error(`cannot read ${what} ${file}: ${(err as Error).message}`, { cause: err });
+  }
+  if (size !== want.size) throw new Error(`${file} has ${size} bytes, the manifest says ${want.size}`);
+  const sha = await sha256File(file);
+  if (sha !== want.sha256) throw new Error(`${file} has sha256 ${sha}, the manifest says ${want.sha256}`);
+  return size;
 }
 
 function push(argv: string[], io: CliIo): Promise<number> {
@@ -108,20 +130,20 @@ function push(argv: string[], io: CliIo): Promise<number> {
     const parsed = ManifestSchema.safeParse(raw);
     if (!parsed.success) throw new Error(`manifest ${values.manifest} is not valid: ${formatIssues(parsed.error)}`);
     const m = parsed.data;
-    let size: number;
-    try {
-      size = (await stat(file)).size;
-    } catch (err) {
-      throw new Error(`cannot read ${file}: ${(err as Error).message}`, { cause: err });
-    }
-    if (size !== m.artifact.size) throw new Error(`${file} has ${size} bytes, the manifest says ${m.artifact.size}`);
-    const sha = await sha256File(file);
-    if (sha !== m.artifact.sha256) throw new Error(`${file} has sha256 ${sha}, the manifest says ${m.artifact.sha256}`);
+    const size = await checkFile(file, m.artifact, 'model');
+    // A v2 manifest's test-vector sidecar lives beside the manifest (the schema allows a bare name).
+    const tf = m.manifestVersion === 2 ? m.testVectorsFile : undefined;
+    const sidecar = tf ? join(dirname(values.manifest), tf.file) : undefined;
+    if (tf && sidecar) await checkFile(sidecar, tf, 'test vectors file');
 
     // Sent as read, not as parsed: the hub validates it again and signs what it parsed.
     const client = await hub(60_000);
     const announced = await client.request('POST', '/v1/models', AnnouncedSchema, { manifest: raw });
-    const r = await putFile(client, announced.upload.path, file, size, new Progress(io, progressMode(io, values)));
+    if (tf && sidecar) {
+      if (!announced.vectors) throw new Error('the hub did not ask for the test vectors file: it predates test-vector sidecars (upgrade the hub)');
+      await putFile(client, announced.vectors.path, sidecar, tf.size, StoredSchema);
+    }
+    const r = await putFile(client, announced.upload.path, file, size, ModelSchema, new Progress(io, progressMode(io, values)));
     show(r, () => `released ${r.name}@${r.version}: counter ${r.counter}, ${human(r.size)}, sha256 ${r.sha256.slice(0, 12)}…, signed by key ${r.keyId}\n`);
   });
 }

@@ -363,6 +363,17 @@ export function apiOperations(): Operation[] {
     },
     {
       method: 'PUT',
+      path: '/v1/models/{name}/{version}/vectors',
+      operationId: 'uploadModelTestVectors',
+      summary: 'Upload the test-vector sidecar (.npz) the announced manifest names in testVectorsFile; before the artifact',
+      tags: ['models'],
+      auth: 'operator',
+      rawBody: { mediaType: 'application/octet-stream', description: 'The .npz bytes; size and sha256 must match the manifest\'s testVectorsFile' },
+      errors: [400, 404, 409, 413],
+      responses: { 201: json('Stored', S.StoredVectorsSchema) },
+    },
+    {
+      method: 'PUT',
       path: '/v1/models/{name}/{version}/artifact',
       operationId: 'uploadModelArtifact',
       summary: 'Upload the announced ONNX artifact (streamed); the hub checks, probes, signs and stores it',

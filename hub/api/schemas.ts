@@ -217,7 +217,11 @@ export const AnnouncedModelSchema = z.object({
   version: z.string(),
   artifact: z.object({ sha256: z.string(), size: z.number().int() }),
   upload: z.object({ method: z.literal('PUT'), path: z.string() }),
+  /** Present when the manifest names a testVectorsFile: PUT it here before the artifact. */
+  vectors: z.object({ method: z.literal('PUT'), path: z.string(), file: z.string(), sha256: z.string(), size: z.number().int() }).optional(),
 });
+
+export const StoredVectorsSchema = z.object({ sha256: z.string(), size: z.number().int() });
 
 // ---- rollouts --------------------------------------------------------------------------------
 

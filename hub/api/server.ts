@@ -15,6 +15,7 @@
  *   GET  /v1/fleet                totals and records/s over the last minute
  *   GET  /v1/keys                 public keys that sign model releases (agents trust these)
  *   POST /v1/models               announce a release: {manifest} → 202, then PUT its artifact
+ *   PUT  /v1/models/:name/:version/vectors    its test-vector sidecar (.npz), when the manifest names one
  *   PUT  /v1/models/:name/:version/artifact   the raw ONNX bytes, streamed → 201 signed release
  *   GET  /v1/models               releases, newest first
  *   GET  /v1/models/:name/:version             manifest and signed release
@@ -257,6 +258,7 @@ export class ApiServer implements Component {
       { method: 'GET', pattern: /^\/v1\/models$/, auth: 'viewer', handler: (_q, res) => this.#listModels(res) },
       { method: 'GET', pattern: /^\/v1\/models\/([^/]+)\/([^/]+)$/, auth: 'viewer', handler: (_q, res, p) => this.#getModel(res, p.ids) },
       { method: 'PUT', pattern: /^\/v1\/models\/([^/]+)\/([^/]+)\/artifact$/, auth: 'operator', action: 'model.upload', handler: (req, res, p) => this.#uploadArtifact(req, res, p.ids) },
+      { method: 'PUT', pattern: /^\/v1\/models\/([^/]+)\/([^/]+)\/vectors$/, auth: 'operator', action: 'model.upload', handler: (req, res, p) => this.#uploadVectors(req, res, p.ids) },
       { method: 'GET', pattern: /^\/v1\/artifacts\/([^/]+)$/, auth: 'device', handler: (req, res, p) => this.#artifact(req, res, p.id ?? '') },
       { method: 'HEAD', pattern: /^\/v1\/artifacts\/([^/]+)$/, auth: 'device', handler: (req, res, p) => this.#artifact(req, res, p.id ?? '') },
     ];
@@ -544,16 +546,19 @@ export class ApiServer implements Component {
       'the manifest cap, hub config models.maxManifestBytes; large test vectors belong in a testVectorsFile (.npz) sidecar',
     );
     const p = await this.#o.models.announce(body.manifest);
-    const path = `/v1/models/${encodeURIComponent(p.name)}/${encodeURIComponent(p.version)}/artifact`;
-    sendJson(res, 202, { name: p.name, version: p.version, artifact: { sha256: p.sha256, size: p.size }, upload: { method: 'PUT', path } }, { location: path });
+    const base = `/v1/models/${encodeURIComponent(p.name)}/${encodeURIComponent(p.version)}`;
+    const path = `${base}/artifact`;
+    const vectors = p.testVectors ? { vectors: { method: 'PUT', path: `${base}/vectors`, ...p.testVectors } } : {};
+    sendJson(res, 202, { name: p.name, version: p.version, artifact: { sha256: p.sha256, size: p.size }, upload: { method: 'PUT', path }, ...vectors }, { location: path });
   }
 
   async #uploadArtifact(req: IncomingMessage, res: ServerResponse, [name = '', version = '']: string[]): Promise<void> {
-    const declared = req.headers['content-length'];
-    const length = declared === undefined ? undefined : /^\d+$/.test(declared) ? Number(declared) : NaN;
-    if (length !== undefined && !Number.isSafeInteger(length)) throw new EdgefleetError(ErrorCode.BAD_INPUT, 'malformed Content-Length');
-    const rec = await this.#o.models.upload(name, version, req, length);
+    const rec = await this.#o.models.upload(name, version, req, contentLength(req));
     sendJson(res, 201, { ...modelView(rec), release: storedRelease(rec) }, { location: `/v1/models/${encodeURIComponent(name)}/${encodeURIComponent(version)}` });
+  }
+
+  async #uploadVectors(req: IncomingMessage, res: ServerResponse, [name = '', version = '']: string[]): Promise<void> {
+    sendJson(res, 201, await this.#o.models.uploadTestVectors(name, version, req, contentLength(req)));
   }
 
   async #listModels(res: ServerResponse): Promise<void> {
@@ -571,4 +576,12 @@ export class ApiServer implements Component {
     if (!a) throw new EdgefleetError(ErrorCode.NOT_FOUND, `no released artifact ${sha256.slice(0, 64)}`);
     await serveArtifact(req, res, a, (range) => this.#o.models.readArtifact(a.sha256, range));
   }
+}
+
+/** A request's declared Content-Length: undefined when absent; BAD_INPUT when malformed. */
+function contentLength(req: IncomingMessage): number | undefined {
+  const declared = req.headers['content-length'];
+  const length = declared === undefined ? undefined : /^\d+$/.test(declared) ? Number(declared) : NaN;
+  if (length !== undefined && !Number.isSafeInteger(length)) throw new EdgefleetError(ErrorCode.BAD_INPUT, 'malformed Content-Length');
+  return length;
 }

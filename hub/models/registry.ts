@@ -5,6 +5,13 @@
  * and stores it with the next release counter (one transaction, store.createModelRelease).
  * Serves released artifacts and the trusted public keys.
  *
+ * A v2 manifest may keep its test vectors in a sidecar (`testVectorsFile`, an .npz: a 640×640
+ * model's vectors do not fit a JSON manifest). The sidecar is a second artifact of the release:
+ * PUT to .../vectors after the manifest and before the model, checked against the manifest's
+ * size and sha256 as it streams in, stored content-addressed beside the models, run by the
+ * probe with the inline vectors, and served to devices like the model (they validate with it
+ * too). The model PUT is refused until the sidecar is there.
+ *
  * Upload in two steps (POST manifest, PUT artifact) rather than one request with the manifest
  * in a header: manifests with test vectors and drift bins are ~100 KB (part-defect), beyond
  * Node's 16 KB header limit and most proxies'; and multipart would mean parsing a framed body
@@ -42,6 +49,8 @@ export interface PendingModel {
   version: string;
   sha256: string;
   size: number;
+  /** The manifest's test-vector sidecar, to PUT before the model. */
+  testVectors?: { file: string; sha256: string; size: number };
 }
 
 export class ModelRegistry implements Component {
@@ -93,8 +102,12 @@ export class ModelRegistry implements Component {
     if (m.artifact.size > this.#o.maxArtifactBytes) {
       throw new EdgefleetError(ErrorCode.PAYLOAD_TOO_LARGE, `artifact of ${m.artifact.size} bytes exceeds the hub's limit of ${this.#o.maxArtifactBytes}`);
     }
+    if (m.manifestVersion === 2 && m.testVectorsFile && m.testVectorsFile.size > this.#o.maxArtifactBytes) {
+      throw new EdgefleetError(ErrorCode.PAYLOAD_TOO_LARGE, `test vectors file of ${m.testVectorsFile.size} bytes exceeds the hub's artifact limit of ${this.#o.maxArtifactBytes}`);
+    }
     await this.#o.store.putPendingUpload({ name: m.name, version: m.version, manifest: JSON.stringify(m), createdAt: this.#now() });
-    return { name: m.name, version: m.version, sha256: m.artifact.sha256, size: m.artifact.size };
+    const tf = m.manifestVersion === 2 ? m.testVectorsFile : undefined;
+    return { name: m.name, version: m.version, sha256: m.artifact.sha256, size: m.artifact.size, ...(tf ? { testVectors: { file: tf.file, sha256: tf.sha256, size: tf.size } } : {}) };
   }
 
   /**
@@ -116,19 +129,47 @@ export class ModelRegistry implements Component {
     }
   }
 
-  async #upload(name: string, version: string, body: Readable, contentLength?: number): Promise<ModelRecord> {
+  /**
+   * Between the two steps, for a manifest with a `testVectorsFile`: streams the sidecar into the
+   * artifact store, checked against the manifest's size and sha256. Idempotent (same bytes, same
+   * address). Rejects NOT_FOUND (no manifest posted, or it names no sidecar), CONFLICT (already
+   * released), BAD_INPUT (size or sha256 differ).
+   */
+  async uploadTestVectors(name: string, version: string, body: Readable, contentLength?: number): Promise<{ sha256: string; size: number }> {
+    const manifest = await this.#pendingManifest(name, version);
+    const tf = manifest.manifestVersion === 2 ? manifest.testVectorsFile : undefined;
+    if (!tf) throw new EdgefleetError(ErrorCode.NOT_FOUND, `the manifest of ${name}@${version} names no testVectorsFile`);
+    if (contentLength !== undefined && contentLength !== tf.size) {
+      throw new EdgefleetError(ErrorCode.BAD_INPUT, `test vectors file has ${contentLength} bytes (Content-Length), the manifest says ${tf.size}`);
+    }
+    const staged = await this.#o.artifacts.stage(body, { sha256: tf.sha256, size: tf.size });
+    await staged.commit();
+    this.#o.log.info({ model: `${name}@${version}`, file: tf.file, sha256: tf.sha256, size: tf.size }, 'test vectors stored');
+    return { sha256: tf.sha256, size: tf.size };
+  }
+
+  async #pendingManifest(name: string, version: string): Promise<Manifest> {
     if (await this.#o.store.getModel(name, version)) throw new EdgefleetError(ErrorCode.CONFLICT, `${name}@${version} is already released`);
     const pending = await this.#o.store.getPendingUpload(name, version);
     if (!pending) throw new EdgefleetError(ErrorCode.NOT_FOUND, `no manifest for ${name}@${version}: POST /v1/models first`);
-    const manifest: Manifest = ManifestSchema.parse(JSON.parse(pending.manifest));
+    return ManifestSchema.parse(JSON.parse(pending.manifest));
+  }
+
+  async #upload(name: string, version: string, body: Readable, contentLength?: number): Promise<ModelRecord> {
+    const manifest = await this.#pendingManifest(name, version);
     const { sha256, size } = manifest.artifact;
+    const tf = manifest.manifestVersion === 2 ? manifest.testVectorsFile : undefined;
+    const sidecar = tf ? await this.#o.artifacts.get(tf.sha256) : undefined;
+    if (tf && sidecar?.size !== tf.size) {
+      throw new EdgefleetError(ErrorCode.CONFLICT, `${name}@${version}: PUT its test vectors file ${tf.file} to /v1/models/${name}/${version}/vectors before the model`);
+    }
     if (contentLength !== undefined && contentLength !== size) {
       throw new EdgefleetError(ErrorCode.BAD_INPUT, `artifact has ${contentLength} bytes (Content-Length), the manifest says ${size}`);
     }
     const staged = await this.#o.artifacts.stage(body, { sha256, size });
     try {
       const t0 = performance.now();
-      const outcome = await this.#serialProbe(() => probeModel(staged.path, manifest, this.#o.probe, this.#o.log));
+      const outcome = await this.#serialProbe(() => probeModel(staged.path, manifest, this.#o.probe, this.#o.log, sidecar?.path));
       this.#probeSeconds.observe((performance.now() - t0) / 1000);
       this.#o.log.info({ model: `${name}@${version}`, problems: outcome.problems.length, exit: outcome.exit, peakRssMiB: Math.round(outcome.peakRssBytes / 2 ** 20) }, 'model probed');
       assertNoProblems(outcome, `${name}@${version}`);

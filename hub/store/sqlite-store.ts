@@ -597,7 +597,11 @@ export class SqliteHubStore implements HubStore {
   }
 
   hasReleasedArtifact(sha256: string): Promise<boolean> {
-    return this.#run('find artifact', (db) => db.prepare('SELECT 1 FROM models WHERE sha256 = ? LIMIT 1').get(sha256) !== undefined);
+    // A release's artifacts: the model, and its test-vector sidecar when the manifest names one.
+    return this.#run(
+      'find artifact',
+      (db) => db.prepare("SELECT 1 FROM models WHERE sha256 = ? OR json_extract(manifest, '$.testVectorsFile.sha256') = ? LIMIT 1").get(sha256, sha256) !== undefined,
+    );
   }
 
   lastReleaseCounter(): Promise<number> {

@@ -19,12 +19,13 @@
 import { execFile, spawn } from 'node:child_process';
 import { readFile } from 'node:fs/promises';
 import { fileURLToPath } from 'node:url';
-import { EdgefleetError, ErrorCode } from '../errors.ts';
+import { EdgefleetError, ErrorCode, toEdgefleetError } from '../errors.ts';
 import type { Logger } from '../log.ts';
 import type { Manifest } from '../manifest.ts';
-import { checkModelMetadata, testVectorProblems } from '../model-check.ts';
+import { caseProblems, checkModelMetadata, type CheckedCase } from '../model-check.ts';
 import { modelSpec } from '../model-spec.ts';
 import { childExecArgv, siblingModule } from '../modules.ts';
+import { inlineTestVectors, numbersOf, readTestVectorsFile } from '../test-vectors.ts';
 import { ProbeResultSchema, READY_LINE, RESULT_PREFIX, type ProbeRequest, type ProbeResult } from './probe-protocol.ts';
 
 export interface ProbeLimits {
@@ -171,24 +172,64 @@ export function runProbe(req: ProbeRequest, limits: ProbeLimits, log: Logger): P
 
 /**
  * Loads the artifact at `path` in a guarded child and checks it against `manifest`: metadata
- * first, then the manifest's test vectors. Never throws for anything the model does.
+ * first, then the manifest's test vectors: the inline ones and, for a v2 manifest with a
+ * `testVectorsFile`, the sidecar at `sidecarPath` (the hub's stored copy, or the device's
+ * download; its size and sha256 are checked against the manifest before it is parsed). Never
+ * throws for anything the model does; a missing or altered sidecar is a problem of the release.
  */
-export async function probeModel(path: string, manifest: Manifest, limits: ProbeLimits, log: Logger): Promise<ProbeOutcome> {
-  const vectors = modelSpec(manifest).testVectors;
-  const req: ProbeRequest = { path, vectors: vectors.map((tv) => ({ inputs: tv.inputs, outputs: Object.keys(tv.expected) })) };
+export async function probeModel(path: string, manifest: Manifest, limits: ProbeLimits, log: Logger, sidecarPath?: string): Promise<ProbeOutcome> {
+  let cases: ProbeCase[];
+  try {
+    cases = await probeCases(manifest, sidecarPath);
+  } catch (err) {
+    return { problems: [toEdgefleetError(err).message], exit: 'not started', peakRssBytes: 0 };
+  }
+  const req: ProbeRequest = { path, vectors: cases.map((c) => ({ inputs: c.inputs, outputs: Object.keys(c.expected) })) };
   const { result, exit, peakRssBytes } = await runProbe(req, limits, log);
   if (!result) return { problems: [`the model could not be loaded safely: the loader ${exit}`], exit, peakRssBytes };
   if (!result.ok) return { problems: [result.error], exit, peakRssBytes };
   const problems = checkModelMetadata({ inputs: result.inputs, outputs: result.outputs }, manifest);
   if (problems.length === 0) {
-    const actual = vectors.map((_, i) => {
+    const actual = cases.map((_, i) => {
       const got = result.vectors[i];
       return got ? Object.fromEntries(Object.entries(got).map(([k, v]) => [k, v.map((x) => x ?? NaN)])) : undefined;
     });
-    problems.push(...testVectorProblems(manifest, actual));
+    problems.push(...caseProblems(cases, actual, manifest.manifestVersion === 1 ? 'vector' : 'output'));
     if (result.vectorErrors[0]) problems.push(`test vectors: ${result.vectorErrors[0]}`);
   }
   return { problems, exit, peakRssBytes };
+}
+
+/** A case as the probe child takes it (every input as plain numbers) and as its outputs are checked. */
+interface ProbeCase extends CheckedCase {
+  inputs: ProbeRequest['vectors'][number]['inputs'];
+}
+
+/**
+ * The cases a probe runs: v1 vectors through the v2 view; v2 inline ones (named as earlier
+ * messages named them, `test vector 0 output y`) and the sidecar's.
+ */
+async function probeCases(manifest: Manifest, sidecarPath: string | undefined): Promise<ProbeCase[]> {
+  const values = (t: { dims: number[]; values: number[] }): { dims: number[]; values: number[] } => ({ dims: t.dims, values: t.values });
+  if (manifest.manifestVersion !== 2) {
+    return modelSpec(manifest).testVectors.map((tv, k) => ({
+      label: `test vector ${k}`,
+      inputs: Object.fromEntries(Object.entries(tv.inputs).map(([n, t]) => [n, values(t)])),
+      expected: Object.fromEntries(Object.entries(tv.expected).map(([n, t]) => [n, { data: t.values }])),
+      tolerance: tv.tolerance,
+    }));
+  }
+  const tf = manifest.testVectorsFile;
+  if (tf && !sidecarPath) throw new EdgefleetError(ErrorCode.BAD_MANIFEST, `the manifest names test vectors file ${tf.file}, which was not supplied with the model`);
+  const inline = inlineTestVectors(manifest).map((c, k) => ({ ...c, label: `test vector ${k}` }));
+  const all = [...inline, ...(tf && sidecarPath ? await readTestVectorsFile(manifest, sidecarPath) : [])];
+  const dtypes = new Map(manifest.inputs.map((i) => [i.name, i.dtype]));
+  return all.map((c) => ({
+    label: c.label,
+    inputs: Object.fromEntries(Object.entries(c.inputs).map(([n, t]) => [n, { dims: t.dims, values: Array.from(numbersOf({ dtype: dtypes.get(n) ?? 'float32', data: t.data })) }])),
+    expected: c.expected,
+    tolerance: c.tolerance,
+  }));
 }
 
 /** Throws BAD_MODEL listing the problems, if any. */
