@@ -101,6 +101,24 @@ export const HubConfigSchema = z.object({
        */
       maxInflight: z.number().int().min(1).max(65_535).default(64),
       /**
+       * What one principal may make the broker hold (issue #14; hub/broker/quotas.ts). Devices use
+       * clean sessions and queue nothing; a persistent session (clean: false) keeps the first
+       * queuedMessages / queuedBytes messages while offline and drops the rest (the hub's own get
+       * a tenth more). Past the retained caps a message is delivered but not retained; past
+       * subscriptions SUBACK 128. A session offline longer than sessionExpiryMs is dropped.
+       */
+      brokerQuotas: z
+        .object({
+          queuedMessages: z.number().int().min(10).max(1_000_000).default(1000),
+          queuedBytes: z.number().int().min(64 * 1024).default(16 * 1024 * 1024),
+          queuedBytesTotal: z.number().int().min(1024 * 1024).default(256 * 1024 * 1024),
+          retainedMessages: z.number().int().min(1).max(1_000_000).default(100),
+          retainedBytes: z.number().int().min(1024).default(4 * 1024 * 1024),
+          subscriptions: z.number().int().min(4).max(100_000).default(100),
+          sessionExpiryMs: z.number().int().min(1000).default(24 * 3_600_000),
+        })
+        .prefault({}),
+      /**
        * New MQTT connections per second from one address (burst: two seconds' worth). A whole
        * fleet behind one NAT reconnecting after a hub restart must fit: raise it for large sites.
        */

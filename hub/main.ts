@@ -71,6 +71,8 @@ export interface Hub extends Service {
   /** KPIs and their gauges (tests call `refreshGauges()`); `kpiIndex.idle()` waits for indexing. */
   readonly kpis: KpiService;
   readonly kpiIndex: KpiIndexer;
+  /** Broker quotas (issue #14): what a principal holds (`quotaUsage`), `expireSessions()` after moving a fake clock; `publish` as the hub itself. */
+  readonly broker: Pick<EmbeddedBroker, 'quotaUsage' | 'expireSessions' | 'publish'>;
   /** Drift: `drift.tick()` tests due windows (tests move a fake clock first), `driftAggregator.idle()` waits for merging. */
   readonly drift: DriftMonitor;
   readonly driftAggregator: DriftAggregator;
@@ -127,6 +129,7 @@ export function createHub(config: HubConfig, deps: HubDeps): Promise<Hub> {
     tls: config.tls,
     maxTopicBytes: config.limits.maxTopicBytes,
     maxInflight: config.limits.maxInflight,
+    quotas: config.limits.brokerQuotas,
     maxConnectsPerSecondPerIp: config.limits.maxConnectsPerSecondPerIp,
     failures,
     store,
@@ -245,6 +248,7 @@ export function createHub(config: HubConfig, deps: HubDeps): Promise<Hub> {
     rollouts,
     kpis,
     kpiIndex: kpiIndexer,
+    broker,
     drift,
     driftAggregator,
     alerts,

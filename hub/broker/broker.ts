@@ -32,6 +32,8 @@ import type { HubStore } from '../store/store.ts';
 import { guardConnection } from './packet-guard.ts';
 import { mayReceive, publishRefusal, subscribeRefusal, type Identity } from './acl.ts';
 import type { MessageBus, MessageHandler } from './bus.ts';
+import { QuotaPersistence } from './quota-persistence.ts';
+import { BrokerQuotas, type BrokerQuotaLimits, type QuotaUsage } from './quotas.ts';
 
 export interface BrokerOptions {
   host: string;
@@ -43,6 +45,8 @@ export interface BrokerOptions {
   tls?: TlsFiles & { clientCerts: ClientCertMode };
   /** QoS 2 PUBLISHes one connection may leave unreleased (no PUBREL yet) before it is cut. */
   maxInflight?: number;
+  /** What one principal may make the broker hold: queued, retained, subscriptions, offline sessions (quotas.ts). */
+  quotas: BrokerQuotaLimits;
   /** New connections accepted per second from one remote address (a token bucket, burst = 2 s worth). */
   maxConnectsPerSecondPerIp?: number;
   /** Longest topic (bytes) accepted in a publish, a will or a subscription filter. */
@@ -93,6 +97,9 @@ export class EmbeddedBroker implements Component, MessageBus {
 
   readonly #verifier: PrincipalVerifier;
   readonly #connectRate: RateBuckets;
+  readonly #quotas: BrokerQuotas;
+  readonly #persistence: QuotaPersistence;
+  #expirySweep: NodeJS.Timeout | undefined;
 
   constructor(opts: BrokerOptions) {
     this.#opts = opts;
@@ -116,7 +123,7 @@ export class EmbeddedBroker implements Component, MessageBus {
       }),
       subscribeRefused: new Counter({
         name: 'edgefleet_hub_mqtt_subscribe_refused_total',
-        help: 'MQTT subscriptions refused with SUBACK 128, by reason (acl, unknown_client).',
+        help: 'MQTT subscriptions refused with SUBACK 128, by reason (acl, unknown_client, quota).',
         labelNames: ['reason'],
         registers,
       }),
@@ -142,9 +149,12 @@ export class EmbeddedBroker implements Component, MessageBus {
         this.set(connected());
       },
     });
+    this.#quotas = new BrokerQuotas({ limits: opts.quotas, log: opts.log, registry: opts.registry, now: this.#now });
+    this.#persistence = new QuotaPersistence(this.#quotas, (id) => this.isConnected(id));
     // Built here, not in start(): the MessageBus can take subscriptions before the broker
     // listens, so nothing a reconnecting fleet publishes right after a restart is missed.
     const aedes = new Aedes({
+      persistence: this.#persistence,
       drainTimeout: this.#opts.drainTimeoutMs,
       maxTopicLevels: this.#opts.maxTopicDepth,
       preConnect: (client, packet, done) => this.#preConnect(client, packet, done),
@@ -162,8 +172,11 @@ export class EmbeddedBroker implements Component, MessageBus {
     aedes.on('clientReady', (client) => {
       const who = this.#identities.get(client);
       if (who) for (const l of this.#presence) l(who.id, true);
+      this.#quotas.online(client.id, client);
     });
+    aedes.on('unsubscribe', (filters, client) => this.#quotas.unsubscribed(client, filters));
     aedes.on('clientDisconnect', (client) => {
+      this.#quotas.offline(client.id, client, !client.clean);
       const who = this.#identities.get(client);
       if (!who) return;
       // On a takeover (same id reconnecting) the old connection ends after the new one is in.
@@ -244,6 +257,10 @@ export class EmbeddedBroker implements Component, MessageBus {
     const addr = server.address();
     this.#port = typeof addr === 'object' && addr ? addr.port : this.#opts.port;
     this.#log.info({ host: this.#opts.host, port: this.#port, tls: !!tls, clientCerts: tls ? tlsFiles?.clientCerts : undefined }, 'mqtt listening');
+    const sweepMs = Math.min(60_000, this.#quotas.limits.sessionExpiryMs);
+    this.#expirySweep = setInterval(() => {
+      this.expireSessions().catch((err: unknown) => this.#log.error({ err: toEdgefleetError(err) }, 'cannot drop expired sessions'));
+    }, sweepMs).unref();
   }
 
   #adopt(aedes: Aedes, socket: Socket, conn: Duplex): void {
@@ -282,6 +299,7 @@ export class EmbeddedBroker implements Component, MessageBus {
     const aedes = this.#aedes;
     this.#server = undefined;
     this.#aedes = undefined;
+    clearInterval(this.#expirySweep);
     const closed = server ? new Promise<void>((resolve) => server.close(() => resolve())) : Promise.resolve();
     if (aedes) await new Promise<void>((resolve) => aedes.close(() => resolve()));
     // Sockets aedes never adopted (a connect still being authenticated) would hold close() open.
@@ -338,6 +356,23 @@ export class EmbeddedBroker implements Component, MessageBus {
 
   onPresence(listener: (id: string, online: boolean) => void): void {
     this.#presence.push(listener);
+  }
+
+  /** What principal `id` holds in the broker (queued, retained, subscriptions, offline since). */
+  quotaUsage(id: string): QuotaUsage {
+    return this.#quotas.usage(id);
+  }
+
+  /** Drops the persistent sessions offline longer than the expiry (also run every minute); returns their ids. */
+  async expireSessions(): Promise<string[]> {
+    const dropped: string[] = [];
+    for (const id of this.#quotas.dueSessions()) {
+      if (this.isConnected(id)) continue; // back online: the session is in use again
+      await this.#persistence.dropSession(id);
+      this.#quotas.expired(id);
+      dropped.push(id);
+    }
+    return dropped;
   }
 
   #requireAedes(): Aedes {
@@ -409,7 +444,12 @@ export class EmbeddedBroker implements Component, MessageBus {
     const tooLarge = size > this.#opts.maxPayloadBytes;
     const topicTooLong = this.#topicTooLong(packet.topic);
     const aclRefusal = tooLarge ? undefined : (topicTooLong ?? publishRefusal(who, packet.topic));
-    if (!tooLarge && !aclRefusal) return null;
+    if (!tooLarge && !aclRefusal) {
+      // The publisher's id travels with the packet (aedes copies it), so the persistence can
+      // charge a retained or queued message to it; the hub's own publishes carry none.
+      (packet as PublishPacket & { clientId?: string }).clientId = who.id;
+      return null;
+    }
     const reason = tooLarge ? 'too_large' : topicTooLong ? 'topic_too_long' : 'acl';
     const detail = aclRefusal ?? `payload of ${size} bytes exceeds ${this.#opts.maxPayloadBytes}`;
     this.#metrics.publishRefused.inc({ reason });
@@ -432,7 +472,11 @@ export class EmbeddedBroker implements Component, MessageBus {
   #authorizeSubscribe(client: Client, sub: Subscription): Subscription | null {
     const who = this.#identities.get(client);
     const why = who ? (this.#topicTooLong(sub.topic) ?? subscribeRefusal(who, sub.topic)) : 'not authenticated';
-    if (!why) return sub;
+    if (!why) {
+      if (this.#quotas.admitSubscription(client, client.id, sub.topic)) return sub;
+      this.#metrics.subscribeRefused.inc({ reason: 'quota' });
+      return null;
+    }
     this.#metrics.subscribeRefused.inc({ reason: who ? 'acl' : 'unknown_client' });
     this.#throttle.run(`subscribe:${who?.id ?? client.id}`, (suppressed) =>
       this.#log.warn({ principal: who?.id ?? client.id, filter: sub.topic.slice(0, 256), why, suppressed }, 'mqtt subscribe refused'),
