@@ -6,6 +6,7 @@
 import { dirname, join, resolve } from 'node:path';
 import { z } from 'zod';
 import { BackoffSchema } from '../shared/backoff.ts';
+import { DEFAULT_CLOCK_SKEW_MS } from '../shared/command-signing.ts';
 import { loadConfig } from '../shared/config.ts';
 import { ProbationThresholdsSchema } from './health/probation.ts';
 import { DriftConfigSchema } from './drift/drift-monitor.ts';
@@ -202,6 +203,18 @@ export const AgentConfigSchema = z
           .prefault({}),
         /** Version directories kept on disk per model (active and previous always count). */
         keepVersions: z.number().int().min(2).max(16).default(2),
+      })
+      .prefault({}),
+    /**
+     * Hub commands (issue #14): model.install and model.rollback run only when signed for this
+     * device by a key in updates.trustedKeys, within their window, once (agent/link/command-guard.ts).
+     */
+    commands: z
+      .object({
+        /** Largest difference between the hub's clock and this device's tolerated in a command's validity window. */
+        clockSkewMs: z.number().int().min(0).max(3_600_000).default(DEFAULT_CLOCK_SKEW_MS),
+        /** INSECURE, for a hub older than issue #14: unsigned state-changing commands run (signed ones are still verified). */
+        allowUnsigned: z.boolean().default(false),
       })
       .prefault({}),
     http: z

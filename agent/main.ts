@@ -22,6 +22,7 @@ import { DRIFT_SAMPLE_COMMAND, DriftMonitor } from './drift/drift-monitor.ts';
 import { HealthMonitor } from './health/health-monitor.ts';
 import { Probation } from './health/probation.ts';
 import { AgentHttpServer } from './http/server.ts';
+import { COMMAND_REPLAY_FILE, CommandGuard } from './link/command-guard.ts';
 import { HubLink } from './link/hub-link.ts';
 import { createPipelineMetrics } from './metrics.ts';
 import { ModelSet } from './models/model-set.ts';
@@ -132,6 +133,8 @@ export function createAgent(config: AgentConfig, deps: { log: Logger; registry?:
   // serves (agent/updater/updater.ts startupManifests); without updates, the config's files.
   const configManifests = config.models.map((m) => m.manifest);
   const models: ModelSet = new ModelSet({ manifests: (): readonly string[] => updater?.startupManifests() ?? configManifests, engine, log: log.child({ component: 'models' }) });
+  // One trust list for releases and for hub commands (issue #14): the hub signs both with its key.
+  const trustedKeys = loadTrustedKeys(config.updates.trustedKeys);
   const updater = config.updates.enabled
     ? lifecycle.add(
         new ModelUpdater({
@@ -140,7 +143,7 @@ export function createAgent(config: AgentConfig, deps: { log: Logger; registry?:
           hubToken,
           fetch: hubFetch,
           dir: config.updates.dir ?? join(config.dataDir, 'models'),
-          trustedKeys: loadTrustedKeys(config.updates.trustedKeys),
+          trustedKeys,
           probationMs: config.updates.probationMs,
           download: config.updates.download,
           validator: config.updates.validator,
@@ -173,11 +176,21 @@ export function createAgent(config: AgentConfig, deps: { log: Logger; registry?:
       batchSize: config.hub.batchSize,
       maxInflightBatches: config.hub.maxInflightBatches,
       ackTimeoutMs: config.hub.ackTimeoutMs,
+      commandGuard: new CommandGuard({
+        deviceId: config.deviceId,
+        keys: trustedKeys,
+        path: join(config.dataDir, COMMAND_REPLAY_FILE),
+        skewMs: config.commands.clockSkewMs,
+        allowUnsigned: config.commands.allowUnsigned,
+        log: log.child({ component: 'commands' }),
+        registry,
+      }),
       log: log.child({ component: 'link' }),
       registry,
     }),
   );
-  // Commands from the hub (idempotent by id, see HubLink). More arrive with rollouts (#3).
+  // Commands from the hub (idempotent by id, see HubLink). State-changing ones pass the
+  // CommandGuard first (signed, in their window, once); shared/command-signing.ts classifies them.
   link.onCommand((cmd) => {
     switch (cmd.name) {
       case 'ping':

@@ -38,6 +38,7 @@ import { ApiAuth, ensureAdminToken } from './auth/operators.ts';
 import { EmbeddedBroker } from './broker/broker.ts';
 import { AlertManager } from './alerts/alerts.ts';
 import { AlertDelivery } from './alerts/delivery.ts';
+import { CommandSender } from './commands/sender.ts';
 import { DriftAggregator } from './drift/aggregator.ts';
 import { DriftApi } from './drift/api.ts';
 import { DriftMonitor } from './drift/monitor.ts';
@@ -66,6 +67,8 @@ export interface Hub extends Service {
   readonly config: HubConfig;
   readonly store: HubStore;
   readonly registry: Registry;
+  /** Signs and sends commands to devices, as the rollout engine and alert delivery do (issue #14). */
+  readonly commands: CommandSender;
   /** The rollout engine (tests call `tick()` after moving a fake clock). */
   readonly rollouts: RolloutEngine;
   /** KPIs and their gauges (tests call `refreshGauges()`); `kpiIndex.idle()` waits for indexing. */
@@ -139,14 +142,18 @@ export function createHub(config: HubConfig, deps: HubDeps): Promise<Hub> {
   });
   const ingest = new Ingest({ bus: broker, store, log: log.child({ component: 'ingest' }), registry, maxPayloadBytes: config.limits.maxPayloadBytes, now });
   registerFleetMetrics({ registry, fleetTotals: () => store.fleetTotals(), log: log.child({ component: 'metrics' }) });
+  const keys = new KeyRing({
+    dataDir: config.dataDir,
+    activeKeyId: config.models.signing.activeKeyId,
+    trustedKeyFiles: config.models.signing.trustedKeyFiles,
+    log: log.child({ component: 'keys' }),
+  });
+  // Commands are signed with the release key (issue #14): agents already trust it. Loaded by
+  // the registry's start, which runs before the engine and alert delivery start.
+  const commands = new CommandSender({ bus: broker, key: () => keys.active });
   const models = new ModelRegistry({
     store,
-    keys: new KeyRing({
-      dataDir: config.dataDir,
-      activeKeyId: config.models.signing.activeKeyId,
-      trustedKeyFiles: config.models.signing.trustedKeyFiles,
-      log: log.child({ component: 'keys' }),
-    }),
+    keys,
     artifacts: new ArtifactStore(join(config.dataDir, 'artifacts')),
     probe: config.models.probe,
     maxArtifactBytes: config.models.maxArtifactBytes,
@@ -157,6 +164,7 @@ export function createHub(config: HubConfig, deps: HubDeps): Promise<Hub> {
   const rollouts = new RolloutEngine({
     store,
     bus: broker,
+    commands,
     windows: new MaintenanceWindows(config.rollouts.windows, config.rollouts.timezone),
     log: log.child({ component: 'rollouts' }),
     registry,
@@ -188,6 +196,7 @@ export function createHub(config: HubConfig, deps: HubDeps): Promise<Hub> {
   const alertDelivery = new AlertDelivery({
     store,
     bus: broker,
+    commands,
     log: log.child({ component: 'alerts' }),
     registry,
     config: config.alerts,
@@ -245,6 +254,7 @@ export function createHub(config: HubConfig, deps: HubDeps): Promise<Hub> {
     config,
     store,
     registry,
+    commands,
     rollouts,
     kpis,
     kpiIndex: kpiIndexer,

@@ -107,6 +107,27 @@ export const AckSchema = z.object({
 });
 export type Ack = z.infer<typeof AckSchema>;
 
+/**
+ * The hub's signature on a command (issue #14, shared/command-signing.ts): ed25519 by the hub's
+ * release signing key over the whole command (this object without `sig` included), so the
+ * device, the validity window and the args cannot be changed or the command moved to another
+ * device. Agents require it on state-changing commands (model.install, model.rollback).
+ */
+export const CommandAuthSchema = z.object({
+  /** The only device the command may run on. */
+  deviceId: DeviceIdSchema,
+  /** Hub wall-clock epoch ms of signing, and the end of the window in which it may run. */
+  issuedAt: ts,
+  expiresAt: ts,
+  /** 16 random bytes, hex: every signing is distinct, so a replay is told from a re-send. */
+  nonce: z.string().regex(/^[0-9a-f]{32}$/, 'nonce: 32 lowercase hex digits'),
+  // Same shapes as shared/signing.ts KeyIdSchema / SignatureSchema (which imports this module).
+  keyId: z.string().regex(/^[0-9a-f]{16}$/, 'keyId: 16 lowercase hex digits'),
+  alg: z.literal('ed25519'),
+  sig: z.string().regex(/^[A-Za-z0-9+/]{86}==$/, 'sig: base64 of 64 bytes'),
+});
+export type CommandAuth = z.infer<typeof CommandAuthSchema>;
+
 export const CommandSchema = z.object({
   v,
   type: z.literal('command'),
@@ -115,6 +136,7 @@ export const CommandSchema = z.object({
   ts,
   name: NameSchema,
   args: z.record(z.string(), z.unknown()).default({}),
+  auth: CommandAuthSchema.optional(),
 });
 export type Command = z.infer<typeof CommandSchema>;
 

@@ -55,6 +55,7 @@ import {
 import type { ClientTls } from '../../shared/tls.ts';
 import type { ModelSlot } from '../../shared/updates.ts';
 import type { Outbox, OutboxRecord } from '../outbox/outbox.ts';
+import type { CommandGuard } from './command-guard.ts';
 
 /** What the link needs from the outbox. */
 export type LinkOutbox = Pick<Outbox, 'readBatch' | 'ack' | 'positions' | 'onAppend' | 'epoch'>;
@@ -93,6 +94,8 @@ export interface HubLinkOptions {
   stopTimeoutMs?: number;
   /** Most command results remembered for de-duplication by id. Default 1000. */
   commandMemory?: number;
+  /** Signature and replay checks before a command runs (issue #14); none when absent (tests of the link alone). */
+  commandGuard?: CommandGuard;
   log: Logger;
   registry?: Registry;
   /** Random source for backoff jitter (tests). */
@@ -157,7 +160,7 @@ interface LinkMetrics {
   commands: Counter<'outcome'>;
 }
 
-type ResolvedOptions = Required<Omit<HubLinkOptions, 'registry' | 'random' | 'modelState' | 'tls'>> & Pick<HubLinkOptions, 'modelState' | 'tls'>;
+type ResolvedOptions = Required<Omit<HubLinkOptions, 'registry' | 'random' | 'modelState' | 'tls' | 'commandGuard'>> & Pick<HubLinkOptions, 'modelState' | 'tls' | 'commandGuard'>;
 
 export class HubLink extends EventEmitter<HubLinkEvents> implements Component {
   readonly name = 'hub-link';
@@ -230,6 +233,7 @@ export class HubLink extends EventEmitter<HubLinkEvents> implements Component {
       stableMs: opts.stableMs ?? 10_000,
       stopTimeoutMs: opts.stopTimeoutMs ?? 2000,
       commandMemory: opts.commandMemory ?? 1000,
+      commandGuard: opts.commandGuard,
       log: opts.log,
       tls: opts.tls,
     };
@@ -378,7 +382,11 @@ export class HubLink extends EventEmitter<HubLinkEvents> implements Component {
     }
   }
 
-  /** Handles hub commands; a repeated command id gets the first result again. */
+  /**
+   * Handles hub commands; a repeated command id gets the first result again. With a
+   * `commandGuard`, a command first passes its checks (signed, this device, in its window, not a
+   * replay: agent/link/command-guard.ts); a refused one is answered FORBIDDEN and never runs.
+   */
   onCommand(handler: CommandHandler): void {
     this.#commandHandler = handler;
   }
@@ -701,7 +709,7 @@ export class HubLink extends EventEmitter<HubLinkEvents> implements Component {
       else this.#bad('ack', d.error);
     } else if (topic === this.#topics.cmd) {
       const d = decodeJson(CommandSchema, payload, MAX_PAYLOAD_BYTES);
-      if (d.ok) this.#onCommand(d.value);
+      if (d.ok) this.#onCommand(d.value, payload);
       else this.#bad('cmd', d.error);
     }
     for (const [filter, s] of this.#subs) {
@@ -722,20 +730,41 @@ export class HubLink extends EventEmitter<HubLinkEvents> implements Component {
     this.#throttle.run(`bad:${kind}`, (suppressed) => this.#log.warn({ kind, err: error, suppressed }, 'bad message from hub ignored'));
   }
 
-  #onCommand(cmd: Command): void {
+  #onCommand(cmd: Command, payload: Buffer): void {
     const handler = this.#commandHandler;
     if (!handler) {
       // Not remembered: once a handler is registered, a retry of this id must really run.
       this.#sendResult(this.#result(cmd.id, { ok: false, error: { code: ErrorCode.UNAVAILABLE, message: 'no command handler' } }));
       return;
     }
+    // Verified before the id is looked up, so a tampered copy of a known id is refused and
+    // counted; refusals are not remembered, so the hub's own (re-signed) send of the id still runs.
+    const guard = this.#o.commandGuard;
+    const check = guard?.verify(cmd, payload);
+    if (check && !check.ok) return this.#refuseCommand(cmd, check.reason, check.message);
     this.#stats.commands++;
     let p = this.#commandResults.get(cmd.id);
     if (p) {
+      // The same command again (a QoS 1 redelivery, a re-send, a replay while we remember it):
+      // the first result again, never a second run.
       this.#stats.duplicateCommands++;
       this.#metrics?.commands.inc({ outcome: 'duplicate' });
     } else {
-      p = this.#runCommand(handler, cmd);
+      let admitted: Promise<void> | undefined;
+      if (guard && check?.auth) {
+        const a = guard.admit(cmd, check.auth);
+        if (!a.ok) return this.#refuseCommand(cmd, a.reason, a.message);
+        admitted = a.persisted;
+      }
+      p = admitted
+        ? admitted.then(
+            () => this.#runCommand(handler, cmd),
+            (err: unknown) => {
+              this.#commandResults.delete(cmd.id); // not run: a re-send of the id may try again
+              return this.#result(cmd.id, { ok: false, error: { code: ErrorCode.STORAGE, message: `command not run: its replay record could not be saved: ${toEdgefleetError(err).message}` } });
+            },
+          )
+        : this.#runCommand(handler, cmd);
       this.#commandResults.set(cmd.id, p);
       if (this.#commandResults.size > this.#o.commandMemory) {
         const oldest = this.#commandResults.keys().next().value;
@@ -743,6 +772,11 @@ export class HubLink extends EventEmitter<HubLinkEvents> implements Component {
       }
     }
     void p.then((r) => this.#sendResult(r));
+  }
+
+  /** Answers a refused command (CommandGuard counted and logged it) without remembering it. */
+  #refuseCommand(cmd: Command, reason: string, message: string): void {
+    this.#sendResult(this.#result(cmd.id, { ok: false, error: { code: ErrorCode.FORBIDDEN, message: `command refused (${reason}): ${message}` } }));
   }
 
   async #runCommand(handler: CommandHandler, cmd: Command): Promise<CommandResult> {

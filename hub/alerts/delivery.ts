@@ -17,9 +17,10 @@ import { encodeJson } from '../../shared/codec.ts';
 import { toEdgefleetError } from '../../shared/errors.ts';
 import type { Component } from '../../shared/lifecycle.ts';
 import type { Logger } from '../../shared/log.ts';
-import { PROTOCOL_VERSION, topics, type Command } from '../../shared/protocol.ts';
+import { PROTOCOL_VERSION, type Command } from '../../shared/protocol.ts';
 import { HUB_ALERTS_TOPIC } from '../broker/acl.ts';
 import type { MessageBus } from '../broker/bus.ts';
+import type { CommandSender } from '../commands/sender.ts';
 import type { DeliveryRecord, HubStore, NewDelivery } from '../store/store.ts';
 import type { AlertsConfig, WebhookTarget } from './config.ts';
 
@@ -30,6 +31,8 @@ export const SAMPLE_COMMAND = 'drift.sample';
 export interface AlertDeliveryOptions {
   store: HubStore;
   bus: MessageBus;
+  /** Signs and publishes drift.sample (issue #14). */
+  commands: CommandSender;
   log: Logger;
   registry: Registry;
   config: AlertsConfig;
@@ -111,7 +114,7 @@ export class AlertDelivery implements Component {
       }
       const cmd: Command = { v: PROTOCOL_VERSION, type: 'command', id: `${SAMPLE_COMMAND}:${alertId}`, ts: this.#o.now(), name: SAMPLE_COMMAND, args: { pipeline, max: r.maxSamples } };
       try {
-        await this.#o.bus.publish(topics.of(deviceId, 'cmd'), encodeJson(cmd), { qos: 1 });
+        await this.#o.commands.send(deviceId, cmd);
       } catch (err) {
         this.#o.log.warn({ err: toEdgefleetError(err), deviceId, alertId }, 'cannot send drift.sample');
       }

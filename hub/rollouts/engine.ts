@@ -28,11 +28,10 @@
  */
 import { randomBytes } from 'node:crypto';
 import { Counter, Gauge, type Registry } from 'prom-client';
-import { encodeJson } from '../../shared/codec.ts';
 import { EdgefleetError, ErrorCode, toEdgefleetError } from '../../shared/errors.ts';
 import type { Component } from '../../shared/lifecycle.ts';
 import type { Logger } from '../../shared/log.ts';
-import { PROTOCOL_VERSION, topics, type Command, type CommandResult, type Hello, type TelemetryRecord } from '../../shared/protocol.ts';
+import { PROTOCOL_VERSION, type Command, type CommandResult, type Hello, type TelemetryRecord } from '../../shared/protocol.ts';
 import {
   HEALTH_KIND,
   INSTALL_COMMAND,
@@ -45,6 +44,7 @@ import {
   type RollbackArgs,
 } from '../../shared/updates.ts';
 import type { MessageBus } from '../broker/bus.ts';
+import type { CommandSender } from '../commands/sender.ts';
 import type { HistoryEntry, HistoryRecord, HubStore, RolloutCandidate, RolloutDeviceRecord, RolloutDeviceState, RolloutRecord, RolloutState } from '../store/store.ts';
 import { evaluateGate, type GateAction, type GateResult } from './gates.ts';
 import { assignWaves, joinerWave, planWaves } from './planner.ts';
@@ -56,6 +56,8 @@ import type { MaintenanceWindows } from './windows.ts';
 export interface RolloutEngineOptions {
   store: HubStore;
   bus: MessageBus;
+  /** Signs and publishes commands (issue #14); `bus` is still asked who is connected. */
+  commands: CommandSender;
   windows: MaintenanceWindows;
   log: Logger;
   registry: Registry;
@@ -497,7 +499,7 @@ export class RolloutEngine implements Component {
 
   async #publish(deviceId: string, cmd: Command, kind: 'install' | 'rollback'): Promise<void> {
     try {
-      await this.#o.bus.publish(topics.of(deviceId, 'cmd'), encodeJson(cmd), { qos: 1 });
+      await this.#o.commands.send(deviceId, cmd);
       this.#commands.inc({ command: kind });
     } catch (err) {
       // Recorded as sent; the retry timer or the device's next hello sends it again.

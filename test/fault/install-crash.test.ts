@@ -21,6 +21,7 @@ import mqtt, { type MqttClient } from 'mqtt';
 import { mulberry32 } from '../../scripts/lib/rng.ts';
 import { writeAgentConfig } from '../../scripts/fleet/agent-config.ts';
 import { ServiceProcess } from '../../scripts/fleet/processes.ts';
+import { signCommand } from '../../shared/command-signing.ts';
 import { ManifestSchema, type Manifest } from '../../shared/manifest.ts';
 import { PROTOCOL_VERSION, topics } from '../../shared/protocol.ts';
 import { INSTALL_COMMAND } from '../../shared/updates.ts';
@@ -127,7 +128,8 @@ describe('install crash safety (agent child process, SIGKILL mid-install)', () =
       const bytes = artifacts[i % 2]!;
       const release = signedRelease(server.key, fp32, bytes, { counter: 1000 + i, version });
       shaByVersion.set(version, { sha256: release.release.manifest.artifact.sha256, size: bytes.length });
-      const cmd = { v: PROTOCOL_VERSION, type: 'command', id: `install-crash-${i}`, ts: Date.now(), name: INSTALL_COMMAND, args: installArgs(release) };
+      // Signed like the hub's (issue #14), with the release key the agent trusts.
+      const cmd = signCommand({ v: PROTOCOL_VERSION, type: 'command', id: `install-crash-${i}`, ts: Date.now(), name: INSTALL_COMMAND, args: installArgs(release) }, DEVICE, server.key, { now: Date.now() });
       const swapped = proc.waitFor((l) => l.msg === 'model swapped in' && l.model === `machine-state@${version}`, 15_000, 'swap').catch(() => undefined);
       await hubClient.publishAsync(topics.of(DEVICE, 'cmd'), JSON.stringify(cmd), { qos: 1 });
       if (i % 3 === 2) {
