@@ -18,7 +18,8 @@
  *                 always accepted. The hub's own retained messages are counted, never capped.
  *   subscriptions filters one connection holds; past the cap SUBACK 128.
  *   sessions      a persistent session offline longer than `sessionExpiryMs` is dropped (its
- *                 subscriptions and queued messages), as MQTT 5's session expiry would.
+ *                 subscriptions and queued messages), as MQTT 5's session expiry would; a revoked
+ *                 principal's at once (it cannot come back for it).
  *
  * Bytes are payload plus topic, what the message costs beyond a fixed overhead per packet.
  * Every drop counts in edgefleet_hub_broker_quota_drops_total{kind,limit}.
@@ -57,7 +58,10 @@ export interface QuotaUsage {
 }
 
 export type QuotaKind = 'queued' | 'retained' | 'subscription' | 'session';
-export type QuotaLimit = 'count' | 'bytes' | 'total' | 'expired';
+export type QuotaLimit = 'count' | 'bytes' | 'total' | 'expired' | 'revoked';
+
+/** offlineSince of a revoked principal's session: due at once. */
+const REVOKED = Number.NEGATIVE_INFINITY;
 
 /** The hub's own publishes carry no client id; they own retained topics under this name. */
 const HUB = '';
@@ -95,6 +99,8 @@ export class BrokerQuotas {
   readonly #subscriptions = new WeakMap<object, Set<string>>();
   readonly #live = new Map<string, object>();
   readonly #offlineSince = new Map<string, number>();
+  /** Revoked principals not offline yet: their session is due as soon as they are. */
+  readonly #revoked = new Set<string>();
 
   constructor(opts: BrokerQuotasOptions) {
     this.limits = Object.freeze({ ...opts.limits });
@@ -103,7 +109,7 @@ export class BrokerQuotas {
     const registers = [opts.registry];
     this.#drops = new Counter({
       name: 'edgefleet_hub_broker_quota_drops_total',
-      help: 'Broker quota refusals, by kind (queued: message not queued for a persistent session; retained: message not retained; subscription: SUBACK 128; session: offline session dropped) and limit (count, bytes, total, expired).',
+      help: 'Broker quota refusals, by kind (queued: message not queued for a persistent session; retained: message not retained; subscription: SUBACK 128; session: offline session dropped) and limit (count, bytes, total; expired, revoked).',
       labelNames: ['kind', 'limit'],
       registers,
     });
@@ -277,13 +283,27 @@ export class BrokerQuotas {
     this.#live.set(clientId, client);
   }
 
-  /** The connection `client` ended; `persistent`: it leaves a session (clean: false) behind. */
-  offline(clientId: string, client: object, persistent: boolean): void {
+  /**
+   * The connection `client` ended; `persistent`: it leaves a session (clean: false) behind.
+   * Returns true when that session is due at once (its principal was revoked).
+   */
+  offline(clientId: string, client: object, persistent: boolean): boolean {
     const live = this.#live.get(clientId);
     // On a takeover the old connection ends after the new one restored the session.
-    if (live !== undefined && live !== client) return;
+    if (live !== undefined && live !== client) return false;
     this.#live.delete(clientId);
-    if (persistent) this.#offlineSince.set(clientId, this.#now());
+    const revoked = this.#revoked.delete(clientId);
+    if (persistent) this.#offlineSince.set(clientId, revoked ? REVOKED : this.#now());
+    return persistent && revoked;
+  }
+
+  /**
+   * `clientId` was revoked: it cannot come back, so its session is due once it is offline (its
+   * connection may still be closing). The set only holds revoked ids that have not gone offline.
+   */
+  revoke(clientId: string): void {
+    if (this.#offlineSince.has(clientId)) this.#offlineSince.set(clientId, REVOKED);
+    else this.#revoked.add(clientId);
   }
 
   /** Offline sessions older than sessionExpiryMs (the caller drops them, then calls `expired`). */
@@ -295,6 +315,7 @@ export class BrokerQuotas {
   expired(clientId: string): void {
     const since = this.#offlineSince.get(clientId);
     this.#offlineSince.delete(clientId);
+    if (since === REVOKED) return this.#dropped('session', 'revoked', clientId, {}, 'offline persistent session dropped: principal revoked');
     this.#dropped('session', 'expired', clientId, { offlineSince: since === undefined ? undefined : new Date(since).toISOString() }, 'offline persistent session dropped: expired');
   }
 

@@ -73,7 +73,7 @@ describe('broker quotas per principal', () => {
     hub = await createHub(config, { log, now: () => Date.now() + skew });
     await hub.start(new AbortController().signal);
     for (const id of ['dev-a', 'dev-b', 'dev-c', 'dev-d', 'dev-e']) await principal(id);
-    for (const id of ['mes-1', 'mes-2', 'mes-3', 'mes-4']) await principal(id, 'consumer');
+    for (const id of ['mes-1', 'mes-2', 'mes-3', 'mes-4', 'mes-5', 'mes-6']) await principal(id, 'consumer');
   });
 
   after(async () => {
@@ -241,6 +241,28 @@ describe('broker quotas per principal', () => {
     assert.equal(await closed(back, 10), false);
     figure('sessions', `a session offline for ${CAPS.sessionExpiryMs / 3_600_000} h + 1 s dropped with its 5 queued messages (sessions dropped: ${dropped.length}); one session per principal (client id = principal id)`);
     await back.endAsync();
+    await dev.endAsync();
+  });
+
+  test("a revoked principal's persistent session is dropped at once, offline or still connected", async () => {
+    await offlineSession('mes-5', `${TOPIC_ROOT}/dev-a/out/#`);
+    const online = await as('mes-6', { clean: false });
+    await online.subscribeAsync(`${TOPIC_ROOT}/dev-a/out/#`, { qos: 1 });
+    const dev = await as('dev-a');
+    await flood(dev, () => `${TOPIC_ROOT}/dev-a/out/v`, (i) => String(i), 5);
+    await until(() => hub.broker.quotaUsage('mes-5').queued === 5, 5000, 'queued');
+    const before = await drops('session', 'revoked');
+    for (const id of ['mes-5', 'mes-6']) {
+      const res = await fetch(`${hub.httpUrl}/v1/devices/${id}/revoke`, { method: 'POST', headers: { authorization: `Bearer ${hub.adminToken}` } });
+      assert.equal(res.status, 200, await res.text());
+    }
+    assert.equal(await closed(online, 5000), true);
+    await until(async () => (await drops('session', 'revoked')) - before === 2, 5000, 'both sessions dropped');
+    for (const id of ['mes-5', 'mes-6']) assert.deepEqual(hub.broker.quotaUsage(id), { queued: 0, queuedBytes: 0, retained: 0, retainedBytes: 0, subscriptions: 0, offlineSince: null });
+    await flood(dev, () => `${TOPIC_ROOT}/dev-a/out/v`, () => 'after', 3);
+    await sleep(100);
+    assert.equal(hub.broker.quotaUsage('mes-5').queued + hub.broker.quotaUsage('mes-6').queued, 0, 'nothing queued for revoked principals');
+    figure('revoked', 'persistent sessions of 2 revoked principals (one offline with 5 queued, one connected) dropped at the revocation, not after the expiry');
     await dev.endAsync();
   });
 });
