@@ -130,6 +130,40 @@ export const HubConfigSchema = z.object({
        * tokens keep working.
        */
       maxAuthFailuresPerMinutePerIp: z.number().int().min(1).max(1_000_000).default(60),
+      /**
+       * Connection caps and deadlines for both listeners (issue #14; hub/net/conn-limits.ts). The
+       * caps come from the descriptor limit read at start (soft RLIMIT_NOFILE, which Node raises
+       * to the hard limit): less reservedFds, HTTP gets httpShare (each HTTP connection counted
+       * twice: it may hold an artifact file too), MQTT the rest. 10,000 devices need a limit of
+       * about 13,000 (systemd: LimitNOFILE=).
+       */
+      connections: z
+        .object({
+          /** Used where /proc/self/limits cannot be read (not Linux). */
+          fallbackFdLimit: z.number().int().min(128).max(1_048_576).default(1024),
+          /** Descriptors kept back for SQLite (db, WAL, shm), artifact and sample files, model probe pipes, logs. */
+          reservedFds: z.number().int().min(16).max(1_048_576).default(64),
+          /** Share of the descriptors left that HTTP connections may hold; MQTT (devices) keeps the rest. */
+          httpShare: z.number().min(0.02).max(0.8).default(0.2),
+          /** Share of MQTT's connections that may be unauthenticated (no CONNECT yet, or authenticating). */
+          mqttPendingShare: z.number().min(0.01).max(1).default(0.25),
+          /** HTTP connections from one address; past it that address's idlest unproven one is shed, or the new one refused. */
+          httpMaxPerAddress: z.number().int().min(1).default(256),
+          /** Unauthenticated MQTT connections from one address (a NAT site's reconnect storm is also paced by maxConnectsPerSecondPerIp). */
+          mqttMaxPendingPerAddress: z.number().int().min(1).default(128),
+          /** All MQTT connections from one address: a whole site behind one NAT must fit. */
+          mqttMaxPerAddress: z.number().int().min(1).default(10_000),
+          /** A connection must send a whole request head within this (and again after each keep-alive response). */
+          headersTimeoutMs: z.number().int().min(100).max(600_000).default(10_000),
+          /** A request body must move minBodyBytesPerSecond over each window this long, or the connection is closed. */
+          bodyTimeoutMs: z.number().int().min(100).max(600_000).default(10_000),
+          minBodyBytesPerSecond: z.number().int().min(1).default(1024),
+          /** An MQTT connection must send CONNECT within this, and be authenticated within this again. */
+          connectTimeoutMs: z.number().int().min(100).max(600_000).default(10_000),
+          /** How often deadlines are checked. */
+          sweepMs: z.number().int().min(10).max(10_000).default(500),
+        })
+        .prefault({}),
     })
     .prefault({}),
   models: z

@@ -55,6 +55,7 @@ import { ModelRegistry } from './models/registry.ts';
 import { KeyRing } from './models/signing-keys.ts';
 import { RolloutEngine } from './rollouts/engine.ts';
 import { MaintenanceWindows } from './rollouts/windows.ts';
+import { ConnectionBudget } from './net/conn-limits.ts';
 import { SqliteHubStore } from './store/sqlite-store.ts';
 import type { HubStore } from './store/store.ts';
 
@@ -123,6 +124,8 @@ export function createHub(config: HubConfig, deps: HubDeps): Promise<Hub> {
   });
   // One failed-login budget per address for MQTT, the API and enrollment (each failure costs a scrypt).
   const failures = new AuthFailureLimiter(config.limits.maxAuthFailuresPerMinutePerIp, now, { registry });
+  // Descriptors shared out between the listeners, with caps and deadlines on both (issue #14).
+  const connections = new ConnectionBudget({ settings: config.limits.connections, registry, log: log.child({ component: 'connections' }), now });
   const broker = new EmbeddedBroker({
     host: config.mqtt.host,
     port: config.mqtt.port,
@@ -135,6 +138,7 @@ export function createHub(config: HubConfig, deps: HubDeps): Promise<Hub> {
     quotas: config.limits.brokerQuotas,
     maxConnectsPerSecondPerIp: config.limits.maxConnectsPerSecondPerIp,
     failures,
+    connections: connections.mqtt,
     store,
     log: log.child({ component: 'broker' }),
     registry,
@@ -245,6 +249,7 @@ export function createHub(config: HubConfig, deps: HubDeps): Promise<Hub> {
     registry,
     log: log.child({ component: 'api' }),
     recordsPerSecond: () => ingest.recordsPerSecond(),
+    connections: connections.http,
     now,
   });
 

@@ -34,6 +34,7 @@
  */
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import { createServer as createHttpsServer } from 'node:https';
+import type { Socket } from 'node:net';
 import type { Registry } from 'prom-client';
 import { z } from 'zod';
 import { formatIssues } from '../../shared/codec.ts';
@@ -59,6 +60,7 @@ import type { RolloutEngine } from '../rollouts/engine.ts';
 import type { DeviceRecord, HubStore, ModelRecord } from '../store/store.ts';
 import { drainBounded, readJson, sendError, sendJson } from './http.ts';
 import { buildOpenApiDocument } from './openapi.ts';
+import { rawSocket, type Conn, type ConnectionLimiter } from '../net/conn-limits.ts';
 
 export interface ApiOptions {
   host: string;
@@ -87,6 +89,8 @@ export interface ApiOptions {
   log: Logger;
   /** Records stored per second over the last minute (from ingest). */
   recordsPerSecond: () => number;
+  /** Connection caps, shedding and header/body deadlines (hub/net/conn-limits.ts); none without it. */
+  connections?: ConnectionLimiter;
   now?: () => number;
 }
 
@@ -290,6 +294,7 @@ export class ApiServer implements Component {
     server.requestTimeout = 0;
     server.timeout = 120_000;
     server.keepAliveTimeout = 5_000;
+    if (this.#o.connections) this.#limitConnections(server, this.#o.connections);
     this.#server = server;
     await new Promise<void>((resolve, reject) => {
       const onAbort = (): void => reject(new EdgefleetError(ErrorCode.ABORTED, 'api start aborted'));
@@ -309,7 +314,28 @@ export class ApiServer implements Component {
     this.#o.log.info({ host: this.#o.host, port: this.#port }, 'http listening');
   }
 
+  /**
+   * Admission at accept, before the HTTP (or TLS) layer sees the socket; a request head moves the
+   * connection to `started` and its complete body to `established`; a finished response makes a
+   * kept-alive connection sheddable again (issue #14).
+   */
+  #limitConnections(server: Server, limiter: ConnectionLimiter): void {
+    const conns = new WeakMap<Socket, Conn>();
+    server.prependListener('connection', (socket: Socket) => {
+      const conn = limiter.admit(socket, socket.remoteAddress ?? '');
+      if (conn) conns.set(socket, conn);
+    });
+    server.prependListener('request', (req: IncomingMessage, res: ServerResponse) => {
+      const conn = conns.get(rawSocket(req.socket));
+      if (!conn) return;
+      conn.start({ complete: () => req.complete, reader: req.socket });
+      res.once('finish', () => conn.idle());
+    });
+    limiter.start();
+  }
+
   async stop(): Promise<void> {
+    this.#o.connections?.stop();
     const server = this.#server;
     this.#server = undefined;
     if (!server) return;

@@ -29,6 +29,7 @@ import { enforceClientCerts, peerCertificate, readTlsFiles, serverTlsOptions, ty
 import type { AuthFailureLimiter } from '../auth/failures.ts';
 import { PrincipalVerifier } from '../auth/principals.ts';
 import type { HubStore } from '../store/store.ts';
+import { rawSocket, type Conn, type ConnectionLimiter } from '../net/conn-limits.ts';
 import { guardConnection } from './packet-guard.ts';
 import { mayReceive, publishRefusal, subscribeRefusal, type Identity } from './acl.ts';
 import type { MessageBus, MessageHandler } from './bus.ts';
@@ -53,6 +54,8 @@ export interface BrokerOptions {
   maxTopicBytes?: number;
   /** Failed credential checks per address (shared with the API); past the budget CONNECTs are refused without a scrypt. */
   failures?: AuthFailureLimiter;
+  /** Connection caps, shedding and the CONNECT deadline (hub/net/conn-limits.ts); none without it. */
+  connections?: ConnectionLimiter;
   store: HubStore;
   log: Logger;
   registry: Registry;
@@ -93,6 +96,8 @@ export class EmbeddedBroker implements Component, MessageBus {
    * its remote address (failed-login budget) and, for TLS, its peer certificate.
    */
   readonly #underlying = new WeakMap<object, Socket>();
+  /** Each admitted TCP socket's handle in the connection limiter. */
+  readonly #conns = new WeakMap<Socket, Conn>();
   #port = 0;
 
   readonly #verifier: PrincipalVerifier;
@@ -170,6 +175,7 @@ export class EmbeddedBroker implements Component, MessageBus {
     });
     this.#aedes = aedes;
     aedes.on('clientReady', (client) => {
+      this.#connOf(client)?.establish();
       const who = this.#identities.get(client);
       if (who) for (const l of this.#presence) l(who.id, true);
       this.#quotas.online(client.id, client);
@@ -232,6 +238,10 @@ export class EmbeddedBroker implements Component, MessageBus {
     // admitted TLS connections go to a tls.Server that does not listen itself.
     const server = createServer((raw) => {
       if (!this.#admit(raw)) return;
+      const limiter = this.#opts.connections;
+      const conn = limiter?.admit(raw, raw.remoteAddress ?? '');
+      if (limiter && !conn) return;
+      if (conn) this.#conns.set(raw, conn);
       if (!inner) return onSocket(raw);
       // Tracked from accept on: one still in its handshake would otherwise hold stop() open.
       this.#sockets.add(raw);
@@ -239,6 +249,7 @@ export class EmbeddedBroker implements Component, MessageBus {
       inner.emit('connection', raw);
     });
     this.#server = server;
+    this.#opts.connections?.start();
     try {
       await new Promise<void>((resolve, reject) => {
         const onAbort = (): void => reject(new EdgefleetError(ErrorCode.ABORTED, 'broker start aborted'));
@@ -281,6 +292,12 @@ export class EmbeddedBroker implements Component, MessageBus {
     return false;
   }
 
+  /** The limiter handle of a client's TCP socket (under TLS, the socket the TLS one wraps). */
+  #connOf(client: Client): Conn | undefined {
+    const socket = this.#underlying.get(client.conn);
+    return socket && this.#conns.get(rawSocket(socket));
+  }
+
   #tlsServer(options: ReturnType<typeof serverTlsOptions>, onSocket: (socket: Socket) => void): Server {
     const server = createTlsServer(options, onSocket);
     const refusedTls = (reason: string, detail: string, remote: string | undefined): void => {
@@ -293,6 +310,7 @@ export class EmbeddedBroker implements Component, MessageBus {
   }
 
   async stop(): Promise<void> {
+    this.#opts.connections?.stop();
     const server = this.#server;
     const aedes = this.#aedes;
     this.#server = undefined;
@@ -391,6 +409,8 @@ export class EmbeddedBroker implements Component, MessageBus {
   // --- hooks --------------------------------------------------------------------------------
 
   #preConnect(client: Client, packet: ConnectPacket, done: (err: Error | null, ok: boolean) => void): void {
+    // A whole CONNECT arrived: no longer sheddable, authentication has its own deadline.
+    this.#connOf(client)?.start();
     // authenticate() does not see the CONNECT packet; keep the will to check it there.
     if (packet.will) {
       const p = packet.will.payload as Buffer | string | undefined;
