@@ -4,11 +4,13 @@
  * synchronously on the calling JS thread (ARCHITECTURE §1), which is why this runs here and
  * not on the agent's main thread. This is the only module that loads onnxruntime-node.
  */
+import { readFile } from 'node:fs/promises';
 import { parentPort, workerData } from 'node:worker_threads';
 import { setTimeout as sleep } from 'node:timers/promises';
 import ort from 'onnxruntime-node';
 import { formatIssues } from '../../shared/codec.ts';
 import { toFloat32, type TensorDtype } from '../../shared/tensor.ts';
+import { dataDependentAllocations } from '../../shared/validate/alloc-guard.ts';
 import { isRunMessage, ToWorkerSchema, WorkerDataSchema, type FromWorker, type ToWorker, type ValueMeta } from './messages.ts';
 
 type Session = Awaited<ReturnType<typeof ort.InferenceSession.create>>;
@@ -58,11 +60,19 @@ async function handle(msg: ToWorker): Promise<void> {
     case 'load': {
       let session = sessions.get(msg.key);
       if (!session) {
+        // Before ORT sees the file: a model that sizes an allocation from input data is refused
+        // (shared/validate/alloc-guard.ts, issue #14), config models and releases alike.
+        const problems = dataDependentAllocations(await readFile(msg.path));
+        if (problems.length) throw new Error(problems.join('; '));
         session = await ort.InferenceSession.create(msg.path, {
           intraOpNumThreads: config.intraOpThreads,
           interOpNumThreads: 1,
           executionMode: 'sequential',
           graphOptimizationLevel: 'all',
+          // No CPU arena: it keeps the largest run's memory for the session's life (a 500 MB run
+          // left RSS at 609 MB with it, back at 110 MB without; issue #14), which would both
+          // hold the memory and keep the pool's RSS watchdog tripping after the run.
+          enableCpuMemArena: false,
         });
         sessions.set(msg.key, session);
       }

@@ -10,9 +10,11 @@
  * address space above this baseline), reads one JSON request on stdin, and answers with one
  * line `RESULT_PREFIX + JSON` on stdout.
  */
+import { readFile } from 'node:fs/promises';
 import ort from 'onnxruntime-node';
 import { z } from 'zod';
 import { TENSOR_DTYPES, toFloat32, toTensorData, type TensorDtype } from '../tensor.ts';
+import { dataDependentAllocations } from './alloc-guard.ts';
 import { ProbeRequestSchema, READY_LINE, RESULT_PREFIX, type ProbeResult } from './probe-protocol.ts';
 
 type Session = Awaited<ReturnType<typeof ort.InferenceSession.create>>;
@@ -44,6 +46,19 @@ function toNumbers(data: unknown, type: string): (number | null)[] {
 async function main(): Promise<void> {
   await new Promise<void>((resolve) => process.stdout.write(`${READY_LINE}\n`, () => resolve()));
   const req = ProbeRequestSchema.parse(JSON.parse(await readStdin()));
+  // Before onnxruntime sees it: sizes read from input data pass any test vector and then
+  // allocate what one crafted input asks (alloc-guard.ts, issue #14).
+  let allocProblems: string[];
+  try {
+    allocProblems = dataDependentAllocations(await readFile(req.path));
+  } catch (err) {
+    await emit({ ok: false, error: `the model is not a readable ONNX file: ${(err as Error).message.slice(0, 300)}` });
+    return;
+  }
+  if (allocProblems.length) {
+    await emit({ ok: false, error: allocProblems.join('; ').slice(0, 2000) });
+    return;
+  }
   let session: Session;
   try {
     session = await ort.InferenceSession.create(req.path, {
