@@ -244,6 +244,13 @@ export const AgentConfigSchema = z
         maxBatch: z.number().int().min(1).max(1024).default(64),
         maxWaitMs: z.number().min(0).max(1000).default(2),
         queueMax: z.number().int().min(1).max(1_000_000).default(1000),
+        /**
+         * Memory watchdog (issue #14): agent RSS past which a running model is blamed, the process
+         * killed (systemd restarts it) and the model rolled back. Default: half the device's memory.
+         */
+        memory: z
+          .object({ maxRssMiB: z.number().int().min(64).optional(), sampleMs: z.number().int().min(1).max(1000).default(10) })
+          .prefault({}),
       })
       .prefault({}),
     outbox: z

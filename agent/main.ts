@@ -5,6 +5,7 @@
  */
 import { chainProblem, releaseFitProblem } from './models/pipeline-fit.ts';
 import { mkdirSync } from 'node:fs';
+import { totalmem } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { Registry } from 'prom-client';
@@ -24,7 +25,8 @@ import { Probation } from './health/probation.ts';
 import { AgentHttpServer } from './http/server.ts';
 import { COMMAND_REPLAY_FILE, CommandGuard } from './link/command-guard.ts';
 import { HubLink } from './link/hub-link.ts';
-import { createPipelineMetrics } from './metrics.ts';
+import { createMemoryKillCounter, createPipelineMetrics } from './metrics.ts';
+import { MemoryBreachRecovery, writeMemoryBreachMarker } from './models/memory-breach.ts';
 import { ModelSet } from './models/model-set.ts';
 import { Outbox } from './outbox/outbox.ts';
 import { Pipeline, type InputBus } from './pipeline.ts';
@@ -88,6 +90,7 @@ export function createAgent(config: AgentConfig, deps: { log: Logger; registry?:
       registry,
     }),
   );
+  const memoryKills = createMemoryKillCounter(registry);
   const engine = lifecycle.add(
     new WorkerPoolEngine({
       workers: config.runtime.workers,
@@ -95,6 +98,24 @@ export function createAgent(config: AgentConfig, deps: { log: Logger; registry?:
       maxBatch: config.runtime.maxBatch,
       maxWaitMs: config.runtime.maxWaitMs,
       queueMax: config.runtime.queueMax,
+      memoryWatch: {
+        maxRssBytes: (config.runtime.memory.maxRssMiB ?? Math.floor(totalmem() / 2 ** 21)) * 2 ** 20,
+        sampleMs: config.runtime.memory.sampleMs,
+        rss: () => process.memoryUsage.rss(),
+        kills: memoryKills,
+        // A run inside ORT cannot be stopped, and exit() waits until it has allocated everything
+        // (issue #14, checked here): record who ran, then SIGKILL; systemd restarts the agent and
+        // MemoryBreachRecovery rolls the version back. The outbox (WAL) survives a kill -9.
+        onExceeded: (b) => {
+          try {
+            writeMemoryBreachMarker(config.dataDir, { ...b, ts: Date.now() });
+          } catch (err) {
+            log.error({ err }, 'cannot write the memory breach marker');
+          }
+          log.fatal({ models: b.models, rssBytes: b.rssBytes, maxRssBytes: b.maxRssBytes }, 'memory budget exceeded by a model run: killing the agent');
+          process.kill(process.pid, 'SIGKILL');
+        },
+      },
       log: log.child({ component: 'runtime' }),
       registry,
     }),
@@ -160,6 +181,15 @@ export function createAgent(config: AgentConfig, deps: { log: Logger; registry?:
       )
     : undefined;
   lifecycle.add(models);
+  // After the model set, before inputs and the link: the next crafted input meets the old version.
+  lifecycle.add(
+    new MemoryBreachRecovery({
+      dir: config.dataDir,
+      rollback: updater ? (a): Promise<{ state: string }> => updater.rollback(a) : undefined,
+      kills: memoryKills,
+      log: log.child({ component: 'memory' }),
+    }),
+  );
   const link = lifecycle.add(
     new HubLink({
       deviceId: config.deviceId,

@@ -81,3 +81,13 @@ export function createPipelineMetrics(registry: Registry): PipelineMetrics {
     }),
   };
 }
+
+/** Memory kills of model runs (issue #14): counted by the pool's watchdog, and at start from the marker. */
+export function createMemoryKillCounter(registry: Registry): Counter<'model'> {
+  return new Counter({
+    name: 'edgefleet_agent_worker_memory_kills_total',
+    help: 'Model runs that took the agent past runtime.memory.maxRssMiB, by model version (the agent is killed, restarted and the version rolled back).',
+    labelNames: ['model'],
+    registers: [registry],
+  });
+}

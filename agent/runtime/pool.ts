@@ -14,6 +14,9 @@
  * Faults: a worker that dies fails only the batches it holds, running and queued (INFERENCE),
  * is respawned with backoff, reloads every model and serves again. The pool never terminates a worker that may
  * be inside ORT: with onnxruntime-node 1.30 that aborts the whole process (see #terminateAll).
+ * Memory (issue #14): sessions run without ORT's CPU arena, so a large run's memory goes back
+ * to the system; with `memory` set, a timer samples process RSS while batches run and, past the
+ * budget, hands the running models to `memoryWatch.onExceeded` (see #watchMemory).
  */
 import { availableParallelism } from 'node:os';
 import type { Worker } from 'node:worker_threads';
@@ -67,8 +70,41 @@ export interface WorkerPoolOptions {
   loadTimeoutMs?: number;
   /** Delays between respawns of a crashing worker. */
   respawnBackoff?: { initialMs: number; maxMs: number; factor: number; jitter: number };
+  /** The run-time memory watchdog (issue #14); none when undefined. */
+  memoryWatch?: MemoryWatch;
   /** Test hooks; never set in production. */
   testHooks?: { runDelayMs?: number; exit?: boolean };
+}
+
+/** A run that outgrew the memory budget. */
+export interface MemoryBreach {
+  /** Engine keys (name@version) of the batches running when the budget was crossed. */
+  models: string[];
+  rssBytes: number;
+  maxRssBytes: number;
+}
+
+export interface MemoryWatch {
+  /** Process RSS past which the running batches are treated as a memory attack. */
+  maxRssBytes: number;
+  /**
+   * Sampling period, only while batches are in flight. Default 10: the crafted model of issue
+   * #14 grew RSS by ~2 GB/s here, so the budget is overshot by ~20 MB at most; one RSS read per
+   * sample, none per inference.
+   */
+  sampleMs?: number;
+  /** Process RSS in bytes (main.ts passes process.memoryUsage.rss: only it touches `process`). */
+  rss: () => number;
+  /**
+   * Called synchronously, once per breach. A run inside ORT cannot be interrupted (terminating
+   * its worker or exiting aborts the process, and only once the run has finished allocating), so
+   * the agent's handler records a marker and SIGKILLs the process (main.ts). If the handler
+   * returns, the pool refuses those models from then on and recycles their workers once they are
+   * back in JS.
+   */
+  onExceeded: (b: MemoryBreach) => void;
+  /** `edgefleet_agent_worker_memory_kills_total{model}` (agent/metrics.ts). */
+  kills?: Counter<'model'>;
 }
 
 type Reason = 'overloaded' | 'bad_input' | 'not_found' | 'unavailable' | 'inference';
@@ -92,6 +128,8 @@ interface ModelEntry {
   unloading: Promise<void> | undefined;
   /** Set when no live worker holds the model because reloading it after a respawn failed. */
   broken: EdgefleetError | undefined;
+  /** Set when a run of it outgrew the memory budget: refused until unloaded (issue #14). */
+  refused: EdgefleetError | undefined;
   drained: (() => void)[];
 }
 
@@ -112,6 +150,10 @@ interface Slot {
   loading: Set<string>;
   /** Batches sent and not yet answered: the one running plus at most PIPELINE_DEPTH - 1 queued behind it. */
   batches: number;
+  /** Model keys of those batches in order: the first is the one running (the worker runs them in turn). */
+  running: string[];
+  /** Set after a memory breach: gets no more batches, terminated and respawned once idle. */
+  recycle: boolean;
   /** Fail the callers of each batch sent to this worker, without waiting for the run (stop timeout). */
   abandon: Set<(err: EdgefleetError) => void>;
   rpcs: Map<number, Rpc>;
@@ -158,7 +200,9 @@ const sameDims = (a: readonly number[], b: readonly number[]): boolean => a.leng
 
 export class WorkerPoolEngine implements InferenceEngine {
   readonly name = 'inference-engine';
-  readonly #o: Required<Omit<WorkerPoolOptions, 'registry' | 'testHooks' | 'respawnBackoff'>> & Pick<WorkerPoolOptions, 'testHooks'>;
+  readonly #o: Required<Omit<WorkerPoolOptions, 'registry' | 'testHooks' | 'respawnBackoff' | 'memoryWatch'>> & Pick<WorkerPoolOptions, 'testHooks'>;
+  readonly #memory: MemoryWatch | undefined;
+  #memoryTimer: NodeJS.Timeout | undefined;
   readonly #log: Logger;
   readonly #sm = new StateMachine<LifecycleState>('idle', STATES, 'inference engine');
   readonly #slots: Slot[] = [];
@@ -196,6 +240,11 @@ export class WorkerPoolEngine implements InferenceEngine {
       testHooks: opts.testHooks,
     };
     this.#log = opts.log;
+    if (opts.memoryWatch) {
+      int(opts.memoryWatch.maxRssBytes, 0, 1, 'memoryWatch.maxRssBytes');
+      int(opts.memoryWatch.sampleMs, 10, 1, 'memoryWatch.sampleMs');
+    }
+    this.#memory = opts.memoryWatch;
     this.#backoff = new Backoff(opts.respawnBackoff ?? { initialMs: 100, maxMs: 10_000, factor: 2, jitter: 0.5 });
     this.#metrics = opts.registry ? this.#createMetrics(opts.registry) : undefined;
   }
@@ -224,7 +273,11 @@ export class WorkerPoolEngine implements InferenceEngine {
         if (onAbort) signal.removeEventListener('abort', onAbort);
       }
       this.#sm.to('running');
-      this.#log.info({ workers: this.#o.workers, intraOpThreads: this.#o.intraOpThreads }, 'inference workers ready');
+      if (this.#memory) {
+        this.#memoryTimer = setInterval(() => this.#watchMemory(), this.#memory.sampleMs ?? 10);
+        this.#memoryTimer.unref();
+      }
+      this.#log.info({ workers: this.#o.workers, intraOpThreads: this.#o.intraOpThreads, maxRssMiB: this.#memory ? mib(this.#memory.maxRssBytes) : undefined }, 'inference workers ready');
     } catch (err) {
       this.#sm.to('failed');
       await this.#terminateAll();
@@ -286,6 +339,7 @@ export class WorkerPoolEngine implements InferenceEngine {
     for (const t of this.#respawnTimers) clearTimeout(t);
     this.#respawnTimers.clear();
     clearTimeout(this.#pumpTimer);
+    clearInterval(this.#memoryTimer);
     await Promise.all(
       this.#slots.map(async (slot) => {
         slot.retiring = true;
@@ -348,7 +402,7 @@ export class WorkerPoolEngine implements InferenceEngine {
       await this.#unloadFromWorkers(key);
       throw problem ?? new EdgefleetError(ErrorCode.INTERNAL, `cannot load ${key}`);
     }
-    this.#models.set(key, { handle, state: 'ready', queue: [], inFlight: 0, drained: [], broken: undefined, unloading: undefined });
+    this.#models.set(key, { handle, state: 'ready', queue: [], inFlight: 0, drained: [], broken: undefined, refused: undefined, unloading: undefined });
     // Workers respawned during the load have not got it yet.
     for (const s of this.#slots) this.#syncSlot(s);
     this.#log.info({ model: key, path, workers: ok.length, ms: Math.round(performance.now() - t0), dynamicBatch: handle.dynamicBatch }, 'model loaded');
@@ -471,7 +525,8 @@ export class WorkerPoolEngine implements InferenceEngine {
     if (!this.#sm.is('running')) return this.#reject('unavailable', ErrorCode.UNAVAILABLE, `inference engine is ${this.#sm.state}`);
     const entry = this.#models.get(key);
     if (!entry || entry.state !== 'ready') return this.#reject('not_found', ErrorCode.NOT_FOUND, `model ${key} is ${entry ? 'unloading' : 'not loaded'}`);
-    if (entry.broken) return this.#reject('inference', ErrorCode.INFERENCE, entry.broken.message);
+    const down = entry.refused ?? entry.broken;
+    if (down) return this.#reject('inference', ErrorCode.INFERENCE, down.message);
     const problem = this.#checkInput(entry.handle, input);
     if (problem) return this.#reject('bad_input', ErrorCode.BAD_INPUT, `${key}: ${problem}`);
     if (this.#queued >= this.#o.queueMax) {
@@ -526,7 +581,7 @@ export class WorkerPoolEngine implements InferenceEngine {
     // but only a full batch, so light load batches and waits exactly as without pipelining.
     for (let depth = 0; depth < this.#o.pipelineDepth; depth++) {
       for (const slot of this.#slots) {
-        if (!slot.alive || !slot.ready || slot.batches !== depth) continue;
+        if (!slot.alive || !slot.ready || slot.recycle || slot.batches !== depth) continue;
         let best: ModelEntry | undefined;
         for (const [key, entry] of this.#models) {
           const head = entry.queue[0];
@@ -559,6 +614,7 @@ export class WorkerPoolEngine implements InferenceEngine {
     this.#queued -= n;
     entry.inFlight += n;
     slot.batches++;
+    slot.running.push(h.key);
 
     const per = head.data.length;
     const dtype = h.inputType as InputDtype;
@@ -595,6 +651,8 @@ export class WorkerPoolEngine implements InferenceEngine {
       released = true;
       entry.inFlight -= n;
       slot.batches--;
+      const at = slot.running.indexOf(h.key);
+      if (at >= 0) slot.running.splice(at, 1);
       slot.abandon.delete(abandon);
     };
     slot.abandon.add(abandon);
@@ -722,6 +780,8 @@ export class WorkerPoolEngine implements InferenceEngine {
       loaded: new Set(),
       loading: new Set(),
       batches: 0,
+      running: [],
+      recycle: false,
       abandon: new Set(),
       rpcs: new Map(),
       onReady: undefined,
@@ -770,7 +830,7 @@ export class WorkerPoolEngine implements InferenceEngine {
         // is still settled inline, with no extra hop.
         if (msg.t === 'result' && slot.batches > 1) setImmediate(() => this.#settle(slot, rpc, msg));
         else this.#settle(slot, rpc, msg);
-        if (slot.retiring && slot.rpcs.size === 0 && slot.alive) void slot.worker.terminate();
+        if ((slot.retiring || slot.recycle) && slot.rpcs.size === 0 && slot.alive) void slot.worker.terminate();
       }
     }
   }
@@ -801,15 +861,44 @@ export class WorkerPoolEngine implements InferenceEngine {
     this.#restarts++;
     this.#metrics?.restarts.inc();
     // A worker that ran a while before dying is not crash-looping: start over with short delays.
-    if (performance.now() - slot.spawnedAt > 30_000) this.#backoff.reset();
+    if (slot.recycle || performance.now() - slot.spawnedAt > 30_000) this.#backoff.reset();
     const delay = this.#backoff.next();
-    this.#log.error({ worker: slot.index, code, restarts: this.#restarts, respawnInMs: delay }, 'inference worker died; respawning');
+    if (slot.recycle) this.#log.warn({ worker: slot.index, restarts: this.#restarts, respawnInMs: delay }, 'inference worker recycled after a memory breach; respawning');
+    else this.#log.error({ worker: slot.index, code, restarts: this.#restarts, respawnInMs: delay }, 'inference worker died; respawning');
     const timer = setTimeout(() => {
       this.#respawnTimers.delete(timer);
       if (!this.#sm.is('running', 'stopping')) return;
       this.#spawn(slot.index).catch((e: unknown) => this.#log.error({ worker: slot.index, err: e }, 'respawned worker failed to start'));
     }, delay);
     this.#respawnTimers.add(timer);
+  }
+
+  /**
+   * The memory watchdog's sample (issue #14). Process RSS is all threads' together, so a breach
+   * is blamed on the batches running at that moment (the head of each worker's list); with
+   * several workers an innocent model running beside the culprit is blamed too, said in the log.
+   */
+  #watchMemory(): void {
+    const m = this.#memory!;
+    if (!this.#slots.some((s) => s.running.length > 0)) return;
+    const rss = m.rss();
+    if (rss <= m.maxRssBytes) return;
+    const heads = this.#slots.flatMap((s) => (s.alive && s.running[0] !== undefined ? [s.running[0]] : []));
+    const models = [...new Set(heads)].filter((k) => !this.#models.get(k)?.refused);
+    if (!models.length) return;
+    this.#log.error({ models, rssMiB: mib(rss), maxRssMiB: mib(m.maxRssBytes) }, 'a model run outgrew the memory budget');
+    for (const k of models) m.kills?.inc({ model: k });
+    m.onExceeded({ models, rssBytes: rss, maxRssBytes: m.maxRssBytes });
+    // The handler did not end the process: refuse the models, recycle their workers once idle.
+    for (const k of models) {
+      const entry = this.#models.get(k);
+      if (!entry) continue;
+      entry.refused = new EdgefleetError(ErrorCode.INFERENCE, `model ${k} is refused: a run of it took the agent past its memory budget (${mib(rss)} MiB > ${mib(m.maxRssBytes)} MiB)`);
+      this.#failQueue(entry, entry.refused);
+    }
+    for (const s of this.#slots) {
+      if (s.alive && s.running[0] !== undefined && models.includes(s.running[0])) s.recycle = true;
+    }
   }
 
   /** Loads every model the slot lacks (after a respawn, or after a load raced a respawn). */
@@ -894,6 +983,8 @@ function tensorProblem(name: string, type: string, shape: readonly (number | str
   if (arr.length !== n) return `data has ${arr.length} values, dims [${(dims as number[]).join(', ')}] need ${n}`;
   return undefined;
 }
+
+const mib = (bytes: number): number => Math.round(bytes / 2 ** 20);
 
 function workerGone(index: number, what: string): EdgefleetError {
   return new EdgefleetError(ErrorCode.INFERENCE, `inference worker ${index} ${what}`, { details: { workerExit: true } });
