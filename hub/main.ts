@@ -43,6 +43,7 @@ import { DriftAggregator } from './drift/aggregator.ts';
 import { DriftApi } from './drift/api.ts';
 import { DriftMonitor } from './drift/monitor.ts';
 import { registerFleetMetrics } from './fleet-metrics.ts';
+import { SampleRequests } from './drift/sample-requests.ts';
 import { SampleStore } from './drift/samples.ts';
 import { FeedbackService } from './feedback/feedback.ts';
 import { MqttFeedback } from './feedback/mqtt-feedback.ts';
@@ -83,6 +84,8 @@ export interface Hub extends Service {
   /** Alerts (lifecycle) and their delivery (`alertDelivery.flush()` attempts due webhooks now). */
   readonly alerts: AlertManager;
   readonly alertDelivery: AlertDelivery;
+  /** Device sample requests and upload quotas (issue #14; tests open requests with `open()`). */
+  readonly sampleRequests: SampleRequests;
   /** The HTTP API (test/unit/openapi.test.ts reads its route table). */
   readonly api: ApiServer;
   /** Bound ports: valid after start() (configured 0 → the port the OS chose). */
@@ -197,6 +200,9 @@ export function createHub(config: HubConfig, deps: HubDeps): Promise<Hub> {
     now,
   });
   ingest.onRecords((deviceId, records) => driftAggregator.onRecords(deviceId, records));
+  // Device uploads only against a request the hub issued (drift.sample), within quotas (issue #14).
+  const samples = new SampleStore(join(config.dataDir, 'samples'), now);
+  const sampleRequests = new SampleRequests({ store, samples, limits: config.drift.samples, log: log.child({ component: 'samples' }), registry, now });
   const alertDelivery = new AlertDelivery({
     store,
     bus: broker,
@@ -206,13 +212,15 @@ export function createHub(config: HubConfig, deps: HubDeps): Promise<Hub> {
     config: config.alerts,
     now,
     pipelineOf: (deviceId, model) => driftAggregator.pipelineOf(deviceId, model),
+    openSampleRequest: (deviceId, pipeline, alertId) => sampleRequests.open(deviceId, { pipeline, alertId }),
   });
   const alerts = new AlertManager({ store, delivery: alertDelivery, log: log.child({ component: 'alerts' }), registry, config: config.alerts, now });
   const drift = new DriftMonitor({ store, log: log.child({ component: 'drift' }), registry, config: config.drift, onReport: (r, ctx) => alerts.onReport(r, ctx), now });
   const driftApi = new DriftApi({
     store,
     alerts,
-    samples: new SampleStore(join(config.dataDir, 'samples'), now),
+    samples,
+    requests: sampleRequests,
     maxSampleBytes: config.drift.samples.maxBytes,
     maxSampleItems: config.drift.samples.maxItems,
     log: log.child({ component: 'drift' }),
@@ -269,6 +277,7 @@ export function createHub(config: HubConfig, deps: HubDeps): Promise<Hub> {
     driftAggregator,
     alerts,
     alertDelivery,
+    sampleRequests,
     api,
     get mqttPort() {
       return broker.port;

@@ -151,6 +151,24 @@ export const CommandResultSchema = z.object({
 });
 export type CommandResult = z.infer<typeof CommandResultSchema>;
 
+/** Request id of a hub sample request (hub/drift/sample-requests.ts). */
+export const SampleRequestIdSchema = z.string().regex(/^sr-[0-9a-f]{24}$/);
+
+/**
+ * Args of the `drift.sample` command (hub → agent): upload the newest kept inputs of a pipeline.
+ * The hub accepts the upload only with `request`, an open request it issued to this device, and
+ * only up to `maxBytes` (issue #14); `expiresAt` is when the request closes (hub clock).
+ */
+export const SampleCommandArgsSchema = z.object({
+  pipeline: z.string().min(1).max(64),
+  /** Most items to upload (the newest). Default: all kept. */
+  max: z.number().int().min(1).max(100_000).optional(),
+  request: SampleRequestIdSchema.optional(),
+  maxBytes: z.number().int().positive().optional(),
+  expiresAt: ts.optional(),
+});
+export type SampleCommandArgs = z.infer<typeof SampleCommandArgsSchema>;
+
 /** Topic kinds an agent publishes or receives, with the schema for each. */
 export const Messages = {
   hello: HelloSchema,

@@ -42,7 +42,7 @@ import { conditionalOnDetection, driftClassIndex, driftClassLabels, outputValueN
 import type { Task } from '../../shared/tasks/specs.ts';
 import type { ImageStats } from '../preprocess/image.ts';
 import { DEFAULT_CONFIDENCE_PH, DEFAULT_FEATURE_PH, PageHinkley, PageHinkleyParamsSchema } from './page-hinkley.ts';
-import { SampleCommandArgsSchema, SampleConfigSchema, sampleBody, SampleRing, uploadSample, type SampleInput, type UploadTarget } from './sample-ring.ts';
+import { fitSampleBody, SampleCommandArgsSchema, SampleConfigSchema, sampleBody, SampleRing, uploadSample, type SampleInput, type UploadTarget } from './sample-ring.ts';
 import { WindowTimer } from '../health/window-timer.ts';
 
 export const DRIFT_SAMPLE_COMMAND = 'drift.sample';
@@ -300,11 +300,13 @@ export class DriftMonitor implements Component, DriftRecorder {
     const a = parsed.data;
     const ring = this.#rings.get(a.pipeline);
     if (!ring) throw new EdgefleetError(ErrorCode.NOT_FOUND, `${DRIFT_SAMPLE_COMMAND}: no inputs kept for pipeline ${a.pipeline} (unknown pipeline, no inference yet, or drift.sample.size is 0)`);
-    const items = ring.recent(a.max);
+    const body = sampleBody(a.pipeline, ring.recent(a.max), a.request);
+    const dropped = fitSampleBody(body, a.maxBytes);
+    const items = body.items;
     try {
-      const r = await uploadSample(this.#o.upload, sampleBody(a.pipeline, items));
+      const r = await uploadSample(this.#o.upload, body);
       this.#metrics?.uploads.inc({ outcome: 'ok' });
-      this.#o.log.info({ pipeline: a.pipeline, items: items.length, bytes: r.bytes }, 'drift sample uploaded');
+      this.#o.log.info({ pipeline: a.pipeline, request: a.request, items: items.length, dropped, bytes: r.bytes }, 'drift sample uploaded');
       return { pipeline: a.pipeline, items: items.length, bytes: r.bytes, status: r.status };
     } catch (err) {
       this.#metrics?.uploads.inc({ outcome: 'error' });

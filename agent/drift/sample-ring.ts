@@ -112,26 +112,26 @@ export class SampleRing {
   }
 }
 
-export const SampleCommandArgsSchema = z.object({
-  pipeline: z.string().min(1).max(64),
-  /** Most items to upload (the newest). Default: all kept. */
-  max: z.number().int().min(1).max(100_000).optional(),
-});
+/** The `drift.sample` command's args, shared with the hub (request id, byte budget). */
+export { SampleCommandArgsSchema } from '../../shared/protocol.ts';
 
 export interface SampleUploadBody {
   pipeline: string;
   model: string;
   version: string;
   items: { id: string; ts: number; kind: 'json' | 'image'; data: unknown }[];
+  /** The hub's sample request this answers (issue #14: the hub refuses uploads without one). */
+  request?: string;
 }
 
 /** The wire form of kept items: images base64, JSON as JSON (bytes parsed: they parsed at inference). */
-export function sampleBody(pipeline: string, items: readonly SampleItem[]): SampleUploadBody {
+export function sampleBody(pipeline: string, items: readonly SampleItem[], request?: string): SampleUploadBody {
   const last = items[items.length - 1];
   return {
     pipeline,
     model: last?.model ?? '',
     version: last?.version ?? '',
+    ...(request === undefined ? {} : { request }),
     items: items.map((it) => ({
       id: it.id,
       ts: it.ts,
@@ -144,6 +144,30 @@ export function sampleBody(pipeline: string, items: readonly SampleItem[]): Samp
             : it.data,
     })),
   };
+}
+
+/**
+ * Room left for the hub's wrapper around a stored upload (device id, receive time): the hub
+ * counts the stored file against the request's budget.
+ */
+const HUB_WRAPPER_BYTES = 1024;
+
+/**
+ * Drops the oldest items until the JSON fits the request's byte budget (`maxBytes` of the
+ * drift.sample command), so a full ring still uploads its newest inputs instead of a 413.
+ * Returns how many were dropped.
+ */
+export function fitSampleBody(body: SampleUploadBody, maxBytes: number | undefined): number {
+  if (maxBytes === undefined) return 0;
+  const budget = maxBytes - HUB_WRAPPER_BYTES;
+  let size = Buffer.byteLength(JSON.stringify(body));
+  let dropped = 0;
+  while (size > budget && body.items.length > 0) {
+    const first = body.items.shift();
+    size -= Buffer.byteLength(JSON.stringify(first)) + (body.items.length > 0 ? 1 : 0);
+    dropped++;
+  }
+  return dropped;
 }
 
 export interface UploadTarget {
@@ -161,7 +185,9 @@ export async function uploadSample(target: UploadTarget, body: SampleUploadBody)
   const payload = JSON.stringify(body);
   let res: Response;
   try {
-    res = await (target.fetch ?? fetch)(`${target.hubHttpUrl}/v1/samples/${encodeURIComponent(target.deviceId)}`, {
+    // The request id in the URL too: the hub checks it before it reads the body.
+    const query = body.request === undefined ? '' : `?request=${encodeURIComponent(body.request)}`;
+    res = await (target.fetch ?? fetch)(`${target.hubHttpUrl}/v1/samples/${encodeURIComponent(target.deviceId)}${query}`, {
       method: 'POST',
       headers: { 'content-type': 'application/json', authorization: `Bearer ${target.deviceId}:${target.token}` },
       body: payload,
@@ -172,7 +198,9 @@ export async function uploadSample(target: UploadTarget, body: SampleUploadBody)
   }
   const text = await res.text().catch(() => '');
   if (!res.ok) {
-    throw new EdgefleetError(res.status === 413 ? ErrorCode.PAYLOAD_TOO_LARGE : ErrorCode.UNAVAILABLE, `sample upload: hub answered ${res.status} ${text.slice(0, 200)}`, {
+    // 403: no open sample request (the hub did not ask, or the request expired or was answered).
+    const code = res.status === 413 ? ErrorCode.PAYLOAD_TOO_LARGE : res.status === 403 ? ErrorCode.FORBIDDEN : ErrorCode.UNAVAILABLE;
+    throw new EdgefleetError(code, `sample upload: hub answered ${res.status} ${text.slice(0, 200)}`, {
       details: { status: res.status },
     });
   }

@@ -40,6 +40,8 @@ export interface AlertDeliveryOptions {
   random?: () => number;
   /** Pipeline that runs `model` on a device (drift.sample needs it); undefined when unknown. */
   pipelineOf?: (deviceId: string, model: string) => string | undefined;
+  /** Opens the hub's sample request that a drift.sample command carries (hub/drift/sample-requests.ts; issue #14). */
+  openSampleRequest?: (deviceId: string, pipeline: string, alertId: string) => Promise<Record<string, unknown>>;
 }
 
 export class AlertDelivery implements Component {
@@ -112,8 +114,9 @@ export class AlertDelivery implements Component {
         this.#o.log.warn({ deviceId, alertId, model }, 'drift.sample not sent: pipeline of the model unknown (set alerts.retraining.pipelines)');
         continue;
       }
-      const cmd: Command = { v: PROTOCOL_VERSION, type: 'command', id: `${SAMPLE_COMMAND}:${alertId}`, ts: this.#o.now(), name: SAMPLE_COMMAND, args: { pipeline, max: r.maxSamples } };
       try {
+        const request = await this.#o.openSampleRequest?.(deviceId, pipeline, alertId);
+        const cmd: Command = { v: PROTOCOL_VERSION, type: 'command', id: `${SAMPLE_COMMAND}:${alertId}`, ts: this.#o.now(), name: SAMPLE_COMMAND, args: { pipeline, max: r.maxSamples, ...request } };
         await this.#o.commands.send(deviceId, cmd);
       } catch (err) {
         this.#o.log.warn({ err: toEdgefleetError(err), deviceId, alertId }, 'cannot send drift.sample');

@@ -33,7 +33,7 @@
 import { z } from 'zod';
 import { ManifestSchema } from '../../shared/manifest.ts';
 import { CreateEnrollmentTokenSchema, CreateOperatorTokenSchema, EnrollRequestSchema } from '../auth/security.ts';
-import { AlertQuerySchema, DriftQuerySchema, SampleQuerySchema } from '../drift/api.ts';
+import { AlertQuerySchema, DriftQuerySchema, SampleQuerySchema, SampleUploadQuerySchema } from '../drift/api.ts';
 import { SampleUploadSchema } from '../drift/samples.ts';
 import { FeedbackBatchSchema } from '../feedback/feedback.ts';
 import { KpiQuerySchema } from '../kpis/service.ts';
@@ -320,10 +320,12 @@ export function apiOperations(): Operation[] {
       path: '/v1/samples/{deviceId}',
       operationId: 'uploadSample',
       summary: "A device's input sample, after a `drift.sample` command",
+      description: 'Only against the open sample request the command carries (`request`, in the query and/or the body): 403 without one (none, expired, already answered), 413 over the request\'s or the device\'s daily byte quota (issue #14).',
       tags: ['samples'],
       auth: 'device',
+      query: SampleUploadQuerySchema,
       body: SampleUploadSchema,
-      errors: [404],
+      errors: [403, 404, 413],
       responses: { 201: json('Stored', S.SampleStoredSchema) },
     },
     { method: 'GET', path: '/v1/samples', operationId: 'listSamples', summary: 'Stored input samples, newest first', tags: ['samples'], auth: 'viewer', query: SampleQuerySchema, errors: [404], responses: { 200: json('Samples', S.SampleListSchema) } },

@@ -253,7 +253,7 @@ export class ApiServer implements Component {
       { method: 'GET', pattern: /^\/v1\/alerts$/, auth: 'viewer', handler: (_q, res, p) => this.#drift.alerts(res, p.query) },
       { method: 'GET', pattern: /^\/v1\/alerts\/([^/]+)$/, auth: 'viewer', handler: (_q, res, p) => this.#drift.alert(res, p.id ?? '') },
       { method: 'POST', pattern: /^\/v1\/alerts\/([^/]+)\/(ack|resolve)$/, auth: 'operator', action: 'alert.act', handler: (_q, res, p) => this.#drift.act(res, p.ids[0] ?? '', p.ids[1] ?? '', p.op?.name ?? 'operator') },
-      { method: 'POST', pattern: /^\/v1\/samples\/([^/]+)$/, auth: 'device', handler: (req, res, p) => this.#drift.upload(req, res, p.id ?? '', p.device ?? '') },
+      { method: 'POST', pattern: /^\/v1\/samples\/([^/]+)$/, auth: 'device', handler: (req, res, p) => this.#drift.upload(req, res, p.id ?? '', p.device ?? '', p.query) },
       { method: 'GET', pattern: /^\/v1\/samples$/, auth: 'viewer', handler: (_q, res, p) => this.#drift.samples(res, p.query) },
       { method: 'GET', pattern: /^\/v1\/telemetry$/, auth: 'viewer', handler: (_q, res, p) => this.#telemetry(res, p.query) },
       { method: 'GET', pattern: /^\/v1\/fleet$/, auth: 'viewer', handler: (_q, res) => this.#fleet(res) },

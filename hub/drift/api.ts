@@ -9,7 +9,8 @@
  *   GET  /v1/alerts?state=&model=&version=    alerts, newest first
  *   GET  /v1/alerts/:id                       one alert with its webhook deliveries (the delivery log)
  *   POST /v1/alerts/:id/{ack,resolve}         lifecycle; 409 when the alert is not in a state that allows it
- *   POST /v1/samples/:deviceId                a device's input sample (device credentials, own id only)
+ *   POST /v1/samples/:deviceId?request=       a device's input sample (device credentials, own id only,
+ *                                             against an open sample request: 403 without, 413 over quota)
  *   GET  /v1/samples?device=                  stored samples
  */
 import type { IncomingMessage, ServerResponse } from 'node:http';
@@ -23,6 +24,7 @@ import { alertView, type AlertManager } from '../alerts/alerts.ts';
 import { readJson, sendJson } from '../api/http.ts';
 import type { DriftReportRow, HubStore } from '../store/store.ts';
 import { decodeAggregate } from './aggregator.ts';
+import type { SampleRequests } from './sample-requests.ts';
 import type { SampleStore } from './samples.ts';
 import { SampleUploadSchema } from './samples.ts';
 
@@ -56,6 +58,8 @@ export const AlertQuerySchema = z.strictObject({
 });
 
 export const SampleQuerySchema = z.strictObject({ device: DeviceIdSchema.optional() });
+/** `?request=<id>`: the sample request, checked before the body is read (the body may name it too). */
+export const SampleUploadQuerySchema = z.strictObject({ request: z.string().max(200).optional() });
 
 function parseQuery<S extends z.ZodType>(schema: S, query: URLSearchParams): z.infer<S> {
   const p = schema.safeParse(Object.fromEntries(query));
@@ -75,6 +79,8 @@ export interface DriftApiOptions {
   store: HubStore;
   alerts: AlertManager;
   samples: SampleStore;
+  /** Sample requests and upload quotas (issue #14). */
+  requests: SampleRequests;
   maxSampleBytes: number;
   maxSampleItems: number;
   log: Logger;
@@ -200,13 +206,43 @@ export class DriftApi {
     sendJson(res, 200, alertView(await this.o.alerts.act(id, action, by)));
   }
 
-  async upload(req: IncomingMessage, res: ServerResponse, deviceId: string, authenticated: string): Promise<void> {
+  /**
+   * Only against an open sample request of this device and within its quotas
+   * (hub/drift/sample-requests.ts): checked before the body is read, so an unasked upload costs
+   * no disk and no more than the bounded drain of a refused body.
+   */
+  async upload(req: IncomingMessage, res: ServerResponse, deviceId: string, authenticated: string, query: URLSearchParams): Promise<void> {
     if (deviceId !== authenticated) throw new EdgefleetError(ErrorCode.FORBIDDEN, 'a device may upload samples only for itself');
-    const body = await readJson(req, SampleUploadSchema, this.o.maxSampleBytes);
-    if (body.items.length > this.o.maxSampleItems) throw new EdgefleetError(ErrorCode.PAYLOAD_TOO_LARGE, `at most ${this.o.maxSampleItems} items per upload`);
-    const file = await this.o.samples.save(deviceId, body);
-    this.o.log.info({ deviceId, file, items: body.items.length, model: body.model, version: body.version }, 'device sample stored');
-    sendJson(res, 201, { file, items: body.items.length });
+    const named = parseQuery(SampleUploadQuerySchema, query).request;
+    const requests = this.o.requests;
+    const out = await requests.serialized(deviceId, async () => {
+      const budget = await requests.budget(deviceId, named);
+      const limit = Math.min(this.o.maxSampleBytes, budget.readLimit);
+      let body;
+      try {
+        body = await readJson(req, SampleUploadSchema, limit);
+      } catch (err) {
+        if (err instanceof EdgefleetError && err.code === ErrorCode.PAYLOAD_TOO_LARGE) {
+          throw requests.refuse(deviceId, limit < this.o.maxSampleBytes && limit === budget.dayRemaining ? 'day_quota' : 'request_quota', err.message);
+        }
+        throw err;
+      }
+      if (body.items.length > this.o.maxSampleItems) throw requests.refuse(deviceId, 'items', `at most ${this.o.maxSampleItems} items per upload`);
+      if (named !== undefined && body.request !== undefined && body.request !== named) throw new EdgefleetError(ErrorCode.BAD_INPUT, 'the body names another sample request than the URL');
+      const grant = requests.take(deviceId, body.request ?? named, budget);
+      let saved;
+      try {
+        saved = await this.o.samples.save(deviceId, body, grant.maxBytes);
+      } catch (err) {
+        if (err instanceof EdgefleetError && err.code === ErrorCode.PAYLOAD_TOO_LARGE) throw requests.refuse(deviceId, grant.reason, err.message);
+        throw err;
+      }
+      await requests.stored(deviceId, grant.request, saved, body.items.length);
+      return { saved, body };
+    });
+    const { saved, body } = out;
+    this.o.log.info({ deviceId, file: saved.file, bytes: saved.bytes, request: body.request, items: body.items.length, model: body.model, version: body.version }, 'device sample stored');
+    sendJson(res, 201, { file: saved.file, items: body.items.length });
   }
 
   async samples(res: ServerResponse, query: URLSearchParams): Promise<void> {

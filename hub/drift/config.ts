@@ -48,9 +48,20 @@ export const DriftConfigSchema = z
     /** Input samples devices upload for labelling (POST /v1/samples/<deviceId>). */
     samples: z
       .object({
-        /** Largest upload body. */
+        /** Largest upload body: the byte quota of one sample request (an upload fulfils its request). */
         maxBytes: z.number().int().min(1024).max(256 * 1024 * 1024).default(16 * 1024 * 1024),
         maxItems: z.number().int().min(1).max(100_000).default(1000),
+        /**
+         * Bytes one device may store over any rolling 24 h (issue #14: one device wrote 177 MiB
+         * unasked). 64 MiB: four full-size requests a day, far above what the retraining hook asks
+         * (one request per drift alert naming the device).
+         */
+        maxBytesPerDay: z.number().int().min(1024).max(64 * 1024 * 1024 * 1024).default(64 * 1024 * 1024),
+        /**
+         * A sample request closes this long after the hub issued it. 6 h: the command waits in the
+         * broker for an offline device, and a sample taken hours after the alert still shows the drift.
+         */
+        requestTtlMs: z.number().int().min(1000).max(7 * 86_400_000).default(6 * 3_600_000),
       })
       .prefault({}),
   })

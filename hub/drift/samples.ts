@@ -1,6 +1,6 @@
 /**
  * Input samples devices upload for labelling after a `drift.sample` command (the retraining
- * hook): POST /v1/samples/<deviceId> with the device's own credentials, stored as one JSON file
+ * hook), only against the open request it carries (hub/drift/sample-requests.ts): POST /v1/samples/<deviceId> with the device's own credentials, stored as one JSON file
  * `<dataDir>/samples/<deviceId>/<ts>.json` (written to a unique temp name, then hard-linked to the
  * first free `<ts>[-n].json`: a listed file is always complete, and link(), unlike rename(), never
  * replaces a file, so two uploads in the same millisecond keep both; with a shared temp name and
@@ -13,6 +13,7 @@ import { randomUUID } from 'node:crypto';
 import { link, mkdir, readdir, stat, unlink, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { z } from 'zod';
+import { EdgefleetError, ErrorCode } from '../../shared/errors.ts';
 import { DeviceIdSchema, NameSchema } from '../../shared/protocol.ts';
 
 export const SampleUploadSchema = z.strictObject({
@@ -22,7 +23,11 @@ export const SampleUploadSchema = z.strictObject({
   version: z.string().max(64),
   /** Opaque to the hub (inputs, predictions, ids); what the agent's ring buffer holds. */
   items: z.array(z.unknown()),
-  /** The alert (command id) that asked for the sample, when known. */
+  /**
+   * The hub's sample request this upload answers (the `drift.sample` command's `request`);
+   * without an open one the upload is refused (403, hub/drift/sample-requests.ts). Optional in
+   * the schema so that the refusal is a 403 saying why, not a 400.
+   */
   request: z.string().max(200).optional(),
 });
 export type SampleUpload = z.infer<typeof SampleUploadSchema>;
@@ -40,20 +45,26 @@ export class SampleStore {
     private readonly now: () => number,
   ) {}
 
-  /** Stores one upload; returns the file name (relative to the samples directory). */
-  async save(deviceId: string, body: SampleUpload): Promise<string> {
+  /**
+   * Stores one upload; returns the file name (relative to the samples directory) and its size.
+   * A file that would exceed `maxBytes` is not written: PAYLOAD_TOO_LARGE.
+   */
+  async save(deviceId: string, body: SampleUpload, maxBytes = Infinity): Promise<{ file: string; bytes: number; ts: number }> {
     DeviceIdSchema.parse(deviceId);
+    const ts = this.now();
+    const text = JSON.stringify({ deviceId, receivedAt: new Date(ts).toISOString(), ...body });
+    const bytes = Buffer.byteLength(text);
+    if (bytes > maxBytes) throw new EdgefleetError(ErrorCode.PAYLOAD_TOO_LARGE, `the sample file would take ${bytes} bytes, ${maxBytes} are allowed`);
     const dir = join(this.dir, deviceId);
     await mkdir(dir, { recursive: true });
-    const ts = this.now();
     const tmp = join(dir, `.${ts}-${randomUUID()}.tmp`);
-    await writeFile(tmp, JSON.stringify({ deviceId, receivedAt: new Date(ts).toISOString(), ...body }));
+    await writeFile(tmp, text);
     try {
       for (let i = 0; ; i++) {
         const name = i === 0 ? `${ts}.json` : `${ts}-${i}.json`;
         try {
           await link(tmp, join(dir, name));
-          return `${deviceId}/${name}`;
+          return { file: `${deviceId}/${name}`, bytes, ts };
         } catch (err) {
           if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
         }

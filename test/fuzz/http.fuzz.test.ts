@@ -195,8 +195,11 @@ describe('fuzz: hub HTTP API', () => {
       await res.arrayBuffer();
       return res.status;
     };
-    const body = jsonText({ pipeline: 'vibration', model: 'machine-state', version: '1.0.0', items: [{ values: [1] }] });
-    const statuses = await Promise.all(Array.from({ length: 30 }, () => post(body)));
+    // Each upload answers its own sample request (issue #14: none is accepted without one).
+    const requests = await Promise.all(Array.from({ length: 31 }, () => fh.hub.sampleRequests.open(id, { pipeline: 'vibration' })));
+    const bodyFor = (i: number): string => jsonText({ pipeline: 'vibration', model: 'machine-state', version: '1.0.0', items: [{ values: [1] }], request: requests[i]!.request });
+    const body = bodyFor(30);
+    const statuses = await Promise.all(Array.from({ length: 30 }, (_, i) => post(bodyFor(i))));
     assert.deepEqual(statuses, Array.from({ length: 30 }, () => 201));
     const list = await fh.api<{ samples: unknown[] }>('GET', `/v1/samples?device=${id}`);
     assert.equal(list.samples.length, 30);

@@ -102,7 +102,10 @@ describe('alert delivery: webhook retries across a restart, retraining hook', { 
     // The device named by the alert was asked for a sample, and only that one.
     const c5 = devices.find((d) => d.id === 'c5') as ScriptedDevice;
     await until(() => c5.commands.some((c) => c.name === 'drift.sample'), 10_000, 'drift.sample command');
-    assert.deepEqual(c5.commands.find((c) => c.name === 'drift.sample')?.args, { pipeline: 'vibration', max: 25 });
+    // It carries the hub's sample request (issue #14): id, byte budget, expiry.
+    const { request, ...args } = c5.commands.find((c) => c.name === 'drift.sample')?.args ?? {};
+    assert.match(String(request), /^sr-[0-9a-f]{24}$/);
+    assert.deepEqual(args, { pipeline: 'vibration', max: 25, maxBytes: 16 * 1024 * 1024, expiresAt: fx.clock.now() + 6 * 3_600_000 });
     assert.ok(devices.filter((d) => d !== c5).every((d) => !d.commands.some((c) => c.name === 'drift.sample')));
 
     // Not due yet: nothing is sent. After the backoff (≤ 10 s at attempt 1): the second failure.
@@ -147,12 +150,17 @@ describe('alert delivery: webhook retries across a restart, retraining hook', { 
     const c5 = devices.find((d) => d.id === 'c5') as ScriptedDevice;
     const post = (deviceId: string, token: string, body: unknown): Promise<Response> =>
       fetch(`${fx.hub.httpUrl}/v1/samples/${deviceId}`, { method: 'POST', headers: { authorization: `Bearer ${deviceId}:${token}`, 'content-type': 'application/json' }, body: JSON.stringify(body) });
+    // The request of the drift.sample command, opened before the hub restart (kept in the device's history).
+    const request = c5.commands.find((c) => c.name === 'drift.sample')?.args.request;
     const sample = { pipeline: 'vibration', model: MODEL.name, version: MODEL.version, items: [{ id: 'r1', ts: T0 + WINDOW_MS, kind: 'json', data: { values: [1, 2] } }] };
-    assert.equal((await post('c5', c5.token, sample)).status, 201);
+    assert.equal((await post('c5', c5.token, sample)).status, 403, 'no request named');
+    assert.equal((await post('c5', c5.token, { ...sample, request, items: 'x' })).status, 400);
+    assert.equal((await post('c5', c5.token, { ...sample, request })).status, 201);
+    assert.equal((await post('c5', c5.token, { ...sample, request })).status, 403, 'a request is answered once');
     assert.equal((await post('c4', c5.token, sample)).status, 401, 'credentials of another device');
     const other = devices.find((d) => d.id === 'c4') as ScriptedDevice;
     assert.equal((await post('c5', other.token, sample)).status, 401);
-    assert.equal((await post('c4', other.token, { ...sample, items: 'x' })).status, 400);
+    assert.equal((await post('c4', other.token, { ...sample, request })).status, 403, "another device's request");
     const listed = await fx.ok<{ samples: { deviceId: string; bytes: number }[] }>('GET', '/v1/samples');
     assert.deepEqual(listed.samples.map((s) => s.deviceId), ['c5']);
     assert.ok((listed.samples[0]?.bytes ?? 0) > 50);

@@ -394,7 +394,10 @@ describe('OpenAPI document', () => {
     await call('getDevice', '/v1/devices/gw-1', { auth: admin, expect: 200 });
     await call('getDevice', '/v1/devices/nope', { auth: admin, expect: 404 });
     await call('getDeviceHistory', '/v1/devices/gw-1/history', { auth: admin, expect: 200 });
-    await call('uploadSample', '/v1/samples/gw-1', { auth: `gw-1:${created.token}`, body: { pipeline: 'p', model: 'm', version: '1', items: [{ x: 1 }] }, expect: 201 });
+    // Uploads only against a sample request the hub opened (issue #14; drift.sample carries it).
+    await call('uploadSample', '/v1/samples/gw-1', { auth: `gw-1:${created.token}`, body: { pipeline: 'p', model: 'm', version: '1', items: [{ x: 1 }] }, expect: 403 });
+    const { request } = await hub.sampleRequests.open('gw-1', { pipeline: 'p' });
+    await call('uploadSample', `/v1/samples/gw-1?request=${request}`, { auth: `gw-1:${created.token}`, body: { pipeline: 'p', model: 'm', version: '1', items: [{ x: 1 }], request }, expect: 201 });
     await call('uploadSample', '/v1/samples/gw-1', { auth: 'gw-1:wrong', body: { pipeline: 'p', model: 'm', version: '1', items: [] }, expect: 401 });
     const samples = (await call('listSamples', '/v1/samples', { auth: admin, expect: 200 })) as { samples: unknown[] };
     assert.equal(samples.samples.length, 1);
