@@ -147,7 +147,7 @@ export const HubConfigSchema = z.object({
           httpShare: z.number().min(0.02).max(0.8).default(0.2),
           /** Share of MQTT's connections that may be unauthenticated (no CONNECT yet, or authenticating). */
           mqttPendingShare: z.number().min(0.01).max(1).default(0.25),
-          /** HTTP connections from one address; past it that address's idlest unproven one is shed, or the new one refused. */
+          /** HTTP connections from one address; past it new ones from that address are refused at accept. */
           httpMaxPerAddress: z.number().int().min(1).default(256),
           /** Unauthenticated MQTT connections from one address (a NAT site's reconnect storm is also paced by maxConnectsPerSecondPerIp). */
           mqttMaxPendingPerAddress: z.number().int().min(1).default(128),

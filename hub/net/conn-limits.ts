@@ -8,9 +8,11 @@
  *     take the descriptors kept for devices;
  *   - per listener: a global cap, a cap on connections that have not yet proven anything
  *     (pending), per-address caps, and deadlines;
- *   - shedding: when a cap is reached, the longest-waiting connection that has proven the least
- *     is closed to admit the new one, so a new device reconnect or a /healthz probe gets in while
- *     sockets that never sent a request or a CONNECT make room.
+ *   - shedding: when a cap is reached, a newcomer from an address holding fewer unproven
+ *     connections than the heaviest address closes that address's longest-waiting unproven one
+ *     (opening before started), so a device reconnect or a /healthz probe gets in while
+ *     sockets that never sent a request or a CONNECT make room; a newcomer from the heaviest
+ *     address (or one at its per-address cap) is refused at accept.
  *
  * A connection goes through three stages:
  *   opening      accepted, nothing useful received yet (HTTP: no complete request head;
@@ -185,20 +187,21 @@ export class ConnectionLimiter {
   admit(socket: TrackedSocket, address: string): Conn | undefined {
     const o = this.#o;
     const addr = this.#addresses.get(address) ?? { address, entries: new Set<Entry>(), pending: 0 };
-    if (addr.pending >= o.maxPendingPerAddress || addr.entries.size >= o.maxPerAddress) {
-      const victim = this.#victim(addr.entries);
-      if (!victim) return this.#refuse(socket, address, 'per_address');
-      this.#shed(victim, 'per_address');
-    }
+    // An address at its own cap gets its new connection refused: its older ones are closer to
+    // proving something, and the deadlines clear the ones that never will.
+    if (addr.pending >= o.maxPendingPerAddress || addr.entries.size >= o.maxPerAddress) return this.#refuse(socket, address, 'per_address');
     while (this.pending >= o.maxPending || this.open >= o.max) {
-      // Fair shares: the victim comes from the address holding the most unproven connections,
-      // so a newcomer from a quiet address (a /healthz probe, a device reconnecting) always
-      // gets in, however fast a few addresses open sockets; an address that is itself the
-      // heaviest pays with its own oldest one.
+      // Fair shares: a newcomer from an address lighter than the heaviest one (a /healthz probe,
+      // a device reconnecting) sheds that address's longest-waiting unproven connection, so it
+      // gets in however fast a few addresses open sockets; a newcomer from the heaviest address
+      // is refused at accept, which costs the hub the least.
+      // Heavier by two: shedding must not just swap which of two busy addresses is heavier (a
+      // ping-pong that costs a connection per accept); an address with nothing pending always
+      // gets in while any address holds one.
       const top = this.#heaviest();
-      const from = top && top.pending > addr.pending ? top : addr;
+      if (!top || top.pending - addr.pending < (addr.pending === 0 ? 1 : 2)) return this.#refuse(socket, address, 'full');
       const pendingBefore = this.pending;
-      const victim = this.#victim(from.entries) ?? (from === addr ? undefined : this.#victim(addr.entries));
+      const victim = this.#victim(top.entries);
       if (victim) this.#shed(victim, this.pending >= o.maxPending ? 'pending' : 'full');
       // Looking for a victim may have found completed requests (now established): look again.
       else if (this.pending >= pendingBefore) return this.#refuse(socket, address, 'full');
@@ -313,7 +316,7 @@ export class ConnectionLimiter {
     return undefined;
   }
 
-  #shed(entry: Entry, reason: 'per_address' | 'full' | 'pending'): void {
+  #shed(entry: Entry, reason: 'full' | 'pending'): void {
     this.#o.metrics.shed.inc({ listener: this.listener, reason });
     this.#throttle.run(`shed:${reason}`, (suppressed) =>
       this.#o.log.warn({ listener: this.listener, remote: entry.address, stage: entry.stage, reason, open: this.open, pending: this.pending, suppressed }, 'connection shed to admit a new one'),
@@ -393,7 +396,7 @@ export class ConnectionBudget {
       }),
       shed: new Counter({
         name: 'edgefleet_hub_connections_shed_total',
-        help: 'Unproven connections (no request / no CONNECT yet, or a body still arriving) closed to admit a new one, by listener and reason (per_address, pending, full).',
+        help: 'Unproven connections (no request / no CONNECT yet, or a body still arriving) closed to admit one from a lighter address, by listener and reason (pending: the unauthenticated share was full; full: the listener was).',
         labelNames: ['listener', 'reason'],
         registers,
       }),

@@ -11,7 +11,14 @@
  *
  * Asserts: every record a device sent is in hub.db (read directly), every cut device
  * reconnected, every /healthz answered 200, the hub never came near its descriptor limit.
- * Prints `security: conn-exhaustion ...` for RELIABILITY.md.
+ * Prints `security: conn-exhaustion ...` for RELIABILITY.md. At the commit before
+ * hub/net/conn-limits.ts the hub sat at 256 descriptors: 0/5 reconnects, 0/31 /healthz.
+ *
+ * The never-sent bodies go to POST /v1/samples/:id (no credentials: 401, then the hub waits for
+ * the declared body). Aimed at POST /v1/enroll they measured something else: each aborted
+ * enrollment wrote an audit row with an fsync, and 400 of them stalled the event loop ~2.6 s.
+ *
+ * Second test: the deadlines alone (in-process hub, 800 ms deadlines), one socket per kind.
  */
 import assert from 'node:assert/strict';
 import { spawn, type ChildProcess } from 'node:child_process';
@@ -410,7 +417,7 @@ describe('fault: connection exhaustion without credentials (issue #14)', () => {
       `devices=${DEVICES} records_sent=${sent} acked=${acked} lost=${lost} dup=${dup} resent_batches=${devices.reduce((a, d) => a + d.resends, 0)}`,
       `reconnects_ok=${reconnected.filter(Boolean).length}/${CUT} healthz_ok=${healthOk}/${healthTotal} (p50 ${quantile(healthMs, 0.5)} ms, max ${Math.max(...healthMs)} ms) hub_max_fds=${maxFds}`,
       `shed_http=${counter('edgefleet_hub_connections_shed_total', { listener: 'http' })} shed_mqtt=${counter('edgefleet_hub_connections_shed_total', { listener: 'mqtt' })}`,
-      `refused=${counter('edgefleet_hub_connections_refused_total')} mqtt_rate_refused=${counter('edgefleet_hub_mqtt_connect_refused_total', { reason: 'rate' })}`,
+      `refused http=${counter('edgefleet_hub_connections_refused_total', { listener: 'http' })} mqtt=${counter('edgefleet_hub_connections_refused_total', { listener: 'mqtt' })} mqtt_rate_refused=${counter('edgefleet_hub_mqtt_connect_refused_total', { reason: 'rate' })}`,
       `timeouts headers=${counter('edgefleet_hub_connection_timeouts_total', { phase: 'headers' })} body=${counter('edgefleet_hub_connection_timeouts_total', { phase: 'body' })} connect=${counter('edgefleet_hub_connection_timeouts_total', { phase: 'connect' })}`,
       `(${Math.round((Date.now() - t0) / 1000)} s)`,
     ].join(' ');
@@ -420,7 +427,7 @@ describe('fault: connection exhaustion without credentials (issue #14)', () => {
       console.log(`hub log (${lines.length} lines), last warnings:\n${lines.filter((l) => !l.includes('"component":"connections"')).slice(-20).join('\n')}`);
     }
 
-    assert.ok(maxAttackOpen + attackerSockets >= 2 * FD_LIMIT, 'the attack held at least twice the descriptor limit');
+    assert.ok(maxAttackOpen >= 2 * FD_LIMIT, `the attack held at least twice the descriptor limit at once (${maxAttackOpen})`);
     assert.equal(acked, sent, 'every record acked');
     assert.equal(lost, 0, 'no record lost');
     assert.deepEqual(reconnected, cut.map(() => true), 'every cut device reconnected during the attack');

@@ -129,13 +129,19 @@ describe('connection limiter', () => {
     const probe = new FakeSocket('probe');
     assert.ok(limiter.admit(probe, 'probe-address'));
     assert.equal(flood[0]!.destroyed, true, "the heaviest address's oldest goes");
-    // The flood goes on from both attacker addresses: the probe's socket, the newest of all, stays.
+    // The flood goes on from both attacker addresses: the probe's socket stays, the heavier
+    // attacker's newcomers are refused and the lighter one's shed the heavier one's oldest, so
+    // the two converge to equal shares.
+    let refused = 0;
     for (let i = 0; i < 200; i++) {
       clock.t += 1;
-      limiter.admit(new FakeSocket(`g${i}`), i % 2 ? 'attacker-1' : 'attacker-2');
+      if (!limiter.admit(new FakeSocket(`g${i}`), i % 2 ? 'attacker-1' : 'attacker-2')) refused++;
     }
     assert.equal(probe.destroyed, false);
     assert.equal(limiter.open, 10);
+    assert.ok(refused > 150, `most flood newcomers refused at accept (${refused})`);
+    const second = new FakeSocket('probe-2');
+    assert.ok(limiter.admit(second, 'probe-2-address'), 'another quiet address still gets in');
   });
 
   it('promotes a started request whose body completed instead of shedding it', () => {
@@ -152,21 +158,20 @@ describe('connection limiter', () => {
     assert.equal(limiter.count('established'), 1);
   });
 
-  it('per address: sheds that address own oldest unproven connection, refuses when all are established', async () => {
-    const { limiter, value } = setup({ maxPerAddress: 2, maxPendingPerAddress: 2 });
+  it('per address: a new connection from an address at its cap is refused; other addresses are not touched', async () => {
+    const { limiter, value } = setup({ maxPerAddress: 3, maxPendingPerAddress: 2 });
     const a1 = new FakeSocket('a1');
-    const a2 = new FakeSocket('a2');
     const other = new FakeSocket('other');
     limiter.admit(other, 'B');
-    const c1 = limiter.admit(a1, 'A')!;
-    const c2 = limiter.admit(a2, 'A')!;
-    assert.ok(limiter.admit(new FakeSocket('a3'), 'A'));
-    assert.equal(a1.destroyed, true);
-    assert.equal(other.destroyed, false, 'another address is not touched');
-    assert.equal(await value('shed', { reason: 'per_address' }), 1);
-    await new Promise((r) => setImmediate(r));
-    void c1;
-    c2.establish();
+    limiter.admit(a1, 'A');
+    limiter.admit(new FakeSocket('a2'), 'A');
+    const a3 = new FakeSocket('a3');
+    assert.equal(limiter.admit(a3, 'A'), undefined, 'two unproven from A already');
+    assert.equal(a3.destroyed, true);
+    assert.equal(a1.destroyed, false, 'the older ones keep their chance');
+    assert.equal(other.destroyed, false);
+    assert.equal(await value('refused', { reason: 'per_address' }), 1);
+    // Established ones count against maxPerAddress only.
     const lim = setup({ maxPerAddress: 1, maxPendingPerAddress: 1 });
     lim.limiter.admit(new FakeSocket('e'), 'A')!.establish();
     assert.equal(lim.limiter.admit(new FakeSocket('f'), 'A'), undefined);
