@@ -112,19 +112,7 @@ async function main(): Promise<void> {
       devices.push(d);
     });
 
-    // Baseline: the same downloads with sha256 and nothing else, at the same concurrency.
-    const sha = releases[0]!.manifest.artifact.sha256;
-    const t0 = performance.now();
-    await pool(creds, maxConcurrent, async (c) => {
-      const res = await fetch(`${hub.httpUrl}/v1/artifacts/${sha}`, { headers: { authorization: `Bearer ${c.id}:${c.token}` } });
-      const hash = createHash('sha256');
-      for await (const chunk of res.body as unknown as AsyncIterable<Uint8Array>) hash.update(chunk);
-      if (hash.digest('hex') !== sha) throw new Error('baseline download corrupt');
-    });
-    const baseSeconds = (performance.now() - t0) / 1000;
-    const figures: Figures = { devices: n, artifactBytes, baseline: { seconds: baseSeconds, devicesPerMinute: (n / baseSeconds) * 60 }, rollouts: [] };
-    log(`baseline: ${n} downloads of ${(artifactBytes / 1e6).toFixed(1)} MB in ${baseSeconds.toFixed(1)} s`);
-
+    const rolloutFigures: Figures['rollouts'] = [];
     const plans: { plan: string; version: string; waves: (number | string)[] }[] = [
       { plan: 'default waves (1, 10%, 50%, 100%), bake 0', version: '2.0.0', waves: [1, '10%', '50%', '100%'] },
       { plan: 'one wave (100%)', version: '2.1.0', waves: ['100%'] },
@@ -156,9 +144,24 @@ async function main(): Promise<void> {
       const onNew = devices.filter((d) => d.slot.active?.version === p.version).length;
       if (status.state !== 'completed' || onNew !== n) throw new Error(`rollout ${created.id} ended ${status.state} with ${onNew}/${n} devices on ${p.version}`);
       const dpm = (n / seconds) * 60;
-      figures.rollouts.push({ plan: p.plan, seconds, devicesPerMinute: dpm, ratioToBaseline: dpm / figures.baseline.devicesPerMinute, failed: status.counts.failed });
-      log(`rollout ${p.plan}: ${n} devices in ${seconds.toFixed(1)} s = ${dpm.toFixed(0)} devices/min (${(dpm / figures.baseline.devicesPerMinute).toFixed(2)}× bare downloads), succeeded ${status.counts.succeeded}, failed ${status.counts.failed}`);
+      rolloutFigures.push({ plan: p.plan, seconds, devicesPerMinute: dpm, ratioToBaseline: 0, failed: status.counts.failed });
+      log(`rollout ${p.plan}: ${n} devices in ${seconds.toFixed(1)} s = ${dpm.toFixed(0)} devices/min, succeeded ${status.counts.succeeded}, failed ${status.counts.failed}`);
     }
+    // Baseline: the same downloads with sha256 and nothing else, at the same concurrency. After
+    // the rollouts: a device may fetch only an artifact assigned to it (issue #14), here 2.1.0.
+    const sha = releases[1]!.manifest.artifact.sha256;
+    const t0 = performance.now();
+    await pool(creds, maxConcurrent, async (c) => {
+      const res = await fetch(`${hub.httpUrl}/v1/artifacts/${sha}`, { headers: { authorization: `Bearer ${c.id}:${c.token}` } });
+      const hash = createHash('sha256');
+      for await (const chunk of res.body as unknown as AsyncIterable<Uint8Array>) hash.update(chunk);
+      if (hash.digest('hex') !== sha) throw new Error('baseline download corrupt');
+    });
+    const baseSeconds = (performance.now() - t0) / 1000;
+    const figures: Figures = { devices: n, artifactBytes, baseline: { seconds: baseSeconds, devicesPerMinute: (n / baseSeconds) * 60 }, rollouts: rolloutFigures.map((r) => ({ ...r, ratioToBaseline: r.devicesPerMinute / ((n / baseSeconds) * 60) })) };
+    log(`baseline: ${n} downloads of ${(artifactBytes / 1e6).toFixed(1)} MB in ${baseSeconds.toFixed(1)} s`);
+
+    for (const r of figures.rollouts) log(`rollout ${r.plan}: ${r.ratioToBaseline.toFixed(2)}× bare downloads`);
     if (values.json) process.stdout.write(`${JSON.stringify(figures, null, 2)}\n`);
   } finally {
     await Promise.allSettled(devices.map((d) => d.stop()));

@@ -390,6 +390,7 @@ export function apiOperations(): Operation[] {
       path: '/v1/artifacts/{sha256}',
       operationId: 'downloadArtifact',
       summary: 'Artifact bytes for devices, with Range / If-Range / If-None-Match',
+      description: 'Only the files (model, test-vector sidecar) of releases assigned to the device: its rollout wave, its installed versions. Any other is the 404 of an unknown artifact (issue #14).',
       tags: ['artifacts'],
       auth: 'device',
       errors: [404],

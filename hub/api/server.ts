@@ -20,7 +20,8 @@
  *   GET  /v1/models               releases, newest first
  *   GET  /v1/models/:name/:version             manifest and signed release
  *   GET  /v1/artifacts/:sha256    artifact bytes for devices (`Bearer <deviceId>:<token>`),
- *                                 with Range/If-Range/ETag; HEAD too
+ *                                 with Range/If-Range/ETag; HEAD too; only the device's assigned
+ *                                 releases' artifacts, 404 for any other
  *   POST /v1/rollouts             start a staged rollout (hub/rollouts/spec.ts) → 201 status
  *   GET  /v1/rollouts             rollouts, newest first, with counts
  *   GET  /v1/rollouts/:id         status: state, waves, per-device states, gate results
@@ -54,6 +55,7 @@ import type { AuditLog } from '../auth/audit.ts';
 import { allows, type Role } from '../auth/roles.ts';
 import type { SecurityService } from '../auth/security.ts';
 import { hashToken, newSecret } from '../auth/tokens.ts';
+import type { ArtifactAccess } from '../models/artifact-access.ts';
 import { serveArtifact } from '../models/artifact-http.ts';
 import { storedRelease, type ModelRegistry } from '../models/registry.ts';
 import type { RolloutEngine } from '../rollouts/engine.ts';
@@ -77,6 +79,8 @@ export interface ApiOptions {
   /** Every operator action and enrollment is recorded here. */
   audit: AuditLog;
   models: ModelRegistry;
+  /** Which artifacts each device may fetch (issue #14): those of releases assigned to it. */
+  artifactAccess: Pick<ArtifactAccess, 'allows'>;
   rollouts: Pick<RolloutEngine, 'create' | 'list' | 'status' | 'act' | 'history'>;
   /** Feedback and KPIs (issue #4); their routes answer 404 without them. */
   feedback?: Pick<FeedbackService, 'submit'>;
@@ -263,8 +267,8 @@ export class ApiServer implements Component {
       { method: 'GET', pattern: /^\/v1\/models\/([^/]+)\/([^/]+)$/, auth: 'viewer', handler: (_q, res, p) => this.#getModel(res, p.ids) },
       { method: 'PUT', pattern: /^\/v1\/models\/([^/]+)\/([^/]+)\/artifact$/, auth: 'operator', action: 'model.upload', handler: (req, res, p) => this.#uploadArtifact(req, res, p.ids) },
       { method: 'PUT', pattern: /^\/v1\/models\/([^/]+)\/([^/]+)\/vectors$/, auth: 'operator', action: 'model.upload', handler: (req, res, p) => this.#uploadVectors(req, res, p.ids) },
-      { method: 'GET', pattern: /^\/v1\/artifacts\/([^/]+)$/, auth: 'device', handler: (req, res, p) => this.#artifact(req, res, p.id ?? '') },
-      { method: 'HEAD', pattern: /^\/v1\/artifacts\/([^/]+)$/, auth: 'device', handler: (req, res, p) => this.#artifact(req, res, p.id ?? '') },
+      { method: 'GET', pattern: /^\/v1\/artifacts\/([^/]+)$/, auth: 'device', handler: (req, res, p) => this.#artifact(req, res, p.id ?? '', p.device ?? '') },
+      { method: 'HEAD', pattern: /^\/v1\/artifacts\/([^/]+)$/, auth: 'device', handler: (req, res, p) => this.#artifact(req, res, p.id ?? '', p.device ?? '') },
     ];
   }
 
@@ -597,8 +601,12 @@ export class ApiServer implements Component {
     sendJson(res, 200, { ...modelView(m), manifest: JSON.parse(m.manifest) as unknown, release: storedRelease(m) });
   }
 
-  async #artifact(req: IncomingMessage, res: ServerResponse, sha256: string): Promise<void> {
-    const a = await this.#o.models.artifact(sha256);
+  /**
+   * Only artifacts of releases assigned to the device (hub/models/artifact-access.ts); any other
+   * gets the same 404 as an unknown one, so a device cannot learn what exists.
+   */
+  async #artifact(req: IncomingMessage, res: ServerResponse, sha256: string, deviceId: string): Promise<void> {
+    const a = (await this.#o.artifactAccess.allows(deviceId, sha256)) ? await this.#o.models.artifact(sha256) : undefined;
     if (!a) throw new EdgefleetError(ErrorCode.NOT_FOUND, `no released artifact ${sha256.slice(0, 64)}`);
     await serveArtifact(req, res, a, (range) => this.#o.models.readArtifact(a.sha256, range));
   }

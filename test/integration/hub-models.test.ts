@@ -61,6 +61,12 @@ describe('hub model registry', () => {
   const withVersion = (m: Manifest, version: string): Manifest => ({ ...m, version });
   const download = (sha: string, headers: Record<string, string> = {}, token: string | null = `device-1:${deviceToken}`): Promise<Response> =>
     api(`/v1/artifacts/${sha}`, { token, headers });
+  /** A device gets only artifacts assigned to it (issue #14): a rollout of the release to device-1. */
+  const assign = async (name: string, version: string): Promise<void> => {
+    const r = await api('/v1/rollouts', { method: 'POST', body: JSON.stringify({ model: name, version, target: { devices: ['device-1'] } }), headers: { 'content-type': 'application/json' } });
+    assert.equal(r.status, 201, await r.text());
+    await hub.rollouts.tick();
+  };
   function cli(): { io: { out: (s: string) => void; err: (s: string) => void; env: NodeJS.ProcessEnv }; out: () => string; err: () => string } {
     let out = '';
     let err = '';
@@ -243,6 +249,7 @@ describe('hub model registry', () => {
     assert.equal(e.code, 'BAD_MODEL');
     assert.match(e.message, /onnxruntime cannot load the model/);
     assert.equal((await api('/healthz', { token: null })).status, 200);
+    await assign(ms.manifest.name, ms.manifest.version);
     assert.equal((await download(ms.manifest.artifact.sha256)).status, 200);
     // Refused bytes are not kept, so they cannot be downloaded either.
     assert.equal((await download(m.artifact.sha256)).status, 404);
@@ -307,6 +314,7 @@ describe('hub model registry', () => {
     const pd = models['part-defect']!;
     const sha = pd.manifest.artifact.sha256;
     const size = pd.bytes.length;
+    await assign(pd.manifest.name, pd.manifest.version);
 
     const full = await download(sha);
     assert.equal(full.status, 200);

@@ -210,6 +210,9 @@ describe('security matrix: TLS and mutual TLS (clientCerts required on MQTT, opt
     });
     assert.equal(put.status, 201, await put.text());
     const sha = createHash('sha256').update(bytes).digest('hex');
+    // Served only to devices it is assigned to (issue #14).
+    await api('POST', '/v1/rollouts', { model: manifest.name, version, target: { devices: ['dev-1'] } });
+    await hub.rollouts.tick();
     const url = `${hub.httpUrl}/v1/artifacts/${sha}`;
     const asDevice = (cert: CertFiles): FetchLike => tlsFetch(clientTlsOptions({ caFile: pki.ca.certFile, certFile: cert.certFile, keyFile: cert.keyFile }, 'test'));
     const download = (cert: CertFiles, path: string): Promise<void> =>

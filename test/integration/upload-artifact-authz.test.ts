@@ -23,7 +23,7 @@ import { ManifestSchema } from '../../shared/manifest.ts';
 import { SampleCommandArgsSchema } from '../../shared/protocol.ts';
 import { v1 } from '../helpers/manifest-v1.ts';
 import { DriftFixture } from './hub-drift-fixture.ts';
-import { until, type ScriptedDevice } from './hub-rollouts-fixture.ts';
+import { until, type Release, type ScriptedDevice } from './hub-rollouts-fixture.ts';
 
 const row = (name: string, outcome: string): void => console.log(`security: ${name} ${outcome}`);
 const KiB = 1024;
@@ -34,6 +34,23 @@ const OVERRIDES = {
   drift: { samples: LIMITS },
   alerts: { retraining: { sampleDevices: true, maxSamples: 1000, pipelines: { 'machine-state': 'vibration' } } },
 };
+
+/** The drift fixture's hub (real hub, fake clock, scripted devices), with demo releases by file. */
+class Fixture extends DriftFixture {
+  /** Pushes a demo model file under its own manifest name and version through the API. */
+  async releaseFile(model: string, version: string): Promise<Release> {
+    const manifest = JSON.parse(await readFile(join(REPO_ROOT, 'models', `${model}.manifest.json`), 'utf8')) as Record<string, unknown>;
+    await this.ok('POST', '/v1/models', { manifest: { ...manifest, version } });
+    const res = await fetch(`${this.hub.httpUrl}/v1/models/${model}/${version}/artifact`, {
+      method: 'PUT',
+      headers: { authorization: `Bearer ${this.hub.adminToken}`, 'content-type': 'application/octet-stream' },
+      body: await readFile(join(REPO_ROOT, 'models', `${model}.onnx`)),
+    });
+    const body = (await res.json()) as Release;
+    assert.equal(res.status, 201, JSON.stringify(body));
+    return { name: model, version, counter: body.counter, sha256: body.sha256 };
+  }
+}
 
 interface Reply {
   status: number;
@@ -50,7 +67,7 @@ async function reply(res: Response): Promise<Reply> {
 
 describe('device uploads and artifact authorization (issue #14)', { timeout: 60_000 }, () => {
   let dir: string;
-  let fx: DriftFixture;
+  let fx: Fixture;
   const devices: Record<string, ScriptedDevice> = {};
 
   const metric = async (name: string, labels: string): Promise<number> => {
@@ -88,10 +105,12 @@ describe('device uploads and artifact authorization (issue #14)', { timeout: 60_
       return 0;
     }
   };
+  const download = (deviceId: string, sha: string, headers: Record<string, string> = {}, method = 'GET'): Promise<Response> =>
+    fetch(`${fx.hub.httpUrl}/v1/artifacts/${sha}`, { method, headers: { authorization: `Bearer ${deviceId}:${devices[deviceId]!.token}`, ...headers } });
 
   before(async () => {
     dir = await mkdtemp(join(tmpdir(), 'ef-upload-authz-'));
-    fx = new DriftFixture(join(dir, 'hub'));
+    fx = new Fixture(join(dir, 'hub'));
     await fx.start(OVERRIDES);
     for (const id of ['dev-a', 'dev-b', 'dev-c', 'w-1', 'w-2', 'w-3', 'dev-s']) devices[id] = await fx.register(id, id.startsWith('w-') ? 'wave' : 'solo');
   });
@@ -218,5 +237,106 @@ describe('device uploads and artifact authorization (issue #14)', { timeout: 60_
     assert.ok(r.bytes <= LIMITS.maxBytes, `${r.bytes} bytes`);
     await monitor.stop();
     row('uploads', `flow: alert -> drift.sample{request, maxBytes ${LIMITS.maxBytes / KiB} KiB} -> agent uploader sent the newest ${r.items}/100 inputs (${(r.bytes / KiB).toFixed(1)} KiB) -> 201; without the request 403`);
+  });
+
+  test('artifacts: A cannot fetch B\'s assigned artifact (404 as unknown) while B can; a device in a started wave can, one in a later wave cannot; installed versions can', async () => {
+    const ms = await fx.releaseFile('machine-state', '1.0.0');
+    const pd = await fx.releaseFile('part-defect', '1.0.0');
+    await fx.ok('POST', '/v1/rollouts', { model: ms.name, version: ms.version, target: { devices: ['dev-b'] }, waves: [1], bakeMs: 0 });
+    await fx.ok('POST', '/v1/rollouts', { model: pd.name, version: pd.version, target: { group: 'wave' }, waves: [1, '100%'], bakeMs: 3_600_000 });
+    await fx.hub.rollouts.tick();
+    await until(async () => (await fx.hub.store.desiredModels('dev-b')).length > 0, 10_000, 'dev-b assigned');
+    const waveDevices = ['w-1', 'w-2', 'w-3'];
+    let assigned: string[] = [];
+    await until(
+      async () => {
+        assigned = [];
+        for (const w of waveDevices) if ((await fx.hub.store.desiredModels(w)).length > 0) assigned.push(w);
+        return assigned.length > 0;
+      },
+      10_000,
+      'first wave started',
+    );
+    assert.equal(assigned.length, 1, 'wave 0 has one device');
+    const inWave = assigned[0]!;
+    const later = waveDevices.filter((w) => w !== inWave);
+    // dev-c runs machine-state 1.0.0 (reported in its hello) without a rollout.
+    devices['dev-c']!.runs(ms);
+    await devices['dev-c']!.connect();
+    await until(async () => ((await fx.hub.store.getRolloutCandidate('dev-c'))?.modelState.length ?? 0) > 0, 10_000, 'dev-c hello stored');
+
+    const unknownSha = 'e'.repeat(64);
+    const unknown = await reply(await download('dev-a', unknownSha));
+    const refusedBefore = await metric('edgefleet_hub_artifact_requests_refused_total', 'reason="not_assigned"');
+    const cases: [string, string, number][] = [
+      ['dev-a', ms.sha256, 404],
+      ['dev-a', pd.sha256, 404],
+      ['dev-b', ms.sha256, 200],
+      ['dev-b', pd.sha256, 404],
+      [inWave, pd.sha256, 200],
+      [inWave, ms.sha256, 404],
+      ...later.map((w): [string, string, number] => [w, pd.sha256, 404]),
+      ['dev-c', ms.sha256, 200],
+      ['dev-c', pd.sha256, 404],
+    ];
+    for (const [id, sha, want] of cases) {
+      const res = await download(id, sha);
+      const r = await reply(res);
+      assert.equal(r.status, want, `${id} ${sha === ms.sha256 ? 'machine-state' : 'part-defect'}`);
+      if (want === 404) {
+        // Same answer as for an artifact that does not exist: nothing confirms it is there.
+        assert.equal(r.code, unknown.code);
+        assert.equal(r.message?.replace(sha, '<sha>'), unknown.message?.replace(unknownSha, '<sha>'));
+      }
+    }
+    const head = await download('dev-a', ms.sha256, {}, 'HEAD');
+    assert.equal(head.status, 404, 'HEAD too');
+    const notAssigned = (await metric('edgefleet_hub_artifact_requests_refused_total', 'reason="not_assigned"')) - refusedBefore;
+    assert.equal(notAssigned, cases.filter((c) => c[2] === 404).length + 1);
+    const audit = await fx.ok<{ entries: unknown[] }>('GET', '/v1/audit?limit=1000');
+    assert.ok(!JSON.stringify(audit.entries).includes('/v1/artifacts'), 'refusals are counted, not audited');
+
+    // The sidecar of a release (manifest testVectorsFile) goes with it; registered straight in
+    // the store, as the vectors upload route is another change.
+    const sidecarSha = 'f'.repeat(64);
+    const manifest = { ...(JSON.parse(await readFile(join(REPO_ROOT, 'models', 'machine-state.manifest.json'), 'utf8')) as Record<string, unknown>), name: 'with-sidecar', version: '1.0.0' };
+    await fx.hub.store.createModelRelease(
+      { name: 'with-sidecar', version: '1.0.0', sha256: ms.sha256, size: 1, manifest: JSON.stringify({ ...manifest, testVectorsFile: { file: 'v.npz', sha256: sidecarSha, size: 1, tolerance: 0 } }), createdAt: fx.clock.now() },
+      () => ({ release: JSON.stringify({ release: { manifest } }), keyId: 'test' }),
+    );
+    await fx.ok('POST', '/v1/rollouts', { model: 'with-sidecar', version: '1.0.0', target: { devices: ['dev-s'] }, waves: [1], bakeMs: 0 });
+    await fx.hub.rollouts.tick();
+    await until(async () => (await fx.hub.store.desiredModels('dev-s')).length > 0, 10_000, 'dev-s assigned');
+    fx.hub.artifactAccess.forget();
+    assert.equal(await fx.hub.artifactAccess.allows('dev-s', sidecarSha), true, 'the sidecar of an assigned release');
+    assert.equal(await fx.hub.artifactAccess.allows('dev-s', ms.sha256), true, 'its model file');
+    assert.equal(await fx.hub.artifactAccess.allows('dev-a', sidecarSha), false, 'not for another device');
+    row('artifact-authz', `${cases.length} device/artifact pairs: unassigned -> 404 identical to an unknown sha (${cases.filter((c) => c[2] === 404).length}), assigned by rollout wave / installed -> 200 (${cases.filter((c) => c[2] === 200).length}); later-wave devices 404; sidecar sha of an assigned release allowed; 0 audit rows`);
+  });
+
+  test('artifacts: range requests of a wave are served from the cached decision, not one store read each', async () => {
+    const ms = (await fx.ok<{ models: { name: string; sha256: string; size: number }[] }>('GET', '/v1/models')).models.find((m) => m.name === 'machine-state');
+    assert.ok(ms);
+    fx.hub.artifactAccess.forget();
+    const lookups = (): Promise<number> => metric('edgefleet_hub_artifact_access_lookups_total', 'result="lookup"');
+    const cached = (): Promise<number> => metric('edgefleet_hub_artifact_access_lookups_total', 'result="cached"');
+    const [l0, c0] = [await lookups(), await cached()];
+    const chunk = Math.ceil(ms.size / 50);
+    const ranges = Array.from({ length: 50 }, (_, i) => `bytes=${i * chunk}-${Math.min(ms.size, (i + 1) * chunk) - 1}`);
+    const t0 = performance.now();
+    const got = await Promise.all(
+      ['dev-b', 'dev-c'].flatMap((id) =>
+        ranges.map(async (range) => {
+          const res = await download(id, ms.sha256, { range });
+          await res.arrayBuffer();
+          return res.status;
+        }),
+      ),
+    );
+    const ms_ = performance.now() - t0;
+    assert.ok(got.every((s) => s === 206), JSON.stringify(got.filter((s) => s !== 206)));
+    const [l1, c1] = [await lookups(), await cached()];
+    assert.ok(l1 - l0 <= 2 * 2, `store lookups ${l1 - l0}`);
+    row('artifact-authz', `cache: ${got.length} range requests by 2 devices -> ${l1 - l0} store lookups, ${c1 - c0} cached decisions, ${ms_.toFixed(0)} ms`);
   });
 });

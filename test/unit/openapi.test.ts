@@ -425,9 +425,12 @@ describe('OpenAPI document', () => {
     const models = (await call('listModels', '/v1/models', { auth: admin, expect: 200 })) as { models: unknown[] };
     assert.equal(models.models.length, 1);
     await call('getModel', `/v1/models/machine-state/${version}`, { auth: admin, expect: 200 });
+    // Only artifacts assigned to the device (issue #14): after its rollout wave started.
+    await call('downloadArtifact', `/v1/artifacts/${sha}`, { auth: `gw-1:${created.token}`, expect: 404 });
+    const rollout = (await call('createRollout', '/v1/rollouts', { auth: admin, body: { model: 'machine-state', version, target: { devices: ['gw-1'] } }, expect: 201 })) as { id: string };
+    await hub.rollouts.tick();
     const artifact = await call('downloadArtifact', `/v1/artifacts/${sha}`, { auth: `gw-1:${created.token}`, expect: 200 });
     assert.equal((artifact as Buffer).length, bytes.length);
-    const rollout = (await call('createRollout', '/v1/rollouts', { auth: admin, body: { model: 'machine-state', version, target: { devices: ['gw-1'] } }, expect: 201 })) as { id: string };
     await call('getRollout', `/v1/rollouts/${rollout.id}`, { auth: admin, expect: 200 });
     await call('actOnRollout', `/v1/rollouts/${rollout.id}/pause`, { auth: admin, expect: 200 });
     await call('actOnRollout', `/v1/rollouts/${rollout.id}/approve`, { auth: admin, expect: 409 });
