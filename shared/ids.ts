@@ -19,7 +19,7 @@ export type ModelRef = z.infer<typeof ModelRefSchema>;
 /** Device groups (rollout targets, enrollment scope, maintenance windows). */
 export const GroupSchema = z.string().regex(/^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/, 'group: 1-64 of [A-Za-z0-9._-]');
 
-const LabelKeySchema = z.string().regex(/^[A-Za-z0-9][A-Za-z0-9._/-]{0,62}$/, 'label key: 1-63 of [A-Za-z0-9._/-]');
+export const LabelKeySchema = z.string().regex(/^[A-Za-z0-9][A-Za-z0-9._/-]{0,62}$/, 'label key: 1-63 of [A-Za-z0-9._/-]');
 /** Device labels (rollout selectors): at most 32 short key/value pairs. */
 export const LabelsSchema = z
   .record(LabelKeySchema, z.string().max(256))

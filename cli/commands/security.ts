@@ -1,7 +1,7 @@
 /**
  * Credentials and the audit trail, over the hub's HTTP API (admin role):
  *   edgefleet token create <name> --role viewer|operator|admin | token list | token revoke <id>
- *   edgefleet enroll-token create --group <g> [--max-uses n] [--ttl 24h] [--label k=v]... |
+ *   edgefleet enroll-token create --group <g> [--max-uses n] [--ttl 24h] [--label k=v]... [--allow-device-label k]... |
  *     enroll-token list | enroll-token revoke <id>
  *   edgefleet device revoke <id>
  *   edgefleet audit [--since 24h] [--actor a] [--action x] [--outcome ok|denied|failed] [--limit n]
@@ -26,7 +26,7 @@ Options:
 ${HUB_OPTIONS_HELP}
 `;
 
-const ENROLL_USAGE = `usage: edgefleet enroll-token create --group <g> [--max-uses <n>] [--ttl <duration>] [--label k=v]... [--json]
+const ENROLL_USAGE = `usage: edgefleet enroll-token create --group <g> [--max-uses <n>] [--ttl <duration>] [--label k=v]... [--allow-device-label <key>]... [--json]
        edgefleet enroll-token list [--json]
        edgefleet enroll-token revoke <token-id> [--json]
 
@@ -34,12 +34,16 @@ Enrollment tokens let new devices register themselves into a group (zero-touch):
 in the agent's config (hub.enrollment.token or tokenFile) with hub.httpUrl; at its first start
 the agent enrolls and keeps its own credential in <dataDir>/credentials.json. One-time by
 default (--max-uses 1), valid for --ttl (default 24h, at most 30d). Printed once.
+Enrolled devices get the token's labels; a device may add only the keys given with
+--allow-device-label (default none), and an enrollment asking for any other label is refused.
 
 Options:
   --group <g>          the group enrolled devices join
   --max-uses <n>       how many devices may enroll with it (default 1)
   --ttl <duration>     lifetime, e.g. 30m, 24h, 7d (default 24h)
   --label key=value    labels every enrolled device gets; repeatable
+  --allow-device-label <key>
+                       a label key the enrolling device may set itself; repeatable
 ${HUB_OPTIONS_HELP}
 `;
 
@@ -70,6 +74,7 @@ const OperatorTokenSchema = z.looseObject({ id: z.string(), name: z.string(), ro
 const EnrollmentTokenSchema = z.looseObject({
   id: z.string(),
   group: z.string(),
+  allowDeviceLabels: z.array(z.string()).default([]),
   maxUses: z.number(),
   uses: z.number(),
   expiresAt: z.string(),
@@ -114,15 +119,22 @@ function tokenRevoke(argv: string[], io: CliIo): Promise<number> {
 }
 
 function enrollCreate(argv: string[], io: CliIo): Promise<number> {
-  const options = { group: { type: 'string' }, 'max-uses': { type: 'string' }, ttl: { type: 'string' }, label: { type: 'string', multiple: true } } as const;
+  const options = {
+    group: { type: 'string' },
+    'max-uses': { type: 'string' },
+    ttl: { type: 'string' },
+    label: { type: 'string', multiple: true },
+    'allow-device-label': { type: 'string', multiple: true },
+  } as const;
   return runCommand(argv, io, { name: 'enroll-token create', usage: ENROLL_USAGE, options }, async ({ values, hub, show }) => {
     if (!values.group) throw new UsageError('--group is required');
     const maxUses = values['max-uses'] === undefined ? 1 : Number(values['max-uses']);
     if (!Number.isInteger(maxUses) || maxUses < 1) throw new UsageError(`--max-uses expects a positive integer, got "${values['max-uses'] ?? ''}"`);
     const ttlSeconds = Math.round(parseDuration(values.ttl ?? '24h', '--ttl') / 1000);
-    const body = { group: values.group, maxUses, ttlSeconds, labels: parseLabels(values.label ?? []) };
+    const body = { group: values.group, maxUses, ttlSeconds, labels: parseLabels(values.label ?? []), allowDeviceLabels: values['allow-device-label'] ?? [] };
     const t = await (await hub()).request('POST', '/v1/enrollment-tokens', EnrollmentTokenSchema, body);
-    show(t, () => `enrollment token ${t.id} for group ${t.group}: ${t.maxUses} use(s), expires ${t.expiresAt}; shown once:\n  ${t.token ?? ''}\n`);
+    const deviceLabels = t.allowDeviceLabels.length ? `devices may add labels ${t.allowDeviceLabels.join(', ')}` : 'devices may add no labels';
+    show(t, () => `enrollment token ${t.id} for group ${t.group}: ${t.maxUses} use(s), expires ${t.expiresAt}, ${deviceLabels}; shown once:\n  ${t.token ?? ''}\n`);
   });
 }
 
@@ -134,6 +146,7 @@ function enrollList(argv: string[], io: CliIo): Promise<number> {
         ID: (t) => t.id,
         GROUP: (t) => t.group,
         USES: (t) => `${t.uses}/${t.maxUses}`,
+        'DEVICE LABELS': (t) => t.allowDeviceLabels.join(',') || '-',
         EXPIRES: (t) => t.expiresAt,
         REVOKED: (t) => t.revokedAt ?? '-',
         USABLE: (t) => (t.usable ? 'yes' : 'no'),

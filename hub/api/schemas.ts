@@ -146,6 +146,8 @@ export const EnrollmentTokenSchema = z.object({
   id: z.string(),
   group: z.string(),
   labels: z.record(z.string(), z.string()),
+  /** Label keys an enrolling device may add; the token's labels win (issue #14). */
+  allowDeviceLabels: z.array(z.string()),
   maxUses: z.number().int(),
   uses: z.number().int(),
   expiresAt: IsoTime,

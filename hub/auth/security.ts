@@ -11,14 +11,22 @@
  *
  * Enrollment attempts with a wrong token cost the hub a scrypt each; they count into the
  * per-address failure budget shared with MQTT and the API (auth/failures.ts).
+ *
+ * Labels (issue #14): an enrolled device gets the token's labels, which win; it may add only
+ * the keys listed in the token's `allowDeviceLabels` (default none), so a device cannot place
+ * itself in a label-targeted rollout. A request with any other label (or a token label with a
+ * different value) is refused whole with BAD_INPUT naming the keys, after the token verified
+ * and before a use is counted: the device's configured labels never silently differ from what
+ * the hub holds, and the operator fixes either the token or the device's config.
  */
 import { randomBytes } from 'node:crypto';
+import { Counter, type Registry } from 'prom-client';
 import { z } from 'zod';
 import { EdgefleetError, ErrorCode } from '../../shared/errors.ts';
 import type { Logger } from '../../shared/log.ts';
 import { formatIssues } from '../../shared/codec.ts';
-import { DeviceIdSchema, GroupSchema, LabelsSchema } from '../../shared/ids.ts';
-import { enrollmentRefusal } from '../store/sqlite-security.ts';
+import { DeviceIdSchema, GroupSchema, LabelKeySchema, LabelsSchema } from '../../shared/ids.ts';
+import { enrollmentRefusal, refusedDeviceLabels } from '../store/sqlite-security.ts';
 import type { ApiTokenRecord, EnrollmentTokenRecord, HubStore } from '../store/store.ts';
 import { checkFailureBudget, type AuthFailureLimiter } from './failures.ts';
 import type { Operator } from './operators.ts';
@@ -31,14 +39,21 @@ export const CreateOperatorTokenSchema = z.strictObject({
   role: z.enum(ROLES as [string, ...string[]]).transform((r) => r as Operator['role']),
 });
 
-export const CreateEnrollmentTokenSchema = z.strictObject({
-  group: GroupSchema,
-  labels: LabelsSchema.default({}),
-  /** How many devices may register with it (1 = one-time). */
-  maxUses: z.number().int().min(1).max(100_000).default(1),
-  /** Lifetime in seconds (default a day, at most 30 days). */
-  ttlSeconds: z.number().int().min(60).max(30 * 86_400).default(86_400),
-});
+export const CreateEnrollmentTokenSchema = z
+  .strictObject({
+    group: GroupSchema,
+    labels: LabelsSchema.default({}),
+    /** Label keys an enrolling device may add (default none); the token's own labels always win. */
+    allowDeviceLabels: z.array(LabelKeySchema).max(32).default([]),
+    /** How many devices may register with it (1 = one-time). */
+    maxUses: z.number().int().min(1).max(100_000).default(1),
+    /** Lifetime in seconds (default a day, at most 30 days). */
+    ttlSeconds: z.number().int().min(60).max(30 * 86_400).default(86_400),
+  })
+  .refine((b) => b.allowDeviceLabels.every((k) => !Object.hasOwn(b.labels, k)), {
+    message: 'allowDeviceLabels: a key the token sets in labels cannot be left to the device',
+    path: ['allowDeviceLabels'],
+  });
 
 export const EnrollRequestSchema = z.strictObject({
   token: z.string().min(1).max(256),
@@ -54,6 +69,7 @@ export interface SecurityOptions {
   now?: () => number;
   /** Failed credential checks per address (shared with MQTT and the API): enrollment counts into it. */
   failures: AuthFailureLimiter;
+  registry?: Registry;
 }
 
 export function operatorTokenView(t: ApiTokenRecord): Record<string, unknown> {
@@ -72,6 +88,7 @@ export function enrollmentTokenView(t: EnrollmentTokenRecord, now: number): Reco
     id: t.id,
     group: t.group,
     labels: t.labels,
+    allowDeviceLabels: t.allowDeviceLabels,
     maxUses: t.maxUses,
     uses: t.uses,
     expiresAt: new Date(t.expiresAt).toISOString(),
@@ -87,10 +104,19 @@ export class SecurityService {
   readonly #now: () => number;
   readonly #revoked: ((id: string) => void)[] = [];
   readonly #tokenRevoked: ((tokenId: string) => void)[] = [];
+  readonly #enrollRefused: Counter<'reason'> | undefined;
 
   constructor(opts: SecurityOptions) {
     this.#o = opts;
     this.#now = opts.now ?? Date.now;
+    this.#enrollRefused = opts.registry
+      ? new Counter({
+          name: 'edgefleet_hub_enrollment_refused_total',
+          help: 'Enrollments refused after the request parsed: token unknown, used_up, expired or revoked; labels the token does not allow.',
+          labelNames: ['reason'],
+          registers: [opts.registry],
+        })
+      : undefined;
   }
 
   /** Called with the id of every revoked principal (broker disconnect, cache eviction). */
@@ -131,6 +157,7 @@ export class SecurityService {
       id,
       group: b.group,
       labels: b.labels,
+      allowDeviceLabels: [...new Set(b.allowDeviceLabels)].sort(),
       token: await hashToken(secret),
       maxUses: b.maxUses,
       uses: 0,
@@ -169,6 +196,17 @@ export class SecurityService {
     if (!m || !rec || !ok) throw this.#refuse(remote, 'unknown', m?.[1]);
     const early = enrollmentRefusal(rec, this.#now());
     if (early) throw this.#refuse(remote, early, rec.id);
+    const refusedLabels = refusedDeviceLabels(rec, b.labels);
+    if (refusedLabels.length > 0) {
+      // The caller holds a valid token: say which keys, do not count a failed login.
+      this.#enrollRefused?.inc({ reason: 'labels' });
+      this.#o.log.warn({ remote, id: b.id, enrollmentToken: rec.id, refusedLabels }, 'enrollment refused: labels the token does not allow');
+      throw new EdgefleetError(
+        ErrorCode.BAD_INPUT,
+        `labels not allowed by this enrollment token: ${refusedLabels.join(', ')} (the token sets ${Object.keys(rec.labels).join(', ') || 'no labels'}; a device may add ${rec.allowDeviceLabels.join(', ') || 'none'})`,
+        { details: { refusedLabels, tokenId: rec.id } },
+      );
+    }
     const secret = newSecret();
     const out = await this.#o.store.enrollPrincipal(rec.id, { id: b.id, labels: b.labels, token: await hashToken(secret), createdAt: this.#now() });
     if ('refused' in out) throw this.#refuse(remote, out.refused, rec.id);
@@ -187,6 +225,7 @@ export class SecurityService {
 
   #refuse(remote: string, why: string, tokenId: string | undefined): EdgefleetError {
     this.#o.failures.fail(remote);
+    this.#enrollRefused?.inc({ reason: why });
     this.#o.log.warn({ remote, why, enrollmentToken: tokenId }, 'enrollment refused');
     return new EdgefleetError(ErrorCode.UNAUTHORIZED, 'enrollment token is not valid (unknown, used up, expired or revoked)', { details: { why, tokenId } });
   }

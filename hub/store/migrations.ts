@@ -463,4 +463,13 @@ export const MIGRATIONS: readonly Migration[] = [
       BEGIN SELECT RAISE(ABORT, 'audit log is append-only'); END;
     `,
   },
+  {
+    version: 10,
+    name: 'enrollment tokens: label keys an enrolling device may add',
+    sql: `
+      -- Issue #14: the token's labels win; a device may add only these keys (JSON array of label
+      -- keys, default none). Tokens created before keep '[]': their devices get the token's labels.
+      ALTER TABLE enrollment_tokens ADD COLUMN allow_device_labels TEXT NOT NULL DEFAULT '[]';
+    `,
+  },
 ];

@@ -33,6 +33,7 @@ interface EnrollmentRow {
   id: string;
   grp: string;
   labels: string;
+  allow_device_labels: string;
   token_kdf: string;
   token_salt: Buffer;
   token_hash: Buffer;
@@ -61,12 +62,14 @@ interface AuditRow {
 }
 
 const LabelsSchema = z.record(z.string(), z.string());
+const LabelKeysSchema = z.array(z.string());
 const DetailsSchema = z.record(z.string(), z.unknown());
 
 const toEnrollment = (r: EnrollmentRow): EnrollmentTokenRecord => ({
   id: r.id,
   group: r.grp,
   labels: parseStored(LabelsSchema, r.labels, {}),
+  allowDeviceLabels: parseStored(LabelKeysSchema, r.allow_device_labels, []),
   token: { kdf: r.token_kdf, salt: r.token_salt, hash: r.token_hash },
   maxUses: r.max_uses,
   uses: r.uses,
@@ -93,9 +96,9 @@ export function revokeApiToken(db: Db, id: string, at: number): boolean {
 
 export function createEnrollmentToken(db: Db, t: EnrollmentTokenRecord): void {
   db.prepare(
-    `INSERT INTO enrollment_tokens (id, grp, labels, token_kdf, token_salt, token_hash, max_uses, uses, expires_at, created_at, created_by, revoked_at)
-     VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
-  ).run(t.id, t.group, JSON.stringify(t.labels), t.token.kdf, t.token.salt, t.token.hash, t.maxUses, t.uses, t.expiresAt, t.createdAt, t.createdBy, t.revokedAt);
+    `INSERT INTO enrollment_tokens (id, grp, labels, allow_device_labels, token_kdf, token_salt, token_hash, max_uses, uses, expires_at, created_at, created_by, revoked_at)
+     VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+  ).run(t.id, t.group, JSON.stringify(t.labels), JSON.stringify(t.allowDeviceLabels), t.token.kdf, t.token.salt, t.token.hash, t.maxUses, t.uses, t.expiresAt, t.createdAt, t.createdBy, t.revokedAt);
 }
 
 export function getEnrollmentToken(db: Db, id: string): EnrollmentTokenRecord | undefined {
@@ -121,6 +124,17 @@ export function enrollmentRefusal(t: Pick<EnrollmentTokenRecord, 'uses' | 'maxUs
   return undefined;
 }
 
+/**
+ * The keys of `labels` an enrolling device may not set (issue #14): a device may add only keys
+ * the token allows, and may restate a token label only with the token's value (token labels win).
+ */
+export function refusedDeviceLabels(t: Pick<EnrollmentTokenRecord, 'labels' | 'allowDeviceLabels'>, labels: Record<string, string>): string[] {
+  return Object.entries(labels)
+    .filter(([k, v]) => (Object.hasOwn(t.labels, k) ? t.labels[k] !== v : !t.allowDeviceLabels.includes(k)))
+    .map(([k]) => k)
+    .sort();
+}
+
 export function enrollPrincipal(db: Db, tokenId: string, p: Omit<NewPrincipal, 'group' | 'kind'>): { group: string } | { refused: EnrollRefusal } {
   return db
     .transaction((): { group: string } | { refused: EnrollRefusal } => {
@@ -128,7 +142,9 @@ export function enrollPrincipal(db: Db, tokenId: string, p: Omit<NewPrincipal, '
       const refused = enrollmentRefusal(t, p.createdAt);
       if (refused || !t) return { refused: refused ?? 'unknown' };
       if (db.prepare('SELECT 1 FROM principals WHERE id = ?').get(p.id)) throw new EdgefleetError(ErrorCode.CONFLICT, `${p.id} already exists`);
-      const labels = { ...t.labels, ...p.labels };
+      // The caller refuses labels the token does not allow; dropped here too, and token labels win.
+      const refusedKeys = new Set(refusedDeviceLabels(t, p.labels));
+      const labels = { ...Object.fromEntries(Object.entries(p.labels).filter(([k]) => !refusedKeys.has(k))), ...t.labels };
       db.prepare(
         `INSERT INTO principals (id, kind, grp, labels, token_kdf, token_salt, token_hash, device_id, created_at, enrolled_by)
          VALUES (?, 'device', ?, ?, ?, ?, ?, NULL, ?, ?)`,

@@ -129,6 +129,8 @@ export interface EnrollmentTokenRecord {
   id: string;
   group: string;
   labels: Record<string, string>;
+  /** Label keys an enrolling device may add to the token's labels (never override them). */
+  allowDeviceLabels: string[];
   token: TokenHash;
   maxUses: number;
   uses: number;

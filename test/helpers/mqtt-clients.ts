@@ -10,6 +10,17 @@ import { silentLogger } from '../../shared/log.ts';
 
 export const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
+/** One HTTP API call (bearer `token` when given); the reply's status and JSON body. */
+export async function api(hub: Hub, method: string, path: string, token: string | undefined, body?: unknown): Promise<{ status: number; json: Record<string, unknown> }> {
+  const res = await fetch(`${hub.httpUrl}${path}`, {
+    method,
+    headers: { ...(token ? { authorization: `Bearer ${token}` } : {}), ...(body === undefined ? {} : { 'content-type': 'application/json' }) },
+    body: body === undefined ? undefined : JSON.stringify(body),
+  });
+  const text = await res.text();
+  return { status: res.status, json: text ? (JSON.parse(text) as Record<string, unknown>) : {} };
+}
+
 export async function startHub(dataDir: string, overrides: Record<string, unknown> = {}): Promise<Hub> {
   const config = loadHubConfig({
     env: {},

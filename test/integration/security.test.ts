@@ -17,20 +17,10 @@ import { after, before, describe, test } from 'node:test';
 import pino from 'pino';
 import { createHub, loadHubConfig, type Hub } from '../../hub/main.ts';
 import { topics } from '../../shared/protocol.ts';
-import { clients, closed, collect, connect, refusedCode, sleep, subscribeCodes } from '../helpers/mqtt-clients.ts';
+import { api, clients, closed, collect, connect, refusedCode, sleep, subscribeCodes } from '../helpers/mqtt-clients.ts';
 import { until } from '../helpers/fleet-in-process.ts';
 
 const row = (name: string, outcome: string): void => console.log(`security: ${name}: ${outcome}`);
-
-async function api(hub: Hub, method: string, path: string, token: string | undefined, body?: unknown): Promise<{ status: number; json: Record<string, unknown> }> {
-  const res = await fetch(`${hub.httpUrl}${path}`, {
-    method,
-    headers: { ...(token ? { authorization: `Bearer ${token}` } : {}), ...(body === undefined ? {} : { 'content-type': 'application/json' }) },
-    body: body === undefined ? undefined : JSON.stringify(body),
-  });
-  const text = await res.text();
-  return { status: res.status, json: text ? (JSON.parse(text) as Record<string, unknown>) : {} };
-}
 
 async function metric(hub: Hub, name: string, labels: string): Promise<number> {
   const text = await hub.registry.metrics();
@@ -98,7 +88,7 @@ describe('security matrix', () => {
   });
 
   test('enrollment: one-time token registers one device; reused, expired and revoked tokens are refused', async () => {
-    const created = await api(hub, 'POST', '/v1/enrollment-tokens', hub.adminToken, { group: 'line2', labels: { site: 'plant-9' } });
+    const created = await api(hub, 'POST', '/v1/enrollment-tokens', hub.adminToken, { group: 'line2', labels: { site: 'plant-9' }, allowDeviceLabels: ['line'] });
     assert.equal(created.status, 201, JSON.stringify(created.json));
     const enr = created.json.token as string;
     secrets.push(enr);
