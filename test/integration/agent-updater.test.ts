@@ -114,6 +114,9 @@ describe('agent model updater', () => {
     assert.equal(put.status, 201, await put.clone().text());
     const shown = await fleet.api<{ release: SignedRelease; counter: number }>('GET', '/v1/models/machine-state/1.1.0');
     hubCounter = shown.counter;
+    // This drives the updater by hand, without a rollout: the hub serves an artifact only to the
+    // devices it is assigned to (issue #14), so the test's server serves these bytes itself.
+    server.add(fp32Bytes);
     const okBefore = load.ok;
     const outcome: InstallOutcome = await agent.updater!.install(installArgs(shown.release, { rolloutId: 'r-1' }));
     assert.deepEqual(outcome, { name: 'machine-state', version: '1.1.0', counter: hubCounter, state: 'active' });
