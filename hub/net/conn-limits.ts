@@ -97,8 +97,8 @@ interface Entry {
 interface AddressState {
   readonly address: string;
   readonly entries: Set<Entry>;
-  /** Entries not established; the address sits in the bucket of this count. */
-  pending: number;
+  /** Entries not established, longest waiting first; the address sits in the bucket of its size. */
+  readonly unproven: Set<Entry>;
 }
 
 /** A connection's handle for its listener: tell it what the connection has proven so far. */
@@ -186,10 +186,10 @@ export class ConnectionLimiter {
    */
   admit(socket: TrackedSocket, address: string): Conn | undefined {
     const o = this.#o;
-    const addr = this.#addresses.get(address) ?? { address, entries: new Set<Entry>(), pending: 0 };
+    const addr = this.#addresses.get(address) ?? { address, entries: new Set<Entry>(), unproven: new Set<Entry>() };
     // An address at its own cap gets its new connection refused: its older ones are closer to
     // proving something, and the deadlines clear the ones that never will.
-    if (addr.pending >= o.maxPendingPerAddress || addr.entries.size >= o.maxPerAddress) return this.#refuse(socket, address, 'per_address');
+    if (addr.unproven.size >= o.maxPendingPerAddress || addr.entries.size >= o.maxPerAddress) return this.#refuse(socket, address, 'per_address');
     while (this.pending >= o.maxPending || this.open >= o.max) {
       // Fair shares: a newcomer from an address lighter than the heaviest one (a /healthz probe,
       // a device reconnecting) sheds that address's longest-waiting unproven connection, so it
@@ -199,9 +199,9 @@ export class ConnectionLimiter {
       // ping-pong that costs a connection per accept); an address with nothing pending always
       // gets in while any address holds one.
       const top = this.#heaviest();
-      if (!top || top.pending - addr.pending < (addr.pending === 0 ? 1 : 2)) return this.#refuse(socket, address, 'full');
+      if (!top || top.unproven.size - addr.unproven.size < (addr.unproven.size === 0 ? 1 : 2)) return this.#refuse(socket, address, 'full');
       const pendingBefore = this.pending;
-      const victim = this.#victim(top.entries);
+      const victim = this.#victim(top.unproven);
       if (victim) this.#shed(victim, this.pending >= o.maxPending ? 'pending' : 'full');
       // Looking for a victim may have found completed requests (now established): look again.
       else if (this.pending >= pendingBefore) return this.#refuse(socket, address, 'full');
@@ -211,7 +211,7 @@ export class ConnectionLimiter {
     this.#stages.opening.set(entry, conn);
     addr.entries.add(entry);
     this.#addresses.set(address, addr);
-    this.#adjust(addr, 1);
+    this.#proven(addr, entry, false);
     socket.once('close', () => this.#release(entry));
     return conn;
   }
@@ -250,7 +250,7 @@ export class ConnectionLimiter {
     entry.bytesAtSince = (entry.reader ?? entry.socket).bytesRead;
     this.#stages[stage].set(entry, conn);
     const addr = this.#addresses.get(entry.address);
-    if (addr && (from === 'established') !== (stage === 'established')) this.#adjust(addr, stage === 'established' ? -1 : 1);
+    if (addr && (from === 'established') !== (stage === 'established')) this.#proven(addr, entry, stage === 'established');
   }
 
   /** A started request whose body is complete is established (checked lazily, no listener on the request). */
@@ -275,19 +275,24 @@ export class ConnectionLimiter {
     const addr = this.#addresses.get(entry.address);
     if (!addr) return;
     addr.entries.delete(entry);
-    if (entry.stage !== 'established') this.#adjust(addr, -1);
+    this.#proven(addr, entry, true);
     if (addr.entries.size === 0) this.#addresses.delete(entry.address);
   }
 
-  #adjust(addr: AddressState, delta: 1 | -1): void {
-    if (addr.pending > 0) this.#byPending.get(addr.pending)?.delete(addr);
-    addr.pending += delta;
-    if (addr.pending > 0) {
-      let bucket = this.#byPending.get(addr.pending);
-      if (!bucket) this.#byPending.set(addr.pending, (bucket = new Set()));
+  /** Moves `entry` out of (proven) or into its address's unproven set, and the address between buckets. */
+  #proven(addr: AddressState, entry: Entry, proven: boolean): void {
+    const before = addr.unproven.size;
+    if (proven) addr.unproven.delete(entry);
+    else addr.unproven.add(entry);
+    const after = addr.unproven.size;
+    if (after === before) return;
+    if (before > 0) this.#byPending.get(before)?.delete(addr);
+    if (after > 0) {
+      let bucket = this.#byPending.get(after);
+      if (!bucket) this.#byPending.set(after, (bucket = new Set()));
       bucket.add(addr);
     }
-    if (addr.pending > this.#topPending) this.#topPending = addr.pending;
+    if (after > this.#topPending) this.#topPending = after;
   }
 
   /** The address with the most unproven connections (undefined when there are none). */
