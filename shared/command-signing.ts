@@ -60,6 +60,24 @@ export type CommandCheck =
   | { ok: true; auth?: CommandAuth }
   | { ok: false; reason: CommandRefusalReason; message: string };
 
+/** Parsed public keys of trusted-key entries (a memo, not state: the entries are immutable). */
+const publicKeys = new WeakMap<TrustedKey, KeyObject | undefined>();
+
+/** The entry's key, undefined when its id does not match its key (such an entry trusts nothing). */
+function publicKeyOf(k: TrustedKey): KeyObject | undefined {
+  if (!publicKeys.has(k)) {
+    let pub: KeyObject | undefined;
+    try {
+      pub = createPublicKey(k.publicKeyPem);
+      if (keyIdOf(pub) !== k.keyId) pub = undefined;
+    } catch {
+      pub = undefined;
+    }
+    publicKeys.set(k, pub);
+  }
+  return publicKeys.get(k);
+}
+
 function bytesToSign(commandWithAuth: unknown): Buffer {
   const c = commandWithAuth as { auth: Record<string, unknown> };
   // Spread keeps an own `__proto__` key (JSON.parse makes one), so junk there fails to verify.
@@ -113,8 +131,8 @@ export function verifyCommand(raw: unknown, cmd: Command, o: VerifyCommandOption
   if (!trusted) return { ok: false, reason: 'bad_signature', message: `command signed with key ${auth.keyId}, which is not trusted` };
   let good: boolean;
   try {
-    const pub = createPublicKey(trusted.publicKeyPem);
-    good = keyIdOf(pub) === auth.keyId && verify(null, bytesToSign(raw), pub, Buffer.from(auth.sig, 'base64'));
+    const pub = publicKeyOf(trusted);
+    good = pub !== undefined && verify(null, bytesToSign(raw), pub, Buffer.from(auth.sig, 'base64'));
   } catch {
     good = false;
   }

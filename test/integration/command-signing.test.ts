@@ -17,15 +17,17 @@ import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import mqttPacket, { type Packet } from 'mqtt-packet';
 import { loadAgentConfig } from '../../agent/config.ts';
+import { DRIFT_SAMPLE_COMMAND } from '../../agent/drift/drift-monitor.ts';
 import { COMMAND_REPLAY_FILE, CommandGuard } from '../../agent/link/command-guard.ts';
 import { createAgent, type Agent } from '../../agent/main.ts';
+import { SAMPLE_COMMAND } from '../../hub/alerts/delivery.ts';
 import { encodeJson } from '../../shared/codec.ts';
-import { signCommand } from '../../shared/command-signing.ts';
+import { commandClass, signCommand } from '../../shared/command-signing.ts';
 import { silentLogger } from '../../shared/log.ts';
 import { ManifestSchema, type Manifest } from '../../shared/manifest.ts';
 import { CommandResultSchema, CommandSchema, PROTOCOL_VERSION, topics, type Command, type CommandResult } from '../../shared/protocol.ts';
 import { generateSigningKey, signingKeyFromPem, trustedKeyFromPem, type SigningKey } from '../../shared/signing.ts';
-import { ROLLBACK_COMMAND, type RollbackArgs } from '../../shared/updates.ts';
+import { INSTALL_COMMAND, ROLLBACK_COMMAND, type RollbackArgs } from '../../shared/updates.ts';
 import { InProcessFleet, MODELS_DIR, until } from '../helpers/fleet-in-process.ts';
 
 const DEVICE = 'sig-1';
@@ -104,6 +106,16 @@ async function refused(agent: Agent): Promise<Record<string, number>> {
   const m = await agent.registry.getSingleMetric('edgefleet_agent_commands_refused_total')?.get();
   return Object.fromEntries((m?.values ?? []).map((v) => [String(v.labels.reason), v.value]));
 }
+
+test('every command the hub sends or the agent handles is classified', () => {
+  assert.equal(commandClass('ping'), 'read_only');
+  assert.equal(commandClass(DRIFT_SAMPLE_COMMAND), 'read_only');
+  assert.equal(commandClass(SAMPLE_COMMAND), 'read_only');
+  assert.equal(commandClass(INSTALL_COMMAND), 'state_changing');
+  assert.equal(commandClass(ROLLBACK_COMMAND), 'state_changing');
+  assert.equal(commandClass('config.set'), 'state_changing', 'an unknown name needs a signature');
+  assert.equal(commandClass('__proto__'), 'state_changing');
+});
 
 describe('signed commands (issue #14)', () => {
   const fleet = new InProcessFleet();
@@ -292,6 +304,14 @@ describe('signed commands (issue #14)', () => {
       assert.ok(g2.floor > Date.UTC(2026, 0, 1) + 10 * 60_000);
       assert.equal(await run(g2, old), 'replay');
       figures.push('old command with device clock set back 29 min after a restart: replay (high-water mark)');
+      // What the check costs per command (signature over the canonical JSON, on this machine).
+      clock += 60 * 60_000;
+      const fresh = sign('cost');
+      const parsed = CommandSchema.parse(JSON.parse(fresh.toString('utf8')));
+      const n = 500;
+      const t0 = performance.now();
+      for (let i = 0; i < n; i++) assert.ok(g2.verify(parsed, fresh).ok);
+      figures.push(`verify ${Math.round(((performance.now() - t0) / n) * 1000)} µs per command`);
     } finally {
       rmSync(dir, { recursive: true, force: true });
     }
