@@ -35,6 +35,7 @@ import { FolderJournal } from './inputs/folder-journal.ts';
 import { HttpInferHandler } from './inputs/http-infer.ts';
 import { MqttBrokerInput } from './inputs/mqtt-broker-input.ts';
 import { MqttInput } from './inputs/mqtt-input.ts';
+import { INPUT_MARKS_FILE, RetainedReplayGuard } from './inputs/retained-guard.ts';
 import { configureSharp } from './preprocess/image.ts';
 import { ModelUpdater } from './updater/updater.ts';
 import { loadTrustedKeys } from './updater/verify.ts';
@@ -267,6 +268,10 @@ export function createAgent(config: AgentConfig, deps: { log: Logger; registry?:
   const journal = config.pipelines.some((p) => p.input.type === 'folder')
     ? lifecycle.add(new FolderJournal({ path: join(config.dataDir, 'folder-inputs.db'), synchronous: config.outbox.synchronous }))
     : undefined;
+  // Retained readings already inferred are not inferred again at a restart (issue #14).
+  const retainedGuard = config.pipelines.some((p) => p.input.type === 'mqtt')
+    ? lifecycle.add(new RetainedReplayGuard({ path: join(config.dataDir, INPUT_MARKS_FILE), log: log.child({ component: 'input-marks' }) }))
+    : undefined;
   const pipelines: Pipeline[] = [];
   // Pipelines need their model, known only after ModelSet started: a deferred component.
   const pipelineGroup: Component = {
@@ -328,7 +333,15 @@ export function createAgent(config: AgentConfig, deps: { log: Logger; registry?:
                 metrics: pipelineMetrics,
                 log: log.child({ component: 'input-folder', pipeline: p.name }),
               })
-            : new MqttInput({ deviceId: config.deviceId, pipeline, bus: busFor(p), topic: p.input.topic, format: p.input.format });
+            : new MqttInput({
+                deviceId: config.deviceId,
+                pipeline,
+                bus: busFor(p),
+                topic: p.input.topic,
+                format: p.input.format,
+                guard: retainedGuard,
+                onReplay: () => pipelineMetrics.inputDropped.inc({ pipeline: p.name, reason: 'retained_replay' }),
+              });
         await input.start(signal);
         inputs.push(input);
         if (signal.aborted) return;

@@ -44,7 +44,7 @@ export function createPipelineMetrics(registry: Registry): PipelineMetrics {
     }),
     inputDropped: new Counter({
       name: 'edgefleet_agent_input_dropped_total',
-      help: 'Stream inputs dropped unprocessed: overload (queue full, oldest dropped) or shutdown.',
+      help: 'Stream inputs dropped unprocessed: overload (queue full, oldest dropped), shutdown, duplicate (redelivered id) or retained_replay (a retained reading already inferred).',
       labelNames: ['pipeline', 'reason'],
       registers: [registry],
     }),

@@ -46,7 +46,8 @@ export interface Publisher {
   publish(topic: string, payload: Buffer | string, opts?: { qos?: 0 | 1; retain?: boolean }): boolean;
 }
 export interface InputBus {
-  subscribe(topicFilter: string, handler: (topic: string, payload: Buffer) => void): void;
+  /** `retain`: the broker delivered the topic's retained message (at subscribe), not a live one. */
+  subscribe(topicFilter: string, handler: (topic: string, payload: Buffer, retain: boolean) => void): void;
 }
 export interface RecordSink {
   append(stream: string, kind: string, body: Record<string, unknown>, ts?: number): Promise<{ epoch: number; seq: number }>;

@@ -26,7 +26,7 @@ export interface BrokerInputOptions {
   log: Logger;
 }
 
-type Handler = (topic: string, payload: Buffer) => void;
+type Handler = (topic: string, payload: Buffer, retain: boolean) => void;
 
 export class MqttBrokerInput implements Component, InputBus {
   readonly name: string;
@@ -73,9 +73,9 @@ export class MqttBrokerInput implements Component, InputBus {
       this.o.log.info({ url: redact(this.o.url) }, 'input broker connected');
       for (const filter of this.#subs.keys()) client.subscribe(filter, { qos: this.o.qos });
     });
-    client.on('message', (topic, payload) => {
+    client.on('message', (topic, payload, packet) => {
       for (const [filter, handlers] of this.#subs) {
-        if (topicMatches(filter, topic)) for (const h of handlers) h(topic, payload);
+        if (topicMatches(filter, topic)) for (const h of handlers) h(topic, payload, packet.retain);
       }
     });
     // Never end() in the error handler (mqttjs#1466): 'close' follows and schedules a retry.

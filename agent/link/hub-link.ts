@@ -105,7 +105,7 @@ export interface HubLinkOptions {
 }
 
 export type CommandHandler = (cmd: Command) => Promise<unknown>;
-export type MessageHandler = (topic: string, payload: Buffer) => void;
+export type MessageHandler = (topic: string, payload: Buffer, retain: boolean) => void;
 
 export interface LinkStatus {
   connected: boolean;
@@ -295,7 +295,7 @@ export class HubLink extends EventEmitter<HubLinkEvents> implements Component {
     client.on('close', () => this.#onClose());
     // Never end() here: it would kill reconnection for good (mqttjs#1466).
     client.on('error', (err) => this.#onError(err));
-    client.on('message', (topic, payload) => this.#onMessage(topic, payload));
+    client.on('message', (topic, payload, packet) => this.#onMessage(topic, payload, packet.retain));
     this.#log.info({ url: redactUrl(this.#o.url), deviceId: this.#o.deviceId }, 'connecting to hub');
     return Promise.resolve();
   }
@@ -702,7 +702,7 @@ export class HubLink extends EventEmitter<HubLinkEvents> implements Component {
 
   // ---- inbound ----
 
-  #onMessage(topic: string, payload: Buffer): void {
+  #onMessage(topic: string, payload: Buffer, retain: boolean): void {
     if (topic === this.#topics.ack) {
       const d = decodeJson(AckSchema, payload, MAX_PAYLOAD_BYTES);
       if (d.ok) this.#onAck(d.value);
@@ -716,7 +716,7 @@ export class HubLink extends EventEmitter<HubLinkEvents> implements Component {
       if (!topicMatches(filter, topic)) continue;
       for (const h of s.handlers) {
         try {
-          h(topic, payload);
+          h(topic, payload, retain);
         } catch (err) {
           this.#throttle.run(`handler:${filter}`, (suppressed) => this.#log.error({ err, topic, suppressed }, 'message handler threw'));
         }
