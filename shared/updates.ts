@@ -17,6 +17,10 @@ const VersionSchema = ModelRefSchema.shape.version;
 
 export const INSTALL_COMMAND = 'model.install';
 export const ROLLBACK_COMMAND = 'model.rollback';
+/** Releases a rollout may install together with its own (`with`, InstallArgs.bundle). */
+export const MAX_BUNDLE = 8;
+
+const ArtifactPathSchema = z.string().regex(/^\/v1\/artifacts\/[0-9a-f]{64}$/);
 
 /**
  * `model.install`: install and activate a signed release. The agent trusts nothing here but what
@@ -29,7 +33,19 @@ export const InstallArgsSchema = z.object({
   /** The signed release envelope (shared/signing.ts), as stored at the hub. */
   release: z.unknown(),
   /** e.g. `/v1/artifacts/<sha256>`: a path on the hub's HTTP API, device-authenticated. */
-  artifactPath: z.string().regex(/^\/v1\/artifacts\/[0-9a-f]{64}$/),
+  artifactPath: ArtifactPathSchema,
+  /**
+   * Further releases (of other model names) installed with `release` as one unit (issue #13
+   * chains): all verified, fitted together, downloaded and validated before any is activated;
+   * if one fails none stays active, and a rollback of any rolls back all. An agent older than
+   * this field strips it (z.object) and installs `release` alone, which its chain check refuses
+   * when the stages only fit together.
+   */
+  bundle: z
+    .array(z.object({ release: z.unknown(), artifactPath: ArtifactPathSchema }))
+    .min(1)
+    .max(MAX_BUNDLE)
+    .optional(),
   /** The rollout this install belongs to, echoed in the agent's events. */
   rolloutId: z.string().min(1).max(64).optional(),
   /** Probation after activation, overriding the agent's default (ms; 0 = none). */
@@ -51,6 +67,10 @@ export const RollbackArgsSchema = z.object({
 });
 export type RollbackArgs = z.infer<typeof RollbackArgsSchema>;
 
+/** One release of a bundle (installed or rolled back as one unit). */
+export const BundleMemberRefSchema = z.object({ name: NameSchema, version: VersionSchema, counter: z.number().int().nonnegative() });
+export type BundleMemberRef = z.infer<typeof BundleMemberRefSchema>;
+
 /** What the agent answers to `model.install` / `model.rollback` (CommandResult.result). */
 export const InstallOutcomeSchema = z.object({
   name: NameSchema,
@@ -58,6 +78,11 @@ export const InstallOutcomeSchema = z.object({
   counter: z.number().int().nonnegative(),
   /** `active`: now serving; `already_active`: was serving; `rolled_back`: previous re-activated. */
   state: z.enum(['active', 'already_active', 'rolled_back', 'not_active']),
+  /** A bundle: every release of the unit (the first is `name`) and what happened to each. */
+  bundle: z
+    .array(BundleMemberRefSchema.extend({ state: z.enum(['active', 'already_active', 'rolled_back']) }))
+    .max(MAX_BUNDLE + 1)
+    .optional(),
 });
 export type InstallOutcome = z.infer<typeof InstallOutcomeSchema>;
 
@@ -131,6 +156,8 @@ export const ModelEventSchema = z.object({
   message: z.string().max(500).optional(),
   /** Wall time of the install (verify → active), for `installed`. */
   durationMs: z.number().nonnegative().optional(),
+  /** The releases installed, refused or rolled back with this one as one unit (this one included). */
+  bundle: z.array(BundleMemberRefSchema).max(MAX_BUNDLE + 1).optional(),
 });
 export type ModelEvent = z.infer<typeof ModelEventSchema>;
 

@@ -26,9 +26,17 @@ function feeds(p: PipelineConfig, current: Manifest | undefined): 'image' | 'jso
 /**
  * Why no pipeline of `pipelines` can serve `manifest`, or undefined when one can. `current`
  * gives the model a name serves now (ModelSet.byName), for inputs that took their format from it.
+ * `replacements`: releases installed with `manifest` as one unit (a rollout's `with`); the chains
+ * are checked with them in place of the versions they replace.
  */
-export function releaseFitProblem(pipelines: readonly PipelineConfig[], manifest: Manifest, current: (name: string) => Manifest | undefined = () => undefined): string | undefined {
+export function releaseFitProblem(
+  pipelines: readonly PipelineConfig[],
+  manifest: Manifest,
+  current: (name: string) => Manifest | undefined = () => undefined,
+  replacements: readonly Manifest[] = [],
+): string | undefined {
   const name = manifest.name;
+  const after = (n: string): Manifest | undefined => replacements.find((r) => r.name === n) ?? current(n);
   const users = pipelines.filter((p) => p.model === name || p.chain.includes(name));
   if (users.length === 0) return `no pipeline on this device runs model ${name} (pipelines: ${pipelines.map((p) => `${p.name} → ${[p.model, ...p.chain].join(' → ')}`).join(', ') || 'none'})`;
   const spec = modelSpec(manifest);
@@ -50,18 +58,18 @@ export function releaseFitProblem(pipelines: readonly PipelineConfig[], manifest
         problems.push(`pipeline ${p.name} chains ${p.chain.join(', ')} after ${name}, which needs a manifest v2 model`);
         continue;
       }
-      return chainFit(users, manifest, current);
+      return chainFit(users, manifest, after);
     }
     if (!spec.inputs.some((i) => i.source.kind === 'upstream')) {
       problems.push(`pipeline ${p.name} runs ${name} after ${[p.model, ...p.chain.slice(0, p.chain.indexOf(name))].join(' → ')}, but ${name}@${manifest.version} has no upstream input`);
       continue;
     }
-    return chainFit(users, manifest, current);
+    return chainFit(users, manifest, after);
   }
   return problems.join('; ');
 }
 
-/** The chain problem `manifest` would make in the pipelines that chain it, with the others as they are now. */
+/** The chain problem `manifest` would make in the pipelines that chain it, with the others as `current` gives them. */
 function chainFit(users: readonly PipelineConfig[], manifest: Manifest, current: (name: string) => Manifest | undefined): string | undefined {
   for (const p of users) {
     if (!p.chain.length) continue;

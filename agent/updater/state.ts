@@ -14,7 +14,7 @@ import { open, readFile, rename, unlink } from 'node:fs/promises';
 import { join } from 'node:path';
 import { z } from 'zod';
 import { NameSchema } from '../../shared/ids.ts';
-import { FailedReleaseSchema, InstalledVersionSchema, type FailedRelease, type InstalledVersion } from '../../shared/updates.ts';
+import { BundleMemberRefSchema, FailedReleaseSchema, InstalledVersionSchema, MAX_BUNDLE, type FailedRelease, type InstalledVersion } from '../../shared/updates.ts';
 
 export const STATE_FILE = 'state.json';
 export const MAX_FAILED = 16;
@@ -25,6 +25,12 @@ export const SlotStateSchema = z.object({
   highestCounter: z.number().int().nonnegative(),
   probationUntil: z.number().int().nonnegative().optional(),
   failed: z.array(FailedReleaseSchema).max(MAX_FAILED),
+  /**
+   * Set when `active` was installed with other releases as one unit (InstallArgs.bundle): every
+   * release of the unit, this one included. A rollback of any of them, or one that cannot start,
+   * takes the others back with it while they still serve these versions.
+   */
+  bundle: z.array(BundleMemberRefSchema).min(2).max(MAX_BUNDLE + 1).optional(),
 });
 export type SlotState = z.infer<typeof SlotStateSchema>;
 

@@ -14,10 +14,14 @@
  * second command for the same release joins the running one. Activation swaps the model in the
  * workers (ModelSet.swap: in-flight requests finish on the old session) and only then commits
  * state.json, so a SIGKILL anywhere leaves either the old or the new version active, complete
- * and verified (test/fault/install-crash.test.ts). manifest.json is the signed manifest with
- * `artifact.file` set to `model.onnx`, so the ordinary start-up path (openLocalModel: size +
- * sha256) reads installed versions exactly as it reads config models; release.json keeps the
- * signed envelope as received.
+ * and verified (test/fault/install-crash.test.ts). A bundle (InstallArgs.bundle: a chain's
+ * stages whose interface changed together) runs the same phases for all its releases, each phase
+ * for all before the next, holds all their names, swaps back what it swapped if one activation
+ * fails, and commits once; state.json records the unit (`bundle`), so a rollback of any of its
+ * releases, and a start-up where one of them cannot start, takes all of them back.
+ * manifest.json is the signed manifest with `artifact.file` set to `model.onnx`, so the ordinary
+ * start-up path (openLocalModel: size + sha256) reads installed versions exactly as it reads
+ * config models; release.json keeps the signed envelope as received.
  *
  * Start-up: ModelSet opens the manifest paths in the list it was given; `start()` (which runs
  * before ModelSet's) rewrites that list in place, per name, to the state's active version, else
@@ -37,6 +41,8 @@ import {
   InstallArgsSchema,
   MODEL_EVENT_KIND,
   RollbackArgsSchema,
+  type BundleMemberRef,
+  type InstallArgs,
   type InstallOutcome,
   type InstallPhase,
   type InstalledVersion,
@@ -49,7 +55,7 @@ import { openLocalModel, readManifest, type LocalModel } from '../models/local-m
 import type { FetchLike } from '../../shared/tls.ts';
 import { ArtifactMismatch, downloadArtifact } from './download.ts';
 import { fsyncPath, loadState, saveState, versionDirName, withFailed, type SlotState, type UpdaterState } from './state.ts';
-import { verifyInstall, type Identity } from './verify.ts';
+import { verifyInstall, type Identity, type Verdict } from './verify.ts';
 
 export const PARTIAL_DIR = '.partial';
 export const QUARANTINE_DIR = '.quarantine';
@@ -90,8 +96,12 @@ export interface UpdaterOptions {
   /** The config's model manifests; `startupManifests()` says which files to load instead. */
   configManifests: readonly string[];
   models: ModelSwapper;
-  /** Why this device cannot serve a release (agent/models/pipeline-fit.ts), checked before download; undefined = it can. */
-  fits?: (manifest: Manifest) => string | undefined;
+  /**
+   * Why this device cannot serve a release (agent/models/pipeline-fit.ts), checked before
+   * download; undefined = it can. `replacements`: the releases of the unit being installed (this
+   * one included), judged in place of the versions they replace.
+   */
+  fits?: (manifest: Manifest, replacements: readonly Manifest[]) => string | undefined;
   events: { append(stream: string, kind: string, body: Record<string, unknown>): Promise<unknown> };
   /** Called after every change of the reported state (re-publish hello). */
   onStateChange?: () => void;
@@ -105,6 +115,28 @@ interface Running {
   key: string;
   promise: Promise<InstallOutcome>;
 }
+
+/** A release as an install command carries it: its own, or one of its bundle. */
+type RawMember = { release: unknown; artifactPath: string };
+
+/** A release of an install, verified (signature, counter, target) against the current state. */
+interface Member {
+  signed: unknown;
+  artifactPath: string;
+  release: ReleaseBody;
+  verdict: Verdict;
+}
+
+/** A downloaded, sha256-checked candidate in .partial (and its test-vector sidecar). */
+interface Fetched {
+  part: string;
+  sidecar?: { path: string; file: string };
+}
+
+/** The command's own release first, then its bundle's. */
+const membersOf = (args: InstallArgs): RawMember[] => [{ release: args.release, artifactPath: args.artifactPath }, ...(args.bundle ?? [])];
+
+const refOf = (x: Member): BundleMemberRef => ({ name: x.release.manifest.name, version: x.release.manifest.version, counter: x.release.counter });
 
 interface Metrics {
   installs: Counter<'result' | 'phase'>;
@@ -162,7 +194,7 @@ export class ModelUpdater implements Component {
     this.#now = opts.now ?? Date.now;
     this.#metrics = opts.registry ? createMetrics(opts.registry) : undefined;
     opts.probation?.onBreach((b) => {
-      this.#serial(b.name, () => this.#rollback(b.name, b.version, b.reason, 'probation')).catch((err: unknown) =>
+      this.#serial(this.#unitOf(b.name), () => this.#rollback(b.name, b.version, b.reason, 'probation')).catch((err: unknown) =>
         this.#log.error({ err, model: b.name, version: b.version }, 'probation rollback failed'),
       );
     });
@@ -190,15 +222,32 @@ export class ModelUpdater implements Component {
     this.#state = loaded.state;
     let changed = false;
     this.#startup = [...this.#o.configManifests];
+    const startupIndex = new Map<string, number>();
     for (const [i, path] of this.#o.configManifests.entries()) {
       if (signal.aborted) throw new EdgefleetError(ErrorCode.ABORTED, 'updater start aborted');
       const manifest = await readManifest(path);
       this.#configModels.set(manifest.name, { path, manifest });
+      startupIndex.set(manifest.name, i);
       const slot = this.#state.models[manifest.name];
       if (!slot) continue;
       const chosen = await this.#chooseStartup(manifest.name, slot, signal);
       this.#startup[i] = chosen.path;
       changed ||= chosen.changed;
+    }
+    // A unit installed together starts together: when one release of it could not start (and fell
+    // back), the others that still would go back to their previous versions too.
+    for (let again = true; again; ) {
+      again = false;
+      for (const [name, slot] of Object.entries(this.#state.models)) {
+        const i = startupIndex.get(name);
+        const lost = slot.bundle?.find((b) => {
+          const a = this.#state.models[b.name]?.active;
+          return a?.version !== b.version || a.counter !== b.counter;
+        });
+        if (i === undefined || !lost) continue;
+        this.#startup[i] = (await this.#chooseStartup(name, slot, signal, `${lost.name}@${lost.version}, installed with it, could not start`)).path;
+        changed = again = true;
+      }
     }
     if (changed) await this.#save();
     this.#refreshActiveGauge();
@@ -246,154 +295,247 @@ export class ModelUpdater implements Component {
     const parsed = InstallArgsSchema.safeParse(rawArgs);
     if (!parsed.success) return Promise.reject(new EdgefleetError(ErrorCode.BAD_PAYLOAD, `model.install: ${formatIssues(parsed.error)}`));
     const args = parsed.data;
-    const key = `${(args.release as { signature?: { sig?: unknown } } | null)?.signature?.sig as string}|${args.artifactPath}`;
+    const raws = membersOf(args);
+    const key = raws.map((r) => `${(r.release as { signature?: { sig?: unknown } } | null)?.signature?.sig as string}|${r.artifactPath}`).join(',');
     const joined = [...this.#running.values()].find((r) => r.key === key);
     if (joined) return joined.promise;
     const t0 = performance.now();
     const slotOf = (name: string): SlotState | undefined => this.#state.models[name];
-    // Verify once up front (cheap, no state change) to learn the name; again inside the chain,
+    // Verify once up front (cheap, no state change) to learn the names; again inside the chain,
     // where the state it reads cannot change under it.
-    const first = verifyInstall(args.release, this.#o.trustedKeys, this.#peekSlot(args.release, slotOf), this.#o.identity);
-    if (first.kind === 'refuse' && !first.release) {
-      return this.#refuseUnverified(args.release, args.rolloutId, first.code, first.message);
-    }
-    const name = first.release!.manifest.name;
-    const promise = this.#serial(name, () => this.#install(args, t0)).finally(() => this.#running.delete(key));
+    const first = raws.map((r) => verifyInstall(r.release, this.#o.trustedKeys, this.#peekSlot(r.release, slotOf), this.#o.identity));
+    const unverified = first.findIndex((v) => v.kind === 'refuse' && !v.release);
+    if (unverified >= 0) return this.#refuseUnverifiedMember(raws, first, unverified, args.rolloutId);
+    const names = first.map((v) => v.release!.manifest.name);
+    const twice = names.find((n, i) => names.indexOf(n) !== i);
+    if (twice !== undefined) return Promise.reject(new EdgefleetError(ErrorCode.BAD_PAYLOAD, `model.install: the bundle names model ${twice} twice`));
+    const promise = this.#serial(names, () => this.#install(args, t0)).finally(() => this.#running.delete(key));
     this.#running.set(key, { key, promise });
     return promise;
   }
 
-  /** `model.rollback`. */
+  /** `model.rollback`. A release installed with others as one unit takes them back with it. */
   rollback(rawArgs: unknown): Promise<InstallOutcome> {
     const parsed = RollbackArgsSchema.safeParse(rawArgs);
     if (!parsed.success) return Promise.reject(new EdgefleetError(ErrorCode.BAD_PAYLOAD, `model.rollback: ${formatIssues(parsed.error)}`));
     const a = parsed.data;
-    return this.#serial(a.name, () => this.#rollback(a.name, a.version, a.reason, 'rollback', a.rolloutId));
+    return this.#serial(this.#unitOf(a.name), () => this.#rollback(a.name, a.version, a.reason, 'rollback', a.rolloutId));
   }
 
   // ---- install ----
 
-  async #install(args: ReturnType<typeof InstallArgsSchema.parse>, t0: number): Promise<InstallOutcome> {
-    const verdict = verifyInstall(args.release, this.#o.trustedKeys, this.#peekSlot(args.release, (n) => this.#state.models[n]), this.#o.identity);
-    if (verdict.kind === 'refuse' && !verdict.release) return this.#refuseUnverified(args.release, args.rolloutId, verdict.code, verdict.message);
-    const release = verdict.release!;
-    const m = release.manifest;
-    const ref = { name: m.name, version: m.version, counter: release.counter };
-    if (verdict.kind === 'already_active') {
+  /**
+   * One release, or a bundle (InstallArgs.bundle) as one unit: every release is verified and
+   * fitted with the others in place, then all are downloaded, then all validated, then all
+   * activated; a failure at any step leaves none of them active (those already swapped in are
+   * swapped back) and state.json is committed once, after the last swap.
+   */
+  async #install(args: InstallArgs, t0: number): Promise<InstallOutcome> {
+    const raws = membersOf(args);
+    const verdicts = raws.map((r) => verifyInstall(r.release, this.#o.trustedKeys, this.#peekSlot(r.release, (n) => this.#state.models[n]), this.#o.identity));
+    const unverified = verdicts.findIndex((v) => v.kind === 'refuse' && !v.release);
+    if (unverified >= 0) return this.#refuseUnverifiedMember(raws, verdicts, unverified, args.rolloutId);
+    const all: Member[] = verdicts.map((verdict, i) => ({ signed: raws[i]!.release, artifactPath: raws[i]!.artifactPath, release: verdict.release!, verdict }));
+    const ref = refOf(all[0]!);
+    const bundleRefs = all.length > 1 ? all.map(refOf) : undefined;
+    const outcomeBundle = (state: 'active' | 'already_active'): Pick<InstallOutcome, 'bundle'> =>
+      bundleRefs ? { bundle: all.map((x) => ({ ...refOf(x), state: x.verdict.kind === 'already_active' ? 'already_active' : state })) } : {};
+    // Releases already serving are left as they are (and out of the unit a rollback takes back).
+    const unit = all.filter((x) => x.verdict.kind !== 'already_active');
+    if (unit.length === 0) {
       this.#metrics?.installs.inc({ result: 'already_active', phase: 'none' });
-      return { ...ref, state: 'already_active' };
+      return { ...ref, state: 'already_active', ...outcomeBundle('already_active') };
     }
     let phase: InstallPhase = 'verify';
+    /** The release the install is at: a failure is its failure. */
+    let at = unit[0]!;
     const setPhase = (p: InstallPhase): void => {
       phase = p;
-      this.#installing.set(m.name, { version: m.version, counter: release.counter, phase: p });
+      for (const x of unit) this.#installing.set(x.release.manifest.name, { version: x.release.manifest.version, counter: x.release.counter, phase: p });
       this.#o.onStateChange?.();
     };
     try {
-      if (verdict.kind === 'refuse') {
-        throw new PhaseError('verify', verdict.code, VERIFY_CODES[verdict.code] ?? ErrorCode.FORBIDDEN, verdict.message, verdict.code !== 'FAILED_BEFORE' && verdict.code !== 'REPLAY');
-      }
-      const unfit = this.#o.fits?.(m);
-      // Not recorded as a failed release: the same release installs once a pipeline needs it.
-      if (unfit !== undefined) throw new PhaseError('verify', 'NOT_SERVED', ErrorCode.CONFLICT, `release not installed: ${unfit}`.slice(0, 480), false);
-      if (!this.#o.hubHttpUrl) {
-        throw new PhaseError('download', 'BAD_CONFIG', ErrorCode.BAD_CONFIG, 'hub.httpUrl is not configured: the agent cannot download model artifacts', false);
-      }
-      if (m.artifact.sha256 !== args.artifactPath.slice(args.artifactPath.lastIndexOf('/') + 1)) {
-        throw new PhaseError('verify', 'BAD_RELEASE', ErrorCode.BAD_PAYLOAD, 'artifactPath does not name the signed artifact', true);
+      const replacements = unit.map((x) => x.release.manifest);
+      for (const x of unit) {
+        at = x;
+        this.#precheck(x, replacements);
       }
       setPhase('download');
-      const part = join(this.#o.dir, PARTIAL_DIR, `${m.artifact.sha256}.part`);
-      // A v2 release may carry its test vectors in a sidecar: a second artifact, named by the
-      // signed manifest's sha256, downloaded the same way and validated with the model.
-      const tf = m.manifestVersion === 2 ? m.testVectorsFile : undefined;
-      const sidecar = tf ? { path: join(this.#o.dir, PARTIAL_DIR, `${tf.sha256}.part`), file: tf.file } : undefined;
-      try {
-        const download = (path: string, want: { sha256: string; size: number }, url: string): Promise<unknown> =>
-          downloadArtifact(
-            { url, authorization: `Bearer ${this.#o.identity.deviceId}:${this.#o.hubToken}`, path, sha256: want.sha256, size: want.size },
-            { ...this.#o.download, fetch: this.#o.fetch, log: this.#log, signal: this.#abort.signal, onBytes: (n) => this.#metrics?.bytes.inc(n) },
-          );
-        await download(part, m.artifact, `${this.#o.hubHttpUrl}${args.artifactPath}`);
-        if (tf && sidecar) await download(sidecar.path, tf, `${this.#o.hubHttpUrl}${args.artifactPath.slice(0, args.artifactPath.lastIndexOf('/') + 1)}${tf.sha256}`);
-      } catch (err) {
-        const e = toEdgefleetError(err);
-        throw new PhaseError('download', e.code, e.code, e.message, err instanceof ArtifactMismatch, err);
+      const fetched: Fetched[] = [];
+      for (const x of unit) {
+        at = x;
+        fetched.push(await this.#download(x));
       }
       setPhase('validate');
-      let outcome: Awaited<ReturnType<typeof probeModel>>;
-      try {
-        outcome = await probeModel(part, m, this.#o.validator, this.#log, sidecar?.path);
-      } catch (err) {
-        // The validator itself could not run (issue #12): nothing is known about the model, so it
-        // is neither quarantined nor recorded as failed; the verified download stays in .partial
-        // and a retry of the install reuses it.
-        const e = toEdgefleetError(err);
-        this.#log.error({ model: `${m.name}@${m.version}`, err: e }, 'the validator could not run; the candidate is kept for a retry');
-        throw new PhaseError('validate', e.code, e.code, e.message.slice(0, 480), false, err);
-      }
-      if (outcome.problems.length) {
-        if (sidecar) await rm(sidecar.path, { force: true });
-        const q = await this.#quarantine(part, m.artifact.sha256);
-        this.#log.error({ model: `${m.name}@${m.version}`, exit: outcome.exit, problems: outcome.problems, quarantined: q, peakRssMiB: Math.round(outcome.peakRssBytes / 2 ** 20) }, 'candidate model refused by the validator');
-        throw new PhaseError('validate', ErrorCode.BAD_MODEL, ErrorCode.BAD_MODEL, `validation failed: ${outcome.problems.join('; ')}`.slice(0, 480), true);
+      for (const [i, x] of unit.entries()) {
+        at = x;
+        await this.#validate(x, fetched[i]!);
       }
       setPhase('activate');
-      const model = await this.#placeVersion(part, release, args.release, sidecar);
-      let replaced: LocalModel | undefined;
-      try {
-        replaced = await this.#o.models.swap(model);
-      } catch (err) {
-        await rm(join(this.#o.dir, m.name, versionDirName({ version: m.version, counter: release.counter })), { recursive: true, force: true });
-        const e = toEdgefleetError(err);
-        throw new PhaseError('activate', e.code, e.code, `activation failed: ${e.message}`, true, err);
+      const placed: LocalModel[] = [];
+      for (const [i, x] of unit.entries()) {
+        at = x;
+        placed.push(await this.#placeVersion(fetched[i]!.part, x.release, x.signed, fetched[i]!.sidecar));
       }
-      const prevSlot = this.#state.models[m.name];
-      const previous = prevSlot?.active ?? this.#configVersion(m.name);
+      const swapped: (LocalModel | undefined)[] = [];
+      for (const [i, x] of unit.entries()) {
+        at = x;
+        try {
+          swapped.push(await this.#o.models.swap(placed[i]!));
+        } catch (err) {
+          await this.#swapBack(swapped);
+          for (const y of unit) await rm(join(this.#o.dir, y.release.manifest.name, versionDirName({ version: y.release.manifest.version, counter: y.release.counter })), { recursive: true, force: true });
+          const e = toEdgefleetError(err);
+          throw new PhaseError('activate', e.code, e.code, `activation failed: ${e.message}`, true, err);
+        }
+      }
       const probationMs = args.probationMs ?? this.#o.probationMs;
-      const installed: InstalledVersion = { version: m.version, counter: release.counter, sha256: m.artifact.sha256 };
-      this.#state.models[m.name] = {
-        active: installed,
-        ...(previous ? { previous } : {}),
-        highestCounter: release.counter,
-        ...(probationMs > 0 && this.#o.probation ? { probationUntil: this.#now() + probationMs } : {}),
-        failed: prevSlot?.failed ?? [],
-      };
-      await this.#save(); // the commit point
-      this.#installing.delete(m.name);
+      const unitRefs = unit.length > 1 ? unit.map(refOf) : undefined;
+      const previous = new Map<string, InstalledVersion | null>();
+      for (const x of unit) {
+        const m = x.release.manifest;
+        const prevSlot = this.#state.models[m.name];
+        const prev = prevSlot?.active ?? this.#configVersion(m.name);
+        previous.set(m.name, prev);
+        this.#state.models[m.name] = {
+          active: { version: m.version, counter: x.release.counter, sha256: m.artifact.sha256 },
+          ...(prev ? { previous: prev } : {}),
+          highestCounter: x.release.counter,
+          ...(probationMs > 0 && this.#o.probation ? { probationUntil: this.#now() + probationMs } : {}),
+          failed: prevSlot?.failed ?? [],
+          ...(unitRefs ? { bundle: unitRefs } : {}),
+        };
+      }
+      await this.#save(); // the commit point, once for the whole unit
+      for (const x of unit) this.#installing.delete(x.release.manifest.name);
       const durationMs = performance.now() - t0;
       this.#metrics?.installs.inc({ result: 'installed', phase: 'none' });
       this.#metrics?.duration.observe(durationMs / 1000);
       this.#refreshActiveGauge();
-      this.#log.info({ model: `${m.name}@${m.version}`, counter: release.counter, replaced: replaced?.key, durationMs: Math.round(durationMs) }, 'model release installed');
-      await this.#event({ event: 'installed', ...ref, rolloutId: args.rolloutId, ...(previous ? { previous } : {}), durationMs });
-      const until = this.#state.models[m.name]?.probationUntil;
-      if (until !== undefined && this.#o.probation) {
-        this.#o.probation.watch({ name: m.name, version: m.version, previousVersion: previous?.version, untilMs: until });
+      for (const [i, x] of unit.entries()) {
+        const m = x.release.manifest;
+        const prev = previous.get(m.name);
+        this.#log.info(
+          { model: `${m.name}@${m.version}`, counter: x.release.counter, replaced: swapped[i]?.key, durationMs: Math.round(durationMs), ...(bundleRefs ? { bundle: bundleRefs.map((b) => `${b.name}@${b.version}`) } : {}) },
+          'model release installed',
+        );
+        await this.#event({ event: 'installed', ...refOf(x), rolloutId: args.rolloutId, ...(prev ? { previous: prev } : {}), durationMs, bundle: bundleRefs });
+        const until = this.#state.models[m.name]?.probationUntil;
+        if (until !== undefined && this.#o.probation) {
+          this.#o.probation.watch({ name: m.name, version: m.version, previousVersion: prev?.version, untilMs: until });
+        }
       }
       this.#o.onStateChange?.();
       void this.#collectGarbage().catch((err: unknown) => this.#log.warn({ err }, 'model garbage collection failed'));
-      return { ...ref, state: 'active' };
+      return { ...ref, state: 'active', ...outcomeBundle('active') };
     } catch (err) {
-      this.#installing.delete(m.name);
+      for (const x of unit) this.#installing.delete(x.release.manifest.name);
       const pe = err instanceof PhaseError ? err : new PhaseError(phase, toEdgefleetError(err).code, toEdgefleetError(err).code, toEdgefleetError(err).message, false, err);
-      await this.#reject(release, args.rolloutId, pe);
+      await this.#reject(at.release, args.rolloutId, pe, bundleRefs);
       throw pe;
     }
   }
 
-  async #reject(release: ReleaseBody, rolloutId: string | undefined, e: PhaseError): Promise<void> {
+  /** The verify phase's refusals of one release (its fit judged with `replacements` in place). */
+  #precheck(x: Member, replacements: readonly Manifest[]): void {
+    const { verdict } = x;
+    const m = x.release.manifest;
+    if (verdict.kind === 'refuse') {
+      throw new PhaseError('verify', verdict.code, VERIFY_CODES[verdict.code] ?? ErrorCode.FORBIDDEN, verdict.message, verdict.code !== 'FAILED_BEFORE' && verdict.code !== 'REPLAY');
+    }
+    const unfit = this.#o.fits?.(m, replacements);
+    // Not recorded as a failed release: the same release installs once a pipeline needs it.
+    if (unfit !== undefined) throw new PhaseError('verify', 'NOT_SERVED', ErrorCode.CONFLICT, `release not installed: ${unfit}`.slice(0, 480), false);
+    if (!this.#o.hubHttpUrl) {
+      throw new PhaseError('download', 'BAD_CONFIG', ErrorCode.BAD_CONFIG, 'hub.httpUrl is not configured: the agent cannot download model artifacts', false);
+    }
+    if (m.artifact.sha256 !== x.artifactPath.slice(x.artifactPath.lastIndexOf('/') + 1)) {
+      throw new PhaseError('verify', 'BAD_RELEASE', ErrorCode.BAD_PAYLOAD, 'artifactPath does not name the signed artifact', true);
+    }
+  }
+
+  /** Downloads one release's artifact (and its test-vector sidecar) into .partial. */
+  async #download(x: Member): Promise<Fetched> {
+    const m = x.release.manifest;
+    const part = join(this.#o.dir, PARTIAL_DIR, `${m.artifact.sha256}.part`);
+    // A v2 release may carry its test vectors in a sidecar: a second artifact, named by the
+    // signed manifest's sha256, downloaded the same way and validated with the model.
+    const tf = m.manifestVersion === 2 ? m.testVectorsFile : undefined;
+    const sidecar = tf ? { path: join(this.#o.dir, PARTIAL_DIR, `${tf.sha256}.part`), file: tf.file } : undefined;
+    try {
+      const download = (path: string, want: { sha256: string; size: number }, url: string): Promise<unknown> =>
+        downloadArtifact(
+          { url, authorization: `Bearer ${this.#o.identity.deviceId}:${this.#o.hubToken}`, path, sha256: want.sha256, size: want.size },
+          { ...this.#o.download, fetch: this.#o.fetch, log: this.#log, signal: this.#abort.signal, onBytes: (n) => this.#metrics?.bytes.inc(n) },
+        );
+      await download(part, m.artifact, `${this.#o.hubHttpUrl}${x.artifactPath}`);
+      if (tf && sidecar) await download(sidecar.path, tf, `${this.#o.hubHttpUrl}${x.artifactPath.slice(0, x.artifactPath.lastIndexOf('/') + 1)}${tf.sha256}`);
+    } catch (err) {
+      const e = toEdgefleetError(err);
+      throw new PhaseError('download', e.code, e.code, e.message, err instanceof ArtifactMismatch, err);
+    }
+    return { part, ...(sidecar ? { sidecar } : {}) };
+  }
+
+  /** Runs one downloaded candidate through the validator child; a refusal quarantines it. */
+  async #validate(x: Member, { part, sidecar }: Fetched): Promise<void> {
+    const m = x.release.manifest;
+    let outcome: Awaited<ReturnType<typeof probeModel>>;
+    try {
+      outcome = await probeModel(part, m, this.#o.validator, this.#log, sidecar?.path);
+    } catch (err) {
+      // The validator itself could not run (issue #12): nothing is known about the model, so it
+      // is neither quarantined nor recorded as failed; the verified download stays in .partial
+      // and a retry of the install reuses it.
+      const e = toEdgefleetError(err);
+      this.#log.error({ model: `${m.name}@${m.version}`, err: e }, 'the validator could not run; the candidate is kept for a retry');
+      throw new PhaseError('validate', e.code, e.code, e.message.slice(0, 480), false, err);
+    }
+    if (outcome.problems.length) {
+      if (sidecar) await rm(sidecar.path, { force: true });
+      const q = await this.#quarantine(part, m.artifact.sha256);
+      this.#log.error({ model: `${m.name}@${m.version}`, exit: outcome.exit, problems: outcome.problems, quarantined: q, peakRssMiB: Math.round(outcome.peakRssBytes / 2 ** 20) }, 'candidate model refused by the validator');
+      throw new PhaseError('validate', ErrorCode.BAD_MODEL, ErrorCode.BAD_MODEL, `validation failed: ${outcome.problems.join('; ')}`.slice(0, 480), true);
+    }
+  }
+
+  /** Swaps back, newest first, the versions a failed unit replaced (best effort, logged). */
+  async #swapBack(replaced: readonly (LocalModel | undefined)[]): Promise<void> {
+    for (const old of [...replaced].reverse()) {
+      if (!old) continue;
+      try {
+        await this.#o.models.swap(old);
+      } catch (err) {
+        this.#log.error({ err, model: old.key }, 'could not swap a version of the unit back');
+      }
+    }
+  }
+
+  /** `bundle`: the releases of the command; each of the others gets a `rejected` event naming why. */
+  async #reject(release: ReleaseBody, rolloutId: string | undefined, e: PhaseError, bundle?: BundleMemberRef[]): Promise<void> {
     const m = release.manifest;
     this.#metrics?.installs.inc({ result: 'rejected', phase: e.phase });
-    this.#log.warn({ model: `${m.name}@${m.version}`, counter: release.counter, phase: e.phase, code: e.verdictCode, reason: e.message }, 'model release rejected');
+    this.#log.warn({ model: `${m.name}@${m.version}`, counter: release.counter, phase: e.phase, code: e.verdictCode, reason: e.message, ...(bundle ? { bundle: bundle.map((b) => `${b.name}@${b.version}`) } : {}) }, 'model release rejected');
     if (e.recordFailed && e.code !== ErrorCode.ABORTED) {
       const slot = this.#state.models[m.name] ?? { active: this.#configVersion(m.name), highestCounter: 0, failed: [] };
       slot.failed = withFailed(slot.failed, { version: m.version, counter: release.counter, phase: e.phase, code: e.verdictCode.slice(0, 64), message: e.message.slice(0, 500), ts: this.#now() });
       this.#state.models[m.name] = slot;
       await this.#save().catch((err: unknown) => this.#log.error({ err }, 'could not record a failed release'));
     }
-    await this.#event({ event: 'rejected', name: m.name, version: m.version, counter: release.counter, rolloutId, phase: e.phase, code: e.verdictCode.slice(0, 64), message: e.message.slice(0, 500) });
+    const code = e.verdictCode.slice(0, 64);
+    await this.#event({ event: 'rejected', name: m.name, version: m.version, counter: release.counter, rolloutId, phase: e.phase, code, message: e.message.slice(0, 500), bundle });
+    for (const b of bundle ?? []) {
+      if (b.name === m.name) continue;
+      const message = `not installed: ${m.name}@${m.version}, installed with it, failed (${e.phase} ${code}: ${e.message})`.slice(0, 500);
+      await this.#event({ event: 'rejected', ...b, rolloutId, phase: e.phase, code, message, bundle });
+    }
     this.#o.onStateChange?.();
+  }
+
+  /** A bundle with a release whose signature did not verify: refused whole, naming which. */
+  #refuseUnverifiedMember(raws: readonly RawMember[], verdicts: readonly Verdict[], i: number, rolloutId: string | undefined): Promise<never> {
+    const v = verdicts[i] as Extract<Verdict, { kind: 'refuse' }>;
+    return this.#refuseUnverified(raws[i]!.release, rolloutId, v.code, i === 0 ? v.message : `bundle release ${i}: ${v.message}`);
   }
 
   /** A release whose signature did not verify: nothing in it is trusted, nothing recorded in state. */
@@ -449,23 +591,42 @@ export class ModelUpdater implements Component {
     if (!slot?.active || slot.active.version !== version) {
       return { name, version, counter: slot?.failed.find((f) => f.version === version)?.counter ?? 0, state: 'not_active' };
     }
-    const bad = slot.active;
-    const prev = slot.previous;
-    if (!prev) throw new EdgefleetError(ErrorCode.ILLEGAL_STATE, `${name}@${version} has no previous version to roll back to`);
-    const model = await this.#openVersion(name, prev);
-    await this.#o.models.swap(model);
-    slot.active = prev;
-    delete slot.previous;
-    delete slot.probationUntil;
-    slot.failed = withFailed(slot.failed, { version: bad.version, counter: bad.counter, phase, code: 'ROLLED_BACK', message: reason.slice(0, 500), ts: this.#now() });
+    // A release installed with others as one unit goes back with them: one alone would break the chain.
+    const steps = this.#unitOf(name).map((n) => {
+      const s = this.#state.models[n]!;
+      return { name: n, slot: s, bad: s.active!, prev: s.previous };
+    });
+    const lacking = steps.find((s) => !s.prev);
+    if (lacking) throw new EdgefleetError(ErrorCode.ILLEGAL_STATE, `${lacking.name}@${lacking.bad.version} has no previous version to roll back to`);
+    const models: LocalModel[] = [];
+    for (const s of steps) models.push(await this.#openVersion(s.name, s.prev!));
+    const replaced: (LocalModel | undefined)[] = [];
+    try {
+      for (const m of models) replaced.push(await this.#o.models.swap(m));
+    } catch (err) {
+      await this.#swapBack(replaced);
+      throw err;
+    }
+    const bundle = steps.length > 1 ? steps.map((s) => ({ name: s.name, version: s.bad.version, counter: s.bad.counter })) : undefined;
+    const why = (s: (typeof steps)[number]): string => (s.name === name ? reason : `rolled back with ${name}@${version}: ${reason}`).slice(0, 500);
+    for (const s of steps) {
+      s.slot.active = s.prev!;
+      delete s.slot.previous;
+      delete s.slot.probationUntil;
+      delete s.slot.bundle;
+      s.slot.failed = withFailed(s.slot.failed, { version: s.bad.version, counter: s.bad.counter, phase, code: 'ROLLED_BACK', message: why(s), ts: this.#now() });
+    }
     await this.#save();
-    this.#o.probation?.cancel(name);
     this.#metrics?.installs.inc({ result: 'rolled_back', phase });
     this.#refreshActiveGauge();
-    this.#log.warn({ model: `${name}@${version}`, restored: `${name}@${prev.version}`, phase, reason }, 'model rolled back');
-    await this.#event({ event: 'rolled_back', name, version: bad.version, counter: bad.counter, rolloutId, restored: prev, phase, message: reason.slice(0, 500) });
+    for (const s of steps) {
+      this.#o.probation?.cancel(s.name);
+      this.#log.warn({ model: `${s.name}@${s.bad.version}`, restored: `${s.name}@${s.prev!.version}`, phase, reason: why(s) }, 'model rolled back');
+      await this.#event({ event: 'rolled_back', name: s.name, version: s.bad.version, counter: s.bad.counter, rolloutId, restored: s.prev, phase, message: why(s), bundle });
+    }
     this.#o.onStateChange?.();
-    return { name, version: bad.version, counter: bad.counter, state: 'rolled_back' };
+    const bad = steps[0]!.bad;
+    return { name, version: bad.version, counter: bad.counter, state: 'rolled_back', ...(bundle ? { bundle: bundle.map((b) => ({ ...b, state: 'rolled_back' as const })) } : {}) };
   }
 
   async #probationPassed(name: string, version: string): Promise<void> {
@@ -490,39 +651,41 @@ export class ModelUpdater implements Component {
     return model;
   }
 
-  async #chooseStartup(name: string, slot: SlotState, signal: AbortSignal): Promise<{ path: string; changed: boolean }> {
+  /** `lostWith`: why the active version may not start though its files are fine (its unit fell back). */
+  async #chooseStartup(name: string, slot: SlotState, signal: AbortSignal, lostWith?: string): Promise<{ path: string; changed: boolean }> {
     const cfg = this.#configModels.get(name)!;
     const candidates: { which: 'active' | 'previous'; v: InstalledVersion }[] = [];
-    if (slot.active) candidates.push({ which: 'active', v: slot.active });
+    if (slot.active && lostWith === undefined) candidates.push({ which: 'active', v: slot.active });
     if (slot.previous) candidates.push({ which: 'previous', v: slot.previous });
     for (const c of candidates) {
       if (c.v.counter === 0) {
         if (c.v.sha256 !== cfg.manifest.artifact.sha256) {
           this.#log.warn({ model: name, state: c.v.version, config: cfg.manifest.version }, 'the config model changed since it was last active');
         }
-        return this.#settle(slot, c.which, { ...c.v, version: cfg.manifest.version, sha256: cfg.manifest.artifact.sha256 }, cfg.path);
+        return this.#settle(slot, c.which, { ...c.v, version: cfg.manifest.version, sha256: cfg.manifest.artifact.sha256 }, cfg.path, lostWith);
       }
       try {
         const model = await this.#openVersion(name, c.v, signal);
-        return this.#settle(slot, c.which, c.v, model.manifestPath);
+        return this.#settle(slot, c.which, c.v, model.manifestPath, lostWith);
       } catch (err) {
         this.#log.error({ err, model: `${name}@${c.v.version}`, counter: c.v.counter, which: c.which }, 'installed model version unusable at start-up; falling back');
       }
     }
     this.#log.error({ model: name }, 'no installed version usable: serving the config model');
-    return this.#settle(slot, 'config', this.#configVersion(name)!, cfg.path);
+    return this.#settle(slot, 'config', this.#configVersion(name)!, cfg.path, lostWith);
   }
 
-  #settle(slot: SlotState, which: 'active' | 'previous' | 'config', v: InstalledVersion, path: string): { path: string; changed: boolean } {
+  #settle(slot: SlotState, which: 'active' | 'previous' | 'config', v: InstalledVersion, path: string, why = 'installed files failed verification at start-up'): { path: string; changed: boolean } {
     if (which === 'active' && slot.active?.sha256 === v.sha256 && slot.active.version === v.version) return { path, changed: false };
     const lost = slot.active;
     if (lost && lost.counter > 0 && which !== 'active') {
-      slot.failed = withFailed(slot.failed, { version: lost.version, counter: lost.counter, phase: 'activate', code: 'BAD_MODEL', message: 'installed files failed verification at start-up', ts: this.#now() });
+      slot.failed = withFailed(slot.failed, { version: lost.version, counter: lost.counter, phase: 'activate', code: 'BAD_MODEL', message: why.slice(0, 500), ts: this.#now() });
     }
     slot.active = v;
     if (which !== 'active') {
       delete slot.previous;
       delete slot.probationUntil;
+      delete slot.bundle;
     }
     return { path, changed: true };
   }
@@ -539,15 +702,29 @@ export class ModelUpdater implements Component {
     return name ? slotOf(name) : undefined;
   }
 
-  #serial<T>(name: string, fn: () => Promise<T>): Promise<T> {
-    const prev = this.#chains.get(name) ?? Promise.resolve();
+  /** Runs `fn` after every operation queued before it on any of `names` (a bundle holds all its names). */
+  #serial<T>(names: string | readonly string[], fn: () => Promise<T>): Promise<T> {
+    const list = typeof names === 'string' ? [names] : names;
+    const prev = Promise.all(list.map((n) => this.#chains.get(n) ?? Promise.resolve()));
     const run = prev.then(fn, fn);
     const tail = run.catch(() => undefined);
-    this.#chains.set(name, tail);
+    for (const n of list) this.#chains.set(n, tail);
     void tail.then(() => {
-      if (this.#chains.get(name) === tail) this.#chains.delete(name);
+      for (const n of list) if (this.#chains.get(n) === tail) this.#chains.delete(n);
     });
     return run;
+  }
+
+  /**
+   * `name` and the releases installed with its active version as one unit that still serve
+   * (state `bundle`); just `name` for a release installed alone.
+   */
+  #unitOf(name: string): string[] {
+    const others = (this.#state.models[name]?.bundle ?? []).filter((b) => {
+      const a = this.#state.models[b.name]?.active;
+      return b.name !== name && a?.version === b.version && a.counter === b.counter;
+    });
+    return [name, ...others.map((b) => b.name)];
   }
 
   #save(): Promise<void> {

@@ -31,7 +31,7 @@ import { Counter, Gauge, type Registry } from 'prom-client';
 import { EdgefleetError, ErrorCode, toEdgefleetError } from '../../shared/errors.ts';
 import type { Component } from '../../shared/lifecycle.ts';
 import type { Logger } from '../../shared/log.ts';
-import { PROTOCOL_VERSION, type Command, type CommandResult, type Hello, type TelemetryRecord } from '../../shared/protocol.ts';
+import { MAX_PAYLOAD_BYTES, PROTOCOL_VERSION, type Command, type CommandResult, type Hello, type TelemetryRecord } from '../../shared/protocol.ts';
 import {
   HEALTH_KIND,
   INSTALL_COMMAND,
@@ -202,9 +202,22 @@ export class RolloutEngine implements Component {
     const parsed = RolloutSpecSchema.safeParse(body);
     if (!parsed.success) throw new EdgefleetError(ErrorCode.BAD_INPUT, parsed.error.issues.map((i) => `${i.path.join('.') || '(body)'}: ${i.message}`).join('; '));
     const spec = parsed.data;
+    const names = [spec.model, ...(spec.with ?? []).map((w) => w.model)];
+    const twice = names.find((n, i) => names.indexOf(n) !== i);
+    if (twice !== undefined) throw new EdgefleetError(ErrorCode.BAD_INPUT, `with: model ${twice} is named twice: a rollout installs one version of each model`);
     const id = await this.#serial(async () => {
       const model = await this.#o.store.getModel(spec.model, spec.version);
       if (!model) throw new EdgefleetError(ErrorCode.NOT_FOUND, `no release ${spec.model}@${spec.version}`);
+      // Every release of the unit must exist now, and all of them fit in one install command.
+      let releaseBytes = model.release.length;
+      for (const w of spec.with ?? []) {
+        const m = await this.#o.store.getModel(w.model, w.version);
+        if (!m) throw new EdgefleetError(ErrorCode.NOT_FOUND, `with: no release ${w.model}@${w.version}`);
+        releaseBytes += m.release.length;
+      }
+      if (releaseBytes > MAX_PAYLOAD_BYTES - 65_536) {
+        throw new EdgefleetError(ErrorCode.BAD_INPUT, `with: the releases' signed manifests take ${releaseBytes} bytes, more than one install command carries (${MAX_PAYLOAD_BYTES - 65_536})`);
+      }
       const matching = (await this.#o.store.listRolloutCandidates()).filter((d) => matchesTarget(spec.target, d));
       if (matching.length === 0) throw new EdgefleetError(ErrorCode.BAD_INPUT, 'no registered device matches the target');
       const plan = planWaves(spec.waves, matching.length);
@@ -213,7 +226,7 @@ export class RolloutEngine implements Component {
         { id: rolloutId, model: spec.model, version: spec.version, counter: model.counter, sha256: model.sha256, spec: JSON.stringify(spec), plan, createdAt: this.#now() },
         assignWaves(matching, plan),
       );
-      this.#log.info({ rollout: rolloutId, model: spec.model, version: spec.version, devices: matching.length, plan }, 'rollout created');
+      this.#log.info({ rollout: rolloutId, model: spec.model, version: spec.version, with: spec.with, devices: matching.length, plan }, 'rollout created');
       return rolloutId;
     });
     this.nudge();
@@ -313,7 +326,14 @@ export class RolloutEngine implements Component {
   async #outcome(deviceId: string, rolloutId: string | undefined, name: string, version: string, to: RolloutDeviceState, history: HistoryEntry, fromVersion?: { version: string; counter: number }, detail?: string): Promise<void> {
     const store = this.#o.store;
     let target = rolloutId;
-    if (target === undefined || !(await store.getRollout(target))) target = (await store.rolloutsOfDevice(deviceId, name, version))[0]?.rolloutId;
+    const named = target === undefined ? undefined : await store.getRollout(target);
+    if (named && named.model !== name) {
+      // A release installed with the rollout's own (spec `with`): the agent reports the unit's
+      // outcome on the rollout's own release too, which alone moves the device's state.
+      await store.appendHistory({ ...history, rolloutId: named.id });
+      return;
+    }
+    if (target === undefined || !named) target = (await store.rolloutsOfDevice(deviceId, name, version))[0]?.rolloutId;
     if (target === undefined) {
       await store.appendHistory(history);
       return;
@@ -467,6 +487,15 @@ export class RolloutEngine implements Component {
       return;
     }
     const spec = parseSpec(r.spec);
+    const bundle: NonNullable<InstallArgs['bundle']> = [];
+    for (const w of spec.with ?? []) {
+      const m = await this.#o.store.getModel(w.model, w.version);
+      if (!m) {
+        this.#log.error({ rollout: r.id, model: w.model, version: w.version }, 'a release the rollout installs with its own is gone');
+        return;
+      }
+      bundle.push({ release: JSON.parse(m.release) as unknown, artifactPath: `/v1/artifacts/${m.sha256}` });
+    }
     const active = device.modelState.find((s) => s.name === r.model)?.active;
     const from = active && active.version !== r.version ? { version: active.version, counter: active.counter } : null;
     const id = installCommandId(r.id, r.counter);
@@ -477,6 +506,7 @@ export class RolloutEngine implements Component {
       artifactPath: `/v1/artifacts/${model.sha256}`,
       rolloutId: r.id,
       ...(spec.probationMs === undefined ? {} : { probationMs: spec.probationMs }),
+      ...(bundle.length ? { bundle } : {}),
     };
     await this.#publish(device.id, { v: PROTOCOL_VERSION, type: 'command', id, ts: now, name: INSTALL_COMMAND, args }, 'install');
   }

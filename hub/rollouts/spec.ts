@@ -7,6 +7,7 @@
 import { z } from 'zod';
 import { GateThresholdsSchema } from '../../shared/health.ts';
 import { DeviceIdSchema, NameSchema } from '../../shared/ids.ts';
+import { MAX_BUNDLE } from '../../shared/updates.ts';
 import { OutputGateThresholdsSchema } from './output-gate.ts';
 
 /** The behaviour gate's thresholds: shared/health.ts's plus the output gate's (hub/rollouts/output-gate.ts). */
@@ -39,9 +40,19 @@ export const TargetSchema = z
   });
 export type Target = z.infer<typeof TargetSchema>;
 
+/** A release of another model installed with the rollout's own as one unit (a chain's stages). */
+export const WithReleaseSchema = z.strictObject({ model: NameSchema, version: z.string().min(1).max(64) });
+export type WithRelease = z.infer<typeof WithReleaseSchema>;
+
 export const RolloutSpecSchema = z.strictObject({
   model: NameSchema,
   version: z.string().min(1).max(64),
+  /**
+   * Releases of other models installed with `model@version` as one unit on each device (issue
+   * #13: a chain whose stages changed their interface together). Gates, health and the rollout's
+   * desired state follow `model`; a rollback of the unit on a device rolls back every release.
+   */
+  with: z.array(WithReleaseSchema).min(1).max(MAX_BUNDLE).optional(),
   target: TargetSchema,
   waves: z.array(WaveSchema).min(1).max(20).default(DEFAULT_WAVES),
   /** Fraction of a wave's reporting devices that must succeed. */

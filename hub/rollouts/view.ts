@@ -14,6 +14,8 @@ export interface RolloutStatus {
   id: string;
   model: string;
   version: string;
+  /** Releases installed with model@version as one unit (spec `with`); empty for one release. */
+  with: { model: string; version: string }[];
   counter: number;
   state: RolloutRecord['state'];
   phase: RolloutPhase;
@@ -39,7 +41,7 @@ function count(devices: readonly RolloutDeviceRecord[]): Counts {
 const iso = (t: number | null): string | null => (t === null ? null : new Date(t).toISOString());
 
 export function rolloutView(r: RolloutRecord, devices: readonly RolloutDeviceRecord[], withDevices: boolean): RolloutStatus {
-  const spec = JSON.parse(r.spec) as { approval?: string };
+  const spec = JSON.parse(r.spec) as { approval?: string; with?: { model: string; version: string }[] };
   const ended = r.state === 'completed' || r.state === 'aborted' || r.state === 'rolled_back';
   const phase: RolloutPhase = ended
     ? 'ended'
@@ -56,6 +58,7 @@ export function rolloutView(r: RolloutRecord, devices: readonly RolloutDeviceRec
     id: r.id,
     model: r.model,
     version: r.version,
+    with: (spec.with ?? []).map((w) => ({ model: w.model, version: w.version })),
     counter: r.counter,
     state: r.state,
     phase,

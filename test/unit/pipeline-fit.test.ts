@@ -81,4 +81,19 @@ void describe('releaseFitProblem', () => {
     assert.match(releaseFitProblem(pipelines, wideHead, (n) => (n === 'mel' ? melOut : undefined)) ?? '', /pipeline kws: mel@1.0.0 output emb gives 8 values, not whole rows of 5/);
     assert.equal(releaseFitProblem(pipelines, head, (n) => (n === 'mel' ? melOut : undefined)), undefined);
   });
+
+  test('releases installed as one unit are fitted together: each alone breaks the chain, both together fit', () => {
+    const pipelines = [pipe({ name: 'kws', model: 'mel', chain: ['head'], input: { type: 'mqtt', format: 'json' } })];
+    const mel = v2('mel', [{ name: 'x', dtype: 'float32', shape: [1, 2], source: { kind: 'reading', features: [{ name: 'a' }, { name: 'b' }] } }], { kind: 'anomaly', threshold: 1 }, 'anomaly');
+    const mel1 = { ...mel, outputs: [{ name: 'emb', dtype: 'float32' as const, shape: [1, 4] }] };
+    const mel2 = { ...mel1, version: '2.0.0', outputs: [{ name: 'emb', dtype: 'float32' as const, shape: [1, 6] }] };
+    const head2 = { ...head, version: '2.0.0', inputs: head.manifestVersion === 2 ? head.inputs.map((i) => ({ ...i, shape: [1, 6] })) : [] } as Manifest;
+    const running = (n: string): Manifest | undefined => (n === 'mel' ? mel1 : n === 'head' ? head : undefined);
+    assert.match(releaseFitProblem(pipelines, mel2, running) ?? '', /pipeline kws: mel@2.0.0 output emb gives 6 values, not whole rows of 4 for head input e/);
+    assert.match(releaseFitProblem(pipelines, head2, running) ?? '', /pipeline kws: mel@1.0.0 output emb gives 4 values, not whole rows of 6/);
+    assert.equal(releaseFitProblem(pipelines, mel2, running, [mel2, head2]), undefined);
+    assert.equal(releaseFitProblem(pipelines, head2, running, [mel2, head2]), undefined);
+    // A replacement of another name only: the chain is still judged against what it replaces.
+    assert.match(releaseFitProblem(pipelines, mel2, running, [mel2]) ?? '', /not whole rows of 4/);
+  });
 });
