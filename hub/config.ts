@@ -153,7 +153,7 @@ export const HubConfigSchema = z.object({
           mqttMaxPendingPerAddress: z.number().int().min(1).default(128),
           /** All MQTT connections from one address: a whole site behind one NAT must fit. */
           mqttMaxPerAddress: z.number().int().min(1).default(10_000),
-          /** A connection must send a whole request head within this (and again after each keep-alive response). */
+          /** A connection must send a whole request head within this (and again after each response: keep it above the 5 s keep-alive timeout). */
           headersTimeoutMs: z.number().int().min(100).max(600_000).default(10_000),
           /** A request body must move minBodyBytesPerSecond over each window this long, or the connection is closed. */
           bodyTimeoutMs: z.number().int().min(100).max(600_000).default(10_000),
