@@ -677,7 +677,8 @@ export class RolloutEngine implements Component {
       }
       if (d.state !== 'pending' || inflight >= spec.maxConcurrent) continue;
       const slot = c.modelState.find((s) => s.name === r.model);
-      if (slot?.active?.version === r.version) {
+      const withActive = (spec.with ?? []).every((w) => c.modelState.find((s) => s.name === w.model)?.active?.version === w.version);
+      if (slot?.active?.version === r.version && withActive) {
         await this.#outcome(d.deviceId, r.id, r.model, r.version, 'succeeded', {
           deviceId: d.deviceId,
           ts: now,
