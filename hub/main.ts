@@ -51,6 +51,7 @@ import { loadHubConfig, type HubConfig } from './config.ts';
 import { Ingest } from './ingest/ingest.ts';
 import { KpiIndexer } from './kpis/indexer.ts';
 import { KpiService } from './kpis/service.ts';
+import { ArtifactAccess } from './models/artifact-access.ts';
 import { ArtifactStore } from './models/artifact-store.ts';
 import { ModelRegistry } from './models/registry.ts';
 import { KeyRing } from './models/signing-keys.ts';
@@ -86,6 +87,8 @@ export interface Hub extends Service {
   readonly alertDelivery: AlertDelivery;
   /** Device sample requests and upload quotas (issue #14; tests open requests with `open()`). */
   readonly sampleRequests: SampleRequests;
+  /** Which artifacts each device may fetch (issue #14; `forget()` drops cached decisions). */
+  readonly artifactAccess: ArtifactAccess;
   /** The HTTP API (test/unit/openapi.test.ts reads its route table). */
   readonly api: ApiServer;
   /** Bound ports: valid after start() (configured 0 → the port the OS chose). */
@@ -236,6 +239,7 @@ export function createHub(config: HubConfig, deps: HubDeps): Promise<Hub> {
     broker.forgetSession(id);
   });
   security.onOperatorTokenRevoked((tokenId) => apiAuth.forget(tokenId));
+  const artifactAccess = new ArtifactAccess({ store, log: log.child({ component: 'artifacts' }), registry });
   const audit = new AuditLog(store, log.child({ component: 'audit' }), registry);
   const api = new ApiServer({
     host: config.http.host,
@@ -249,6 +253,7 @@ export function createHub(config: HubConfig, deps: HubDeps): Promise<Hub> {
     security,
     audit,
     models,
+    artifactAccess,
     rollouts,
     feedback,
     kpis,
@@ -278,6 +283,7 @@ export function createHub(config: HubConfig, deps: HubDeps): Promise<Hub> {
     alerts,
     alertDelivery,
     sampleRequests,
+    artifactAccess,
     api,
     get mqttPort() {
       return broker.port;
