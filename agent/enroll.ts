@@ -63,7 +63,7 @@ export async function ensureCredentials(
   })).trim();
   // The credential can only be stored if the data directory is writable: check before the hub
   // spends the token on us (a credential received and then lost would strand the device id).
-  await mkdir(config.dataDir, { recursive: true });
+  await mkdir(config.dataDir, { recursive: true, mode: 0o700 });
   await access(config.dataDir, constants.W_OK).catch((err: unknown) => {
     throw new EdgefleetError(ErrorCode.BAD_CONFIG, `dataDir ${config.dataDir} is not writable: ${(err as Error).message}`);
   });

@@ -4,7 +4,6 @@
  * process entry (`edgefleet agent --config <file>`); `createAgent` is what tests embed.
  */
 import { chainProblem, releaseFitProblem } from './models/pipeline-fit.ts';
-import { mkdirSync } from 'node:fs';
 import { totalmem } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
@@ -34,6 +33,7 @@ import { FolderInput } from './inputs/folder-input.ts';
 import { FolderJournal } from './inputs/folder-journal.ts';
 import { HttpInferHandler } from './inputs/http-infer.ts';
 import { MqttBrokerInput } from './inputs/mqtt-broker-input.ts';
+import { securePrivateTree } from '../shared/private-files.ts';
 import { MqttInput } from './inputs/mqtt-input.ts';
 import { INPUT_MARKS_FILE, RetainedReplayGuard } from './inputs/retained-guard.ts';
 import { configureSharp } from './preprocess/image.ts';
@@ -69,7 +69,8 @@ export interface Agent {
 export function createAgent(config: AgentConfig, deps: { log: Logger; registry?: Registry }): Agent {
   const log = deps.log;
   const registry = deps.registry ?? new Registry();
-  mkdirSync(config.dataDir, { recursive: true });
+  // State is private (issue #14): the data dir and everything in it 0700/0600, whatever the umask.
+  securePrivateTree(config.dataDir, log);
   // Process-wide and idempotent: no libvips cache, one thread per image, no document loaders.
   configureSharp();
   const lifecycle = new Lifecycle(log);

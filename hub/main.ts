@@ -349,7 +349,7 @@ export function createHub(config: HubConfig, deps: HubDeps): Promise<Hub> {
       'hub-info',
       async () => {
         const tmp = `${infoFile}.tmp`;
-        await writeFile(tmp, `${JSON.stringify({ mqttUrl: hub.mqttUrl, httpUrl: hub.httpUrl, pid: process.pid }, null, 2)}\n`);
+        await writeFile(tmp, `${JSON.stringify({ mqttUrl: hub.mqttUrl, httpUrl: hub.httpUrl, pid: process.pid }, null, 2)}\n`, { mode: 0o600 });
         await rename(tmp, infoFile);
         log.info({ mqttUrl: hub.mqttUrl, httpUrl: hub.httpUrl, adminTokenFile: join(config.dataDir, 'admin.token') }, 'hub ready');
       },

@@ -19,6 +19,7 @@
 import Database from 'better-sqlite3';
 import { EdgefleetError, ErrorCode, toEdgefleetError } from '../../shared/errors.ts';
 import type { Component } from '../../shared/lifecycle.ts';
+import { privateSqlite } from '../../shared/private-files.ts';
 import type { PendingRecord } from '../pipeline.ts';
 
 export type JournalState = 'appending' | 'done';
@@ -49,6 +50,7 @@ export class FolderJournal implements Component {
     if (signal.aborted) return Promise.reject(new EdgefleetError(ErrorCode.ABORTED, 'folder journal start aborted'));
     try {
       const db = new Database(this.o.path, { timeout: 1000 });
+      privateSqlite(this.o.path); // before WAL mode creates -wal and -shm with its mode (issue #14)
       db.pragma('journal_mode = WAL');
       db.pragma(`synchronous = ${this.o.synchronous}`);
       db.exec(SCHEMA);

@@ -25,6 +25,7 @@ import type { Registry } from 'prom-client';
 import { Counter, Gauge, Histogram } from 'prom-client';
 import { EdgefleetError, ErrorCode, toEdgefleetError } from '../../shared/errors.ts';
 import type { Component } from '../../shared/lifecycle.ts';
+import { privateSqlite } from '../../shared/private-files.ts';
 import { LogThrottle, type Logger } from '../../shared/log.ts';
 import type { z } from 'zod';
 import { NameSchema, type SeqRange, type StreamPositionSchema, type TelemetryRecord } from '../../shared/protocol.ts';
@@ -34,7 +35,7 @@ export type StreamPosition = z.infer<typeof StreamPositionSchema>;
 export type OutboxSynchronous = 'NORMAL' | 'FULL';
 
 export interface OutboxOptions {
-  /** SQLite file; created with its directory's permissions if missing. */
+  /** SQLite file; created 0600 if missing (with its -wal and -shm). */
   path: string;
   /** See the module header. Default NORMAL. */
   synchronous?: OutboxSynchronous;
@@ -203,6 +204,8 @@ export class Outbox implements Component {
     let db: Database.Database | undefined;
     try {
       db = new Database(this.#opts.path, { timeout: this.#opts.busyTimeoutMs });
+      // 0600 before WAL mode creates -wal and -shm, which SQLite gives the database's mode (issue #14).
+      privateSqlite(this.#opts.path);
       db.pragma('journal_mode = WAL');
       db.pragma(`busy_timeout = ${Math.round(this.#opts.busyTimeoutMs)}`);
       db.pragma(`journal_size_limit = ${Math.round(this.#opts.walLimitBytes)}`);

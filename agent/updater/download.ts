@@ -101,7 +101,7 @@ async function attempt(req: DownloadRequest, o: DownloadOptions): Promise<void> 
       throw new EdgefleetError(code, `artifact download: HTTP ${res.status}`);
     }
     if (!res.body) throw new EdgefleetError(ErrorCode.UNAVAILABLE, 'artifact download: no body');
-    const fh = await open(req.path, start === 0 ? 'w' : 'a');
+    const fh = await open(req.path, start === 0 ? 'w' : 'a', 0o600);
     let pos = start;
     try {
       arm();

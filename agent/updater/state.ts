@@ -57,7 +57,7 @@ export async function fsyncPath(path: string): Promise<void> {
 }
 
 /** Writes `text` to `path` atomically and durably (mode 0600 for secrets). */
-export async function writeFileDurable(path: string, dir: string, text: string, mode = 0o644): Promise<void> {
+export async function writeFileDurable(path: string, dir: string, text: string, mode = 0o600): Promise<void> {
   const tmp = `${path}.tmp`;
   const fh = await open(tmp, 'w', mode);
   try {

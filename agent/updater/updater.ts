@@ -215,8 +215,8 @@ export class ModelUpdater implements Component {
 
   async start(signal: AbortSignal): Promise<void> {
     const { dir } = this.#o;
-    await mkdir(join(dir, PARTIAL_DIR), { recursive: true });
-    await mkdir(join(dir, QUARANTINE_DIR), { recursive: true });
+    await mkdir(join(dir, PARTIAL_DIR), { recursive: true, mode: 0o700 });
+    await mkdir(join(dir, QUARANTINE_DIR), { recursive: true, mode: 0o700 });
     const loaded = await loadState(dir, this.#now());
     if (loaded.problem) this.#log.error({ problem: loaded.problem }, 'model state unreadable; starting from the config models');
     this.#state = loaded.state;
@@ -553,14 +553,14 @@ export class ModelUpdater implements Component {
     const nameDir = join(this.#o.dir, m.name);
     const finalDir = join(nameDir, versionDirName({ version: m.version, counter: release.counter }));
     const staging = join(nameDir, `${STAGING_PREFIX}${versionDirName({ version: m.version, counter: release.counter })}`);
-    await mkdir(nameDir, { recursive: true });
+    await mkdir(nameDir, { recursive: true, mode: 0o700 });
     await rm(staging, { recursive: true, force: true });
     await rm(finalDir, { recursive: true, force: true });
-    await mkdir(staging);
+    await mkdir(staging, { mode: 0o700 });
     const manifest: Manifest = { ...m, artifact: { ...m.artifact, file: 'model.onnx' } };
     await rename(part, join(staging, 'model.onnx'));
-    await writeFile(join(staging, 'manifest.json'), `${JSON.stringify(manifest, null, 1)}\n`);
-    await writeFile(join(staging, 'release.json'), `${JSON.stringify(signed)}\n`);
+    await writeFile(join(staging, 'manifest.json'), `${JSON.stringify(manifest, null, 1)}\n`, { mode: 0o600 });
+    await writeFile(join(staging, 'release.json'), `${JSON.stringify(signed)}\n`, { mode: 0o600 });
     // The sidecar keeps the name the manifest gives it, beside the manifest (where loaders look).
     if (sidecar) await rename(sidecar.path, join(staging, sidecar.file));
     for (const f of ['model.onnx', 'manifest.json', 'release.json', ...(sidecar ? [sidecar.file] : [])]) await fsyncPath(join(staging, f));

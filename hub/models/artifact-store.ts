@@ -11,6 +11,7 @@ import { mkdir, open, rename, rm, stat, readdir, type FileHandle } from 'node:fs
 import { join } from 'node:path';
 import type { Readable } from 'node:stream';
 import { EdgefleetError, ErrorCode } from '../../shared/errors.ts';
+import { PRIVATE_DIR_MODE, PRIVATE_FILE_MODE } from '../../shared/private-files.ts';
 
 export const SHA256_RE = /^[0-9a-f]{64}$/;
 
@@ -88,7 +89,7 @@ export class ArtifactStore {
 
   /** Creates the directories and removes temp files left by a crash. */
   async init(): Promise<void> {
-    await mkdir(this.#tmp, { recursive: true });
+    await mkdir(this.#tmp, { recursive: true, mode: PRIVATE_DIR_MODE });
     for (const f of await readdir(this.#tmp)) await rm(join(this.#tmp, f), { force: true });
   }
 
@@ -117,7 +118,7 @@ export class ArtifactStore {
     const tmpPath = join(this.#tmp, `${randomBytes(8).toString('hex')}.part`);
     const hash = createHash('sha256');
     let size = 0;
-    const fh = await open(tmpPath, 'wx', 0o644);
+    const fh = await open(tmpPath, 'wx', PRIVATE_FILE_MODE);
     try {
       try {
         await consume(body, async (buf) => {
@@ -156,7 +157,7 @@ export class ArtifactStore {
         done = true;
         const final = this.pathOf(sha256);
         const dir = join(this.root, sha256.slice(0, 2));
-        await mkdir(dir, { recursive: true });
+        await mkdir(dir, { recursive: true, mode: PRIVATE_DIR_MODE });
         // Same name = same bytes (content address): replacing an existing file is harmless.
         await rename(tmpPath, final);
         await fsyncDir(dir);

@@ -76,7 +76,8 @@ export class KeyRing {
     await mkdir(this.dir, { recursive: true, mode: 0o700 });
     const key = generateSigningKey();
     await writeAtomic(join(this.dir, `${key.keyId}.key`), privateKeyPem(key), 0o600);
-    await writeAtomic(join(this.dir, `${key.keyId}.pub`), key.publicKeyPem, 0o644);
+    // Public, but state like the rest of the data dir (issue #14): 0600.
+    await writeAtomic(join(this.dir, `${key.keyId}.pub`), key.publicKeyPem, 0o600);
     return key;
   }
 

@@ -7,7 +7,6 @@
  * roll the transaction back and reject with EdgefleetError STORAGE; callers decide what that
  * means (ingest answers `ok: false` and acks nothing).
  */
-import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import Database from 'better-sqlite3';
 import { z } from 'zod';
@@ -16,6 +15,7 @@ import { EdgefleetError, ErrorCode, toEdgefleetError } from '../../shared/errors
 import type { Logger } from '../../shared/log.ts';
 import { ModelRefSchema, StreamPositionSchema, type Hello, type TelemetryRecord } from '../../shared/protocol.ts';
 import type { HealthWindow } from '../../shared/updates.ts';
+import { privateSqlite, securePrivateTree } from '../../shared/private-files.ts';
 import { MIGRATIONS, type Migration } from './migrations.ts';
 import * as kpis from './sqlite-kpis.ts';
 import * as drift from './sqlite-drift.ts';
@@ -170,9 +170,12 @@ export class SqliteHubStore implements HubStore {
 
   start(_signal: AbortSignal): Promise<void> {
     try {
-      mkdirSync(this.#opts.dataDir, { recursive: true });
+      // State is private (issue #14): the data dir and everything in it 0700/0600, whatever the
+      // umask; the database is narrowed before WAL mode creates -wal and -shm with its mode.
+      securePrivateTree(this.#opts.dataDir, this.#opts.log);
       const db = new Database(this.file);
       try {
+        privateSqlite(this.file);
         db.pragma('journal_mode = WAL');
         db.pragma(`synchronous = ${this.#opts.synchronous}`);
         db.pragma(`busy_timeout = ${Math.trunc(this.#opts.busyTimeoutMs)}`);
