@@ -25,7 +25,8 @@ describe('retained inputs', () => {
   before(async () => {
     const hub = await fleet.startHub();
     const token = await fleet.addPrincipal({ id: DEVICE });
-    configFile = writeAgentConfig({ dir: join(fleet.root, DEVICE), deviceId: DEVICE, token, mqttUrl: hub.mqttUrl, modelsDir: MODELS_DIR });
+    // One worker, no updater: five agent starts stay cheap.
+    configFile = writeAgentConfig({ dir: join(fleet.root, DEVICE), deviceId: DEVICE, token, mqttUrl: hub.mqttUrl, modelsDir: MODELS_DIR, extra: { runtime: { workers: 1 }, updates: { enabled: false } } });
   });
 
   after(async () => {
@@ -91,7 +92,7 @@ describe('retained inputs', () => {
     const b = agent;
     await until(async () => (await replays(b)) === 1, 10_000, 'the retained r3 skipped after the last restart');
     // Give a stray re-inference time to reach the hub before counting.
-    await new Promise((r) => setTimeout(r, 500));
+    await new Promise((r) => setTimeout(r, 300));
     const ids = await storedIds();
     assert.deepEqual(Object.fromEntries(ids), { r1: 1, r2: 1, r3: 1 });
     assert.equal(await replays(a), 0, 'the start that saw r3 first did not skip it');
