@@ -13,6 +13,7 @@
  */
 import { parseArgs, type ParseArgsConfig } from 'node:util';
 import { HUB_OPTIONS, HubClient, HubError, UsageError, resolveHub, type CliIo, type HubTarget } from './commands/http-client.ts';
+import { safe, safeBlock, safeJson } from './render.ts';
 
 export { HUB_OPTIONS_HELP, UsageError, type CliIo } from './commands/http-client.ts';
 
@@ -66,7 +67,8 @@ export function exitCodeOf(err: unknown): ExitCode {
 /** Prints an error the way every command does and returns its exit code. */
 export function failure(io: CliIo, command: string, err: unknown, usage: string): ExitCode {
   const code = exitCodeOf(err);
-  const message = err instanceof Error ? err.message : String(err);
+  // One line whatever the hub (or an id in it) said: a newline in a message cannot forge output.
+  const message = safe(err instanceof Error ? err.message : String(err));
   if (code === EXIT.USAGE) io.err(`${command}: ${message}\n\n${usage}`);
   else if (err instanceof HubError) {
     const text = err.status === 401 ? 'the hub refused the API token' : message;
@@ -95,10 +97,13 @@ function checkPositionals(positionals: readonly string[], spec: CommandSpec<Pars
 /** Parses argv for `spec`, runs `body`, and turns anything thrown into a message and an exit code. */
 export async function runCommand<O extends ParseArgsOptionsConfig = Record<never, never>>(
   argv: string[],
-  io: CliIo,
+  rawIo: CliIo,
   spec: CommandSpec<O>,
   body: (ctx: CommandContext<O>) => Promise<number | void>,
 ): Promise<number> {
+  // The last net (cli/render.ts): whatever a command prints, a hub-supplied string in it cannot
+  // drive the terminal; cells and values are escaped where they are rendered.
+  const io: CliIo = { ...rawIo, out: (s) => rawIo.out(safeBlock(s)), err: (s) => rawIo.err(safeBlock(s)) };
   try {
     if (wantsHelp(argv)) {
       io.out(spec.usage);
@@ -146,18 +151,19 @@ export async function runSubcommands(
   return failure(io, spec.name, new UsageError(sub === undefined ? `a command is required (${Object.keys(spec.commands).join(', ')})` : `unknown ${spec.name} command '${sub}'`), spec.usage);
 }
 
-/** `value` as indented JSON on stdout. */
+/** `value` as indented JSON on stdout (bidi overrides and C1 controls \u-escaped: same JSON value). */
 export function printJson(io: CliIo, value: unknown): void {
-  io.out(`${JSON.stringify(value, null, 2)}\n`);
+  io.out(`${safeJson(value)}\n`);
 }
 
 /**
  * A plain text table: one column per entry of `columns` (header → cell), padded to the widest
- * cell, two spaces apart, no trailing blanks, ending in a newline.
+ * cell, two spaces apart, no trailing blanks, ending in a newline. Cells are escaped
+ * (cli/render.ts `safe`): a value with a newline or an escape sequence stays in its cell.
  */
 export function table<R>(rows: readonly R[], columns: Record<string, (row: R) => string>): string {
   const head = Object.keys(columns);
-  const cells = rows.map((r) => Object.values(columns).map((cell) => cell(r)));
+  const cells = rows.map((r) => Object.values(columns).map((cell) => safe(cell(r))));
   const widths = head.map((h, i) => Math.max(h.length, ...cells.map((c) => (c[i] ?? '').length)));
   const line = (c: readonly string[]): string =>
     c

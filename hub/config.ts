@@ -11,6 +11,7 @@ import { deepFreeze, loadConfig } from '../shared/config.ts';
 import { LOG_LEVELS } from '../shared/log.ts';
 import { MAX_PAYLOAD_BYTES, NameSchema } from '../shared/protocol.ts';
 import { ClientCertModeSchema } from '../shared/tls.ts';
+import { AuditConfigSchema } from './auth/audit.ts';
 import { KpisConfigSchema } from './kpis/config.ts';
 import { AlertsConfigSchema } from './alerts/config.ts';
 import { DriftConfigSchema } from './drift/config.ts';
@@ -231,6 +232,8 @@ export const HubConfigSchema = z.object({
   kpis: KpisConfigSchema.prefault({}),
   drift: DriftConfigSchema,
   alerts: AlertsConfigSchema,
+  /** Audit log retention and anonymous-refusal folding (issue #14; hub/auth/audit.ts). */
+  audit: AuditConfigSchema.prefault({}),
   log: z.object({ level: z.enum(LOG_LEVELS).default('info') }).prefault({}),
 });
 export type HubConfig = z.infer<typeof HubConfigSchema>;

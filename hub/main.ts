@@ -240,7 +240,7 @@ export function createHub(config: HubConfig, deps: HubDeps): Promise<Hub> {
   });
   security.onOperatorTokenRevoked((tokenId) => apiAuth.forget(tokenId));
   const artifactAccess = new ArtifactAccess({ store, log: log.child({ component: 'artifacts' }), registry });
-  const audit = new AuditLog(store, log.child({ component: 'audit' }), registry);
+  const audit = new AuditLog(store, log.child({ component: 'audit' }), registry, { config: config.audit, now });
   const api = new ApiServer({
     host: config.http.host,
     port: config.http.port,
@@ -315,6 +315,9 @@ export function createHub(config: HubConfig, deps: HubDeps): Promise<Hub> {
   const step = (name: string, start: (signal: AbortSignal) => Promise<void>, stop: () => Promise<void> = () => Promise.resolve()): Component => ({ name, start, stop });
 
   lifecycle.add(store);
+  // Right after the store: seals pre-chain rows at start; stops just before the store, writing
+  // the anonymous refusals folded so far.
+  lifecycle.add(audit);
   lifecycle.add(
     step('admin-token', async () => {
       adminToken = await ensureAdminToken(store, config.dataDir, log.child({ component: 'auth' }), now);

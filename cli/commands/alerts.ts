@@ -5,6 +5,7 @@
  */
 import { z } from 'zod';
 import { HUB_OPTIONS_HELP, UsageError, runCommand, runSubcommands, type CliIo } from '../command.ts';
+import { esc } from '../render.ts';
 
 const USAGE = `usage: edgefleet alerts [--state open|acknowledged|resolved] [--json]
        edgefleet alerts ack|resolve <id> [--json]
@@ -38,7 +39,7 @@ export function alertsPath(f: { state?: string }): string {
   return `/v1/alerts?state=${f.state}`;
 }
 
-const line = (a: Alert): string => `${a.id}  ${a.state.padEnd(12)} ${a.openedAt ?? ''}  ${a.message}${a.resolvedBy ? `  [resolved by ${a.resolvedBy}]` : ''}`;
+const line = (a: Alert): string => esc`${a.id}  ${a.state.padEnd(12)} ${a.openedAt ?? ''}  ${a.message}${a.resolvedBy ? `  [resolved by ${a.resolvedBy}]` : ''}`;
 
 function list(argv: string[], io: CliIo): Promise<number> {
   return runCommand(argv, io, { name: 'alerts', usage: USAGE, options: { state: { type: 'string' } } }, async ({ values, hub, show }) => {

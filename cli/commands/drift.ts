@@ -7,6 +7,7 @@
 import { z } from 'zod';
 import { HUB_OPTIONS_HELP, UsageError, runCommand, type CliIo } from '../command.ts';
 import { parseDuration } from './rollout.ts';
+import { esc, safe } from '../render.ts';
 
 const USAGE = `usage: edgefleet drift [--model <name>@<version>] [--scope fleet|group|device] [--id <id>]
                       [--feature <f>] [--since <duration>] [--limit <n>] [--json]
@@ -77,13 +78,13 @@ function formatDrift(d: z.infer<typeof DriftSchema>): string {
   if (d.windows.length === 0) return 'no tested drift windows yet (windows are tested after they close, plus drift.graceMs)\n';
   const lines: string[] = [];
   for (const w of d.windows) {
-    const head = `${w.windowStart}  ${w.model}@${w.version}`;
-    if (w.skipped) lines.push(`${head}  not tested: ${w.skipped}`);
-    else lines.push(`${head}  ${w.devices ?? 0} device(s), ${w.tests ?? 0} tests${w.headlines?.length ? '' : ', no drift'}`, ...(w.headlines ?? []).map((h) => `    ${h}`));
+    const head = esc`${w.windowStart}  ${w.model}@${w.version}`;
+    if (w.skipped) lines.push(`${head}  not tested: ${safe(w.skipped)}`);
+    else lines.push(`${head}  ${w.devices ?? 0} device(s), ${w.tests ?? 0} tests${w.headlines?.length ? '' : ', no drift'}`, ...(w.headlines ?? []).map((h) => `    ${safe(h)}`));
   }
   if (d.findings.length) {
     lines.push('', 'findings:');
-    for (const f of d.findings) lines.push(`  ${f.windowStart}  ${f.model}@${f.version}  ${f.scope}/${f.id}  ${f.message}`);
+    for (const f of d.findings) lines.push(esc`  ${f.windowStart}  ${f.model}@${f.version}  ${f.scope}/${f.id}  ${f.message}`);
   }
   return `${lines.join('\n')}\n`;
 }

@@ -18,6 +18,7 @@ import { ManifestSchema } from '../../shared/manifest.ts';
 import { HUB_OPTIONS_HELP, UsageError, humanBytes as human, parseRef, runCommand, runSubcommands, table, type CliIo } from '../command.ts';
 import { Progress, bar, progressMode } from '../progress.ts';
 import type { HubClient } from './http-client.ts';
+import { esc } from '../render.ts';
 
 const USAGE = `usage: edgefleet model push <file.onnx> --manifest <manifest.json> [--progress] [--json]
        edgefleet model list [--json]
@@ -206,7 +207,7 @@ function formatShow(m: z.infer<typeof ShowSchema>): string {
   const man = m.manifest;
   const dims = (s: (number | string)[]): string => `[${s.join(', ')}]`;
   const lines = [
-    `${m.name}@${m.version}${man.description ? `: ${man.description}` : ''}`,
+    esc`${m.name}@${m.version}${man.description ? `: ${man.description}` : ''}`,
     `  release      counter ${m.counter}, created ${m.createdAt}`,
     `  signature    ${m.release.signature.alg}, key ${m.release.signature.keyId}`,
     `  artifact     ${man.artifact.file}, ${human(m.size)}, sha256 ${m.sha256}`,

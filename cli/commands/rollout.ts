@@ -9,6 +9,7 @@ import { z } from 'zod';
 import { EXIT, HUB_OPTIONS_HELP, UsageError, exitCodeOf, parseRef, runCommand, runSubcommands, table, type CliIo } from '../command.ts';
 import { Progress, bar, progressMode } from '../progress.ts';
 import type { HubClient } from './http-client.ts';
+import { esc } from '../render.ts';
 
 const USAGE = `usage: edgefleet rollout create <name>@<version> --target <selector> [options]
        edgefleet rollout list [--json]
@@ -180,17 +181,17 @@ export function formatList(rollouts: Status[]): string {
 
 export function formatStatus(s: Status): string {
   const lines = [
-    `${s.id}: ${s.model}@${s.version} ${s.state}${s.phase !== 'ended' && s.phase !== s.state ? ` (${s.phase})` : ''}${s.reason ? ` — ${s.reason}` : ''}`,
+    esc`${s.id}: ${s.model}@${s.version} ${s.state}${s.phase !== 'ended' && s.phase !== s.state ? ` (${s.phase})` : ''}${s.reason ? ` — ${s.reason}` : ''}`,
     `  devices   ${countsText(s.counts)}`,
     ...s.waves.map((w) => `  wave ${w.index + 1}    ${w.status.padEnd(7)} ${w.devices} device(s), cumulative ${w.cumulative}: ${countsText(w.counts)}`),
     ...(s.bake.until ? [`  bake      until ${s.bake.until}${s.bake.extensions ? ` (extended ${s.bake.extensions}×)` : ''}`] : []),
     ...s.gates.flatMap((g) => [
-      `  gate      wave ${g.wave + 1}: ${g.verdict} → ${g.action} (${g.samples.candidate} vs ${g.samples.baseline} inferences, baseline ${g.baseline})${g.breaches.length ? `: ${g.breaches.map((b) => b.detail).join('; ')}` : ''}`,
-      ...(g.output ? [`  output    wave ${g.wave + 1}: ${g.output.verdict}: ${g.output.detail}`] : []),
+      esc`  gate      wave ${g.wave + 1}: ${g.verdict} → ${g.action} (${g.samples.candidate} vs ${g.samples.baseline} inferences, baseline ${g.baseline})${g.breaches.length ? `: ${g.breaches.map((b) => b.detail).join('; ')}` : ''}`,
+      ...(g.output ? [esc`  output    wave ${g.wave + 1}: ${g.output.verdict}: ${g.output.detail}`] : []),
     ]),
   ];
   const troubled = (s.devices ?? []).filter((d) => d.state === 'failed' || d.state === 'rolled_back');
-  for (const d of troubled) lines.push(`  ${d.state.padEnd(9)} ${d.id}${d.detail ? `: ${d.detail}` : ''}`);
+  for (const d of troubled) lines.push(esc`  ${d.state.padEnd(9)} ${d.id}${d.detail ? `: ${d.detail}` : ''}`);
   return `${lines.join('\n')}\n`;
 }
 

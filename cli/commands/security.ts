@@ -5,11 +5,18 @@
  *     enroll-token list | enroll-token revoke <id>
  *   edgefleet device revoke <id>
  *   edgefleet audit [--since 24h] [--actor a] [--action x] [--outcome ok|denied|failed] [--limit n]
+ *   edgefleet audit verify [--file export.jsonl] [--against earlier.jsonl] | audit export [--out file]
  * New secrets (operator tokens, enrollment tokens) are printed once, on stdout, and never again.
  */
+import { createReadStream, createWriteStream } from 'node:fs';
+import { createInterface } from 'node:readline';
+import { Readable } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
 import { z } from 'zod';
-import { HUB_OPTIONS_HELP, UsageError, runCommand, runSubcommands, table, type CliIo } from '../command.ts';
-import { parseLabels } from './http-client.ts';
+import { AuditChainVerifier, AuditExportHeaderSchema, ChainedAuditRowSchema, type AuditExportHeader, type AuditVerifyResult } from '../../shared/audit-chain.ts';
+import { EXIT, HUB_OPTIONS_HELP, UsageError, runCommand, runSubcommands, table, type CliIo } from '../command.ts';
+import { esc } from '../render.ts';
+import { HubError, parseLabels, type HubTarget } from './http-client.ts';
 import { parseDuration } from './rollout.ts';
 
 const TOKEN_USAGE = `usage: edgefleet token create <name> --role viewer|operator|admin [--json]
@@ -57,9 +64,19 @@ ${HUB_OPTIONS_HELP}
 `;
 
 const AUDIT_USAGE = `usage: edgefleet audit [--since <duration>] [--actor <name>] [--action <a>] [--outcome ok|denied|failed] [--limit <n>] [--json]
+       edgefleet audit verify [--file <export.jsonl>] [--against <earlier-export.jsonl>] [--json]
+       edgefleet audit export [--out <file>]
 
 The hub's audit log, newest first: every operator action (allowed, denied or failed), every
-enrollment and revocation, with who, what, when, from where and the HTTP status.
+enrollment and revocation, with who, what, when, from where and the HTTP status. Refusals of
+requests without valid credentials are folded into one auth.refused row per address per
+minute, with their count.
+
+verify checks the log's hash chain (on the hub, or an exported file offline with --file) and
+prints ok or the first broken row and why: a gap in ids is a deleted row, a hash mismatch an
+edited one; exit 1 when broken. --against takes an earlier export and also checks that its
+newest row is still in the log unchanged, which catches a chain rewritten end to end.
+export writes the whole log as JSON lines with the hashes (stdout, or --out), for auditors.
 
 Options:
   --since <duration>   only entries from this long ago, e.g. 1h, 7d
@@ -177,7 +194,7 @@ export function runDeviceRevoke(argv: string[], io: CliIo): Promise<number> {
   });
 }
 
-export function runAudit(argv: string[], io: CliIo): Promise<number> {
+function auditList(argv: string[], io: CliIo): Promise<number> {
   const options = { since: { type: 'string' }, actor: { type: 'string' }, action: { type: 'string' }, outcome: { type: 'string' }, limit: { type: 'string' } } as const;
   return runCommand(argv, io, { name: 'audit', usage: AUDIT_USAGE, options }, async ({ values, hub, show }) => {
     const q = new URLSearchParams();
@@ -205,4 +222,113 @@ export function runAudit(argv: string[], io: CliIo): Promise<number> {
           }),
     );
   });
+}
+
+const VerifySchema = z.object({
+  ok: z.boolean(),
+  rows: z.number(),
+  firstId: z.number().nullable(),
+  head: z.object({ id: z.number(), hash: z.string() }).nullable(),
+  start: z.string().nullable(),
+  broken: z.object({ id: z.number(), reason: z.string(), message: z.string() }).optional(),
+});
+
+/** Checks an export file line by line (constant memory); its header's head must be its last row. */
+async function verifyFile(file: string): Promise<{ header: AuditExportHeader; result: AuditVerifyResult }> {
+  const lines = createInterface({ input: createReadStream(file, 'utf8'), crlfDelay: Infinity });
+  const v = new AuditChainVerifier();
+  let header: AuditExportHeader | undefined;
+  let n = 0;
+  for await (const line of lines) {
+    n++;
+    if (line.trim() === '') continue;
+    let json: unknown;
+    try {
+      json = JSON.parse(line);
+    } catch {
+      throw new UsageError(`${file}:${n}: not JSON`);
+    }
+    if (!header) {
+      const h = AuditExportHeaderSchema.safeParse(json);
+      if (!h.success) throw new UsageError(`${file}: not an edgefleet audit export (the first line is not its header)`);
+      header = h.data;
+      continue;
+    }
+    const row = ChainedAuditRowSchema.safeParse(json);
+    if (!row.success) throw new UsageError(`${file}:${n}: not an audit row`);
+    v.push(row.data);
+  }
+  if (!header) throw new UsageError(`${file} is empty`);
+  const result = v.result();
+  const head = result.head;
+  if (result.ok && (header.rows !== result.rows || head?.id !== header.head?.id || head?.hash !== header.head?.hash)) {
+    const id = head?.id ?? 0;
+    return { header, result: { ...result, ok: false, broken: { id, reason: 'head_mismatch', message: `the file holds ${result.rows} rows ending at ${id}; its header says ${header.rows} ending at ${header.head?.id ?? '-'} (rows cut off or added)` } } };
+  }
+  return { header, result };
+}
+
+function verifyText(r: z.infer<typeof VerifySchema>, what: string): string {
+  if (r.ok) return esc`${what}: ok, ${r.rows} rows${r.firstId !== null ? ` (${r.firstId}..${r.head?.id ?? '?'}, from the ${r.start === 'checkpoint' ? 'last prune checkpoint' : 'start'})` : ''}${r.head ? `, head ${r.head.hash}` : ''}\n`;
+  const b = r.broken;
+  return esc`${what}: BROKEN at row ${b?.id ?? '?'} (${b?.reason ?? '?'}): ${b?.message ?? ''}; ${r.rows} rows checked\n`;
+}
+
+function auditVerify(argv: string[], io: CliIo): Promise<number> {
+  const options = { file: { type: 'string' }, against: { type: 'string' } } as const;
+  return runCommand(argv, io, { name: 'audit verify', usage: AUDIT_USAGE, options }, async ({ values, hub, show }) => {
+    if (values.file !== undefined && values.against !== undefined) throw new UsageError('--against checks the live log; with --file there is nothing to compare against');
+    let r: z.infer<typeof VerifySchema>;
+    let what: string;
+    if (values.file !== undefined) {
+      r = (await verifyFile(values.file)).result;
+      what = values.file;
+    } else {
+      const q = new URLSearchParams();
+      if (values.against !== undefined) {
+        const { header, result } = await verifyFile(values.against);
+        if (!result.ok) throw new UsageError(`${values.against} does not verify itself: ${result.broken?.message ?? ''}`);
+        if (header.head) {
+          q.set('anchorId', String(header.head.id));
+          q.set('anchorHash', header.head.hash);
+        }
+      }
+      r = await (await hub(60_000)).request('GET', `/v1/audit/verify${q.size ? `?${q.toString()}` : ''}`, VerifySchema);
+      what = 'audit log';
+    }
+    show(r, () => verifyText(r, what));
+    return r.ok ? EXIT.OK : EXIT.FAILED;
+  });
+}
+
+async function fetchExport(t: HubTarget): Promise<Response> {
+  let res: Response;
+  try {
+    res = await fetch(`${t.url}/v1/audit/export`, { headers: { authorization: `Bearer ${t.token}` } });
+  } catch (err) {
+    throw new HubError(`cannot reach the hub at ${t.url}: ${(err as Error).message}`, 0, 'UNAVAILABLE');
+  }
+  if (!res.ok || !res.body) {
+    const body = z.object({ error: z.object({ code: z.string(), message: z.string() }) }).safeParse(await res.json().catch(() => undefined));
+    throw new HubError(body.success ? body.data.error.message : `hub answered HTTP ${res.status}`, res.status, body.success ? body.data.error.code : 'INTERNAL');
+  }
+  return res;
+}
+
+function auditExport(argv: string[], io: CliIo): Promise<number> {
+  return runCommand(argv, io, { name: 'audit export', usage: AUDIT_USAGE, options: { out: { type: 'string', short: 'o' } } }, async ({ values, target }) => {
+    const res = await fetchExport(await target());
+    const body = Readable.fromWeb(res.body as import('node:stream/web').ReadableStream<Uint8Array>);
+    if (values.out !== undefined) {
+      await pipeline(body, createWriteStream(values.out, { mode: 0o600 }));
+      io.err(`audit log exported to ${values.out}\n`);
+      return;
+    }
+    // stdout: JSON lines are already escaped JSON (controls appear as \uXXXX), so nothing raw reaches the terminal.
+    for await (const chunk of body) io.out(String(chunk));
+  });
+}
+
+export function runAudit(argv: string[], io: CliIo): Promise<number> {
+  return runSubcommands(argv, io, { name: 'audit', usage: AUDIT_USAGE, commands: { verify: auditVerify, export: auditExport }, fallback: auditList });
 }

@@ -39,7 +39,7 @@ import { FeedbackBatchSchema } from '../feedback/feedback.ts';
 import { KpiQuerySchema } from '../kpis/service.ts';
 import { RolloutSpecSchema } from '../rollouts/spec.ts';
 import * as S from './schemas.ts';
-import { AuditQuerySchema, CreateDeviceSchema, ModelAnnounceSchema, TelemetryQuerySchema } from './server.ts';
+import { AuditQuerySchema, AuditVerifyQuerySchema, CreateDeviceSchema, ModelAnnounceSchema, TelemetryQuerySchema } from './server.ts';
 
 export type HttpMethod = 'GET' | 'HEAD' | 'POST' | 'PUT' | 'DELETE' | 'PATCH';
 /** Who may call: nobody in particular, an operator token of at least that role, or a device. */
@@ -236,12 +236,34 @@ export function apiOperations(): Operation[] {
       query: AuditQuerySchema,
       responses: { 200: json('A page of entries', S.AuditPageSchema) },
     },
+    {
+      method: 'GET',
+      path: '/v1/audit/verify',
+      operationId: 'verifyAudit',
+      summary: "Checks the audit log's hash chain and reports ok or the first broken row and why",
+      description: 'A deleted row shows as a gap in ids, an edited one as a hash mismatch. With `anchorId` and `anchorHash` (the head of an earlier export) the hub also checks that row still carries that hash, which catches a chain recomputed end to end.',
+      tags: ['security'],
+      auth: 'admin',
+      query: AuditVerifyQuerySchema,
+      responses: { 200: json('The verdict (200 also when the chain is broken: see ok)', S.AuditVerifySchema) },
+    },
+    {
+      method: 'GET',
+      path: '/v1/audit/export',
+      operationId: 'exportAudit',
+      summary: 'The whole audit log as JSON lines with its hashes, to verify offline',
+      description: 'The first line is a header `{format, exportedAt, rows, head}`; each further line one row exactly as stored (`details` is the stored JSON text the hash covers). `edgefleet audit verify --file` checks it.',
+      tags: ['security'],
+      auth: 'admin',
+      responses: { 200: { description: 'JSON lines', raw: { 'application/x-ndjson': { type: 'string' } } } },
+    },
     { method: 'GET', path: '/v1/devices/{id}/history', operationId: 'getDeviceHistory', summary: "The device's append-only model history", tags: ['devices'], auth: 'viewer', responses: { 200: json('History, oldest first', S.DeviceHistorySchema) } },
     {
       method: 'POST',
       path: '/v1/rollouts',
       operationId: 'createRollout',
       summary: 'Start a staged rollout of a release',
+      description: 'With `with`, further releases (other models, such as the stages of a chain) are installed with the release on each device as one unit: fitted and validated together, activated together, rolled back together. Gates and health follow `model`.',
       tags: ['rollouts'],
       auth: 'operator',
       body: RolloutSpecSchema,

@@ -163,6 +163,26 @@ export const CreatedEnrollmentTokenSchema = EnrollmentTokenSchema.extend({ token
 
 export const RevokedPrincipalSchema = z.object({ id: z.string(), kind: z.enum(['device', 'sensor', 'consumer']), revokedAt: IsoTime });
 
+/** GET /v1/audit/verify (issue #14, shared/audit-chain.ts AuditVerifyResult). */
+export const AuditVerifySchema = z.object({
+  ok: z.boolean(),
+  /** Rows checked. */
+  rows: z.number().int(),
+  firstId: z.number().int().nullable(),
+  /** The newest row; keep its hash elsewhere and pass it as the anchor later. */
+  head: z.object({ id: z.number().int(), hash: z.string() }).nullable(),
+  /** What vouches for the first kept row: the start of the log or a prune checkpoint. */
+  start: z.enum(['genesis', 'checkpoint']).nullable(),
+  /** The first problem in id order: gap (deleted rows), hash_mismatch (edited row), prev_hash_mismatch, unsealed, bad_checkpoint, head_mismatch. */
+  broken: z
+    .object({
+      id: z.number().int(),
+      reason: z.enum(['hash_mismatch', 'prev_hash_mismatch', 'gap', 'unsealed', 'bad_checkpoint', 'head_mismatch']),
+      message: z.string(),
+    })
+    .optional(),
+});
+
 export const AuditPageSchema = z.object({
   entries: z.array(
     z.object({

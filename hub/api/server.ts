@@ -177,6 +177,14 @@ export const AuditQuerySchema = z.strictObject({
   limit: z.coerce.number().int().min(1).max(1000).default(100),
 });
 
+export const AuditVerifyQuerySchema = z
+  .strictObject({
+    /** An earlier export's head (its header `head`): that row must still carry that hash. */
+    anchorId: z.coerce.number().int().positive().optional(),
+    anchorHash: z.string().regex(/^[0-9a-f]{64}$/, '64 lowercase hex digits').optional(),
+  })
+  .refine((q) => (q.anchorId === undefined) === (q.anchorHash === undefined), 'anchorId and anchorHash go together');
+
 function requireOp(op: Operator | undefined): Operator {
   if (!op) throw new EdgefleetError(ErrorCode.UNAUTHORIZED, 'a valid bearer token is required');
   return op;
@@ -240,6 +248,8 @@ export class ApiServer implements Component {
       { method: 'POST', pattern: /^\/v1\/enrollment-tokens\/([^/]+)\/revoke$/, auth: 'admin', action: 'enrollment-token.revoke', handler: async (_q, res, p) => sendJson(res, 200, await opts.security.revokeEnrollmentToken(p.id ?? '')) },
       { method: 'POST', pattern: /^\/v1\/enroll$/, auth: 'none', action: 'device.enroll', handler: (req, res, p) => this.#enroll(req, res, p.note) },
       { method: 'GET', pattern: /^\/v1\/audit$/, auth: 'admin', handler: (_q, res, p) => this.#auditQuery(res, p.query) },
+      { method: 'GET', pattern: /^\/v1\/audit\/verify$/, auth: 'admin', handler: (_q, res, p) => this.#auditVerify(res, p.query) },
+      { method: 'GET', pattern: /^\/v1\/audit\/export$/, auth: 'admin', handler: (_q, res) => this.#auditExport(res) },
       { method: 'GET', pattern: /^\/v1\/devices\/([^/]+)\/history$/, auth: 'viewer', handler: (_q, res, p) => this.#deviceHistory(res, p.id ?? '') },
       { method: 'POST', pattern: /^\/v1\/rollouts$/, auth: 'operator', action: 'rollout.create', handler: (req, res) => this.#createRollout(req, res) },
       { method: 'GET', pattern: /^\/v1\/rollouts$/, auth: 'viewer', handler: async (_q, res) => sendJson(res, 200, { rollouts: await opts.rollouts.list() }) },
@@ -471,6 +481,32 @@ export class ApiServer implements Component {
       entries: entries.map((e) => ({ ...e, at: new Date(e.ts).toISOString() })),
       next: entries.length === q.limit && last ? last.id : null,
     });
+  }
+
+  async #auditVerify(res: ServerResponse, query: URLSearchParams): Promise<void> {
+    const parsed = AuditVerifyQuerySchema.safeParse(Object.fromEntries(query));
+    if (!parsed.success) throw new EdgefleetError(ErrorCode.BAD_INPUT, formatIssues(parsed.error));
+    const { anchorId, anchorHash } = parsed.data;
+    const result = await this.#o.audit.verify(anchorId === undefined || anchorHash === undefined ? undefined : { id: anchorId, hash: anchorHash });
+    sendJson(res, 200, result);
+  }
+
+  /** JSON lines (shared/audit-chain.ts): a header, then every row with its hashes; written page by page, waiting for drain. */
+  async #auditExport(res: ServerResponse): Promise<void> {
+    res.writeHead(200, { 'content-type': 'application/x-ndjson; charset=utf-8', 'cache-control': 'no-store' });
+    await this.#o.audit.export(async (chunk) => {
+      if (res.destroyed) throw new EdgefleetError(ErrorCode.ABORTED, 'the client went away during the audit export');
+      if (!res.write(chunk)) await new Promise<void>((resolve) => {
+        const done = (): void => {
+          res.off('drain', done);
+          res.off('close', done);
+          resolve();
+        };
+        res.once('drain', done);
+        res.once('close', done);
+      });
+    });
+    res.end();
   }
 
   #healthz(res: ServerResponse): Promise<void> {

@@ -45,7 +45,8 @@ interface EnrollmentRow {
   revoked_at: number | null;
 }
 
-interface AuditRow {
+/** An audit_log row as SQLite returns it. */
+export interface AuditRow {
   id: number;
   ts: number;
   actor: string;
@@ -156,7 +157,7 @@ export function enrollPrincipal(db: Db, tokenId: string, p: Omit<NewPrincipal, '
 }
 
 /** Canonical chain fields of a stored row. */
-const toChained = (r: AuditRow): ChainedAuditRow => ({
+export const toChained = (r: AuditRow): ChainedAuditRow => ({
   id: r.id,
   ts: r.ts,
   actor: r.actor,
@@ -248,8 +249,9 @@ export function pruneAudit(db: Db, p: AuditPrune): AuditPruneResult | undefined 
       const span = db.prepare('SELECT MIN(id) AS first, MAX(id) AS last, COUNT(*) AS n FROM audit_log').get() as { first: number | null; last: number | null; n: number };
       if (span.first === null || span.last === null) return undefined;
       const byAge = (db.prepare('SELECT MAX(id) AS id FROM audit_log WHERE ts < ?').get(p.olderThan) as { id: number | null }).id ?? 0;
-      // Keep maxRows rows including the checkpoint about to be written.
-      const byCount = span.last + 1 - p.maxRows;
+      // Past maxRows, down to maxRows including the checkpoint about to be written; at maxRows
+      // nothing is due, so a full log does not churn a row and a checkpoint every run.
+      const byCount = span.n > p.maxRows ? span.last + 1 - p.maxRows : 0;
       const through = Math.min(Math.max(byAge, byCount), span.first + p.batch - 1, span.last);
       if (through < span.first) return undefined;
       const verifier = new AuditChainVerifier();
