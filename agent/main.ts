@@ -173,7 +173,7 @@ export function createAgent(config: AgentConfig, deps: { log: Logger; registry?:
           keepVersions: config.updates.keepVersions,
           configManifests,
           models,
-          fits: (manifest) => releaseFitProblem(config.pipelines, manifest, (name) => models.byName(name)?.manifest),
+          fits: (manifest, replacements) => releaseFitProblem(config.pipelines, manifest, (name) => models.byName(name)?.manifest, replacements),
           events: outbox,
           probation,
           onStateChange: () => link.republishHello(),

@@ -41,6 +41,8 @@ Options for create (defaults in brackets):
   --on-breach <policy>  rollback | pause [rollback]
   --approval <mode>     none | each-wave [none]
   --probation <duration> agent-side probation after activation [agent default]
+  --with <name>@<version> another release installed with this one as one unit on each
+                        device (a chain's stages whose interface changed together), repeatable
   --json                print the hub's answer as JSON
 ${HUB_OPTIONS_HELP}
 `;
@@ -72,6 +74,8 @@ const StatusSchema = z.looseObject({
   id: z.string(),
   model: z.string(),
   version: z.string(),
+  /** Releases installed with model@version as one unit; absent from older hubs. */
+  with: z.array(z.object({ model: z.string(), version: z.string() })).optional(),
   state: z.string(),
   phase: z.string(),
   reason: z.string().nullable(),
@@ -146,6 +150,7 @@ interface CreateFlags {
   'on-breach'?: string;
   approval?: string;
   probation?: string;
+  with?: string[];
 }
 
 /** The POST /v1/rollouts body for `rollout create`. */
@@ -161,6 +166,12 @@ export function createBody(ref: string | undefined, f: CreateFlags): Record<stri
   if (f['on-breach'] !== undefined) body.onBreach = f['on-breach'];
   if (f.approval !== undefined) body.approval = f.approval;
   if (f.probation !== undefined) body.probationMs = parseDuration(f.probation, '--probation');
+  if (f.with?.length) {
+    body.with = f.with.map((w) => {
+      const r = parseRef(w, '<name>@<version> after --with');
+      return { model: r.name, version: r.version };
+    });
+  }
   return body;
 }
 
@@ -170,7 +181,7 @@ const countsText = (c: Status['counts']): string =>
 export function formatList(rollouts: Status[]): string {
   return table(rollouts, {
     ID: (r) => r.id,
-    MODEL: (r) => `${r.model}@${r.version}`,
+    MODEL: (r) => `${r.model}@${r.version}${r.with?.length ? ` +${r.with.length}` : ''}`,
     STATE: (r) => r.state,
     PHASE: (r) => r.phase,
     WAVE: (r) => `${r.currentWave + 1}/${r.waves.length}`,
@@ -182,6 +193,7 @@ export function formatList(rollouts: Status[]): string {
 export function formatStatus(s: Status): string {
   const lines = [
     esc`${s.id}: ${s.model}@${s.version} ${s.state}${s.phase !== 'ended' && s.phase !== s.state ? ` (${s.phase})` : ''}${s.reason ? ` — ${s.reason}` : ''}`,
+    ...(s.with?.length ? [esc`  with      ${s.with.map((w) => `${w.model}@${w.version}`).join(', ')} (installed as one unit)`] : []),
     `  devices   ${countsText(s.counts)}`,
     ...s.waves.map((w) => `  wave ${w.index + 1}    ${w.status.padEnd(7)} ${w.devices} device(s), cumulative ${w.cumulative}: ${countsText(w.counts)}`),
     ...(s.bake.until ? [`  bake      until ${s.bake.until}${s.bake.extensions ? ` (extended ${s.bake.extensions}×)` : ''}`] : []),
@@ -197,6 +209,7 @@ export function formatStatus(s: Status): string {
 
 const CREATE_OPTIONS = {
   target: { type: 'string', multiple: true },
+  with: { type: 'string', multiple: true },
   waves: { type: 'string' },
   bake: { type: 'string' },
   success: { type: 'string' },

@@ -263,6 +263,7 @@ export function apiOperations(): Operation[] {
       path: '/v1/rollouts',
       operationId: 'createRollout',
       summary: 'Start a staged rollout of a release',
+      description: 'With `with`, further releases (other models, such as the stages of a chain) are installed with the release on each device as one unit: fitted and validated together, activated together, rolled back together. Gates and health follow `model`.',
       tags: ['rollouts'],
       auth: 'operator',
       body: RolloutSpecSchema,

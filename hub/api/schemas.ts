@@ -261,6 +261,8 @@ export const RolloutStatusSchema = z.object({
   id: z.string(),
   model: z.string(),
   version: z.string(),
+  /** Releases installed with model@version as one unit on each device (spec `with`); [] for one release. */
+  with: z.array(z.object({ model: z.string(), version: z.string() })),
   counter: z.number().int(),
   state: z.enum(['running', 'paused', 'completed', 'aborted', 'rolled_back']),
   phase: z.enum(['dispatching', 'baking', 'awaiting_approval', 'paused', 'ended']),
