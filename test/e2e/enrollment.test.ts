@@ -31,7 +31,8 @@ describe('e2e: enrollment and revocation', () => {
     await ensureModels();
     hub = await startHub(join(root, 'hub'));
     const h = { httpUrl: hub.httpUrl, adminToken: hub.adminToken };
-    const created = await hubApi<{ token: string; id: string }>(h, 'POST', '/v1/enrollment-tokens', { group: 'line-7', labels: { site: 'plant-1' } });
+    // The device adds its own `cell` label: the token must allow that key (issue #14, token labels win).
+    const created = await hubApi<{ token: string; id: string }>(h, 'POST', '/v1/enrollment-tokens', { group: 'line-7', labels: { site: 'plant-1' }, allowDeviceLabels: ['cell'] });
     const enrollment = { token: created.token };
     const config = (dir: string, deviceId: string): string =>
       agentConfig({ dir, deviceId, mqttUrl: hub!.mqttUrl, extra: { hub: { httpUrl: hub!.httpUrl, enrollment }, identity: { labels: { cell: '3' } } } });
