@@ -8,7 +8,7 @@
 import assert from 'node:assert/strict';
 import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { createHub, type Hub } from '../../hub/main.ts';
 import { loadHubConfig } from '../../hub/config.ts';
@@ -20,14 +20,20 @@ import { MODELS_DIR } from '../helpers/fleet-in-process.ts';
 void describe('hub registry: manifest v2', () => {
   let dir: string;
   let hub: Hub;
-  const models: Record<string, { manifest: ManifestV2; bytes: Buffer }> = {};
+  const models: Record<string, { manifest: ManifestV2; bytes: Buffer; sidecar?: Buffer }> = {};
 
   const api = (path: string, init: RequestInit = {}): Promise<Response> =>
     fetch(`${hub.httpUrl}${path}`, { ...init, headers: { ...(init.headers as Record<string, string> | undefined), authorization: `Bearer ${hub.adminToken}` } });
-  /** POST the manifest, PUT the artifact; the PUT's answer. */
+  /** POST the manifest, PUT its test-vector sidecar when it names one (the demo model's), PUT the artifact; the last PUT's answer. */
   async function push(manifest: ManifestV2, bytes: Buffer): Promise<{ status: number; body: { error?: { code: string; message: string; details?: { problems?: string[] } } } }> {
     const a = await api('/v1/models', { method: 'POST', body: JSON.stringify({ manifest }), headers: { 'content-type': 'application/json' } });
     if (a.status !== 202) return { status: a.status, body: (await a.json()) as never };
+    const announced = (await a.json()) as { vectors?: { path: string } };
+    const sidecar = models[manifest.name]?.sidecar;
+    if (announced.vectors && sidecar) {
+      const v = await api(announced.vectors.path, { method: 'PUT', body: sidecar, headers: { 'content-type': 'application/octet-stream' } });
+      if (v.status !== 201) return { status: v.status, body: (await v.json()) as never };
+    }
     const put = await api(`/v1/models/${manifest.name}/${manifest.version}/artifact`, { method: 'PUT', body: bytes, headers: { 'content-type': 'application/octet-stream' } });
     return { status: put.status, body: (await put.json()) as never };
   }
@@ -37,7 +43,9 @@ void describe('hub registry: manifest v2', () => {
     dir = await mkdtemp(join(tmpdir(), 'edgefleet-hub-v2-'));
     // The repo's models/ (cached by stamp): generating the v2 set costs ~20 s of CPU.
     for (const m of await makeModelsV2({ outDir: MODELS_DIR })) {
-      models[m.name] = { manifest: ManifestV2Schema.parse(JSON.parse(await readFile(m.manifestPath, 'utf8'))), bytes: await readFile(m.onnxPath) };
+      const manifest = ManifestV2Schema.parse(JSON.parse(await readFile(m.manifestPath, 'utf8')));
+      const tf = manifest.testVectorsFile;
+      models[m.name] = { manifest, bytes: await readFile(m.onnxPath), ...(tf ? { sidecar: await readFile(join(dirname(m.manifestPath), tf.file)) } : {}) };
     }
     const config = loadHubConfig({ env: {}, overrides: { dataDir: join(dir, 'hub'), mqtt: { host: '127.0.0.1', port: 0 }, http: { host: '127.0.0.1', port: 0 } } });
     hub = await createHub(config, { log: silentLogger() });
