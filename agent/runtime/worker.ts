@@ -110,7 +110,10 @@ async function handle(msg: ToWorker): Promise<void> {
       for (const name of session.outputNames) {
         const tensor = result[name];
         if (!tensor) throw new Error(`model ${msg.key} returned no output ${name}`);
-        const data = toFloat32(tensor.data, tensor.type);
+        // A float32 output that owns its whole buffer is handed over as it is (transferred, not
+        // copied: issue #13 batch-1 overhead); any other dtype or view is converted into a copy.
+        const raw = tensor.data;
+        const data = tensor.type === 'float32' && raw instanceof Float32Array && raw.byteOffset === 0 && raw.byteLength === raw.buffer.byteLength && !(raw.buffer instanceof SharedArrayBuffer) ? raw : toFloat32(raw, tensor.type);
         outputs.push({ name, dims: [...tensor.dims], data: data.buffer as ArrayBuffer });
         tensor.dispose();
       }
