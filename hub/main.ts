@@ -131,7 +131,10 @@ export function createHub(config: HubConfig, deps: HubDeps): Promise<Hub> {
   // One failed-login budget per address for MQTT, the API and enrollment (each failure costs a scrypt).
   const failures = new AuthFailureLimiter(config.limits.maxAuthFailuresPerMinutePerIp, now, { registry });
   // Descriptors shared out between the listeners, with caps and deadlines on both (issue #14).
-  const connections = new ConnectionBudget({ settings: config.limits.connections, registry, log: log.child({ component: 'connections' }), now });
+  // Socket deadlines run on the process's real clock, never on `now`: an injected clock moves
+  // business time (bakes, windows) and a jump of it must not close every idle keep-alive socket
+  // and every MQTT client still authenticating (test/integration/conn-deadlines-clock.test.ts).
+  const connections = new ConnectionBudget({ settings: config.limits.connections, registry, log: log.child({ component: 'connections' }), now: () => performance.now() });
   const broker = new EmbeddedBroker({
     host: config.mqtt.host,
     port: config.mqtt.port,
