@@ -7,9 +7,16 @@
  * `ts` (JSON readings that carry one). A retain=1 delivery is skipped when its bytes equal that
  * reading, or its `ts` is not newer than it; live deliveries (retain=0) always pass. The marks
  * are kept in `<dataDir>/input-marks.json` (0600), written at most once per `flushMs` while
- * readings arrive and at stop, with an fsync and a rename, so the hot path only stores a Buffer
- * reference. After a crash the last `flushMs` of marks may be missing: a retained reading that
- * arrived just before it can be inferred once more (at-least-once, never lost).
+ * readings arrive and at stop, with an fsync and a rename. After a crash the last `flushMs` of
+ * marks may be missing: a retained reading that arrived just before it can be inferred once more
+ * (at-least-once, never lost).
+ *
+ * The mark (a 32-byte digest, and the ts) is taken at delivery; the payload itself is never
+ * kept. Keeping the payload until the next write (to hash it off the hot path) held every
+ * frame of the last second on inputs whose topic carries a per-frame id (`in/<pipeline>/<id>`):
+ * at 3,400 frames/s that was ~90 MB of RSS in the 10x overload test, and each held slice kept
+ * the whole socket chunk it was cut from alive (test/unit/retained-guard.test.ts). A sha256 of an
+ * 18 KB frame costs ~10 us; an inference costs milliseconds.
  *
  * The mark is taken when the reading is handed to the pipeline, not when its record commits:
  * a reading the pipeline then dropped (overload) or refused (bad input) is not retried from the
@@ -42,10 +49,12 @@ export class RetainedReplayGuard implements Component {
   readonly name = 'input-marks';
   /** Marks as last written (or loaded). */
   readonly #stored = new Map<string, Mark>();
-  /** Readings handed on since the last write: only the payload, hashed when written or needed. */
-  readonly #pending = new Map<string, Buffer>();
+  /** Marks of readings handed on since the last write. */
+  readonly #pending = new Map<string, Mark>();
   #timer: NodeJS.Timeout | undefined;
   #writing: Promise<void> = Promise.resolve();
+  /** Marks were folded into #stored since the last write. */
+  #folded = false;
 
   constructor(private readonly o: RetainedGuardOptions) {}
 
@@ -85,7 +94,10 @@ export class RetainedReplayGuard implements Component {
       }
     }
     this.#pending.delete(topic);
-    this.#pending.set(topic, payload);
+    this.#pending.set(topic, markOf(payload));
+    // Unique topics (one per frame id) must not grow the pending set past what a write keeps:
+    // fold it into the stored marks (bounded) and let the timer write them.
+    if (this.#pending.size >= (this.o.maxTopics ?? 4096)) this.#fold();
     this.#timer ??= setTimeout(() => void this.flush(), this.o.flushMs ?? 1000).unref();
     return false;
   }
@@ -94,17 +106,9 @@ export class RetainedReplayGuard implements Component {
   flush(): Promise<void> {
     clearTimeout(this.#timer);
     this.#timer = undefined;
-    if (this.#pending.size === 0) return this.#writing;
-    for (const [topic, payload] of this.#pending) {
-      this.#stored.delete(topic);
-      this.#stored.set(topic, markOf(payload));
-    }
-    this.#pending.clear();
-    const max = this.o.maxTopics ?? 4096;
-    for (const topic of this.#stored.keys()) {
-      if (this.#stored.size <= max) break;
-      this.#stored.delete(topic);
-    }
+    if (this.#pending.size === 0 && !this.#folded) return this.#writing;
+    this.#fold();
+    this.#folded = false;
     const text = `${JSON.stringify({ version: 1, topics: Object.fromEntries(this.#stored) })}\n`;
     // One write at a time, in order: the last one wins.
     this.#writing = this.#writing
@@ -113,13 +117,28 @@ export class RetainedReplayGuard implements Component {
     return this.#writing;
   }
 
+  /** Moves the pending marks into the stored ones, keeping at most maxTopics (the oldest go). */
+  #fold(): void {
+    if (this.#pending.size === 0) return;
+    for (const [topic, mark] of this.#pending) {
+      this.#stored.delete(topic);
+      this.#stored.set(topic, mark);
+    }
+    this.#pending.clear();
+    this.#folded = true;
+    const max = this.o.maxTopics ?? 4096;
+    for (const topic of this.#stored.keys()) {
+      if (this.#stored.size <= max) break;
+      this.#stored.delete(topic);
+    }
+  }
+
   stop(): Promise<void> {
     return this.flush();
   }
 
   #mark(topic: string): Mark | undefined {
-    const p = this.#pending.get(topic);
-    return p ? markOf(p) : this.#stored.get(topic);
+    return this.#pending.get(topic) ?? this.#stored.get(topic);
   }
 }
 
