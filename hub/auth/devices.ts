@@ -1,10 +1,11 @@
 /**
  * Device authentication for HTTP (artifact downloads): `Authorization: Bearer <deviceId>:<token>`
- * with the same credentials the device uses for MQTT, checked against the stored scrypt hash.
- * Unknown ids are verified against a dummy hash so timing does not reveal which ids exist.
- * A verified pair is remembered for a minute under its SHA-256: a resumed download is many
- * Range requests, each would otherwise pay a scrypt. Revocation evicts the device's entries
- * (`forget`), so the cache never outlives a revocation.
+ * with the same credentials the device uses for MQTT, checked by PrincipalVerifier (HMAC for
+ * current rows, scrypt for rows not upgraded yet; every refusal costs one scrypt, so timing does
+ * not reveal which ids exist). A verified pair is remembered for a minute under its SHA-256: a
+ * resumed download is many Range requests, and a not-yet-upgraded row would pay a scrypt for
+ * each. Revocation evicts the device's entries (`forget`), so the cache never outlives a
+ * revocation.
  */
 import { createHash } from 'node:crypto';
 import { DeviceIdSchema } from '../../shared/protocol.ts';
@@ -21,7 +22,7 @@ export class DeviceAuth {
     store: HubStore,
     private readonly now: () => number = Date.now,
     private readonly cacheMs = 60_000,
-    /** Failed checks per address; past its budget an uncached credential is refused (429) without a scrypt. */
+    /** Failed checks per address; past its budget an uncached credential is refused (429) without a check. */
     private readonly failures?: AuthFailureLimiter,
   ) {
     this.#verifier = new PrincipalVerifier(store);
