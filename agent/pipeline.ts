@@ -41,6 +41,7 @@ import type { InferInput } from './runtime/engine.ts';
 import { modelSpec, type ModelSpec } from '../shared/model-spec.ts';
 import type { Task } from '../shared/tasks/specs.ts';
 import { TaskRunner, type PreparedV2 } from './tasks/runner.ts';
+import { BufferPool } from './runtime/buffer-pool.ts';
 
 export interface Publisher {
   publish(topic: string, payload: Buffer | string, opts?: { qos?: 0 | 1; retain?: boolean }): boolean;
@@ -235,6 +236,8 @@ export class Pipeline implements Component {
   readonly #fixed = new Map<string, string>();
   /** Manifest v2 models: windows, state, chains and task postprocessing. */
   readonly #runner: TaskRunner;
+  /** Frame tensors the engine hands back, reused for the next frame (agent/runtime/buffer-pool.ts). */
+  readonly #buffers = new BufferPool();
 
   constructor(private readonly d: PipelineDeps) {
     const cfg = d.config;
@@ -250,6 +253,7 @@ export class Pipeline implements Component {
     this.#runner = new TaskRunner({
       pipeline: cfg.name,
       engine: d.engine,
+      buffers: this.#buffers,
       maxStreams: cfg.maxStreams,
       events: {
         // Not counted as dropped input: a reset after a full window loses no reading.
@@ -369,7 +373,7 @@ export class Pipeline implements Component {
       let engineMs: number;
       try {
         // The prepared tensor is fresh per request and not read again: handed over, not copied.
-        const res = await this.d.engine.infer(model.key, { data: prepared.data, dims: prepared.dims, transfer: true });
+        const res = await this.d.engine.infer(model.key, { data: prepared.data, dims: prepared.dims, transfer: true, reclaim: this.#buffers.give });
         first = res.outputs[model.manifest.outputs[0]!.name] ?? Object.values(res.outputs)[0];
         if (!first) throw new EdgefleetError(ErrorCode.INFERENCE, 'model returned no outputs');
         engineMs = res.latencyMs;
@@ -684,7 +688,7 @@ export class Pipeline implements Component {
     const input = this.d.config.input;
     const maxInputBytes =
       req.source === 'http' ? undefined : input.type === 'folder' ? input.maxFileBytes : (input.maxPayloadBytes ?? DEFAULT_MAX_IMAGE_BYTES);
-    const t = await preprocessImage(spec, req.bytes, { maxInputBytes, maxInputPixels: this.d.maxInputPixels });
+    const t = await preprocessImage(spec, req.bytes, { maxInputBytes, maxInputPixels: this.d.maxInputPixels, buffers: this.#buffers });
     const given = validCorrelationId(req.id);
     return { data: t.data, dims: t.dims, id: given ?? randomUUID(), givenId: given !== undefined, inputTs: req.ts, stats: t.stats };
   }

@@ -17,6 +17,7 @@ import type { ImagePreprocess } from '../../shared/manifest.ts';
 import { toTensorData, type TensorData } from '../../shared/tensor.ts';
 import type { ImageSource } from '../../shared/tasks/specs.ts';
 import { letterboxGeometry } from '../postprocess/detection.ts';
+import type { BufferPool } from '../runtime/buffer-pool.ts';
 
 /**
  * What preprocessing needs of an image input: a v1 `preprocessing` block as it is, or a v2 image
@@ -96,6 +97,8 @@ export interface PreprocessImageOptions {
   failOn?: FailOnOptions;
   /** Checked before and after decoding; sharp cannot cancel a pipeline already running. */
   signal?: AbortSignal;
+  /** Float tensors are written into a reused buffer from here when one is idle (the engine hands them back, InferInput.reclaim). */
+  buffers?: BufferPool;
 }
 
 /** Tensor channels of a spec: 1 for gray, 3 for rgb and bgr, 4 for rgba. */
@@ -273,7 +276,7 @@ export function imageStats(pixels: Uint8Array, width: number, height: number, ch
  * Turns model-sized interleaved 8-bit pixels (channels in the tensor's order) into the tensor the
  * spec asks for. Exported for inputs that already deliver raw frames of the right size.
  */
-export function pixelsToTensor(spec: ImageSpec, pixels: Uint8Array): TensorData {
+export function pixelsToTensor(spec: ImageSpec, pixels: Uint8Array, buffers?: BufferPool): TensorData {
   if (spec.dtype === 'float16') return toTensorData('float16', pixelsToTensor({ ...spec, dtype: 'float32' }, pixels) as Float32Array);
   const c = imageChannels(spec);
   const hw = spec.width * spec.height;
@@ -295,7 +298,8 @@ export function pixelsToTensor(spec: ImageSpec, pixels: Uint8Array): TensorData 
   const std = perChannel(spec.std, c, 'std');
   // One lookup table per channel: 256 values instead of a multiply-subtract-divide per pixel.
   const luts = mean.map((mu, k) => Float32Array.from({ length: 256 }, (_, p) => (p * spec.scale - mu) / (std[k] as number)));
-  const out = new Float32Array(hw * c);
+  // Every element is written below, so a reused buffer needs no clearing.
+  const out = buffers ? buffers.float32(hw * c) : new Float32Array(hw * c);
   // Plain index arithmetic per layout, no closure per element (issue #13 bench).
   for (let k = 0; k < c; k++) {
     const lut = luts[k] as Float32Array;
@@ -442,5 +446,5 @@ export async function preprocessImage(spec: ImageSpec, input: Buffer, opts: Prep
     swapRgbBgr(px);
     stats.channelMeans.reverse();
   }
-  return { data: pixelsToTensor(sized, px), dims: imageTensorDims(sized), stats, geometry };
+  return { data: pixelsToTensor(sized, px, opts.buffers), dims: imageTensorDims(sized), stats, geometry };
 }

@@ -47,6 +47,13 @@ export interface InferInput {
    * spans its whole buffer and is not read again; otherwise the engine copies as before.
    */
   transfer?: boolean;
+  /**
+   * With `transfer`: the worker hands `data`'s buffer back with the result and the engine gives
+   * it to `reclaim` (e.g. BufferPool.give) before the result settles, so the caller's next
+   * frame is written into it: no frame-sized allocation, and no garbage for the worker's GC, per
+   * call. Not called when the run fails or the buffer went into a batch of several samples.
+   */
+  reclaim?: (buffer: ArrayBuffer) => void;
 }
 
 export interface OutputTensor {

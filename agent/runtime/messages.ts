@@ -46,6 +46,8 @@ export const ToWorkerSchema = z.discriminatedUnion('t', [
     /** Input `data` feeds; default the session's first input. */
     input: z.string().min(1).optional(),
     extra: z.array(ExtraInputSchema).max(64).optional(),
+    /** Send `data`'s buffer back with the result (the caller reuses it for its next frame). */
+    back: z.literal(true).optional(),
   }),
   /** Releases every session; the worker is terminated afterwards. */
   z.object({ t: z.literal('close'), id: Id }),
@@ -71,6 +73,8 @@ export const FromWorkerSchema = z.discriminatedUnion('t', [
     id: Id,
     runMs: z.number().nonnegative(),
     outputs: z.array(z.object({ name: z.string(), dims: z.array(z.number().int().nonnegative()), data: z.instanceof(ArrayBuffer) })),
+    /** The run's input buffer, handed back when the run asked for it (`back`). */
+    input: z.instanceof(ArrayBuffer).optional(),
   }),
   z.object({ t: z.literal('error'), id: Id, message: z.string() }),
   /** A message the worker could not parse (no id to answer to). */
@@ -104,7 +108,8 @@ export function isRunMessage(m: unknown): m is RunMessage {
     isDims(r.dims, 1, 8, true) &&
     r.data instanceof ArrayBuffer &&
     (r.input === undefined || (typeof r.input === 'string' && r.input.length > 0)) &&
-    (r.extra === undefined || isExtra(r.extra))
+    (r.extra === undefined || isExtra(r.extra)) &&
+    (r.back === undefined || r.back === true)
   );
 }
 
@@ -123,6 +128,7 @@ export function isResultMessage(m: unknown): m is ResultMessage {
   if (typeof m !== 'object' || m === null) return false;
   const r = m as Record<string, unknown>;
   if (r.t !== 'result' || !isId(r.id) || typeof r.runMs !== 'number' || !Number.isFinite(r.runMs) || r.runMs < 0 || !Array.isArray(r.outputs)) return false;
+  if (r.input !== undefined && !(r.input instanceof ArrayBuffer)) return false;
   for (const o of r.outputs as unknown[]) {
     if (typeof o !== 'object' || o === null) return false;
     const x = o as Record<string, unknown>;

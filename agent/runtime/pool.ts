@@ -114,6 +114,7 @@ interface Pending {
   dims: number[];
   extra: Record<string, { data: InputData; dims: number[] }> | undefined;
   transfer: boolean;
+  reclaim: ((buffer: ArrayBuffer) => void) | undefined;
   t0: number;
   resolve: (r: InferResult) => void;
   reject: (e: EdgefleetError) => void;
@@ -533,7 +534,7 @@ export class WorkerPoolEngine implements InferenceEngine {
       return this.#reject('overloaded', ErrorCode.OVERLOADED, `inference queue is full (${this.#o.queueMax} samples waiting)`);
     }
     return new Promise<InferResult>((resolve, reject) => {
-      entry.queue.push({ data: input.data, dims: [...input.dims], extra: input.extra, transfer: input.transfer === true, t0, resolve, reject });
+      entry.queue.push({ data: input.data, dims: [...input.dims], extra: input.extra, transfer: input.transfer === true, reclaim: input.reclaim, t0, resolve, reject });
       this.#queued++;
       this.#schedulePump();
     });
@@ -621,7 +622,8 @@ export class WorkerPoolEngine implements InferenceEngine {
     let batch: TensorData;
     // A single sample the caller handed over goes as it is (issue #13 bench: the copy of a
     // 0.9 MB image tensor was most of the engine's batch-1 overhead); anything else is copied.
-    if (n === 1) batch = head.transfer && wholeBuffer(head.data) ? head.data : copyOf(head.data);
+    const handedOver = n === 1 && head.transfer && wholeBuffer(head.data);
+    if (n === 1) batch = handedOver ? head.data : copyOf(head.data);
     else {
       batch = allocTensor(dtype, per * n);
       for (const [i, it] of items.entries()) (batch as Float32Array).set(it.data as Float32Array, i * per);
@@ -631,6 +633,8 @@ export class WorkerPoolEngine implements InferenceEngine {
 
     const transfer: ArrayBuffer[] = [batch.buffer as ArrayBuffer];
     const msg: ToWorker = { t: 'run', id: this.#nextId(), key: h.key, dtype, dims, data: batch.buffer as ArrayBuffer };
+    const reclaim = handedOver ? head.reclaim : undefined;
+    if (reclaim) msg.back = true;
     if (h.inputs.length > 1) {
       msg.input = h.inputName;
       msg.extra = Object.entries(head.extra ?? {}).map(([name, t]) => {
@@ -671,6 +675,13 @@ export class WorkerPoolEngine implements InferenceEngine {
         }
       }
       release();
+      if (reclaim && reply?.t === 'result' && reply.input) {
+        try {
+          reclaim(reply.input);
+        } catch (e) {
+          this.#log.warn({ model: h.key, err: toEdgefleetError(e) }, 'reclaiming an input buffer failed');
+        }
+      }
       if (perSample && reply?.t === 'result') {
         const done = performance.now();
         for (let i = 0; i < n; i++) {

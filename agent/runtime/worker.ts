@@ -117,7 +117,13 @@ async function handle(msg: ToWorker): Promise<void> {
         outputs.push({ name, dims: [...tensor.dims], data: data.buffer as ArrayBuffer });
         tensor.dispose();
       }
-      post({ t: 'result', id: msg.id, runMs, outputs }, outputs.map((o) => o.data));
+      // The input goes back when asked (the caller's next frame reuses it): a frame-sized buffer
+      // freed here per call was most of the worker's GC at batch 1 (issue #13 bench).
+      const transfer = outputs.map((o) => o.data);
+      if (msg.back) {
+        transfer.push(msg.data);
+        post({ t: 'result', id: msg.id, runMs, outputs, input: msg.data }, transfer);
+      } else post({ t: 'result', id: msg.id, runMs, outputs }, transfer);
       return;
     }
   }

@@ -23,6 +23,7 @@ import { postprocess, type TaskOutcome, type Tensor } from '../postprocess/tasks
 import type { InferInput } from '../runtime/engine.ts';
 import { StreamStateStore, type StateLease, type StateResetReason } from '../runtime/stream-state.ts';
 import { concreteDims, constantFeed, RowWindow, type Feed } from './inputs.ts';
+import { BufferPool } from '../runtime/buffer-pool.ts';
 
 export interface RunnerEngine {
   infer(key: string, input: InferInput): Promise<{ outputs: Record<string, Tensor>; latencyMs: number }>;
@@ -40,6 +41,8 @@ export interface RunnerOptions {
   maxStreams: number;
   events?: RunnerEvents;
   now?: () => number;
+  /** Image tensors are written into buffers the engine hands back (InferInput.reclaim); default a pool of its own. */
+  buffers?: BufferPool;
 }
 
 /** The request input, prepared. `buffered` = a window is not full yet: nothing to infer. */
@@ -91,6 +94,7 @@ function readingValues(src: ReadingSource | WindowSource, reading: Reading): Flo
 export class TaskRunner {
   readonly #o: RunnerOptions;
   readonly #models = new Map<string, ModelRuntime>();
+  readonly #buffers: BufferPool;
   /** Per stream per model key. */
   readonly #streams = new Map<string, StreamState>();
   readonly #now: () => number;
@@ -98,6 +102,7 @@ export class TaskRunner {
   constructor(opts: RunnerOptions) {
     this.#o = opts;
     this.#now = opts.now ?? Date.now;
+    this.#buffers = opts.buffers ?? new BufferPool();
   }
 
   #runtime(model: LocalModel): ModelRuntime {
@@ -220,7 +225,7 @@ export class TaskRunner {
     if (!p || p.source.kind !== 'image') {
       throw new EdgefleetError(ErrorCode.BAD_INPUT, `model ${model.key} takes ${p ? `${p.source.kind}s` : 'no request input'}, not images`, { details: { reason: 'wrong_kind' } });
     }
-    const t = await preprocessImage(imageSpecOf(p.source, p.dtype), bytes, opts);
+    const t = await preprocessImage(imageSpecOf(p.source, p.dtype), bytes, { ...opts, buffers: this.#buffers });
     return { buffered: false, stream: stream ?? NO_STREAM, feed: { data: t.data, dims: t.dims }, stats: t.stats, geometry: t.geometry };
   }
 
@@ -289,7 +294,10 @@ export class TaskRunner {
     const post = rt.spec.post;
     const reread = post.kind === 'anomaly' && post.reconstructs === primary.name;
     const shared = rt.spec.inputs.find((x) => x.name === primary.name)?.source.kind === 'constant';
-    const req: InferInput = { data: primary.feed.data, dims: primary.feed.dims, transfer: !reread && !shared };
+    const transfer = !reread && !shared;
+    const req: InferInput = { data: primary.feed.data, dims: primary.feed.dims, transfer };
+    // An image tensor comes back for the next frame (windows are sized per model: not pooled).
+    if (transfer && rt.spec.inputs.find((x) => x.name === primary.name)?.source.kind === 'image') req.reclaim = this.#buffers.give;
     if (Object.keys(extra).length) req.extra = extra;
     const res = await this.#o.engine.infer(model.key, req);
     if (lease) {

@@ -131,6 +131,38 @@ void describe('WorkerPoolEngine', { concurrency: false }, () => {
     await rejectsWith(engine.infer('missing@1', { data: sample(1), dims: [1, 8] }), 'NOT_FOUND');
   });
 
+  void test('a handed-over input comes back to reclaim with its bytes; copied, batched or failed runs give nothing back (issue #13)', async () => {
+    const { engine } = await startEngine({ workers: 1, maxBatch: 4, maxWaitMs: 200 });
+    await engine.load('linear@1.0.0', paths.linear!);
+    const back: ArrayBuffer[] = [];
+    const reclaim = (b: ArrayBuffer): void => void back.push(b);
+    const x = sample(41);
+    const expected = await reference('linear', x, [1, 8]);
+    const given = x.slice();
+    const r = await engine.infer('linear@1.0.0', { data: given, dims: [1, 8], transfer: true, reclaim });
+    assertClose(r.outputs.probs!.data, expected.probs!, 1e-5, 'probs');
+    assert.equal(given.byteLength, 0, 'the caller handed its buffer over (detached)');
+    assert.equal(back.length, 1, 'the buffer came back before the result settled');
+    assert.deepEqual(new Float32Array(back[0]!), x, 'with the bytes that were sent');
+    // Fed again from the reclaimed buffer: the same answer.
+    const again = await engine.infer('linear@1.0.0', { data: new Float32Array(back[0]!), dims: [1, 8], transfer: true, reclaim });
+    assertClose(again.outputs.probs!.data, expected.probs!, 1e-5, 'probs from the reclaimed buffer');
+    assert.equal(back.length, 2);
+
+    // Not handed over (copied by the engine): the caller keeps its array, nothing comes back.
+    const kept = x.slice();
+    await engine.infer('linear@1.0.0', { data: kept, dims: [1, 8], reclaim });
+    assert.equal(kept.length, 8);
+    // Stacked into a batch of several: the samples were copied into one buffer, nothing comes back.
+    const batch = await Promise.all([1, 2, 3].map((k) => engine.infer('linear@1.0.0', { data: sample(k), dims: [1, 8], transfer: true, reclaim })));
+    assert.ok(batch.some((b) => b.batchSize > 1), 'the three samples shared a run');
+    assert.equal(back.length, 2 + batch.filter((b) => b.batchSize === 1).length);
+    // A refused input (wrong shape) gives nothing back.
+    const before = back.length;
+    await rejectsWith(engine.infer('linear@1.0.0', { data: new Float32Array(5), dims: [1, 5], transfer: true, reclaim }), 'BAD_INPUT');
+    assert.equal(back.length, before);
+  });
+
   void test('a model with several inputs takes the others by name, one sample per run (issue #13)', async () => {
     const { engine } = await startEngine();
     const two = await engine.load('two@1', paths.twoInputs!);

@@ -50,6 +50,9 @@ void describe('hot-path guards agree with their zod schemas', () => {
       { ...run, id: 2 ** 53 },
       { ...run, data: new Float32Array(8) },
       { ...run, extra: 'ignored' },
+      { ...run, back: true },
+      { ...run, back: false },
+      { ...run, back: 1 },
       { t: 'load', id: 1, key: 'k', path: '/x' },
     ];
     for (const c of cases) {
@@ -70,6 +73,9 @@ void describe('hot-path guards agree with their zod schemas', () => {
       { ...result, outputs: [{ name: 'p', dims: [0, 3], data: new ArrayBuffer(0) }] },
       { ...result, outputs: [{ name: 'p', dims: [-1], data: new ArrayBuffer(4) }] },
       { ...result, outputs: [null] },
+      { ...result, input: new ArrayBuffer(32) },
+      { ...result, input: new Float32Array(8) },
+      { ...result, input: null },
       { t: 'error', id: 1, message: 'x' },
     ];
     for (const c of cases) {
