@@ -274,10 +274,6 @@ export class WorkerPoolEngine implements InferenceEngine {
         if (onAbort) signal.removeEventListener('abort', onAbort);
       }
       this.#sm.to('running');
-      if (this.#memory) {
-        this.#memoryTimer = setInterval(() => this.#watchMemory(), this.#memory.sampleMs ?? 10);
-        this.#memoryTimer.unref();
-      }
       this.#log.info({ workers: this.#o.workers, intraOpThreads: this.#o.intraOpThreads, maxRssMiB: this.#memory ? mib(this.#memory.maxRssBytes) : undefined }, 'inference workers ready');
     } catch (err) {
       this.#sm.to('failed');
@@ -616,6 +612,7 @@ export class WorkerPoolEngine implements InferenceEngine {
     entry.inFlight += n;
     slot.batches++;
     slot.running.push(h.key);
+    this.#armMemoryWatch();
 
     const per = head.data.length;
     const dtype = h.inputType as InputDtype;
@@ -891,7 +888,13 @@ export class WorkerPoolEngine implements InferenceEngine {
    */
   #watchMemory(): void {
     const m = this.#memory!;
-    if (!this.#slots.some((s) => s.running.length > 0)) return;
+    if (!this.#slots.some((s) => s.running.length > 0)) {
+      // Nothing in flight: disarmed until the next dispatch, so an idle agent does not wake
+      // 1000/sampleMs times a second for nothing.
+      clearInterval(this.#memoryTimer);
+      this.#memoryTimer = undefined;
+      return;
+    }
     const rss = m.rss();
     if (rss <= m.maxRssBytes) return;
     const heads = this.#slots.flatMap((s) => (s.alive && s.running[0] !== undefined ? [s.running[0]] : []));
@@ -910,6 +913,18 @@ export class WorkerPoolEngine implements InferenceEngine {
     for (const s of this.#slots) {
       if (s.alive && s.running[0] !== undefined && models.includes(s.running[0])) s.recycle = true;
     }
+  }
+
+  /** Starts the memory watchdog's sampling (while batches are in flight; see #watchMemory). */
+  #armMemoryWatch(): void {
+    if (!this.#memory || this.#memoryTimer || !this.#sm.is('running')) return;
+    this.#memoryTimer = setInterval(() => this.#watchMemory(), this.#memory.sampleMs ?? 10);
+    this.#memoryTimer.unref();
+  }
+
+  /** Whether the memory watchdog is sampling now (only while batches are in flight). For tests and diagnostics. */
+  get memoryWatchArmed(): boolean {
+    return this.#memoryTimer !== undefined;
   }
 
   /** Loads every model the slot lacks (after a respawn, or after a load raced a respawn). */

@@ -152,7 +152,10 @@ describe('model runtime memory (issue #14)', () => {
       await engine.load('ba@8.0.0', ba.path);
       await engine.load('ok@1', join(MODELS_DIR, config.artifact.file));
       const one = { data: new Float32Array(8).fill(0.5), dims: [1, 8] };
+      assert.equal(engine.memoryWatchArmed, false, 'no sampling before the first run');
       await engine.infer('ba@8.0.0', one); // 32 MB: fine
+      // Sampling only while batches are in flight: idle again, the watchdog stops waking up.
+      await until(() => !engine.memoryWatchArmed, 2000, 'the memory watchdog to disarm when idle');
       base = process.memoryUsage.rss();
       timing.on = await perInferenceMs(engine, 'ok@1');
       // 16 samples batched: 512 MB asked in one run.
