@@ -19,7 +19,7 @@ import { EdgefleetError, ErrorCode, toEdgefleetError } from '../shared/errors.ts
 import type { Logger } from '../shared/log.ts';
 import type { FetchLike } from '../shared/tls.ts';
 import type { AgentConfig } from './config.ts';
-import { writeFileDurable } from './updater/state.ts';
+import { writeFileDurable } from '../shared/files.ts';
 
 export const CREDENTIALS_FILE = 'credentials.json';
 

@@ -28,7 +28,7 @@ import { dirname } from 'node:path';
 import { z } from 'zod';
 import type { Component } from '../../shared/lifecycle.ts';
 import type { Logger } from '../../shared/log.ts';
-import { writeFileDurable } from '../updater/state.ts';
+import { writeFileDurable } from '../../shared/files.ts';
 
 export const INPUT_MARKS_FILE = 'input-marks.json';
 

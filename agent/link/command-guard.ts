@@ -25,7 +25,7 @@ import { commandClass, REFUSAL_REASONS, verifyCommand, type CommandCheck, type C
 import { LogThrottle, type Logger } from '../../shared/log.ts';
 import type { Command, CommandAuth } from '../../shared/protocol.ts';
 import type { TrustedKey } from '../../shared/signing.ts';
-import { writeFileDurable } from '../updater/state.ts';
+import { writeFileDurable } from '../../shared/files.ts';
 
 export const COMMAND_REPLAY_FILE = 'command-replay.json';
 /** Nonces remembered at most (commands are rare: a few per rollout per device). */

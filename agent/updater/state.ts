@@ -10,9 +10,10 @@
  * not parse is kept aside as `state.json.corrupt-<ts>` and the agent starts from its config
  * models, which is safe (highestCounter then restarts at 0; the hub re-sends its release).
  */
-import { open, readFile, rename, unlink } from 'node:fs/promises';
+import { readFile, rename, unlink } from 'node:fs/promises';
 import { join } from 'node:path';
 import { z } from 'zod';
+import { writeFileDurable } from '../../shared/files.ts';
 import { NameSchema } from '../../shared/ids.ts';
 import { BundleMemberRefSchema, FailedReleaseSchema, InstalledVersionSchema, MAX_BUNDLE, type FailedRelease, type InstalledVersion } from '../../shared/updates.ts';
 
@@ -44,31 +45,6 @@ export const emptyState = (): UpdaterState => ({ v: 1, models: {} });
 
 /** Directory of an installed release, relative to updates.dir (counter 0 = a config model: none). */
 export const versionDirName = (v: Pick<InstalledVersion, 'version' | 'counter'>): string => `${v.version}-${v.counter}`;
-
-export async function fsyncPath(path: string): Promise<void> {
-  const fh = await open(path, 'r');
-  try {
-    await fh.sync();
-  } catch {
-    // Some filesystems refuse fsync on directories; the rename is still atomic.
-  } finally {
-    await fh.close();
-  }
-}
-
-/** Writes `text` to `path` atomically and durably (mode 0600 for secrets). */
-export async function writeFileDurable(path: string, dir: string, text: string, mode = 0o600): Promise<void> {
-  const tmp = `${path}.tmp`;
-  const fh = await open(tmp, 'w', mode);
-  try {
-    await fh.writeFile(text);
-    await fh.sync();
-  } finally {
-    await fh.close();
-  }
-  await rename(tmp, path);
-  await fsyncPath(dir);
-}
 
 export type LoadedState = { state: UpdaterState; problem?: string };
 

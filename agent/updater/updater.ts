@@ -54,7 +54,8 @@ import type { BackoffOptions } from '../../shared/backoff.ts';
 import { openLocalModel, readManifest, type LocalModel } from '../models/local-models.ts';
 import type { FetchLike } from '../../shared/tls.ts';
 import { ArtifactMismatch, downloadArtifact } from './download.ts';
-import { fsyncPath, loadState, saveState, versionDirName, withFailed, type SlotState, type UpdaterState } from './state.ts';
+import { fsyncPath } from '../../shared/files.ts';
+import { loadState, saveState, versionDirName, withFailed, type SlotState, type UpdaterState } from './state.ts';
 import { verifyInstall, type Identity, type Verdict } from './verify.ts';
 
 export const PARTIAL_DIR = '.partial';
