@@ -68,7 +68,10 @@ export interface Agent {
 
 export function createAgent(config: AgentConfig, deps: { log: Logger; registry?: Registry }): Agent {
   const log = deps.log;
+  // Every agent series carries its device (deploy/prometheus.yml, the dashboard's $device): a
+  // registry made here gets the label like the service's own (runAgentService below).
   const registry = deps.registry ?? new Registry();
+  if (!deps.registry) registry.setDefaultLabels({ device: config.deviceId });
   // State is private (issue #14): the data dir and everything in it 0700/0600, whatever the umask.
   securePrivateTree(config.dataDir, log);
   // Process-wide and idempotent: no libvips cache, one thread per image, no document loaders.

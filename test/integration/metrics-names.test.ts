@@ -155,6 +155,15 @@ describe('Prometheus metric names', () => {
       for (const n of q.match(/\bedgefleet_[a-z0-9_]+/g) ?? []) assert.ok(exposed.has(n), `variable ${v.name} uses ${n}`);
     }
   });
+
+  test('the alert rules (deploy/prometheus-alerts.yml) use only exposed metrics', () => {
+    const exposed = new Set([...exposedNames(hubMetrics), ...exposedNames(agentMetrics)]);
+    const text = readFileSync(join(REPO_ROOT, 'deploy', 'prometheus-alerts.yml'), 'utf8');
+    // The metric names in `expr:` lines and their continuations (annotations name some too).
+    const names = new Set(text.match(/\bedgefleet_[a-z0-9_]+/g) ?? []);
+    assert.ok(names.size >= 15, `the rules use ${names.size} metrics`);
+    for (const n of names) assert.ok(exposed.has(n), `deploy/prometheus-alerts.yml uses ${n}, which no registry exposes`);
+  });
 });
 
 interface Panel {
