@@ -18,7 +18,6 @@
  * that does not trust the hub) are counted in edgefleet_hub_mqtt_tls_refused_total{reason}.
  */
 import { createServer, type Server, type Socket } from 'node:net';
-import type { Duplex } from 'node:stream';
 import { createServer as createTlsServer, TLSSocket } from 'node:tls';
 import { Aedes, type AedesPublishPacket, type Client, type ConnectPacket, type PublishPacket, type Subscription } from 'aedes';
 import { Counter, Gauge, type Registry } from 'prom-client';
@@ -91,11 +90,6 @@ export class EmbeddedBroker implements Component, MessageBus {
   #aedes: Aedes | undefined;
   #server: Server | undefined;
   readonly #sockets = new Set<Socket>();
-  /**
-   * The socket under each connection aedes handles (client.conn is the packet guard's Duplex):
-   * its remote address (failed-login budget) and, for TLS, its peer certificate.
-   */
-  readonly #underlying = new WeakMap<object, Socket>();
   /** Each admitted TCP socket's handle in the connection limiter. */
   readonly #conns = new WeakMap<Socket, Conn>();
   #port = 0;
@@ -219,19 +213,19 @@ export class EmbeddedBroker implements Component, MessageBus {
       // Room for the largest accepted payload plus a maximal topic and the headers.
       const maxPacket = this.#opts.maxPayloadBytes + 65_536 + 16;
       const maxInflight = this.#opts.maxInflight ?? 64;
-      this.#adopt(
-        aedes,
-        socket,
-        guardConnection(socket, { maxPacketBytes: maxPacket, maxInflight }, (v) => {
-          this.#metrics.publishRefused.inc({ reason: v.reason });
-          this.#throttle.run(v.reason, (suppressed) =>
-            this.#log.warn(
-              { remote: socket.remoteAddress, ...v, max: v.reason === 'inflight' ? maxInflight : maxPacket, suppressed },
-              v.reason === 'inflight' ? 'too many unreleased QoS 2 publishes; connection closed' : 'mqtt packet too large; connection closed',
-            ),
-          );
-        }),
-      );
+      if (socket.destroyed) return; // refused by enforceClientCerts (it runs first)
+      aedes.handle(socket);
+      // After aedes.handle: its 'readable' reader is in place, so this listener sees every chunk
+      // just before aedes parses it and never switches the socket to flowing mode.
+      guardConnection(socket, { maxPacketBytes: maxPacket, maxInflight }, (v) => {
+        this.#metrics.publishRefused.inc({ reason: v.reason });
+        this.#throttle.run(v.reason, (suppressed) =>
+          this.#log.warn(
+            { remote: socket.remoteAddress, ...v, max: v.reason === 'inflight' ? maxInflight : maxPacket, suppressed },
+            v.reason === 'inflight' ? 'too many unreleased QoS 2 publishes; connection closed' : 'mqtt packet too large; connection closed',
+          ),
+        );
+      });
     };
     const inner = tls ? this.#tlsServer(tls, onSocket) : undefined;
     // One accept path: the connection rate is checked before a TLS handshake costs anything;
@@ -272,15 +266,6 @@ export class EmbeddedBroker implements Component, MessageBus {
     this.#expirySweep = setInterval(() => this.#expireNow(), sweepMs).unref();
   }
 
-  #adopt(aedes: Aedes, socket: Socket, conn: Duplex): void {
-    if (socket.destroyed) {
-      conn.destroy(); // refused by enforceClientCerts (it runs first)
-      return;
-    }
-    this.#underlying.set(conn, socket);
-    aedes.handle(conn);
-  }
-
   /** Connection rate per remote address; a refused connection is closed at once. */
   #admit(socket: Socket): boolean {
     if (this.#connectRate.take(socket.remoteAddress ?? '')) return true;
@@ -294,8 +279,7 @@ export class EmbeddedBroker implements Component, MessageBus {
 
   /** The limiter handle of a client's TCP socket (under TLS, the socket the TLS one wraps). */
   #connOf(client: Client): Conn | undefined {
-    const socket = this.#underlying.get(client.conn);
-    return socket && this.#conns.get(rawSocket(socket));
+    return this.#conns.get(rawSocket(client.conn as Socket));
   }
 
   #tlsServer(options: ReturnType<typeof serverTlsOptions>, onSocket: (socket: Socket) => void): Server {
@@ -429,7 +413,8 @@ export class EmbeddedBroker implements Component, MessageBus {
     };
     if (!username || !password || password.length === 0) throw refused('bad_credentials', CONNACK.BAD_USERNAME_OR_PASSWORD, 'username and password required');
     if (client.id !== username) throw refused('client_id_mismatch', CONNACK.IDENTIFIER_REJECTED, 'client id must equal the username');
-    const socket = this.#underlying.get(client.conn);
+    // aedes handles the socket itself (TCP, or TLS): its remote address (failed-login budget) and peer certificate.
+    const socket = client.conn as Socket | undefined;
     const peer = peerCertificate(socket instanceof TLSSocket ? socket : undefined);
     if (this.#opts.tls?.clientCerts === 'required' && !peer.verified) throw refused('cert_missing', CONNACK.NOT_AUTHORIZED, 'a verified client certificate is required');
     if (peer.verified && peer.cn !== client.id) throw refused('cert_cn_mismatch', CONNACK.NOT_AUTHORIZED, 'the client certificate CN must equal the client id');
