@@ -27,7 +27,7 @@ services
 operators (talk to a running hub: --hub <url> --token <t>, or --data <hub data dir>)
   device add <id> --group <g> [--label k=v]...   register a device; prints its token once
   sensor add <id> --device <deviceId>            register a sensor feeding one device
-  devices [--json]                               list devices with state and counters
+  devices [--search t] [--group g] [--all] [--json]   devices with state and counters, paged
   devices history <id> [--json]                  a device's model history (installs, rollbacks)
   device history <id> [--json]                   the same
   model init <file.onnx> [--out <m.json>]        draft a manifest v2 from the model itself (local)

@@ -286,8 +286,9 @@ function liveLine(a: Agent, dtS: number): string {
 }
 
 async function listDevices(): Promise<DeviceRow[]> {
-  const res = await hubApi<{ devices: DeviceRow[] }>(hub, 'GET', '/v1/devices');
-  return res.devices.filter((d) => (d.kind ?? 'device') === 'device');
+  // The demo registers a handful: one page holds them all.
+  const res = await hubApi<{ items: DeviceRow[] }>(hub, 'GET', '/v1/devices?kind=device&limit=1000');
+  return res.items;
 }
 
 /** Inference records the hub stored for a device (its per-stream statistics), not health or drift windows. */

@@ -1,19 +1,41 @@
 /**
  * `edgefleet devices [--json]`: the fleet as the hub sees it, one line per device or sensor:
  * presence, last contact, group, labels, running models, and telemetry counters (stored,
- * duplicates, gaps, backlog the agent reported).
+ * duplicates, gaps, backlog the agent reported). One page by default (GET /v1/devices is paged,
+ * issue #15), filtered on the hub; `--all` follows the cursor to the end.
  */
 import { z } from 'zod';
-import { HUB_OPTIONS_HELP, runCommand, table, type CliIo } from '../command.ts';
+import { HUB_OPTIONS_HELP, UsageError, runCommand, table, type CliIo } from '../command.ts';
 
-const USAGE = `usage: edgefleet devices [--json]
+const USAGE = `usage: edgefleet devices [--search <text>] [--group <g>] [--kind <k>] [--status <s>] [--label k=v]...
+                        [--limit <n>] [--cursor <c>] [--all] [--json]
 
-Lists registered devices and sensors with their state and telemetry counters.
+Lists registered devices and sensors with their state and telemetry counters, in id order, one
+page at a time. When more match, stderr says how many and the --cursor of the next page.
 
 Options:
-  --json               print the hub's answer as JSON
+  --search <text>      ids or label values containing this (case-insensitive)
+  --group <g>          only this group
+  --kind <k>           device, sensor or consumer
+  --status <s>         online, offline or revoked
+  --label k=v          with this label (repeatable, or k=v,k2=v2: all must match)
+  --limit <n>          page size (default 100, at most 1000)
+  --cursor <c>         continue after the page that printed this cursor
+  --all                every matching one, page after page
+  --json               print the devices as a JSON array
 ${HUB_OPTIONS_HELP}
 `;
+
+const OPTIONS = {
+  search: { type: 'string' },
+  group: { type: 'string' },
+  kind: { type: 'string' },
+  status: { type: 'string' },
+  label: { type: 'string', multiple: true },
+  limit: { type: 'string' },
+  cursor: { type: 'string' },
+  all: { type: 'boolean' },
+} as const;
 
 const DeviceSchema = z.looseObject({
   id: z.string(),
@@ -27,7 +49,7 @@ const DeviceSchema = z.looseObject({
   models: z.array(z.object({ name: z.string(), version: z.string() })),
   counters: z.object({ stored: z.number(), duplicates: z.number(), badMessages: z.number(), gaps: z.number(), backlog: z.number() }),
 });
-const ListSchema = z.object({ devices: z.array(DeviceSchema) });
+const PageSchema = z.object({ items: z.array(DeviceSchema), nextCursor: z.string().nullable(), total: z.number() });
 type DeviceRow = z.infer<typeof DeviceSchema>;
 
 function ago(iso: string | null, now: number): string {
@@ -60,8 +82,28 @@ export function formatTable(devices: DeviceRow[], now: number): string {
 }
 
 export function run(argv: string[], io: CliIo): Promise<number> {
-  return runCommand(argv, io, { name: 'devices', usage: USAGE }, async ({ hub, show }) => {
-    const { devices } = await (await hub()).request('GET', '/v1/devices', ListSchema);
-    show(devices, () => (devices.length === 0 ? 'no devices registered (add one with: edgefleet device add <id>)\n' : formatTable(devices, Date.now())));
+  return runCommand(argv, io, { name: 'devices', usage: USAGE, options: OPTIONS }, async ({ values, hub, show }) => {
+    if (values.all && values.cursor !== undefined) throw new UsageError('--all starts at the first page: give --all or --cursor, not both');
+    const q = new URLSearchParams();
+    for (const key of ['search', 'group', 'kind', 'status', 'limit'] as const) {
+      const v = values[key];
+      if (v !== undefined) q.set(key === 'search' ? 'q' : key, v);
+    }
+    for (const l of values.label ?? []) q.append('label', l);
+    const filtered = [...q.keys()].some((k) => k !== 'limit');
+    if (values.all && values.limit === undefined) q.set('limit', '1000');
+    const client = await hub();
+    const devices: DeviceRow[] = [];
+    let cursor = values.cursor;
+    let page: z.infer<typeof PageSchema>;
+    do {
+      if (cursor !== undefined) q.set('cursor', cursor);
+      page = await client.request('GET', `/v1/devices?${q.toString()}`, PageSchema);
+      devices.push(...page.items);
+      cursor = page.nextCursor ?? undefined;
+    } while (values.all && cursor !== undefined);
+    show(devices, () => (devices.length === 0 ? (filtered ? 'no device matches\n' : 'no devices registered (add one with: edgefleet device add <id>)\n') : formatTable(devices, Date.now())));
+    // On stderr, so stdout stays one line per device (and pure JSON with --json).
+    if (page.nextCursor !== null && !values.all) io.err(`${devices.length} of ${page.total} shown; next page: --cursor ${page.nextCursor} (or --all)\n`);
   });
 }

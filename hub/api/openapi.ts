@@ -38,6 +38,7 @@ import { SampleUploadSchema } from '../drift/samples.ts';
 import { FeedbackBatchSchema } from '../feedback/feedback.ts';
 import { KpiQuerySchema } from '../kpis/service.ts';
 import { RolloutSpecSchema } from '../rollouts/spec.ts';
+import { DeviceListQuerySchema } from './device-list.ts';
 import * as S from './schemas.ts';
 import { AuditQuerySchema, AuditVerifyQuerySchema, CreateDeviceSchema, ModelAnnounceSchema, TelemetryQuerySchema } from './server.ts';
 
@@ -146,7 +147,20 @@ export function apiOperations(): Operation[] {
       errors: [409],
       responses: { 201: json('Registered', S.CreatedPrincipalSchema) },
     },
-    { method: 'GET', path: '/v1/devices', operationId: 'listDevices', summary: 'Devices, sensors and consumers with state and counters', tags: ['devices'], auth: 'viewer', responses: { 200: json('All principals', S.DeviceListSchema) } },
+    {
+      method: 'GET',
+      path: '/v1/devices',
+      operationId: 'listDevices',
+      summary: 'A page of devices, sensors and consumers with state and counters',
+      description:
+        'In id order, paged by an opaque cursor (keyset on the id, not an offset): pass `nextCursor` back as `cursor` with the same filters until it is null. ' +
+        'Principals registered meanwhile with ids after the cursor are still reached; none is repeated. `total` counts every principal matching the filters. ' +
+        'Filters combine (AND); a parameter other than `label` given twice is refused.',
+      tags: ['devices'],
+      auth: 'viewer',
+      query: DeviceListQuerySchema,
+      responses: { 200: json('One page of principals', S.DevicePageSchema) },
+    },
     {
       method: 'GET',
       path: '/v1/devices/{id}',

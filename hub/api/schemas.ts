@@ -60,7 +60,14 @@ export const DeviceSchema = z.object({
   counters: DeviceCountersSchema,
 });
 
-export const DeviceListSchema = z.object({ devices: z.array(DeviceSchema) });
+/** GET /v1/devices: one page in id order (hub/api/device-list.ts). */
+export const DevicePageSchema = z.object({
+  items: z.array(DeviceSchema),
+  /** Pass as `cursor` (with the same filters) for the next page; null on the last page. */
+  nextCursor: z.string().nullable(),
+  /** Principals matching the filters, on every page. */
+  total: z.number().int(),
+});
 
 export const DeviceDetailSchema = DeviceSchema.extend({
   streams: z.array(z.object({ stream: z.string(), epoch: z.number().int(), nextSeq: z.number().int(), pending: z.number().int() })),

@@ -9,7 +9,9 @@
  *   GET  /metrics                 Prometheus text of the hub registry
  *   GET  /openapi.json            the OpenAPI 3.1 document of this API, no auth (hub/api/openapi.ts)
  *   POST /v1/devices              register a device or sensor → 201 {id, kind, token} (token shown once)
- *   GET  /v1/devices              list devices and sensors with state and counters
+ *   GET  /v1/devices              a page of devices, sensors and consumers with state and counters:
+ *                                 ?limit=&cursor=&q=&group=&kind=&status=&label=k=v → {items, nextCursor, total}
+ *                                 (hub/api/device-list.ts; keyset on id)
  *   GET  /v1/devices/:id          one, with stream positions and per-(stream, epoch) stats
  *   GET  /v1/telemetry            stored records, paged by cursor (`after`, `next`)
  *   GET  /v1/fleet                totals and records/s over the last minute
@@ -60,6 +62,7 @@ import { serveArtifact } from '../models/artifact-http.ts';
 import { storedRelease, type ModelRegistry } from '../models/registry.ts';
 import type { RolloutEngine } from '../rollouts/engine.ts';
 import type { DeviceRecord, HubStore, ModelRecord } from '../store/store.ts';
+import { encodeDeviceCursor, parseDeviceListQuery } from './device-list.ts';
 import { drainBounded, readJson, sendError, sendJson } from './http.ts';
 import { buildOpenApiDocument } from './openapi.ts';
 import { rawSocket, type Conn, type ConnectionLimiter } from '../net/conn-limits.ts';
@@ -237,7 +240,7 @@ export class ApiServer implements Component {
       { method: 'GET', pattern: /^\/metrics$/, auth: opts.publicMetrics ? 'none' : 'viewer', handler: (_q, res) => this.#metrics(res) },
       { method: 'GET', pattern: /^\/openapi\.json$/, auth: 'none', handler: (_q, res) => this.#openapi(res) },
       { method: 'POST', pattern: /^\/v1\/devices$/, auth: 'admin', action: 'device.create', handler: (req, res) => this.#createDevice(req, res) },
-      { method: 'GET', pattern: /^\/v1\/devices$/, auth: 'viewer', handler: (_q, res) => this.#listDevices(res) },
+      { method: 'GET', pattern: /^\/v1\/devices$/, auth: 'viewer', handler: (_q, res, p) => this.#listDevices(res, p.query) },
       { method: 'GET', pattern: /^\/v1\/devices\/([^/]+)$/, auth: 'viewer', handler: (_q, res, p) => this.#getDevice(res, p.id ?? '') },
       { method: 'POST', pattern: /^\/v1\/devices\/([^/]+)\/revoke$/, auth: 'admin', action: 'device.revoke', handler: async (_q, res, p) => sendJson(res, 200, await opts.security.revokePrincipal(p.id ?? '')) },
       { method: 'POST', pattern: /^\/v1\/tokens$/, auth: 'admin', action: 'token.create', handler: (req, res, p) => this.#createToken(req, res, p.op, p.note) },
@@ -545,9 +548,11 @@ export class ApiServer implements Component {
     sendJson(res, 201, { id: body.id, kind: body.kind, group: body.group, ...(body.device ? { device: body.device } : {}), token }, { 'cache-control': 'no-store' });
   }
 
-  async #listDevices(res: ServerResponse): Promise<void> {
-    const devices = await this.#o.store.listDevices();
-    sendJson(res, 200, { devices: devices.map(deviceView) });
+  async #listDevices(res: ServerResponse, query: URLSearchParams): Promise<void> {
+    const q = parseDeviceListQuery(query);
+    const page = await this.#o.store.queryDevices(q);
+    const last = page.items[page.items.length - 1];
+    sendJson(res, 200, { items: page.items.map(deviceView), nextCursor: page.more && last ? encodeDeviceCursor(last.id) : null, total: page.total });
   }
 
   async #getDevice(res: ServerResponse, id: string): Promise<void> {

@@ -472,4 +472,38 @@ export const MIGRATIONS: readonly Migration[] = [
       ALTER TABLE enrollment_tokens ADD COLUMN allow_device_labels TEXT NOT NULL DEFAULT '[]';
     `,
   },
+  {
+    version: 11,
+    name: 'device listing: group index, labels as rows',
+    sql: `
+      -- Issues #15/#16: GET /v1/devices pages through 10,000+ principals in id order (keyset) with
+      -- filters. A group filter walks this index from the cursor on instead of the whole table.
+      CREATE INDEX principals_by_group ON principals(grp, id);
+
+      -- Each principal's labels as rows, so a label filter is an index lookup rather than a JSON
+      -- parse of every principal. Kept by triggers, so every writer of principals.labels
+      -- (registration, enrollment) stays as it is; labels that are not a JSON object give no rows.
+      CREATE TABLE principal_labels (
+        principal_id TEXT NOT NULL REFERENCES principals(id) ON DELETE CASCADE,
+        key          TEXT NOT NULL,
+        value        TEXT NOT NULL,
+        PRIMARY KEY (principal_id, key)
+      ) WITHOUT ROWID;
+      CREATE INDEX principal_labels_by_pair ON principal_labels(key, value, principal_id);
+      INSERT INTO principal_labels (principal_id, key, value)
+        SELECT p.id, l.key, CAST(l.value AS TEXT) FROM principals p,
+          json_each(CASE WHEN json_valid(p.labels) AND json_type(p.labels) = 'object' THEN p.labels ELSE '{}' END) l;
+      CREATE TRIGGER principal_labels_on_insert AFTER INSERT ON principals BEGIN
+        INSERT INTO principal_labels (principal_id, key, value)
+          SELECT NEW.id, key, CAST(value AS TEXT)
+          FROM json_each(CASE WHEN json_valid(NEW.labels) AND json_type(NEW.labels) = 'object' THEN NEW.labels ELSE '{}' END);
+      END;
+      CREATE TRIGGER principal_labels_on_update AFTER UPDATE OF labels ON principals BEGIN
+        DELETE FROM principal_labels WHERE principal_id = OLD.id;
+        INSERT INTO principal_labels (principal_id, key, value)
+          SELECT NEW.id, key, CAST(value AS TEXT)
+          FROM json_each(CASE WHEN json_valid(NEW.labels) AND json_type(NEW.labels) = 'object' THEN NEW.labels ELSE '{}' END);
+      END;
+    `,
+  },
 ];

@@ -45,6 +45,8 @@ import type {
   AuditRecord,
   EnrollRefusal,
   EnrollmentTokenRecord,
+  DevicePage,
+  DeviceQuery,
   DeviceRecord,
   FleetTotals,
   HubStore,
@@ -156,6 +158,39 @@ const DEVICE_SELECT = `
          COALESCE(c.bad_messages, 0) AS bad_messages,
          COALESCE((SELECT SUM(s.max_seq - s.min_seq + 1 - s.count) FROM stream_stats s WHERE s.device_id = p.id), 0) AS gaps
   FROM principals p LEFT JOIN device_counters c ON c.device_id = p.id`;
+
+/** `%`, `_` and the backslash itself match literally in a LIKE pattern whose ESCAPE is the backslash. */
+const likeLiteral = (s: string): string => s.replace(/[\\%_]/g, (c) => `\\${c}`);
+
+/**
+ * The WHERE terms of a device query (without its cursor). Each is served by an index or bounded
+ * by the page: group by principals_by_group, labels by principal_labels_by_pair; status, kind
+ * and the search are checked on the rows the id-ordered walk visits.
+ */
+function deviceFilter(q: DeviceQuery): { where: string[]; args: (string | number)[] } {
+  const where: string[] = [];
+  const args: (string | number)[] = [];
+  for (const [column, value] of [
+    ['p.grp', q.group],
+    ['p.kind', q.kind],
+  ] as const) {
+    if (value === undefined) continue;
+    where.push(`${column} = ?`);
+    args.push(value);
+  }
+  if (q.status === 'revoked') where.push('p.revoked_at IS NOT NULL');
+  else if (q.status !== undefined) where.push(`p.revoked_at IS NULL AND p.online = ${q.status === 'online' ? 1 : 0}`);
+  for (const [key, value] of q.labels ?? []) {
+    where.push('p.id IN (SELECT principal_id FROM principal_labels WHERE key = ? AND value = ?)');
+    args.push(key, value);
+  }
+  if (q.search !== undefined && q.search !== '') {
+    const pattern = `%${likeLiteral(q.search)}%`;
+    where.push("(p.id LIKE ? ESCAPE '\\' OR EXISTS (SELECT 1 FROM principal_labels l WHERE l.principal_id = p.id AND l.value LIKE ? ESCAPE '\\'))");
+    args.push(pattern, pattern);
+  }
+  return { where, args };
+}
 
 export class SqliteHubStore implements HubStore {
   readonly name = 'store';
@@ -286,6 +321,18 @@ export class SqliteHubStore implements HubStore {
 
   listDevices(): Promise<DeviceRecord[]> {
     return this.#run('list devices', (db) => (db.prepare(`${DEVICE_SELECT} ORDER BY p.id`).all() as DeviceRow[]).map((r) => this.#toDevice(r)));
+  }
+
+  queryDevices(q: DeviceQuery): Promise<DevicePage> {
+    return this.#run('query devices', (db) => {
+      const { where, args } = deviceFilter(q);
+      const page = [...where, ...(q.after === undefined ? [] : ['p.id > ?'])];
+      const rows = db
+        .prepare(`${DEVICE_SELECT} ${page.length ? `WHERE ${page.join(' AND ')}` : ''} ORDER BY p.id LIMIT ?`)
+        .all(...args, ...(q.after === undefined ? [] : [q.after]), q.limit + 1) as DeviceRow[];
+      const { n } = db.prepare(`SELECT COUNT(*) AS n FROM principals p ${where.length ? `WHERE ${where.join(' AND ')}` : ''}`).get(...args) as { n: number };
+      return { items: rows.slice(0, q.limit).map((r) => this.#toDevice(r)), total: n, more: rows.length > q.limit };
+    });
   }
 
   streamStats(deviceId: string): Promise<StreamStat[]> {

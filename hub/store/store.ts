@@ -76,6 +76,35 @@ export interface DeviceRecord {
   counters: DeviceCounters;
 }
 
+/** online and offline: not revoked, by presence; revoked: revoked whatever the presence. */
+export type DeviceStatus = 'online' | 'offline' | 'revoked';
+
+/**
+ * One page of principals (issues #15, #16), in id order, with keyset paging: `after` is the last
+ * id of the previous page, so a page costs the same wherever it is and adding principals while
+ * a client pages never repeats or skips one that existed when it started.
+ */
+export interface DeviceQuery {
+  /** Ids strictly after this one. */
+  after?: string;
+  limit: number;
+  /** Case-insensitive substring of the id or of a label value. */
+  search?: string;
+  group?: string;
+  kind?: PrincipalKind;
+  status?: DeviceStatus;
+  /** Every pair must be among the principal's labels. */
+  labels?: readonly (readonly [key: string, value: string])[];
+}
+
+export interface DevicePage {
+  items: DeviceRecord[];
+  /** Principals matching the filter, on every page (not only after `after`). */
+  total: number;
+  /** Whether principals matching the filter follow the last item. */
+  more: boolean;
+}
+
 /** Per (device, stream, epoch): what arrived, so gaps are visible. */
 export interface StreamStat {
   stream: string;
@@ -697,6 +726,8 @@ export interface HubStore extends Component, RolloutStore, KpiStore, DriftStore,
   getCredentials(id: string): Promise<PrincipalCredentials | undefined>;
   getDevice(id: string): Promise<DeviceRecord | undefined>;
   listDevices(): Promise<DeviceRecord[]>;
+  /** A bounded, indexed page of principals matching the filter (keyset on id). */
+  queryDevices(q: DeviceQuery): Promise<DevicePage>;
   streamStats(deviceId: string): Promise<StreamStat[]>;
 
   /** At start-up of an embedded broker nobody is connected yet. */

@@ -45,7 +45,7 @@ function resolve(hash) {
   const query = new URLSearchParams(qs ?? '');
   switch (parts[0]) {
     case 'devices':
-      return parts[1] ? { nav: 'fleet', view: deviceView(ctx, parts[1]) } : { nav: 'fleet', view: fleetView(ctx) };
+      return parts[1] ? { nav: 'fleet', view: deviceView(ctx, parts[1]) } : { nav: 'fleet', view: fleetView(ctx, query) };
     case 'models':
       return parts[1] && parts[2] ? { nav: 'models', view: modelView(ctx, parts[1], parts[2]) } : { nav: 'models', view: modelsView(ctx) };
     case 'rollouts':
@@ -53,7 +53,7 @@ function resolve(hash) {
     case 'drift':
       return { nav: 'drift', view: driftView(ctx, query) };
     default:
-      return { nav: 'fleet', view: fleetView(ctx) };
+      return { nav: 'fleet', view: fleetView(ctx, query) };
   }
 }
 

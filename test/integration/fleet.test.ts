@@ -77,9 +77,9 @@ describe('fleet end to end (in process)', () => {
     }
     // The agents' outboxes are empty once the hub acked everything.
     await until(() => fleet.agents.every((a) => a.outbox.pendingCount() === 0), 10_000, 'outboxes drained');
-    const listed = await fleet.api<{ devices: { id: string; online: boolean; counters: { stored: number; gaps: number }; models: { name: string }[] }[] }>('GET', '/v1/devices');
+    const listed = await fleet.api<{ items: { id: string; online: boolean; counters: { stored: number; gaps: number }; models: { name: string }[] }[] }>('GET', '/v1/devices');
     for (const d of devices) {
-      const row = listed.devices.find((x) => x.id === d)!;
+      const row = listed.items.find((x) => x.id === d)!;
       assert.equal(row.online, true);
       assert.equal(row.counters.stored, (await fleet.telemetry(d)).length, 'the counter counts every stored record');
       assert.equal(row.counters.gaps, 0);

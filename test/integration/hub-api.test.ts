@@ -167,13 +167,15 @@ describe('hub HTTP API and operator CLI', () => {
       { qos: 1 },
     );
 
-    const list = (await (await api('/v1/devices')).json()) as { devices: { id: string; online: boolean; agentVersion: string | null; counters: Record<string, number> }[] };
-    const gw = list.devices.find((d) => d.id === 'gw-7');
+    const list = (await (await api('/v1/devices')).json()) as { items: { id: string; online: boolean; agentVersion: string | null; counters: Record<string, number> }[]; total: number; nextCursor: string | null };
+    assert.equal(list.total, list.items.length);
+    assert.equal(list.nextCursor, null, 'one page holds them all');
+    const gw = list.items.find((d) => d.id === 'gw-7');
     assert.ok(gw);
     assert.equal(gw.online, true);
     assert.equal(gw.agentVersion, '9.9.9');
     assert.deepEqual(gw.counters, { stored: 5, duplicates: 0, badMessages: 0, gaps: 0, backlog: 4 });
-    assert.deepEqual(list.devices.map((d) => d.id), [...list.devices.map((d) => d.id)].sort());
+    assert.deepEqual(list.items.map((d) => d.id), [...list.items.map((d) => d.id)].sort());
 
     const one = (await (await api('/v1/devices/gw-7')).json()) as { streams: unknown[]; streamStats: { count: number }[] };
     assert.equal(one.streams.length, 1);
