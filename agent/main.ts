@@ -29,7 +29,7 @@ import { MemoryBreachRecovery, writeMemoryBreachMarker } from './models/memory-b
 import { ModelSet } from './models/model-set.ts';
 import { Outbox } from './outbox/outbox.ts';
 import { Pipeline, type InputBus } from './pipeline.ts';
-import { FolderInput } from './inputs/folder-input.ts';
+import { FolderInput, settleFolderJournal } from './inputs/folder-input.ts';
 import { FolderJournal } from './inputs/folder-journal.ts';
 import { HttpInferHandler } from './inputs/http-infer.ts';
 import { MqttBrokerInput } from './inputs/mqtt-broker-input.ts';
@@ -195,6 +195,22 @@ export function createAgent(config: AgentConfig, deps: { log: Logger; registry?:
       log: log.child({ component: 'memory' }),
     }),
   );
+  // The folder inputs' exactly-once journal starts, and what a crash left half-appended is
+  // settled against the outbox, before the link can send (and the hub ack) the outbox's copy.
+  const journal = config.pipelines.some((p) => p.input.type === 'folder')
+    ? lifecycle.add(new FolderJournal({ path: join(config.dataDir, 'folder-inputs.db'), synchronous: config.outbox.synchronous }))
+    : undefined;
+  if (journal) {
+    lifecycle.add<Component>({
+      name: 'folder-journal-settle',
+      start: () => {
+        const r = settleFolderJournal(journal, outbox);
+        if (r.kept + r.appended > 0) log.info(r, 'folder inputs: records of files claimed before a crash settled against the outbox');
+        return Promise.resolve();
+      },
+      stop: () => Promise.resolve(),
+    });
+  }
   const link = lifecycle.add(
     new HubLink({
       deviceId: config.deviceId,
@@ -269,9 +285,6 @@ export function createAgent(config: AgentConfig, deps: { log: Logger; registry?:
   }
   const busFor = (p: PipelineConfig): InputBus => busByPipeline.get(p.name) ?? link;
   const pipelineMetrics = createPipelineMetrics(registry);
-  const journal = config.pipelines.some((p) => p.input.type === 'folder')
-    ? lifecycle.add(new FolderJournal({ path: join(config.dataDir, 'folder-inputs.db'), synchronous: config.outbox.synchronous }))
-    : undefined;
   // Retained readings already inferred are not inferred again at a restart (issue #14).
   const retainedGuard = config.pipelines.some((p) => p.input.type === 'mqtt')
     ? lifecycle.add(new RetainedReplayGuard({ path: join(config.dataDir, INPUT_MARKS_FILE), log: log.child({ component: 'input-marks' }) }))

@@ -356,13 +356,7 @@ export class FolderInput implements Component {
   }
 
   #inOutbox(pipeline: string, key: string): boolean {
-    let after = 0;
-    for (;;) {
-      const rows = this.o.outbox.readBatch(after, 1000);
-      if (rows.length === 0) return false;
-      for (const r of rows) if (r.stream === INFERENCE_STREAM && r.body['file'] === key && r.body['pipeline'] === pipeline) return true;
-      after = rows[rows.length - 1]!.rowid;
-    }
+    return pendingFileKeys(this.o.outbox).has(fileRef(pipeline, key));
   }
 
   /** Moves a finished file out of `.processing/` and forgets its journal row. */
@@ -407,4 +401,41 @@ function freeName(dir: string, name: string): string {
   const base = name.slice(0, name.length - ext.length);
   for (let n = 1; existsSync(dest); n++) dest = join(dir, `${base}~${n}${ext}`);
   return dest;
+}
+
+const fileRef = (pipeline: string, key: string): string => `${pipeline}\u0000${key}`;
+
+/** The (pipeline, file key) of every folder inference record still waiting in the outbox. */
+function pendingFileKeys(outbox: PendingRecords): Set<string> {
+  const out = new Set<string>();
+  for (let after = 0; ; ) {
+    const rows = outbox.readBatch(after, 1000);
+    if (rows.length === 0) return out;
+    for (const r of rows) if (r.stream === INFERENCE_STREAM && typeof r.body['file'] === 'string' && typeof r.body['pipeline'] === 'string') out.add(fileRef(r.body['pipeline'], r.body['file']));
+    after = rows[rows.length - 1]!.rowid;
+  }
+}
+
+/**
+ * Settles the journal rows a crash left between step 1 (`appending`) and step 3 (`done`), before
+ * the hub link starts: a record still in the outbox is kept as it is, a missing one is appended,
+ * and both rows become `done` (the folder input then only moves the file). Run any later and the
+ * link may already have sent the outbox's copy and had it acked (deleted): the check "is it in
+ * the outbox" would then say no and append it a second time (the folder test's crash point 2
+ * failed that way in CI under load). Called from agent/main.ts between the journal's start and
+ * the link's. Returns how many records were appended.
+ */
+export function settleFolderJournal(journal: Pick<FolderJournal, 'appendingRows' | 'done'>, outbox: PendingRecords & { appendNow(stream: string, kind: string, body: Record<string, unknown>, ts: number): unknown }): { kept: number; appended: number } {
+  const rows = journal.appendingRows();
+  if (rows.length === 0) return { kept: 0, appended: 0 };
+  const pending = pendingFileKeys(outbox);
+  let appended = 0;
+  for (const row of rows) {
+    if (row.record && !pending.has(fileRef(row.pipeline, row.fileKey))) {
+      outbox.appendNow(row.record.stream, row.record.kind, row.record.body, row.record.ts);
+      appended++;
+    }
+    journal.done(row.pipeline, row.fileKey);
+  }
+  return { kept: rows.length - appended, appended };
 }

@@ -75,6 +75,14 @@ export class FolderJournal implements Component {
     return { pipeline, fileKey, state: row.state, record: row.record ? (JSON.parse(row.record) as PendingRecord) : undefined };
   }
 
+  /** Rows left in step 1 or 2 (a crash before `done`), every pipeline's, oldest first. */
+  appendingRows(): JournalRow[] {
+    const rows = this.#require()
+      .prepare<[], { pipeline: string; file_key: string; record: string | null }>("SELECT pipeline, file_key, record FROM folder_files WHERE state = 'appending' ORDER BY updated")
+      .all();
+    return rows.map((r) => ({ pipeline: r.pipeline, fileKey: r.file_key, state: 'appending' as const, record: r.record ? (JSON.parse(r.record) as PendingRecord) : undefined }));
+  }
+
   /** Step 1: the record about to be appended, committed before the outbox sees it. */
   appending(pipeline: string, fileKey: string, record: PendingRecord): void {
     this.#run('INSERT INTO folder_files (pipeline, file_key, state, record, updated) VALUES (?, ?, ?, ?, ?) ON CONFLICT (pipeline, file_key) DO UPDATE SET state = excluded.state, record = excluded.record, updated = excluded.updated', pipeline, fileKey, 'appending', JSON.stringify(record), Date.now());
