@@ -16,6 +16,8 @@ import { spawn } from 'node:child_process';
 import { readdirSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
+import { REPO_ROOT } from './fleet/processes.ts';
+import { makeModels, makeModelsV2 } from './make-models.ts';
 
 function find(dir: string): string[] {
   const out: string[] = [];
@@ -64,6 +66,14 @@ function lane(name: string, laneFiles: string[], prefix: boolean): Promise<LaneR
     child.on('close', (code, signal) => resolve({ name, code: code ?? (signal ? 1 : 0), counts, failing }));
   });
 }
+
+// The demo models (v1 and v2) are generated once here, before any lane starts: tests read them
+// from models/, and two lanes generating them at once would each train their own copies (the
+// dashboard test found line-state missing on a fresh clone where no demo had run first).
+const t00 = Date.now();
+await makeModels({ outDir: join(REPO_ROOT, 'models') });
+await makeModelsV2({ outDir: join(REPO_ROOT, 'models') });
+console.log(`ℹ demo models ready in models/ (${((Date.now() - t00) / 1000).toFixed(1)} s)`);
 
 const oneLane = process.env.EDGEFLEET_TEST_LANES === '1' || (filters.length > 0 && process.env.EDGEFLEET_TEST_LANES !== '2');
 const heavy = files.filter((f) => HEAVY.some((h) => f.startsWith(h)));

@@ -33,7 +33,7 @@ import { DRIFT_KIND, DRIFT_STREAM } from '../../shared/drift/summary.ts';
 import { silentLogger } from '../../shared/log.ts';
 import { REPO_ROOT } from '../../scripts/fleet/processes.ts';
 import { writeReleaseVariant } from '../../scripts/lib/release-variants.ts';
-import { makeModels } from '../../scripts/make-models.ts';
+import { makeModels, makeModelsV2 } from '../../scripts/make-models.ts';
 import { InProcessFleet, MODELS_DIR, until } from '../helpers/fleet-in-process.ts';
 import { DriftFixture, MODEL, WINDOW_MS } from '../integration/hub-drift-fixture.ts';
 
@@ -98,6 +98,7 @@ describe('dashboard in headless Chromium against a running fleet', { timeout: 15
     rmSync(ARTIFACTS, { recursive: true, force: true });
     mkdirSync(ARTIFACTS, { recursive: true });
     await makeModels({ outDir: MODELS_DIR });
+    await makeModelsV2({ outDir: MODELS_DIR }); // line-state, pushed as a v2 release below
     const config = loadHubConfig({
       env: {},
       overrides: {
