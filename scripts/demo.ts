@@ -1,5 +1,9 @@
 /**
- * `npm run demo [-- --duration 60 --agents 3 --cameras 2 --rate 10 --fps 2 --line-rate <n> --frames jpeg|png --data <dir> --keep --quiet]`
+ * `npm run demo [-- --duration 60 --agents 3 --cameras 2 --rate 10 --fps 2 --line-rate <n> --frames jpeg|png --data <dir> --http-port 8080 --mqtt-port 0 --keep --quiet]`
+ *
+ * The dashboard is on a fixed port, 8080 by default (`--http-port`, or EDGEFLEET_DEMO_HTTP_PORT;
+ * 0 picks a free one), and the demo prints its URL, the admin token and a one-click login link
+ * (`/ui/#token=...`, which the dashboard takes out of the address at once) as soon as the hub is up.
  *
  * A whole fleet on one machine with no external service and no download: generates the demo
  * models (v1 and manifest v2, cached by their stamps), starts the hub (embedded broker + SQLite)
@@ -22,7 +26,7 @@
  * as a `consumer` principal to `edgefleet/v1/+/out/#` (scripts/fleet/results.ts). Counts come
  * from the agents' Prometheus metrics and the hub's API (inference records stored per device).
  */
-import { mkdirSync, mkdtempSync, rmSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -77,6 +81,8 @@ const { values } = parseArgs({
     'line-rate': { type: 'string' },
     frames: { type: 'string', default: 'jpeg' },
     data: { type: 'string' },
+    'http-port': { type: 'string', default: process.env.EDGEFLEET_DEMO_HTTP_PORT ?? '8080' },
+    'mqtt-port': { type: 'string', default: '0' },
     keep: { type: 'boolean', default: false },
     quiet: { type: 'boolean', default: false },
   },
@@ -93,9 +99,12 @@ const LINE_STEPS = 600;
 const PIPELINE_ORDER = ['vibration', 'bearing', 'spindle', 'line', 'conveyor'];
 const lineRate = values['line-rate'] ? Number(values['line-rate']) : Math.min(30, Math.max(5, Math.round(LINE_STEPS / horizonS)));
 const frames = values.frames;
-if (!(durationS > 0) || !(nAgents >= 1) || !(nCameras >= 0) || !(rate > 0) || !(fps > 0) || !(lineRate > 0) || (frames !== 'jpeg' && frames !== 'png')) {
+const httpPort = Number(values['http-port']);
+const mqttPort = Number(values['mqtt-port']);
+const isPort = (n: number): boolean => Number.isInteger(n) && n >= 0 && n <= 65_535;
+if (!isPort(httpPort) || !isPort(mqttPort) || !(durationS > 0) || !(nAgents >= 1) || !(nCameras >= 0) || !(rate > 0) || !(fps > 0) || !(lineRate > 0) || (frames !== 'jpeg' && frames !== 'png')) {
   console.error(
-    'usage: npm run demo -- [--duration <s>] [--agents <gateways>] [--cameras <n>] [--rate <machine-state readings/s>] [--fps <frames/s per camera>] [--line-rate <line readings/s>] [--frames jpeg|png] [--data <dir>] [--keep] [--quiet]',
+    'usage: npm run demo -- [--duration <s>] [--agents <gateways>] [--cameras <n>] [--rate <machine-state readings/s>] [--fps <frames/s per camera>] [--line-rate <line readings/s>] [--frames jpeg|png] [--data <dir>] [--http-port <port, 0 = any>] [--mqtt-port <port>] [--keep] [--quiet]',
   );
   process.exit(2);
 }
@@ -118,8 +127,19 @@ for (const m of modelsV2) {
   say(`  model ${m.name} (${m.task}): ${k.filter((x) => x in m.metrics).map((x) => `${x} ${m.metrics[x]}`).join(', ')}`);
 }
 
-const hub: HubInfo = await startHubProcess({ dataDir: join(root, 'hub'), logFile: join(root, 'logs', 'hub.log') });
+const hub: HubInfo = await startHubProcess({ dataDir: join(root, 'hub'), logFile: join(root, 'logs', 'hub.log'), httpPort, mqttPort }).catch((err: unknown) => {
+  const taken = /EADDRINUSE/.test(String(err)) || /EADDRINUSE/.test(readLog(join(root, 'logs', 'hub.log')));
+  console.error(
+    taken
+      ? `the hub could not listen: port ${httpPort} (dashboard) or ${mqttPort || 'its MQTT port'} is taken. Pick another: npm run demo -- --http-port 8090 (0 = any free port)`
+      : `the hub did not start: ${String(err)} (log: ${join(root, 'logs', 'hub.log')})`,
+  );
+  process.exit(1);
+});
 say(`hub: mqtt ${hub.mqttUrl}, http ${hub.httpUrl}`);
+say(`dashboard:        ${hub.httpUrl}/ui/`);
+say(`admin token:      ${hub.adminToken}`);
+say(`one-click login:  ${hub.httpUrl}/ui/#token=${encodeURIComponent(hub.adminToken)}`);
 
 const agents: Agent[] = [];
 const collector = new ResultCollector();
@@ -487,3 +507,11 @@ try {
   await shutdown();
 }
 process.exit(exitCode);
+
+function readLog(path: string): string {
+  try {
+    return readFileSync(path, 'utf8');
+  } catch {
+    return '';
+  }
+}

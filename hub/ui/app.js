@@ -125,6 +125,20 @@ function start() {
   });
   window.addEventListener('edgefleet:unauthorized', () => showLogin('The hub no longer accepts this token; log in again.'));
   window.addEventListener('hashchange', () => void route());
+  // A login link (`/ui/#token=<token>`, what `npm run demo` prints): the token is taken out of the
+  // address and the history at once, then used as if typed. The fragment never reaches a server.
+  const linked = /^#token=([^&]+)$/.exec(window.location.hash);
+  if (linked) {
+    const token = decodeURIComponent(linked[1]);
+    window.history.replaceState(null, '', `${window.location.pathname}${window.location.search}`);
+    login(token).then(
+      () => {
+        window.location.hash = '#/fleet';
+      },
+      (err) => showLogin(err instanceof ApiError && err.status === 401 ? 'The login link holds a token the hub refused (401).' : `Login failed: ${err instanceof ApiError ? err.text : String(err)}`),
+    );
+    return;
+  }
   void route();
 }
 

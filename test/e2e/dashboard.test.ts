@@ -325,6 +325,26 @@ describe('dashboard in headless Chromium against a running fleet', { timeout: 15
     await step('drift-acknowledged');
   });
 
+  it('a login link (#token=, as npm run demo prints) logs in and leaves no token in the address or history', async () => {
+    const ctx = await browser!.newContext({ viewport: { width: 1400, height: 1000 } });
+    const p = await ctx.newPage();
+    try {
+      await p.goto(url(`/ui/#token=${encodeURIComponent(fleet.hub.adminToken)}`));
+      await p.getByTestId('devices').locator('tr[data-id="press-1"]').waitFor();
+      assert.equal(new URL(p.url()).hash, '#/fleet');
+      assert.ok(!p.url().includes(fleet.hub.adminToken.slice(0, 12)), `token left in the address: ${p.url()}`);
+      await p.goBack().catch(() => undefined);
+      assert.ok(!p.url().includes(fleet.hub.adminToken.slice(0, 12)), `token reachable through history: ${p.url()}`);
+      // A refused token in a link shows the login with the reason.
+      const q = await ctx.newPage();
+      await q.goto(url('/ui/#token=deadbeef00000000.not-a-real-secret'));
+      await q.locator('#login-error', { hasText: 'refused' }).waitFor();
+      assert.ok(!q.url().includes('not-a-real-secret'));
+    } finally {
+      await ctx.close();
+    }
+  });
+
   it('a viewer token sees everything and can change nothing; a forced action shows the 403', async () => {
     const t = newApiToken();
     await fleet.hub.store.createApiToken({ id: t.id, name: 'wall-screen', role: 'viewer', token: await hashToken(t.secret), createdAt: Date.now() });
