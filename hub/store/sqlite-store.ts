@@ -15,6 +15,7 @@ import { EdgefleetError, ErrorCode, toEdgefleetError } from '../../shared/errors
 import type { Logger } from '../../shared/log.ts';
 import { ModelRefSchema, StreamPositionSchema, type Hello, type TelemetryRecord } from '../../shared/protocol.ts';
 import type { HealthWindow } from '../../shared/updates.ts';
+import type { TokenHash } from '../auth/tokens.ts';
 import { privateSqlite, securePrivateTree } from '../../shared/private-files.ts';
 import { MIGRATIONS, type Migration } from './migrations.ts';
 import * as kpis from './sqlite-kpis.ts';
@@ -282,6 +283,19 @@ export class SqliteHubStore implements HubStore {
     return this.#run('get credentials', (db) => {
       const r = db.prepare('SELECT id, kind, device_id, token_kdf, token_salt, token_hash, revoked_at FROM principals WHERE id = ?').get(id) as PrincipalRow | undefined;
       return r && { id: r.id, kind: r.kind, deviceId: r.device_id, token: { kdf: r.token_kdf, salt: r.token_salt, hash: r.token_hash }, revokedAt: r.revoked_at };
+    });
+  }
+
+  /**
+   * Replaces a principal's token hash when it still is `from` (issue #15: a scrypt hash upgraded
+   * to the fast kdf on login); false when the row is gone or its hash changed meanwhile.
+   */
+  replacePrincipalToken(id: string, from: TokenHash, to: TokenHash): Promise<boolean> {
+    return this.#run('replace principal token', (db) => {
+      const r = db
+        .prepare('UPDATE principals SET token_kdf = ?, token_salt = ?, token_hash = ? WHERE id = ? AND token_kdf = ? AND token_salt = ? AND token_hash = ?')
+        .run(to.kdf, to.salt, to.hash, id, from.kdf, from.salt, from.hash);
+      return r.changes === 1;
     });
   }
 
