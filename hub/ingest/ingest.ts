@@ -238,11 +238,17 @@ export class Ingest implements Component {
         error: { code: e.code, message: 'batch not stored; retry later' },
       };
     }
+    // Not awaited (issue #15): this handler holds one of aedes' delivery slots (mqemitter
+    // `concurrency`, 100) until it returns, and the ack needs a slot of its own. With 100 batches
+    // in flight at once every slot waited for an ack queued behind them: the hub stopped
+    // answering for good (bench:scale, one batch from each of 10,000 devices: 50 acks). The
+    // PUBACK still waits for the commit; the ack follows as soon as a slot is free.
+    // The agent times out and resends; the records are stored, the resend is acked as duplicates.
+    const unsent = (err: unknown): void => this.#log.warn({ err: toEdgefleetError(err), deviceId, batchId: batch.batchId }, 'cannot publish ack');
     try {
-      await this.#o.bus.publish(topics.of(deviceId, 'ack'), encodeJson(ack), { qos: 1 });
+      this.#o.bus.publish(topics.of(deviceId, 'ack'), encodeJson(ack), { qos: 1 }).catch(unsent);
     } catch (err) {
-      // The agent times out and resends; the records are stored, the resend is acked as duplicates.
-      this.#log.warn({ err: toEdgefleetError(err), deviceId, batchId: batch.batchId }, 'cannot publish ack');
+      unsent(err);
     }
   }
 
