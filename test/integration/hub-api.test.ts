@@ -98,7 +98,8 @@ describe('hub HTTP API and operator CLI', () => {
       const row = db.prepare('SELECT token_hash, token_salt, token_kdf FROM principals WHERE id = ?').get('cam-01') as { token_hash: Buffer; token_salt: Buffer; token_kdf: string };
       assert.equal(row.token_hash.length, 32);
       assert.equal(row.token_salt.length, 16);
-      assert.match(row.token_kdf, /^scrypt:/);
+      // A device token is 256 random bits: the fast keyed hash, not scrypt (hub/auth/tokens.ts).
+      assert.match(row.token_kdf, /^hmac-sha256/);
       assert.ok(!row.token_hash.equals(Buffer.from(body.token)));
     } finally {
       db.close();
