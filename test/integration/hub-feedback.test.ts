@@ -332,7 +332,16 @@ describe('KPIs from a real agent', () => {
     const kpis = async (): Promise<ModelVersionKpis | undefined> =>
       (await api<{ kpis: ModelVersionKpis[] }>(hub, 'GET', `/v1/kpis?model=machine-state&from=${t0 - 60_000}&to=${Date.now() + 60_000}`)).body.kpis[0];
     // Health windows close every 500 ms; the outbox ships them with the inference records.
-    await until(async () => (await kpis())?.inferences === N && (await kpis())?.accuracy.predictions === N, 30_000, 'all inferences in the KPIs');
+    // Inference records and health windows travel separately: wait for both (under load the
+    // last health window can land after the last inference record; a CI-style run saw devices 0).
+    await until(
+      async () => {
+        const x = await kpis();
+        return x?.inferences === N && x.accuracy.predictions === N && x.devices === 1 && x.cpu?.inferences === N;
+      },
+      30_000,
+      'all inferences and their health windows in the KPIs',
+    );
     const k = (await kpis())!;
     assert.equal(k.devices, 1);
     assert.equal(k.errors, 0);
