@@ -141,11 +141,12 @@ function workerMain(): void {
       chosen.map(async ([id, c]) => {
         const topic = m.hub ? topics.output(id, 'bench') : `bench/${id}`;
         while (Date.now() < until) {
-          try {
-            await c.publishAsync(topic, payload, { qos: 1 });
-            acked++;
-          } catch {
+          // A PUBACK that does not come within 5 s counts as failed (and ends this client's loop).
+          const ok = await Promise.race([c.publishAsync(topic, payload, { qos: 1 }).then(() => true, () => false), sleep(5000).then(() => false)]);
+          if (ok) acked++;
+          else {
             failed++;
+            if (Date.now() >= until) break;
             await sleep(10);
           }
         }
