@@ -1,8 +1,8 @@
 /**
  * `npm run demo [-- --duration 60 --agents 3 --cameras 2 --rate 10 --fps 2 --line-rate <n> --frames jpeg|png --data <dir> --http-port 8080 --mqtt-port 0 --keep --quiet]`
  *
- * The dashboard is on a fixed port, 8080 by default (`--http-port`, or EDGEFLEET_DEMO_HTTP_PORT;
- * 0 picks a free one), and the demo prints its URL, the admin token and a one-click login link
+ * The dashboard is on a fixed port, 8080 by default (the next free one, said so, when 8080 is
+ * taken; `--http-port` or EDGEFLEET_DEMO_HTTP_PORT to choose, strictly; 0 picks a free one), and the demo prints its URL, the admin token and a one-click login link
  * (`/ui/#token=...`, which the dashboard takes out of the address at once) as soon as the hub is up.
  *
  * A whole fleet on one machine with no external service and no download: generates the demo
@@ -27,6 +27,7 @@
  * from the agents' Prometheus metrics and the hub's API (inference records stored per device).
  */
 import { mkdirSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -81,7 +82,7 @@ const { values } = parseArgs({
     'line-rate': { type: 'string' },
     frames: { type: 'string', default: 'jpeg' },
     data: { type: 'string' },
-    'http-port': { type: 'string', default: process.env.EDGEFLEET_DEMO_HTTP_PORT ?? '8080' },
+    'http-port': { type: 'string' },
     'mqtt-port': { type: 'string', default: '0' },
     keep: { type: 'boolean', default: false },
     quiet: { type: 'boolean', default: false },
@@ -99,7 +100,10 @@ const LINE_STEPS = 600;
 const PIPELINE_ORDER = ['vibration', 'bearing', 'spindle', 'line', 'conveyor'];
 const lineRate = values['line-rate'] ? Number(values['line-rate']) : Math.min(30, Math.max(5, Math.round(LINE_STEPS / horizonS)));
 const frames = values.frames;
-const httpPort = Number(values['http-port']);
+/** Chosen by the user (flag or env): used as given, a taken port stops the demo. The default 8080 moves to the next free one, said loudly. */
+const httpPortGiven = values['http-port'] ?? process.env.EDGEFLEET_DEMO_HTTP_PORT;
+const DEFAULT_HTTP_PORT = 8080;
+let httpPort = Number(httpPortGiven ?? DEFAULT_HTTP_PORT);
 const mqttPort = Number(values['mqtt-port']);
 const isPort = (n: number): boolean => Number.isInteger(n) && n >= 0 && n <= 65_535;
 if (!isPort(httpPort) || !isPort(mqttPort) || !(durationS > 0) || !(nAgents >= 1) || !(nCameras >= 0) || !(rate > 0) || !(fps > 0) || !(lineRate > 0) || (frames !== 'jpeg' && frames !== 'png')) {
@@ -127,6 +131,12 @@ for (const m of modelsV2) {
   say(`  model ${m.name} (${m.task}): ${k.filter((x) => x in m.metrics).map((x) => `${x} ${m.metrics[x]}`).join(', ')}`);
 }
 
+if (httpPortGiven === undefined) {
+  let port = DEFAULT_HTTP_PORT;
+  while (port < DEFAULT_HTTP_PORT + 20 && !(await portFree(port))) port++;
+  if (port !== DEFAULT_HTTP_PORT) say(`port ${DEFAULT_HTTP_PORT} is taken: the dashboard is on ${port} instead (--http-port <port> to choose)`);
+  httpPort = port;
+}
 const hub: HubInfo = await startHubProcess({ dataDir: join(root, 'hub'), logFile: join(root, 'logs', 'hub.log'), httpPort, mqttPort }).catch((err: unknown) => {
   const taken = /EADDRINUSE/.test(String(err)) || /EADDRINUSE/.test(readLog(join(root, 'logs', 'hub.log')));
   console.error(
@@ -514,4 +524,13 @@ function readLog(path: string): string {
   } catch {
     return '';
   }
+}
+
+/** Whether 127.0.0.1:`port` can be listened on now (the hub binds it a moment later). */
+function portFree(port: number): Promise<boolean> {
+  return new Promise((resolve) => {
+    const srv = createServer();
+    srv.once('error', () => resolve(false));
+    srv.listen(port, '127.0.0.1', () => srv.close(() => resolve(true)));
+  });
 }
