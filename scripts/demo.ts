@@ -4,6 +4,8 @@
  * The dashboard is on a fixed port, 8080 by default (the next free one, said so, when 8080 is
  * taken; `--http-port` or EDGEFLEET_DEMO_HTTP_PORT to choose, strictly; 0 picks a free one), and the demo prints its URL, the admin token and a one-click login link
  * (`/ui/#token=...`, which the dashboard takes out of the address at once) as soon as the hub is up.
+ * While the fleet starts, the demo models are pushed as signed releases (announce, test vectors,
+ * artifact: the hub probes and signs each), and the agents trust the hub's release key.
  *
  * A whole fleet on one machine with no external service and no download: generates the demo
  * models (v1 and manifest v2, cached by their stamps), starts the hub (embedded broker + SQLite)
@@ -26,12 +28,13 @@
  * as a `consumer` principal to `edgefleet/v1/+/out/#` (scripts/fleet/results.ts). Counts come
  * from the agents' Prometheus metrics and the hub's API (inference records stored per device).
  */
-import { mkdirSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { parseArgs } from 'node:util';
+import { deepMerge } from '../shared/config.ts';
 import { makeModels, makeModelsV2 } from './make-models.ts';
 import { writeAgentConfig } from './fleet/agent-config.ts';
 import { hubApi, startHubProcess, type HubInfo } from './fleet/hub-process.ts';
@@ -152,6 +155,37 @@ say(`admin token:      ${hub.adminToken}`);
 say(`one-click login:  ${hub.httpUrl}/ui/#token=${encodeURIComponent(hub.adminToken)}`);
 
 const agents: Agent[] = [];
+/** The demo models being pushed as releases (name@version of each one released). */
+let releasing: Promise<string[]> = Promise.resolve([]);
+
+/** The hub's release-signing public keys, as PEM files the agents' `updates.trustedKeys` name. */
+async function writeHubKeys(): Promise<string[]> {
+  const { keys } = await hubApi<{ keys: { keyId: string; publicKeyPem: string }[] }>(hub, 'GET', '/v1/keys');
+  mkdirSync(join(root, 'keys'), { recursive: true });
+  return keys.map((k) => {
+    const file = join(root, 'keys', `${k.keyId}.pem`);
+    writeFileSync(file, k.publicKeyPem);
+    return file;
+  });
+}
+
+/** Pushes every demo model as a release, as `edgefleet model push` does: announce, test vectors, artifact; the hub probes and signs each. */
+async function releaseDemoModels(): Promise<string[]> {
+  const done: string[] = [];
+  for (const name of readdirSync(modelsDir).filter((f) => f.endsWith('.manifest.json')).sort()) {
+    const raw = JSON.parse(readFileSync(join(modelsDir, name), 'utf8')) as { artifact: { file: string }; testVectorsFile?: { file: string } };
+    const announced = await hubApi<{ name: string; version: string; upload: { path: string }; vectors?: { path: string } }>(hub, 'POST', '/v1/models', { manifest: raw });
+    const put = async (path: string, file: string): Promise<void> => {
+      const res = await fetch(`${hub.httpUrl}${path}`, { method: 'PUT', headers: { authorization: `Bearer ${hub.adminToken}`, 'content-type': 'application/octet-stream' }, body: readFileSync(join(modelsDir, file)) });
+      if (!res.ok) throw new Error(`PUT ${path}: HTTP ${res.status} ${await res.text()}`);
+    };
+    if (raw.testVectorsFile && announced.vectors) await put(announced.vectors.path, raw.testVectorsFile.file);
+    await put(announced.upload.path, raw.artifact.file);
+    done.push(`${announced.name}@${announced.version}`);
+  }
+  say(`releases: ${done.length} demo models pushed, probed and signed by the hub (dashboard: Models): ${done.join(', ')}`);
+  return done;
+}
 const collector = new ResultCollector();
 let stopping = false;
 let exitCode = 0;
@@ -159,6 +193,7 @@ let exitCode = 0;
 async function shutdown(): Promise<void> {
   for (const a of agents) for (const s of a.sources) await s.stop().catch(() => undefined);
   // Let the agents finish what they accepted and the hub ack it, then stop them.
+  await releasing;
   await waitForDrain(20_000);
   await sleep(300); // the last results on their way to the consumer
   const metrics = new Map<string, AgentMetrics | undefined>();
@@ -400,9 +435,17 @@ process.on('SIGTERM', onSignal);
 try {
   const consumer = await hubApi<{ token: string }>(hub, 'POST', '/v1/devices', { id: 'demo-dashboard', kind: 'consumer' });
   await collector.start({ mqttUrl: hub.mqttUrl, id: 'demo-dashboard', token: consumer.token });
+  // The agents trust the hub's release key (so a rollout started from the dashboard installs),
+  // and the demo models are pushed as signed releases while the fleet starts (Models page).
+  const trustedKeys = await writeHubKeys();
+  releasing = releaseDemoModels().catch((err: unknown) => {
+    say(`releases: pushing the demo models failed: ${String(err)}`);
+    return [] as string[];
+  });
 
   const startAgent = async (id: string, token: string, extra: Record<string, unknown>): Promise<Omit<Agent, 'sources'>> => {
-    const config = writeAgentConfig({ dir: join(root, id), deviceId: id, token, mqttUrl: hub.mqttUrl, modelsDir, extra });
+    const trust = { hub: { httpUrl: hub.httpUrl }, updates: { trustedKeys } };
+    const config = writeAgentConfig({ dir: join(root, id), deviceId: id, token, mqttUrl: hub.mqttUrl, modelsDir, extra: deepMerge(trust, extra) });
     const proc = new ServiceProcess(id, ['agent', '--config', config], { logFile: join(root, 'logs', `${id}.log`) });
     const listening = await proc.waitForMsg('http listening', 60_000);
     await proc.waitForMsg('agent running', 60_000);
