@@ -435,7 +435,7 @@ process.on('SIGTERM', onSignal);
 try {
   const consumer = await hubApi<{ token: string }>(hub, 'POST', '/v1/devices', { id: 'demo-dashboard', kind: 'consumer' });
   await collector.start({ mqttUrl: hub.mqttUrl, id: 'demo-dashboard', token: consumer.token });
-  // The agents trust the hub's release key (so a rollout started from the dashboard installs),
+  // The agents trust the hub's release key (the precondition for an install from a rollout),
   // and the demo models are pushed as signed releases while the fleet starts (Models page).
   const trustedKeys = await writeHubKeys();
   releasing = releaseDemoModels().catch((err: unknown) => {
