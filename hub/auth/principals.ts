@@ -13,7 +13,7 @@
  * "unavailable"); a failed upgrade does not fail the login (the next login tries again).
  */
 import type { HubStore, PrincipalCredentials } from '../store/store.ts';
-import { hashToken, isScryptHash, needsRehash, newSecret, padRefusal, verifyToken, type TokenHash } from './tokens.ts';
+import { hashToken, needsRehash, verifyOrDummy, type TokenHash } from './tokens.ts';
 
 /**
  * A store that can rewrite a principal's hash (SqliteHubStore). Optional: with a store that
@@ -34,7 +34,6 @@ export interface VerifierStats {
 }
 
 export class PrincipalVerifier {
-  #dummy: Promise<TokenHash> | undefined;
   readonly #stats: VerifierStats = { upgraded: 0, upgradeFailed: 0 };
 
   constructor(
@@ -45,13 +44,8 @@ export class PrincipalVerifier {
   /** The principal's credentials when `token` is its token, else undefined. Revoked principals are returned (with `revokedAt`) so callers can say why they refuse. */
   async verify(id: string, token: string): Promise<PrincipalCredentials | undefined> {
     const creds = await this.store.getCredentials(id);
-    this.#dummy ??= hashToken(newSecret());
-    const against = creds ? creds.token : await this.#dummy;
-    const ok = (await verifyToken(token, against)) && creds !== undefined;
-    if (!ok) {
-      if (!isScryptHash(against)) await padRefusal(token);
-      return undefined;
-    }
+    // One dummy and one scrypt pad on every refusal: the same path as operator tokens (tokens.ts).
+    if (!(await verifyOrDummy(token, creds?.token)) || !creds) return undefined;
     if (creds.revokedAt === null && needsRehash(token, creds.token)) await this.#upgrade(creds, token);
     return creds;
   }
