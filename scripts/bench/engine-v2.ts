@@ -33,6 +33,9 @@
 import { readdirSync, readFileSync } from 'node:fs';
 import { mkdtemp, rm, symlink, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
+import { PerformanceObserver } from 'node:perf_hooks';
+import { setFlagsFromString } from 'node:v8';
+import { runInNewContext } from 'node:vm';
 import { Worker } from 'node:worker_threads';
 import { basename, join } from 'node:path';
 import * as ort from 'onnxruntime-node';
@@ -152,6 +155,45 @@ class ThreadCpu {
       if (tid !== process.pid) worker = Math.max(worker, v);
     }
     return { main: per(main), worker: per(worker), rest: per(total - main - worker) };
+  }
+}
+
+/**
+ * A full collection between timed windows, outside the timing, on both sides of every pair: a
+ * window must not pay for the garbage the previous window (the other side's) left behind. The
+ * bare side's fresh frames are ~1 GB per 2 s window; collected inside the next (engine) window
+ * they showed up as the engine's tail (main-thread GC 0.36 vs 0.18 ms/call, BENCHMARKS.md).
+ */
+setFlagsFromString('--expose-gc');
+const fullGc = runInNewContext('gc') as () => void;
+
+/** Main-thread GC pause time (perf_hooks 'gc' entries) over the windows run through `around`, per call. */
+class GcTime {
+  #ms = 0;
+  #on = false;
+  calls = 0;
+  readonly #obs = new PerformanceObserver((list) => {
+    if (!this.#on) return;
+    for (const e of list.getEntries()) this.#ms += e.duration;
+  });
+  constructor() {
+    this.#obs.observe({ entryTypes: ['gc'] });
+  }
+  async around(t: () => Promise<Timing>): Promise<Timing> {
+    this.#on = true;
+    try {
+      const r = await t();
+      this.calls += r.calls;
+      return r;
+    } finally {
+      // Entries are delivered asynchronously: let the last ones of the window arrive first.
+      await new Promise((res) => setImmediate(res));
+      this.#on = false;
+    }
+  }
+  perCall(): number {
+    this.#obs.disconnect();
+    return this.calls ? this.#ms / this.calls : 0;
   }
 }
 
@@ -338,7 +380,17 @@ async function longerModelFigures(o: SectionOptions, windowMs: number, engine: W
       await viaEngine();
       await bare();
     }
-    const t = await interleaveTimings(o.repeats, () => timeCalls(windowMs, 5, viaEngine), () => timeCalls(windowMs, 5, bare));
+    const t = await interleaveTimings(
+      o.repeats,
+      () => {
+        fullGc();
+        return timeCalls(windowMs, 5, viaEngine);
+      },
+      () => {
+        fullGc();
+        return timeCalls(windowMs, 5, bare);
+      },
+    );
     return [
       figure({
         section: 'engine-v2',
@@ -435,25 +487,34 @@ export async function engineV2Section(o: SectionOptions): Promise<Figure[]> {
     engineLatency.length = workerRun.length = callWall.length = 0;
     const engineThreads = new ThreadCpu();
     const bareThreads = new ThreadCpu();
+    const engineGc = new GcTime();
+    const bareGc = new GcTime();
     const b1 = await interleaveTimings(
       o.repeats,
       () => {
-        refill(perWindow);
-        return engineThreads.around(() => timeCalls(windowMs, 5, viaEngine));
+        // A few fresh frames: the worker hands each buffer back, so only the first calls need one.
+        refill(8);
+        fullGc();
+        return engineGc.around(() => engineThreads.around(() => timeCalls(windowMs, 5, viaEngine)));
       },
       () => {
         bareFresh = pool(perWindow);
-        return bareThreads.around(() => timeCalls(windowMs, 5, bareOnFresh));
+        fullGc();
+        return bareGc.around(() => bareThreads.around(() => timeCalls(windowMs, 5, bareOnFresh)));
       },
     );
     // The strictest baseline: bare ORT on one tensor it reuses (no allocation at all per call).
     const strict = await interleaveTimings(
       o.repeats,
       () => {
-        refill(perWindow);
+        refill(8);
+        fullGc();
         return timeCalls(windowMs, 5, viaEngine);
       },
-      () => timeCalls(windowMs, 5, bare),
+      () => {
+        fullGc();
+        return timeCalls(windowMs, 5, bare);
+      },
     );
     const es = engineThreads.split();
     const bs = bareThreads.split();
@@ -588,6 +649,9 @@ export async function engineV2Section(o: SectionOptions): Promise<Figure[]> {
     // ------------------------------------------------------------------ figures
     const med = (xs: number[]): string => median(xs).toFixed(3);
     const overheadMs = median(callWall) - median(workerRun);
+    const mean = (xs: number[]): number => xs.reduce((a, b) => a + b, 0) / Math.max(1, xs.length);
+    const p99 = (xs: number[]): number => [...xs].sort((a, b) => a - b)[Math.floor(xs.length * 0.99)] ?? 0;
+    const gcNote = `main-thread GC pauses ms/call: engine windows ${engineGc.perCall().toFixed(3)}, bare windows ${bareGc.perCall().toFixed(3)}; call mean ${mean(callWall).toFixed(3)} / p99 ${p99(callWall).toFixed(3)} ms, worker session.run mean ${mean(workerRun).toFixed(3)} / p99 ${p99(workerRun).toFixed(3)} ms`;
     const inEngineMs = median(engineLatency) - median(workerRun);
     const what = `UltraFace RFB-320 (${basename(uf.path)}, ${uf.pkg}), [1, 3, 240, 320] → scores [1, 4420, 2] + boxes [1, 4420, 4]`;
     const sizeNote = (s: Awaited<ReturnType<typeof sizes>>, extra: string): string =>
@@ -605,7 +669,7 @@ export async function engineV2Section(o: SectionOptions): Promise<Figure[]> {
         note:
           `${what}; 1 worker, maxBatch 1, maxWaitMs 0, one request at a time, same preprocessed tensors, bare ORT on a fresh copy per call (sliced before each window), the engine fed as the pipeline feeds it: handed over with transfer (no input copy) and handed back by the worker for the next frame (reclaim into a BufferPool; the first call of a window takes a fresh copy); ${windowMs} ms windows, ${o.repeats} repeats each side, ${b1.calls} calls; ` +
           `per-call medians: call ${med(callWall)} ms, engine latencyMs ${med(engineLatency)} ms, worker session.run ${med(workerRun)} ms → ${overheadMs.toFixed(3)} ms outside the run ` +
-          `(${inEngineMs.toFixed(3)} ms between infer() and settle); input copyOf (Float32Array.slice, 921,600 B) ${copyUs.toFixed(0)} µs, output copy in the worker (toFloat32, 106,080 B) ${outCopyUs.toFixed(0)} µs on this thread`,
+          `(${inEngineMs.toFixed(3)} ms between infer() and settle); input copyOf (Float32Array.slice, 921,600 B) ${copyUs.toFixed(0)} µs, output copy in the worker (toFloat32, 106,080 B) ${outCopyUs.toFixed(0)} µs on this thread; ${gcNote}`,
       }),
       figure({
         section: 'engine-v2',
