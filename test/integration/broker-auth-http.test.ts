@@ -57,7 +57,7 @@ describe('broker auth endpoint: EMQX and VerneMQ shapes', () => {
     const basic = `Basic ${Buffer.from(`emqx:${secret}`).toString('base64')}`;
     assert.equal((await call('emqx/authn', login, { authorization: basic })).status, 200);
     assert.deepEqual((await call(`emqx/authn?key=${secret}`, login, {})).json(), { result: 'allow', is_superuser: false });
-    for (const headers of [{}, { authorization: `Bearer ${newSecret()}` }, { authorization: `Basic ${Buffer.from(`emqx:${newSecret()}`).toString('base64')}` }]) {
+    for (const headers of <Record<string, string>[]>[{}, { authorization: `Bearer ${newSecret()}` }, { authorization: `Basic ${Buffer.from(`emqx:${newSecret()}`).toString('base64')}` }]) {
       const r = await call('emqx/authn', login, headers);
       assert.equal(r.status, 401);
       assert.deepEqual(r.json(), { result: 'deny', is_superuser: false });
