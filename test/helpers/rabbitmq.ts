@@ -5,12 +5,12 @@
  * (ERL_EPMD_PORT), so it never meets another node or a system epmd. `stop()` kills the node's
  * process group and that epmd, then removes the dir.
  */
-import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
-import { createServer, connect as tcpConnect } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { freePort, waitListening } from './ports.ts';
 
 const SERVER_PATHS = ['/usr/lib/rabbitmq/bin/rabbitmq-server', '/usr/sbin/rabbitmq-server'];
 
@@ -30,36 +30,7 @@ export interface RabbitMq {
   stop(): Promise<void>;
 }
 
-export function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const s = createServer();
-    s.once('error', reject);
-    s.listen(0, '127.0.0.1', () => {
-      const addr = s.address();
-      s.close(() => (addr && typeof addr === 'object' ? resolve(addr.port) : reject(new Error('no port'))));
-    });
-  });
-}
 
-function waitListening(port: number, child: ChildProcess, log: () => string, ms: number): Promise<void> {
-  const deadline = Date.now() + ms;
-  return new Promise((resolve, reject) => {
-    const attempt = (): void => {
-      if (child.exitCode !== null || child.signalCode !== null) return reject(new Error(`rabbitmq-server exited (${child.exitCode ?? child.signalCode}): ${log().slice(-4000)}`));
-      const s = tcpConnect(port, '127.0.0.1');
-      s.once('connect', () => {
-        s.destroy();
-        resolve();
-      });
-      s.once('error', () => {
-        s.destroy();
-        if (Date.now() > deadline) return reject(new Error(`rabbitmq MQTT did not listen on ${port} in ${ms} ms: ${log().slice(-4000)}`));
-        setTimeout(attempt, 200);
-      });
-    };
-    attempt();
-  });
-}
 
 /** Kills what epmd runs on `port` (the one this node started), found by its command line. */
 function killEpmd(port: number): void {
@@ -154,7 +125,7 @@ export async function startRabbitmq(install: { server: string }, authBase: strin
     await rm(dir, { recursive: true, force: true });
   };
   try {
-    await waitListening(mqttPort, child, log, 120_000);
+    await waitListening('rabbitmq-server', mqttPort, child, log, 120_000, 200);
   } catch (err) {
     await stop();
     throw err;
