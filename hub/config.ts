@@ -12,6 +12,7 @@ import { LOG_LEVELS } from '../shared/log.ts';
 import { MAX_PAYLOAD_BYTES, NameSchema } from '../shared/protocol.ts';
 import { ClientCertModeSchema } from '../shared/tls.ts';
 import { AuditConfigSchema } from './auth/audit.ts';
+import { BrokerAuthConfigSchema } from './auth/broker-auth-http.ts';
 import { KpisConfigSchema } from './kpis/config.ts';
 import { AlertsConfigSchema } from './alerts/config.ts';
 import { DriftConfigSchema } from './drift/config.ts';
@@ -235,6 +236,8 @@ export const HubConfigSchema = z.object({
   /** Audit log retention and anonymous-refusal folding (issue #14; hub/auth/audit.ts). */
   audit: AuditConfigSchema.prefault({}),
   log: z.object({ level: z.enum(LOG_LEVELS).default('info') }).prefault({}),
+  /** HTTP auth endpoint for external brokers: EMQX, VerneMQ, RabbitMQ (issue #15; hub/auth/broker-auth-http.ts, README). */
+  brokerAuth: BrokerAuthConfigSchema.prefault({}),
 });
 export type HubConfig = z.infer<typeof HubConfigSchema>;
 
@@ -248,5 +251,6 @@ export function loadHubConfig(opts: { file?: string; overrides?: Record<string, 
   const signing = { ...cfg.models.signing, trustedKeyFiles: cfg.models.signing.trustedKeyFiles.map((f) => resolve(base, f)) };
   const file = (f: string | undefined): string | undefined => (f === undefined ? undefined : resolve(base, f));
   const tls = { ...cfg.tls, certFile: file(cfg.tls.certFile), keyFile: file(cfg.tls.keyFile), caFile: file(cfg.tls.caFile) };
-  return deepFreeze({ ...cfg, dataDir: resolve(base, cfg.dataDir), tls, models: { ...cfg.models, signing } });
+  const brokerAuth = { ...cfg.brokerAuth, secretFile: file(cfg.brokerAuth.secretFile) };
+  return deepFreeze({ ...cfg, dataDir: resolve(base, cfg.dataDir), tls, models: { ...cfg.models, signing }, brokerAuth });
 }

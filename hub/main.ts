@@ -32,6 +32,7 @@ import { runService, type Service } from '../shared/service.ts';
 import { ApiServer } from './api/server.ts';
 import { DeviceAuth } from './auth/devices.ts';
 import { AuditLog } from './auth/audit.ts';
+import { BrokerAuthHttp } from './auth/broker-auth-http.ts';
 import { AuthFailureLimiter } from './auth/failures.ts';
 import { SecurityService } from './auth/security.ts';
 import { ApiAuth, ensureAdminToken } from './auth/operators.ts';
@@ -244,6 +245,16 @@ export function createHub(config: HubConfig, deps: HubDeps): Promise<Hub> {
   security.onOperatorTokenRevoked((tokenId) => apiAuth.forget(tokenId));
   const artifactAccess = new ArtifactAccess({ store, log: log.child({ component: 'artifacts' }), registry });
   const audit = new AuditLog(store, log.child({ component: 'audit' }), registry, { config: config.audit, now });
+  // External brokers ask here (issue #15). VerneMQ's auth_on_publish carries the payload in base64.
+  const brokerAuth = new BrokerAuthHttp({
+    config: config.brokerAuth,
+    store,
+    failures,
+    maxTopicBytes: config.limits.maxTopicBytes,
+    maxBodyBytes: Math.ceil((config.limits.maxPayloadBytes * 4) / 3) + 65_536,
+    log: log.child({ component: 'broker-auth' }),
+    registry,
+  });
   const api = new ApiServer({
     host: config.http.host,
     port: config.http.port,
@@ -261,6 +272,7 @@ export function createHub(config: HubConfig, deps: HubDeps): Promise<Hub> {
     feedback,
     kpis,
     drift: driftApi,
+    brokerAuth,
     maxManifestBytes: config.models.maxManifestBytes,
     registry,
     log: log.child({ component: 'api' }),
@@ -349,6 +361,7 @@ export function createHub(config: HubConfig, deps: HubDeps): Promise<Hub> {
   lifecycle.add(alertDelivery);
   lifecycle.add(step('alert-metrics', () => alerts.refreshMetrics()));
   lifecycle.add(drift);
+  lifecycle.add(brokerAuth);
   lifecycle.add(api);
   lifecycle.add(
     step(

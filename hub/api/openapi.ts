@@ -40,6 +40,7 @@ import { KpiQuerySchema } from '../kpis/service.ts';
 import { RolloutSpecSchema } from '../rollouts/spec.ts';
 import { DeviceListQuerySchema } from './device-list.ts';
 import * as S from './schemas.ts';
+import { RABBITMQ_CHECKS, VERNEMQ_HOOKS } from '../auth/broker-auth-http.ts';
 import { AuditQuerySchema, AuditVerifyQuerySchema, CreateDeviceSchema, ModelAnnounceSchema, TelemetryQuerySchema } from './server.ts';
 
 export type HttpMethod = 'GET' | 'HEAD' | 'POST' | 'PUT' | 'DELETE' | 'PATCH';
@@ -447,6 +448,55 @@ export function apiOperations(): Operation[] {
       errors: [404],
       responses: { 200: { description: 'Headers of the whole artifact' } },
     },
+    ...brokerAuthOperations(),
+  ];
+}
+
+const BROKER_SECRET_NOTE =
+  'For external MQTT brokers (issue #15; README "External brokers: HTTP auth endpoint"), not operators: the shared secret of hub config `brokerAuth.secretFile` as ' +
+  '`Authorization: Bearer <secret>`, as the password of `Authorization: Basic`, or as the query parameter `key`. Without it: 401 with a refusal in the broker\'s shape. ' +
+  'A malformed body is a refusal with 400; 404 when brokerAuth is disabled. Decisions come from the hub\'s principals and ACL (hub/broker/acl.ts).';
+
+/** The broker auth endpoint (hub/auth/broker-auth-http.ts): request bodies are the brokers' own, described rather than schema'd (brokers add fields between versions). */
+function brokerAuthOperations(): Operation[] {
+  const refusals = { 401: { description: 'Wrong or missing broker secret (a refusal in the broker\'s shape)' }, 400: { description: 'Malformed request (a refusal in the broker\'s shape)' }, 404: { description: 'brokerAuth is disabled on this hub' } };
+  const jsonReply = (description: string): ReplySpec => ({ description, raw: { 'application/json': { type: 'object' } } });
+  const rabbit = (method: HttpMethod): Operation => ({
+    method,
+    path: '/v1/broker-auth/rabbitmq/{check}',
+    operationId: method === 'GET' ? 'rabbitmqAuthGet' : 'rabbitmqAuthPost',
+    summary: `RabbitMQ rabbitmq_auth_backend_http (auth_http.http_method = ${method.toLowerCase()})`,
+    description: `${BROKER_SECRET_NOTE} Parameters as rabbitmq_auth_backend_http sends them (${method === 'GET' ? 'query string' : 'form body'}): user (username, password, client_id), vhost (username, vhost, ip), resource (username, vhost, resource, name, permission), topic (… routing_key, variable_map.client_id).`,
+    tags: ['broker-auth'],
+    auth: 'none',
+    ...(method === 'POST' ? { rawBody: { mediaType: 'application/x-www-form-urlencoded', description: 'The check\'s parameters' } } : {}),
+    responses: { 200: { description: '`allow` or `deny` (text)', raw: { 'text/plain': { type: 'string', enum: ['allow', 'deny'] } } }, ...refusals },
+  });
+  return [
+    {
+      method: 'POST',
+      path: '/v1/broker-auth/emqx/{check}',
+      operationId: 'emqxAuth',
+      summary: 'EMQX 5 HTTP authentication (authn) and authorization (authz)',
+      description: `${BROKER_SECRET_NOTE} authn: {clientid, username, password, peerhost} → {result: allow|deny, is_superuser: false}; authz: {clientid, username, topic, action: publish|subscribe, qos, retain} → {result: allow|deny}.`,
+      tags: ['broker-auth'],
+      auth: 'none',
+      rawBody: { mediaType: 'application/json', description: 'The body template of the EMQX authenticator or authorization source' },
+      responses: { 200: jsonReply('The decision'), ...refusals },
+    },
+    {
+      method: 'POST',
+      path: '/v1/broker-auth/vernemq/{hook}',
+      operationId: 'vernemqWebhook',
+      summary: 'VerneMQ webhooks (vmq_webhooks): auth_on_register, auth_on_publish, auth_on_subscribe and their _m5 forms',
+      description: `${BROKER_SECRET_NOTE} {result: "ok"} or {result: {error: "not_allowed"}}; a subscribe with refused filters is ok with those filters at qos 128 (135 for _m5).`,
+      tags: ['broker-auth'],
+      auth: 'none',
+      rawBody: { mediaType: 'application/json', description: 'The webhook payload VerneMQ posts' },
+      responses: { 200: jsonReply('The decision'), ...refusals },
+    },
+    rabbit('GET'),
+    rabbit('POST'),
   ];
 }
 
@@ -454,6 +504,9 @@ export function apiOperations(): Operation[] {
 const ENUM_PARAMS: Record<string, Record<string, string[]>> = {
   '/v1/rollouts/{id}/{action}': { action: ['pause', 'resume', 'abort', 'approve'] },
   '/v1/alerts/{id}/{action}': { action: ['ack', 'resolve'] },
+  '/v1/broker-auth/emqx/{check}': { check: ['authn', 'authz'] },
+  '/v1/broker-auth/vernemq/{hook}': { hook: [...VERNEMQ_HOOKS] },
+  '/v1/broker-auth/rabbitmq/{check}': { check: [...RABBITMQ_CHECKS] },
 };
 
 /** `{name}`s of a path template, in order. */

@@ -49,6 +49,7 @@ import { enforceClientCerts, peerCertificate, readTlsFiles, serverTlsOptions, ty
 import { DashboardAssets } from '../ui/static.ts';
 import { GroupSchema, LabelsSchema } from '../../shared/ids.ts';
 import type { DeviceAuth } from '../auth/devices.ts';
+import { RABBITMQ_CHECKS, redactBrokerSecret, VERNEMQ_HOOKS, type BrokerAuthHttp, type BrokerEndpoint } from '../auth/broker-auth-http.ts';
 import type { DriftApi } from '../drift/api.ts';
 import { FeedbackBatchSchema, type FeedbackService } from '../feedback/feedback.ts';
 import type { KpiService } from '../kpis/service.ts';
@@ -90,6 +91,8 @@ export interface ApiOptions {
   kpis?: Pick<KpiService, 'parseQuery' | 'query'>;
   /** Drift, alerts and device samples (issue #4); their routes answer 404 without it. */
   drift?: DriftApi;
+  /** The HTTP auth endpoint for external brokers (issue #15); its routes answer 404 without it or when disabled. */
+  brokerAuth?: BrokerAuthHttp;
   /** Largest manifest accepted by POST /v1/models (bigger than maxBodyBytes: test vectors). */
   maxManifestBytes: number;
   registry: Registry;
@@ -282,6 +285,11 @@ export class ApiServer implements Component {
       { method: 'PUT', pattern: /^\/v1\/models\/([^/]+)\/([^/]+)\/vectors$/, auth: 'operator', action: 'model.upload', handler: (req, res, p) => this.#uploadVectors(req, res, p.ids) },
       { method: 'GET', pattern: /^\/v1\/artifacts\/([^/]+)$/, auth: 'device', handler: (req, res, p) => this.#artifact(req, res, p.id ?? '', p.device ?? '') },
       { method: 'HEAD', pattern: /^\/v1\/artifacts\/([^/]+)$/, auth: 'device', handler: (req, res, p) => this.#artifact(req, res, p.id ?? '', p.device ?? '') },
+      // External brokers (issue #15): their own shared secret, checked by BrokerAuthHttp; not audited (one call per login, publish, subscribe).
+      { method: 'POST', pattern: /^\/v1\/broker-auth\/emqx\/(authn|authz)$/, auth: 'none', handler: (req, res, p) => this.#brokerAuth(req, res, { broker: 'emqx', kind: p.id as 'authn' | 'authz' }) },
+      { method: 'POST', pattern: new RegExp(`^/v1/broker-auth/vernemq/(${VERNEMQ_HOOKS.join('|')})$`), auth: 'none', handler: (req, res, p) => this.#brokerAuth(req, res, { broker: 'vernemq', kind: p.id as (typeof VERNEMQ_HOOKS)[number] }) },
+      { method: 'GET', pattern: new RegExp(`^/v1/broker-auth/rabbitmq/(${RABBITMQ_CHECKS.join('|')})$`), auth: 'none', handler: (req, res, p) => this.#brokerAuth(req, res, { broker: 'rabbitmq', kind: p.id as (typeof RABBITMQ_CHECKS)[number] }) },
+      { method: 'POST', pattern: new RegExp(`^/v1/broker-auth/rabbitmq/(${RABBITMQ_CHECKS.join('|')})$`), auth: 'none', handler: (req, res, p) => this.#brokerAuth(req, res, { broker: 'rabbitmq', kind: p.id as (typeof RABBITMQ_CHECKS)[number] }) },
     ];
   }
 
@@ -292,6 +300,11 @@ export class ApiServer implements Component {
   /** Method, path pattern and auth of every route, read-only: test/unit/openapi.test.ts holds hub/api/openapi.ts to it. */
   get routes(): readonly { method: string; pattern: RegExp; auth: string }[] {
     return this.#routes.map(({ method, pattern, auth }) => ({ method, pattern, auth }));
+  }
+
+  #brokerAuth(req: IncomingMessage, res: ServerResponse, ep: BrokerEndpoint): Promise<void> {
+    if (!this.#o.brokerAuth?.enabled) throw new EdgefleetError(ErrorCode.NOT_FOUND, 'broker authentication is not enabled on this hub (brokerAuth.enabled)');
+    return this.#o.brokerAuth.handle(req, res, ep);
   }
 
   get #drift(): DriftApi {
@@ -415,9 +428,9 @@ export class ApiServer implements Component {
       const e = sendError(res, err);
       audit.err = e;
       const level = e.code === ErrorCode.INTERNAL || e.code === ErrorCode.STORAGE ? 'error' : 'debug';
-      this.#o.log[level]({ err: e, method: req.method, url: req.url?.slice(0, 256) }, 'api request failed');
+      this.#o.log[level]({ err: e, method: req.method, url: redactBrokerSecret(req.url)?.slice(0, 256) }, 'api request failed');
     } finally {
-      this.#o.log.trace({ method: req.method, url: req.url?.slice(0, 256), status: res.statusCode, ms: Math.round(performance.now() - t0) }, 'api request');
+      this.#o.log.trace({ method: req.method, url: redactBrokerSecret(req.url)?.slice(0, 256), status: res.statusCode, ms: Math.round(performance.now() - t0) }, 'api request');
       if (audit.action) await this.#audit(req, res.statusCode, audit);
     }
   }

@@ -4,13 +4,13 @@
  * cannot run; `startMosquitto()` initialises the dynsec file with an admin client and waits
  * until the listener accepts connections; `stop()` kills it and removes the dir.
  */
-import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import { pbkdf2Sync, randomBytes } from 'node:crypto';
 import { existsSync } from 'node:fs';
 import { chmod, chown, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
-import { createServer, connect as tcpConnect } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { freePort, waitListening } from './ports.ts';
 
 const PLUGIN_PATHS = [
   '/usr/lib/x86_64-linux-gnu/mosquitto_dynamic_security.so',
@@ -52,16 +52,6 @@ export interface Mosquitto {
   stop(): Promise<void>;
 }
 
-function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const s = createServer();
-    s.once('error', reject);
-    s.listen(0, '127.0.0.1', () => {
-      const addr = s.address();
-      s.close(() => (addr && typeof addr === 'object' ? resolve(addr.port) : reject(new Error('no port'))));
-    });
-  });
-}
 
 /** The file `mosquitto_ctrl dynsec init` writes: one admin client with the admin role. */
 async function writeDynsecFile(file: string, install: MosquittoInstall, username: string, password: string): Promise<void> {
@@ -104,25 +94,6 @@ async function writeDynsecFile(file: string, install: MosquittoInstall, username
   await writeFile(file, JSON.stringify(json, null, 2), { mode: 0o600 });
 }
 
-function waitListening(port: number, child: ChildProcess, log: () => string, ms: number): Promise<void> {
-  const deadline = Date.now() + ms;
-  return new Promise((resolve, reject) => {
-    const attempt = (): void => {
-      if (child.exitCode !== null || child.signalCode !== null) return reject(new Error(`mosquitto exited (${child.exitCode ?? child.signalCode}): ${log()}`));
-      const s = tcpConnect(port, '127.0.0.1');
-      s.once('connect', () => {
-        s.destroy();
-        resolve();
-      });
-      s.once('error', () => {
-        s.destroy();
-        if (Date.now() > deadline) return reject(new Error(`mosquitto did not listen on ${port} in ${ms} ms: ${log()}`));
-        setTimeout(attempt, 50);
-      });
-    };
-    attempt();
-  });
-}
 
 export async function startMosquitto(install: MosquittoInstall): Promise<Mosquitto> {
   const dir = await mkdtemp(join(tmpdir(), 'edgefleet-mosquitto-'));
@@ -167,7 +138,7 @@ export async function startMosquitto(install: MosquittoInstall): Promise<Mosquit
     child.stderr.on('data', (d: Buffer) => (out += d.toString()));
     const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
     try {
-      await waitListening(port, child, () => out, 5000);
+      await waitListening('mosquitto', port, child, () => out, 5000);
     } catch (err) {
       lastError = err;
       child.kill('SIGKILL');
