@@ -129,12 +129,14 @@ export function roleFor(p: { id: string; kind: PrincipalKind; deviceId: string |
   };
 }
 
-/** The hub's own client: the whole protocol tree, nothing else. */
+/** The hub's own client: the whole protocol tree (also through shared subscriptions), nothing else. */
 export const HUB_ROLE: RoleSpec = {
   rolename: 'edgefleet-hub',
   acls: [
     acl('publishClientSend', `${TOPIC_ROOT}/#`, ALLOW, true),
     acl('subscribePattern', `${TOPIC_ROOT}/#`, ALLOW, true),
+    // Hub workers subscribe `$share/<group>/<filter>`; 2.0.11 checks the whole filter, prefix included.
+    acl('subscribePattern', `$share/+/${TOPIC_ROOT}/#`, ALLOW, true),
     acl('publishClientReceive', `${TOPIC_ROOT}/#`, ALLOW, true),
     ...floor(),
   ],
