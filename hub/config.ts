@@ -12,6 +12,7 @@ import { LOG_LEVELS } from '../shared/log.ts';
 import { MAX_PAYLOAD_BYTES, NameSchema } from '../shared/protocol.ts';
 import { ClientCertModeSchema } from '../shared/tls.ts';
 import { AuditConfigSchema } from './auth/audit.ts';
+import { BrokerConfigSchema, resolveBrokerFiles } from './broker/broker-config.ts';
 import { KpisConfigSchema } from './kpis/config.ts';
 import { AlertsConfigSchema } from './alerts/config.ts';
 import { DriftConfigSchema } from './drift/config.ts';
@@ -31,6 +32,8 @@ export const HubConfigSchema = z.object({
       port: port.default(1883),
     })
     .prefault({}),
+  /** Embedded aedes (default) or an existing MQTT broker (issue #15; hub/broker/broker-config.ts, README). */
+  broker: BrokerConfigSchema,
   http: z
     .object({
       host: z.string().min(1).default('0.0.0.0'),
@@ -248,5 +251,6 @@ export function loadHubConfig(opts: { file?: string; overrides?: Record<string, 
   const signing = { ...cfg.models.signing, trustedKeyFiles: cfg.models.signing.trustedKeyFiles.map((f) => resolve(base, f)) };
   const file = (f: string | undefined): string | undefined => (f === undefined ? undefined : resolve(base, f));
   const tls = { ...cfg.tls, certFile: file(cfg.tls.certFile), keyFile: file(cfg.tls.keyFile), caFile: file(cfg.tls.caFile) };
-  return deepFreeze({ ...cfg, dataDir: resolve(base, cfg.dataDir), tls, models: { ...cfg.models, signing } });
+  const broker = resolveBrokerFiles(cfg.broker, file);
+  return deepFreeze({ ...cfg, dataDir: resolve(base, cfg.dataDir), tls, broker, models: { ...cfg.models, signing } });
 }
