@@ -246,7 +246,7 @@ export class SecurityService {
       } catch (err) {
         const e = toEdgefleetError(err, ErrorCode.UNAVAILABLE);
         this.#o.log.error({ err: e, id: p.id }, 'principal not provisioned on the mqtt broker; not registered');
-        throw new EdgefleetError(ErrorCode.UNAVAILABLE, `${p.id} not registered: the MQTT broker could not provision it (${e.message}); retry`, { cause: e });
+        throw new EdgefleetError(ErrorCode.UNAVAILABLE, `${p.id} not registered: the MQTT broker could not provision it (${e.message}); retry`, { cause: e, details: { publicMessage: true } });
       }
       let ok = false;
       try {
@@ -276,7 +276,7 @@ export class SecurityService {
     } catch (err) {
       const e = toEdgefleetError(err, ErrorCode.UNAVAILABLE);
       this.#o.log.error({ err: e, id }, 'revoked in the hub, not on the mqtt broker');
-      throw new EdgefleetError(ErrorCode.UNAVAILABLE, `${id} is revoked in the hub, but the MQTT broker did not confirm (${e.message}): it may stay connected until the hub reconciles at its next start; retry the revocation`, { cause: e });
+      throw new EdgefleetError(ErrorCode.UNAVAILABLE, `${id} is revoked in the hub, but the MQTT broker did not confirm (${e.message}): it may stay connected until the hub reconciles at its next start; retry the revocation`, { cause: e, details: { publicMessage: true } });
     }
     return { id: r.id, kind: r.kind, revokedAt: new Date(r.revokedAt).toISOString() };
   }

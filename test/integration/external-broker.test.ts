@@ -171,6 +171,22 @@ describe('hub on an external Mosquitto broker', { skip: missing }, () => {
     await assert.rejects(device('dev-r', token), (err: { code?: number }) => err.code === 5 || err.code === 4);
   });
 
+  test('a principal the broker cannot provision is not registered: the API caller gets 503', async () => {
+    proxy.cut(); // the hub's dynsec admin connection goes through the proxy too
+    try {
+      const res = await api(hub, 'POST', '/v1/devices', hub.adminToken, { id: 'dev-x' });
+      assert.equal(res.status, 503, JSON.stringify(res.json));
+      assert.match(String((res.json.error as { message?: string } | undefined)?.message), /dev-x not registered: the MQTT broker could not provision it/);
+    } finally {
+      proxy.heal();
+    }
+    assert.equal((await api(hub, 'GET', '/v1/devices/dev-x', hub.adminToken)).status, 404);
+    // Once the broker is back (the admin connection reconnects on its own) the same id registers, and logs in to Mosquitto.
+    let created: { status: number; json: Record<string, unknown> } | undefined;
+    await until('dev-x registered', async () => (created = await api(hub, 'POST', '/v1/devices', hub.adminToken, { id: 'dev-x' })).status === 201, 10_000);
+    await device('dev-x', String(created?.json.token));
+  });
+
   test('shared subscriptions: two buses in one group split 200 QoS 1 messages, each exactly once', async () => {
     const token = await register(hub, { id: 'dev-s' });
     const seen: string[][] = [[], []];
