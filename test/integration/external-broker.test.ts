@@ -17,6 +17,7 @@ import { after, before, describe, test } from 'node:test';
 import mqtt, { type IClientOptions, type MqttClient } from 'mqtt';
 import { Registry } from 'prom-client';
 import { ExternalBus } from '../../hub/broker/external-bus.ts';
+import { DynsecProvisioner } from '../../hub/broker/mosquitto-dynsec.ts';
 import { createHub, loadHubConfig, type Hub } from '../../hub/main.ts';
 import { silentLogger } from '../../shared/log.ts';
 import { topics } from '../../shared/protocol.ts';
@@ -41,6 +42,7 @@ describe('hub on an external Mosquitto broker', { skip: missing }, () => {
   let proxy: TcpProxy;
   let hub: Hub;
   let dir: string;
+  let hubConfig: Hub['config'];
   const hubUser = { username: 'edgefleet-hub', password: randomUUID() };
   const clients: MqttClient[] = [];
   const buses: ExternalBus[] = [];
@@ -83,6 +85,7 @@ describe('hub on an external Mosquitto broker', { skip: missing }, () => {
         },
       },
     });
+    hubConfig = config;
     hub = await createHub(config, { log: silentLogger() });
     await hub.start(new AbortController().signal);
   });
@@ -187,6 +190,14 @@ describe('hub on an external Mosquitto broker', { skip: missing }, () => {
     await device('dev-x', String(created?.json.token));
   });
 
+  test('an enrolled device is provisioned on Mosquitto too', async () => {
+    const t = await api(hub, 'POST', '/v1/enrollment-tokens', hub.adminToken, { group: 'line-1' });
+    assert.equal(t.status, 201, JSON.stringify(t.json));
+    const e = await api(hub, 'POST', '/v1/enroll', undefined, { token: t.json.token, id: 'dev-e' });
+    assert.ok(e.status === 200 || e.status === 201, JSON.stringify(e.json));
+    await device('dev-e', String(e.json.token));
+  });
+
   test('shared subscriptions: two buses in one group split 200 QoS 1 messages, each exactly once', async () => {
     const token = await register(hub, { id: 'dev-s' });
     const seen: string[][] = [[], []];
@@ -268,5 +279,22 @@ describe('hub on an external Mosquitto broker', { skip: missing }, () => {
     assert.equal(duplicated, 0);
     assert.ok(resends > 0, 'the cut made the device resend');
     assert.match(metrics, /connection_lost_total\{role="worker0"\} [1-9]/);
+  });
+
+  test('a restarted hub reconciles dynsec: live principals re-enabled, revoked ones removed', async () => {
+    const admin = new DynsecProvisioner({ url: broker.url, username: broker.admin.username, password: broker.admin.password, log: silentLogger(), timeoutMs: 3000 });
+    await admin.start(new AbortController().signal);
+    try {
+      // Drift while the hub is down: a live device disabled, a revoked one back on the broker.
+      assert.deepEqual(await hub.stop(), []);
+      await admin.command({ command: 'disableClient', username: 'dev-a' });
+      await admin.provision({ id: 'dev-r', kind: 'device', deviceId: null, password: 'not-its-token-anymore' });
+      hub = await createHub(hubConfig, { log: silentLogger() });
+      await hub.start(new AbortController().signal);
+      assert.equal((await admin.getClient('dev-a'))?.disabled ?? false, false);
+      assert.equal(await admin.getClient('dev-r'), undefined);
+    } finally {
+      await admin.stop();
+    }
   });
 });
