@@ -13,6 +13,7 @@ import { MAX_PAYLOAD_BYTES, NameSchema } from '../shared/protocol.ts';
 import { ClientCertModeSchema } from '../shared/tls.ts';
 import { AuditConfigSchema } from './auth/audit.ts';
 import { BrokerAuthConfigSchema } from './auth/broker-auth-http.ts';
+import { BrokerConfigSchema, resolveBrokerFiles } from './broker/broker-config.ts';
 import { KpisConfigSchema } from './kpis/config.ts';
 import { AlertsConfigSchema } from './alerts/config.ts';
 import { DriftConfigSchema } from './drift/config.ts';
@@ -32,6 +33,8 @@ export const HubConfigSchema = z.object({
       port: port.default(1883),
     })
     .prefault({}),
+  /** Embedded aedes (default) or an existing MQTT broker (issue #15; hub/broker/broker-config.ts, README). */
+  broker: BrokerConfigSchema,
   http: z
     .object({
       host: z.string().min(1).default('0.0.0.0'),
@@ -252,5 +255,6 @@ export function loadHubConfig(opts: { file?: string; overrides?: Record<string, 
   const file = (f: string | undefined): string | undefined => (f === undefined ? undefined : resolve(base, f));
   const tls = { ...cfg.tls, certFile: file(cfg.tls.certFile), keyFile: file(cfg.tls.keyFile), caFile: file(cfg.tls.caFile) };
   const brokerAuth = { ...cfg.brokerAuth, secretFile: file(cfg.brokerAuth.secretFile) };
-  return deepFreeze({ ...cfg, dataDir: resolve(base, cfg.dataDir), tls, models: { ...cfg.models, signing }, brokerAuth });
+  const broker = resolveBrokerFiles(cfg.broker, file);
+  return deepFreeze({ ...cfg, dataDir: resolve(base, cfg.dataDir), tls, broker, models: { ...cfg.models, signing }, brokerAuth });
 }

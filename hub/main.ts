@@ -36,7 +36,8 @@ import { BrokerAuthHttp } from './auth/broker-auth-http.ts';
 import { AuthFailureLimiter } from './auth/failures.ts';
 import { SecurityService } from './auth/security.ts';
 import { ApiAuth, ensureAdminToken } from './auth/operators.ts';
-import { EmbeddedBroker } from './broker/broker.ts';
+import type { EmbeddedBroker } from './broker/broker.ts';
+import { openBroker } from './broker/open-bus.ts';
 import { AlertManager } from './alerts/alerts.ts';
 import { AlertDelivery } from './alerts/delivery.ts';
 import { CommandSender } from './commands/sender.ts';
@@ -136,24 +137,8 @@ export function createHub(config: HubConfig, deps: HubDeps): Promise<Hub> {
   // business time (bakes, windows) and a jump of it must not close every idle keep-alive socket
   // and every MQTT client still authenticating (test/integration/conn-deadlines-clock.test.ts).
   const connections = new ConnectionBudget({ settings: config.limits.connections, registry, log: log.child({ component: 'connections' }), now: () => performance.now() });
-  const broker = new EmbeddedBroker({
-    host: config.mqtt.host,
-    port: config.mqtt.port,
-    maxPayloadBytes: config.limits.maxPayloadBytes,
-    maxTopicDepth: config.limits.maxTopicDepth,
-    drainTimeoutMs: config.limits.drainTimeoutMs,
-    tls: config.tls,
-    maxTopicBytes: config.limits.maxTopicBytes,
-    maxInflight: config.limits.maxInflight,
-    quotas: config.limits.brokerQuotas,
-    maxConnectsPerSecondPerIp: config.limits.maxConnectsPerSecondPerIp,
-    failures,
-    connections: connections.mqtt,
-    store,
-    log: log.child({ component: 'broker' }),
-    registry,
-    now,
-  });
+  // Embedded aedes or an external broker (issue #15; hub/broker/open-bus.ts).
+  const { broker, externalUrl, provisioning } = openBroker(config, { failures, connections: connections.mqtt, store, log: log.child({ component: 'broker' }), registry, now });
   const ingest = new Ingest({ bus: broker, store, log: log.child({ component: 'ingest' }), registry, maxPayloadBytes: config.limits.maxPayloadBytes, now });
   registerFleetMetrics({ registry, fleetTotals: () => store.fleetTotals(), log: log.child({ component: 'metrics' }) });
   const keys = new KeyRing({
@@ -236,7 +221,7 @@ export function createHub(config: HubConfig, deps: HubDeps): Promise<Hub> {
   // the verification caches and disconnects a connected client at once.
   const apiAuth = new ApiAuth(store, now, undefined, failures);
   const deviceAuth = new DeviceAuth(store, now, undefined, failures);
-  const security = new SecurityService({ store, log: log.child({ component: 'security' }), now, failures, registry });
+  const security = new SecurityService({ store, log: log.child({ component: 'security' }), now, failures, registry, provisioning });
   security.onPrincipalRevoked((id) => {
     deviceAuth.forget(id);
     broker.disconnect(id, 'revoked');
@@ -307,7 +292,7 @@ export function createHub(config: HubConfig, deps: HubDeps): Promise<Hub> {
       return api.port;
     },
     get mqttUrl() {
-      return `${config.tls.certFile ? 'mqtts' : 'mqtt'}://${urlHost(config.mqtt.host)}:${broker.port}`;
+      return externalUrl ?? `${config.tls.certFile ? 'mqtts' : 'mqtt'}://${urlHost(config.mqtt.host)}:${broker.port}`;
     },
     get httpUrl() {
       return `${config.tls.certFile ? 'https' : 'http'}://${urlHost(config.http.host)}:${api.port}`;
@@ -339,7 +324,10 @@ export function createHub(config: HubConfig, deps: HubDeps): Promise<Hub> {
     }),
   );
   // The embedded broker starts empty: whatever the database says, nobody is connected.
+  // (On an external broker the devices' retained status brings presence back.)
   lifecycle.add(step('presence-reset', () => store.markAllOffline(now())));
+  // Mosquitto dynsec (issue #15): the hub's own user and the principals, before the bus connects.
+  if (provisioning) lifecycle.add(provisioning);
   // Before ingest: drift records a crash left stored but unmerged are merged again (those of
   // windows that may still be untested). Stops after ingest: merges finish before the store closes.
   lifecycle.add(

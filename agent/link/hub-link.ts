@@ -54,8 +54,12 @@ import {
 } from '../../shared/protocol.ts';
 import type { ClientTls } from '../../shared/tls.ts';
 import type { ModelSlot } from '../../shared/updates.ts';
+import { topicMatches } from '../../shared/topic-match.ts';
 import type { Outbox, OutboxRecord } from '../outbox/outbox.ts';
 import type { CommandGuard } from './command-guard.ts';
+
+/** Re-exported for agent/inputs (it moved to shared/ for the hub's external-broker bus). */
+export { topicMatches };
 
 /** What the link needs from the outbox. */
 export type LinkOutbox = Pick<Outbox, 'readBatch' | 'ack' | 'positions' | 'onAppend' | 'epoch'>;
@@ -852,24 +856,6 @@ function topicKind(topic: string): 'out' | 'telemetry' | 'hello' | 'status' | 'c
   if (rest === 'out' || rest.startsWith('out/')) return 'out';
   if (rest === 'telemetry' || rest === 'hello' || rest === 'status') return rest;
   return rest === 'cmd/result' ? 'cmd_result' : 'other';
-}
-
-/** MQTT topic filter matching (`+` one level, `#` the rest; wildcards skip `$` topics). */
-export function topicMatches(filter: string, topic: string): boolean {
-  const f = filter.split('/');
-  const t = topic.split('/');
-  const sys = topic.startsWith('$');
-  for (let i = 0; i < f.length; i++) {
-    const part = f[i];
-    if (part === '#') return !(i === 0 && sys);
-    if (i >= t.length) return false;
-    if (part === '+') {
-      if (i === 0 && sys) return false;
-      continue;
-    }
-    if (part !== t[i]) return false;
-  }
-  return f.length === t.length;
 }
 
 function redactUrl(url: string): string {

@@ -22,7 +22,7 @@ export function sendError(res: ServerResponse, err: unknown): EdgefleetError {
   const message =
     e.code === ErrorCode.PROBE_FAILED
       ? 'the model probe could not run, so the model was not checked; nothing was stored (see the hub log), retry later'
-      : status >= 500 && e.code !== ErrorCode.STORAGE
+      : status >= 500 && e.code !== ErrorCode.STORAGE && e.details?.publicMessage !== true
         ? 'internal error'
         : e.message;
   const retryAfter = e.details?.retryAfterSeconds;

@@ -547,15 +547,18 @@ export class ApiServer implements Component {
   async #createDevice(req: IncomingMessage, res: ServerResponse): Promise<void> {
     const body = await readJson(req, CreateDeviceSchema, this.#o.maxBodyBytes);
     const token = newSecret();
-    await this.#o.store.createPrincipal({
-      id: body.id,
-      kind: body.kind,
-      group: body.group,
-      labels: body.labels,
-      deviceId: body.device,
-      token: await hashToken(token),
-      createdAt: this.#now(),
-    });
+    // On an external broker the principal is provisioned there first (issue #15).
+    await this.#o.security.register({ id: body.id, kind: body.kind, deviceId: body.device ?? null }, token, async () =>
+      this.#o.store.createPrincipal({
+        id: body.id,
+        kind: body.kind,
+        group: body.group,
+        labels: body.labels,
+        deviceId: body.device,
+        token: await hashToken(token),
+        createdAt: this.#now(),
+      }),
+    );
     this.#o.log.info({ id: body.id, kind: body.kind, group: body.group }, 'principal registered');
     // The token exists in plaintext only in this response.
     sendJson(res, 201, { id: body.id, kind: body.kind, group: body.group, ...(body.device ? { device: body.device } : {}), token }, { 'cache-control': 'no-store' });

@@ -22,12 +22,12 @@
 import { randomBytes } from 'node:crypto';
 import { Counter, type Registry } from 'prom-client';
 import { z } from 'zod';
-import { EdgefleetError, ErrorCode } from '../../shared/errors.ts';
+import { EdgefleetError, ErrorCode, toEdgefleetError } from '../../shared/errors.ts';
 import type { Logger } from '../../shared/log.ts';
 import { formatIssues } from '../../shared/codec.ts';
 import { DeviceIdSchema, GroupSchema, LabelKeySchema, LabelsSchema } from '../../shared/ids.ts';
 import { enrollmentRefusal, refusedDeviceLabels } from '../store/sqlite-security.ts';
-import type { ApiTokenRecord, EnrollmentTokenRecord, HubStore } from '../store/store.ts';
+import type { ApiTokenRecord, EnrollmentTokenRecord, HubStore, PrincipalKind } from '../store/store.ts';
 import { checkFailureBudget, type AuthFailureLimiter } from './failures.ts';
 import type { Operator } from './operators.ts';
 import { ROLES } from './roles.ts';
@@ -70,6 +70,14 @@ export interface SecurityOptions {
   /** Failed credential checks per address (shared with MQTT and the API): enrollment counts into it. */
   failures: AuthFailureLimiter;
   registry?: Registry;
+  /** Principals on an external broker (Mosquitto dynsec, issue #15): provisioned on registration, revoked with the hub. */
+  provisioning?: PrincipalProvisioning;
+}
+
+/** Creates and revokes principals on the MQTT broker that checks their logins (hub/broker/dynsec-sync.ts). */
+export interface PrincipalProvisioning {
+  provision(p: { id: string; kind: PrincipalKind; deviceId: string | null }, token: string): Promise<void>;
+  revoke(p: { id: string; kind: PrincipalKind; deviceId: string | null }): Promise<boolean>;
 }
 
 export function operatorTokenView(t: ApiTokenRecord): Record<string, unknown> {
@@ -103,6 +111,7 @@ export class SecurityService {
   readonly #o: SecurityOptions;
   readonly #now: () => number;
   readonly #revoked: ((id: string) => void)[] = [];
+  readonly #registering = new Set<string>();
   readonly #tokenRevoked: ((tokenId: string) => void)[] = [];
   readonly #enrollRefused: Counter<'reason'> | undefined;
 
@@ -208,18 +217,67 @@ export class SecurityService {
       );
     }
     const secret = newSecret();
-    const out = await this.#o.store.enrollPrincipal(rec.id, { id: b.id, labels: b.labels, token: await hashToken(secret), createdAt: this.#now() });
+    const out = await this.register(
+      { id: b.id, kind: 'device', deviceId: null },
+      secret,
+      async () => this.#o.store.enrollPrincipal(rec.id, { id: b.id, labels: b.labels, token: await hashToken(secret), createdAt: this.#now() }),
+      (r) => !('refused' in r),
+    );
     if ('refused' in out) throw this.#refuse(remote, out.refused, rec.id);
     this.#o.log.info({ id: b.id, group: out.group, enrollmentToken: rec.id }, 'device enrolled');
     return { id: b.id, group: out.group, token: secret, tokenId: rec.id };
   }
 
-  /** Revokes a device, sensor or consumer: refused from now on, disconnected at once. */
+  /**
+   * Registers a principal whose token is `token` by running `create` (the store insert) and, on
+   * an external broker, provisions it there first, so the broker never lacks a principal the hub
+   * has: a provisioning failure stores nothing and is the caller's error (UNAVAILABLE); a failed
+   * or refused insert (`stored` false) takes the broker's client away again. An id the store
+   * already has is left to `create` to refuse, without touching the broker's client.
+   */
+  async register<T>(p: { id: string; kind: PrincipalKind; deviceId: string | null }, token: string, create: () => Promise<T>, stored: (r: T) => boolean = () => true): Promise<T> {
+    const broker = this.#o.provisioning;
+    if (!broker || (await this.#o.store.getCredentials(p.id))) return create();
+    if (this.#registering.has(p.id)) throw new EdgefleetError(ErrorCode.CONFLICT, `${p.id} is being registered`);
+    this.#registering.add(p.id);
+    try {
+      try {
+        await broker.provision(p, token);
+      } catch (err) {
+        const e = toEdgefleetError(err, ErrorCode.UNAVAILABLE);
+        this.#o.log.error({ err: e, id: p.id }, 'principal not provisioned on the mqtt broker; not registered');
+        throw new EdgefleetError(ErrorCode.UNAVAILABLE, `${p.id} not registered: the MQTT broker could not provision it (${e.message}); retry`, { cause: e, details: { publicMessage: true } });
+      }
+      let ok = false;
+      try {
+        const r = await create();
+        ok = stored(r);
+        return r;
+      } finally {
+        if (!ok) await broker.revoke(p).catch((err: unknown) => this.#o.log.error({ err: toEdgefleetError(err), id: p.id }, 'cannot take back a broker client whose registration failed'));
+      }
+    } finally {
+      this.#registering.delete(p.id);
+    }
+  }
+
+  /**
+   * Revokes a device, sensor or consumer: refused from now on, disconnected at once. On an
+   * external broker the principal is revoked there too; when the broker does not confirm, the
+   * hub's revocation stands and the caller gets UNAVAILABLE (the next start reconciles).
+   */
   async revokePrincipal(id: string): Promise<{ id: string; kind: string; revokedAt: string }> {
     const r = await this.#o.store.revokePrincipal(id, this.#now());
     if (!r) throw new EdgefleetError(ErrorCode.NOT_FOUND, `no device, sensor or consumer ${id}`);
     for (const l of this.#revoked) l(id);
     this.#o.log.warn({ id, kind: r.kind }, 'principal revoked');
+    try {
+      await this.#o.provisioning?.revoke({ id: r.id, kind: r.kind, deviceId: null });
+    } catch (err) {
+      const e = toEdgefleetError(err, ErrorCode.UNAVAILABLE);
+      this.#o.log.error({ err: e, id }, 'revoked in the hub, not on the mqtt broker');
+      throw new EdgefleetError(ErrorCode.UNAVAILABLE, `${id} is revoked in the hub, but the MQTT broker did not confirm (${e.message}): it may stay connected until the hub reconciles at its next start; retry the revocation`, { cause: e, details: { publicMessage: true } });
+    }
     return { id: r.id, kind: r.kind, revokedAt: new Date(r.revokedAt).toISOString() };
   }
 

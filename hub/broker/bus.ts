@@ -1,8 +1,8 @@
 /**
  * What the hub needs from an MQTT broker, whichever it is: receive what devices publish on
  * fleet-wide topic filters, publish replies, and tell whether a client is connected.
- * The embedded aedes broker implements it in-process; a future implementation could connect
- * to Mosquitto or EMQX as a client with shared subscriptions, without touching ingest.
+ * The embedded aedes broker implements it in-process; ExternalBus (external-bus.ts) connects to
+ * an existing broker (Mosquitto) as a client with shared subscriptions, without touching ingest.
  */
 export type MessageHandler = (topic: string, payload: Buffer) => Promise<void>;
 

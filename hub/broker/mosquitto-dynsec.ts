@@ -129,12 +129,14 @@ export function roleFor(p: { id: string; kind: PrincipalKind; deviceId: string |
   };
 }
 
-/** The hub's own client: the whole protocol tree, nothing else. */
+/** The hub's own client: the whole protocol tree (also through shared subscriptions), nothing else. */
 export const HUB_ROLE: RoleSpec = {
   rolename: 'edgefleet-hub',
   acls: [
     acl('publishClientSend', `${TOPIC_ROOT}/#`, ALLOW, true),
     acl('subscribePattern', `${TOPIC_ROOT}/#`, ALLOW, true),
+    // Hub workers subscribe `$share/<group>/<filter>`; 2.0.11 checks the whole filter, prefix included.
+    acl('subscribePattern', `$share/+/${TOPIC_ROOT}/#`, ALLOW, true),
     acl('publishClientReceive', `${TOPIC_ROOT}/#`, ALLOW, true),
     ...floor(),
   ],
@@ -393,17 +395,26 @@ export class DynsecProvisioner {
           this.#pending.set(c.correlationData, { resolve, reject, timer });
         }),
     );
-    try {
-      await client.publishAsync(DYNSEC_COMMAND_TOPIC, JSON.stringify({ commands: tagged }), { qos: 1 });
-    } catch (err) {
+    const forget = (): void => {
       for (const c of tagged) {
         const p = this.#pending.get(c.correlationData);
         if (p) clearTimeout(p.timer);
         this.#pending.delete(c.correlationData);
       }
-      throw toEdgefleetError(err, ErrorCode.UNAVAILABLE);
+    };
+    // Offline, mqtt.js would queue the publish until a reconnect: fail now instead (the caller,
+    // e.g. an API request registering a device, must not hang on a broker that is away).
+    if (!client.connected) {
+      forget();
+      throw new EdgefleetError(ErrorCode.UNAVAILABLE, `dynsec admin is not connected to ${this.#o.url}`);
     }
-    return Promise.all(replies);
+    const sent = client.publishAsync(DYNSEC_COMMAND_TOPIC, JSON.stringify({ commands: tagged }), { qos: 1 }).catch((err: unknown) => {
+      forget();
+      throw toEdgefleetError(err, ErrorCode.UNAVAILABLE);
+    });
+    // The reply timeouts also bound a publish that never completes (the connection dropped meanwhile).
+    const [, ...out] = await Promise.all([sent, ...replies]);
+    return out;
   }
 
   async #check(cmd: DynsecCommand): Promise<void> {
